@@ -1,0 +1,40 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data
+
+.PHONY: setup test lint demo bench data clean
+
+setup: $(STAMP)
+
+# Re-installs only when the dependency declarations change; constraints pin the whole tree.
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==25.3"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check model components pipelines tests
+	$(BIN)/ruff format --check model components pipelines tests
+
+# The bundled dataset: a deterministic synthetic stand-in for WLASL (see README).
+data: setup
+	test -f $(DATA)/WLASL_v0.3.json || $(BIN)/sign2text data synth --out $(DATA)
+
+# The main job end to end on the bundled dataset: convert -> train -> evaluate -> package.
+demo: setup data
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
+	$(BIN)/python -m components.demo
+
+bench: setup
+	$(BIN)/python -m tests.bench.bench_model
+
+clean:
+	rm -rf artifacts .pytest_cache

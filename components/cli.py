@@ -1,0 +1,277 @@
+"""`sign2text` command line. Each subcommand calls the same step function DVC and KFP call.
+
+User errors (bad paths, bad videos, mismatched checkpoints, invalid arguments) end with exit
+code 2 and one line on stderr; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from components.synth import synthesize
+
+    summary = synthesize(
+        Path(args.out),
+        classes=args.classes,
+        per_class=args.per_class,
+        signers=args.signers,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(json.dumps(summary, indent=2))
+
+
+def _cmd_import_i3d(args: argparse.Namespace) -> None:
+    from model.package import import_i3d
+    from model.video import PreprocessConfig
+
+    pre = PreprocessConfig(num_frames=args.frames, resize=args.resize, crop=args.crop)
+    out, summary = import_i3d(args.weights, args.labels, args.num_classes, args.out, pre)
+    print(f"{summary}; wrote {out}")
+
+
+def _cmd_predict_local(args: argparse.Namespace) -> None:
+    from model.predict import Classifier
+
+    clf = Classifier(args.model_dir)
+    pred = clf.predict_video(args.video, top_k=args.top_k)
+    if args.json:
+        print(json.dumps({"glosses": pred.glosses, "scores": pred.scores}))
+        return
+    print(f"{'rank':>4}  {'gloss':<20} probability")
+    for i, (g, s) in enumerate(zip(pred.glosses, pred.scores, strict=True), 1):
+        print(f"{i:>4}  {g:<20} {s:.4f}")
+
+
+def _params(args: argparse.Namespace) -> dict:
+    from components.params import load_params
+
+    return load_params(args.params)
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from components.convert import convert
+    from components.dataset import Sample
+    from components.params import preprocess_config, section
+
+    params = _params(args)
+    samples = None
+    if args.samples:
+        samples = [Sample.from_dict(d) for d in json.loads(Path(args.samples).read_text())]
+    manifest = convert(
+        Path(args.data),
+        Path(args.out),
+        preprocess_config(params),
+        shard_size=int(section(params, "convert")["shard_size"]),
+        samples=samples,
+        progress=not args.quiet,
+    )
+    counts = {k: v["samples"] for k, v in manifest["splits"].items()}
+    print(f"wrote {args.out}: {counts}, skipped {len(manifest['skipped'])}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from components.params import preprocess_config, section
+    from components.train import TrainConfig, train
+
+    params = _params(args)
+    cfg = TrainConfig.from_dict(section(params, "train"))
+    m = section(params, "model")
+    final = train(
+        Path(args.shards),
+        Path(args.out),
+        preprocess_config(params),
+        cfg,
+        width=float(m.get("width", 1.0)),
+        dropout=float(m.get("dropout", 0.5)),
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    print(json.dumps(final))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from components.evaluate import evaluate, gate, write_gate
+    from components.params import section
+
+    ev = section(_params(args), "evaluate")
+    metrics = evaluate(
+        Path(args.model),
+        Path(args.data),
+        Path(args.out),
+        batch_size=int(ev.get("batch_size", 8)),
+        progress=not args.quiet,
+    )
+    baseline = args.baseline if args.baseline is not None else ev.get("baseline") or None
+    decision = gate(
+        metrics,
+        min_top1=float(ev["min_top1"]),
+        tolerance=float(ev.get("tolerance", 0.0)),
+        baseline=Path(baseline) if baseline else None,
+    )
+    write_gate(Path(args.out), decision)
+    test = metrics.get("test") or {}
+    print(
+        f"test top1={test.get('top1')} top5={test.get('top5')} top10={test.get('top10')} "
+        f"per-class={test.get('per_class_mean')} reversed-pairs={test.get('reversed_pairs')}"
+    )
+    print(f"gate: {decision['decision']}" + "".join(f"\n  - {r}" for r in decision["reasons"]))
+
+
+def _cmd_package(args: argparse.Namespace) -> None:
+    from components.package import package
+
+    lineage = package(
+        Path(args.model),
+        Path(args.eval),
+        Path(args.out),
+        params=_params(args),
+        allow_failed_gate=args.allow_failed_gate,
+    )
+    print(f"packaged {args.out} (gate {lineage['gate']}, data {lineage['data_md5']})")
+
+
+def _cmd_params(args: argparse.Namespace) -> None:
+    from components.params import profile_overrides
+
+    print(" ".join(profile_overrides(_params(args), args.profile)))
+
+
+def _add_params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sign2text", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="dataset commands").add_subparsers(
+        dest="data_command", required=True, metavar="COMMAND"
+    )
+    s = data.add_parser(
+        "synth",
+        help="write the bundled synthetic dataset in WLASL layout",
+        description="Write a deterministic synthetic sign dataset in WLASL layout "
+        "(WLASL_v0.3.json + videos/<video_id>.mp4) that stands in for WLASL.",
+    )
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--classes", type=int, default=10, help="number of glosses (default 10)")
+    s.add_argument("--per-class", type=int, default=32, help="videos per gloss (default 32)")
+    s.add_argument("--signers", type=int, default=16, help="number of signers (default 16)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_synth)
+
+    c = data.add_parser(
+        "convert",
+        help="decode, trim, crop, resize videos into WebDataset shards",
+        description="Apply the shared preprocessing up to resizing and write WebDataset tar "
+        "shards per split, with a manifest (counts, content hash).",
+    )
+    c.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
+    c.add_argument("--out", required=True, help="output folder for shards")
+    c.add_argument("--samples", help="JSON list of samples to use (e.g. validation's valid.json)")
+    _add_params_arg(c)
+    c.set_defaults(func=_cmd_convert)
+
+    t = sub.add_parser(
+        "train",
+        help="train I3D on shards",
+        description="Train on the train split, validate on val each epoch, checkpoint every "
+        "epoch; writes OUT/model (serving format), OUT/metrics.json, OUT/history.json.",
+    )
+    t.add_argument("--shards", required=True, help="folder written by `data convert`")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    _add_params_arg(t)
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="top-1/5/10, per-class accuracy, confusion matrix, release gate",
+        description="Evaluate a model directory on the dataset's val and test splits and "
+        "decide the release gate (OUT/metrics.json, OUT/gate.json).",
+    )
+    e.add_argument("--model", required=True, help="model directory")
+    e.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--baseline", help="production model's metrics.json (overrides params)")
+    _add_params_arg(e)
+    e.set_defaults(func=_cmd_evaluate)
+
+    pk = sub.add_parser(
+        "package",
+        help="write the release candidate model directory",
+        description="Model + metrics + gate + lineage -> a servable model directory.",
+    )
+    pk.add_argument("--model", required=True, help="trained model directory")
+    pk.add_argument("--eval", required=True, help="folder written by `evaluate`")
+    pk.add_argument("--out", required=True, help="package folder to write")
+    pk.add_argument("--allow-failed-gate", action="store_true", help="package anyway")
+    _add_params_arg(pk)
+    pk.set_defaults(func=_cmd_package)
+
+    pr = sub.add_parser(
+        "params",
+        help="print `dvc exp run` overrides for a profile",
+        description="Print -S overrides that switch params.yaml to a named profile: "
+        "dvc exp run $(sign2text params wlasl)",
+    )
+    pr.add_argument("profile", help="profile name in params.yaml (e.g. wlasl)")
+    pr.add_argument("--params", default="params.yaml", help="params file")
+    pr.set_defaults(func=_cmd_params)
+
+    mdl = sub.add_parser("model", help="model commands").add_subparsers(
+        dest="model_command", required=True, metavar="COMMAND"
+    )
+    m = mdl.add_parser(
+        "import-i3d",
+        help="turn a published I3D checkpoint into a model directory",
+        description="Turn a pytorch-i3d / WLASL state dict into a servable model directory "
+        "(model.pt, config.json, labels.txt). Loaded with weights_only=True.",
+    )
+    m.add_argument("--weights", required=True, help="checkpoint file (.pt / .pth)")
+    m.add_argument("--labels", required=True, help="wlasl_class_list.txt (index<TAB>gloss)")
+    m.add_argument("--num-classes", type=int, required=True, help="WLASL-N: first N glosses")
+    m.add_argument("--out", required=True, help="model directory to write")
+    m.add_argument("--frames", type=int, default=64, help="frames per clip (default 64)")
+    m.add_argument("--resize", type=int, default=256, help="short side before crop (256)")
+    m.add_argument("--crop", type=int, default=224, help="centre crop size (default 224)")
+    m.set_defaults(func=_cmd_import_i3d)
+
+    pl = sub.add_parser(
+        "predict-local",
+        help="predict one video in-process, no server",
+        description="Print the top-k glosses and probabilities for a video.",
+    )
+    pl.add_argument("model_dir", help="model directory")
+    pl.add_argument("video", help="video file (mp4, webm, avi, mov...)")
+    pl.add_argument("--top-k", type=int, default=5, help="how many glosses (default 5)")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pl.set_defaults(func=_cmd_predict_local)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"sign2text: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sign2text: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

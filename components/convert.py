@@ -1,0 +1,299 @@
+"""`convert`: a WLASL-layout dataset -> WebDataset tar shards of trimmed, resized mp4 clips.
+
+Each clip goes through the shared preprocessing up to the resize (trim -> [fps resample] ->
+[bbox crop] -> short side = pre.resize). Temporal sampling and the final crop are left to training,
+which redoes them every epoch. Output under `out/`:
+
+    <split>-000000.tar ...   WebDataset shards: <key>.mp4 (the clip at pre.fps) + <key>.json (meta)
+    manifest.json            written last; its presence means every shard it lists is complete
+
+Same input -> byte-identical shards, so DVC caches them by content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from components.dataset import SPLITS, Sample, load_glosses, load_samples
+from model.video import (
+    FrameRangeError,
+    PreprocessConfig,
+    VideoError,
+    count_frames,
+    decode,
+    probe,
+    resize_frames,
+    trim_range,
+)
+
+FORMAT = "sign2text-shards/1"
+MANIFEST = "manifest.json"
+SHARD_RE = re.compile(r"[A-Za-z0-9_]+-\d{6}\.tar")
+
+
+def _tmpdir() -> str | None:
+    # RAM beats disk for throwaway clips; TemporaryDirectory makes a private 0700 dir inside.
+    return "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
+
+
+def _key(video_id: str) -> str:
+    # WebDataset splits a member name at its first dot into key + extension.
+    return re.sub(r"[^A-Za-z0-9_-]", "_", video_id)
+
+
+def _load(root: Path, s: Sample, pre: PreprocessConfig) -> tuple[np.ndarray, int, int, float]:
+    """Decode the sample's range at pre.fps -> (resized frames, first, last 1-based, source fps)."""
+    path = s.video_path(root)
+    info = probe(path)
+    total = info.frames if info.frames > 0 else count_frames(path)
+    src_fps = info.fps if info.fps > 0 else pre.fps  # unknown rate: trust the metadata's clock
+
+    def indices(total: int) -> tuple[np.ndarray, int, int]:
+        lo, hi = trim_range(s.frame_start, s.frame_end, total)
+        idx = np.arange(lo, hi)
+        if abs(src_fps - pre.fps) > 0.5:  # nearest source frame at each output time step
+            n_out = max(1, round((hi - lo) * pre.fps / src_fps))
+            pos = np.floor(np.arange(n_out) * src_fps / pre.fps + 0.5).astype(np.int64)
+            idx = lo + np.minimum(pos, hi - lo - 1)
+        return idx, lo, hi
+
+    idx, lo, hi = indices(total)
+    try:
+        frames = decode(path, idx)
+    except FrameRangeError:
+        if s.frame_end != -1:
+            raise
+        idx, lo, hi = indices(count_frames(path))  # the container over-counted its frames
+        frames = decode(path, idx)
+    return resize_frames(frames, pre, s.bbox), lo + 1, hi, src_fps
+
+
+def _encode(frames: np.ndarray, fps: float, key: str) -> bytes:
+    # MPEG-4 part 2 truncates odd sizes; pad by edge replication, iter_samples slices it off.
+    h, w = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    with tempfile.TemporaryDirectory(dir=_tmpdir()) as d:
+        path = os.path.join(d, f"{key}.mp4")
+        vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, frames.shape[2:0:-1])
+        if not vw.isOpened():
+            raise RuntimeError(f"OpenCV cannot encode mp4v {w}x{h} here")
+        for f in frames:
+            vw.write(f)
+        vw.release()
+        return Path(path).read_bytes()
+
+
+def _convert_one(job: tuple[Path, Sample, PreprocessConfig]) -> tuple[dict, bytes] | str:
+    """One sample -> (meta, mp4 bytes), or the reason it cannot be used."""
+    root, s, pre = job
+    try:
+        frames, first, last, src_fps = _load(root, s, pre)
+    except VideoError as e:
+        return str(e).replace(f"{root}{os.sep}", "")  # the reason must not depend on the mount
+    h, w = frames.shape[1:3]
+    meta = {k: getattr(s, k) for k in ("label", "gloss", "video_id", "signer_id", "split")} | {
+        "frame_start": first,
+        "frame_end": last,
+        "fps": pre.fps,
+        "source_fps": src_fps,
+        "num_frames": len(frames),
+        "height": h,
+        "width": w,
+        "source_bytes": s.video_path(root).stat().st_size,
+    }
+    return meta, _encode(frames, pre.fps, _key(s.video_id))
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # the pool is the parallelism; OpenCV's own threads would oversubscribe
+
+
+def _run(jobs: list, workers: int) -> Iterator:
+    """Results in job order; at most a few jobs per worker in flight, so memory stays bounded."""
+    if not jobs:
+        return
+    ex = ProcessPoolExecutor(workers, initializer=_init_worker)
+    try:
+        it = iter(jobs)
+        pending = deque(ex.submit(_convert_one, j) for j in islice(it, 4 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for j in islice(it, 1):
+                pending.append(ex.submit(_convert_one, j))
+            yield result
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(out: Path, name: str, write) -> str:
+    """Write `out/name` via a hidden temp file + fsync + rename; return its sha256."""
+    tmp = out / f".{name}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        os.replace(tmp, out / name)
+        _fsync_dir(out)  # makes the rename itself durable
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sha
+
+
+def _write_shard(out: Path, name: str, members: list[tuple[str, bytes]]) -> dict:
+    def write(f) -> None:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for member, data in members:
+                info = tarfile.TarInfo(member)  # fixed fields: no times, owners or umask
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+
+    sha = _commit(out, name, write)
+    size = (out / name).stat().st_size
+    return {"name": name, "samples": len(members) // 2, "bytes": size, "sha256": sha}
+
+
+def convert(
+    dataset: Path,
+    out: Path,
+    pre: PreprocessConfig,
+    *,
+    shard_size: int = 64,
+    samples: list[Sample] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Convert `samples` (default: all of `dataset`) to shards under `out`; return the manifest."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    dataset, out = Path(dataset), Path(out)
+    samples = load_samples(dataset) if samples is None else samples
+    keys = [_key(s.video_id) for s in samples]
+    if len(set(keys)) != len(keys):
+        raise ValueError("video_ids must stay unique after making them safe as WebDataset keys")
+    split_order = sorted({s.split for s in samples}, key=lambda x: ((SPLITS + (x,)).index(x), x))
+    if bad := [x for x in split_order if not re.fullmatch(r"[A-Za-z0-9_]+", x)]:
+        raise ValueError(f"split names must be [A-Za-z0-9_]+ to name shards, got {bad}")
+    samples = sorted(samples, key=lambda s: (split_order.index(s.split), s.video_id))
+
+    out.mkdir(parents=True, exist_ok=True)
+    # Shards are about to be overwritten: an old manifest must not vouch for them meanwhile.
+    (out / MANIFEST).unlink(missing_ok=True)
+    _fsync_dir(out)
+    for stale in out.glob(".*.tmp"):
+        stale.unlink()
+
+    splits = {sp: {"shards": [], "samples": 0} for sp in split_order}
+    skipped, source_bytes, batch = [], 0, []
+
+    def flush(split: str) -> None:
+        name = f"{split}-{len(splits[split]['shards']):06d}.tar"
+        splits[split]["shards"].append(_write_shard(out, name, batch))
+        splits[split]["samples"] += len(batch) // 2
+        batch.clear()
+
+    jobs = [(dataset, s, pre) for s in samples]
+    workers = min(os.cpu_count() or 1, 4)
+    bar = tqdm(total=len(jobs), desc="convert", unit="video", disable=not progress)
+    with bar:
+        for i, (s, result) in enumerate(zip(samples, _run(jobs, workers), strict=True)):
+            if isinstance(result, str):
+                skipped.append({"video_id": s.video_id, "reason": result})
+            else:
+                meta, mp4 = result
+                source_bytes += meta.pop("source_bytes")
+                key = _key(s.video_id)
+                batch += [
+                    (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+                    (f"{key}.mp4", mp4),
+                ]
+            split_ends = i + 1 == len(samples) or samples[i + 1].split != s.split
+            if batch and (len(batch) // 2 == shard_size or split_ends):
+                flush(s.split)
+            bar.update()
+
+    names = {sh["name"] for sp in splits.values() for sh in sp["shards"]}
+    for p in out.glob("*.tar"):
+        if SHARD_RE.fullmatch(p.name) and p.name not in names:
+            p.unlink()  # left over from an earlier run that had more shards
+    hashes = sorted(sh["sha256"] for sp in splits.values() for sh in sp["shards"])
+    manifest = {
+        "format": FORMAT,
+        "labels": load_glosses(dataset),  # class id -> gloss, for training's model directory
+        "preprocess": pre.to_dict(),
+        "splits": splits,
+        "content_hash": hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
+        "source_bytes": source_bytes,
+        "shard_bytes": sum(sh["bytes"] for sp in splits.values() for sh in sp["shards"]),
+        "skipped": skipped,
+    }
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    _commit(out, MANIFEST, lambda f: f.write(text.encode()))
+    return manifest
+
+
+def read_manifest(shard_dir: Path) -> dict:
+    path = Path(shard_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: no complete conversion in {shard_dir}")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[dict[str, bytes]]:
+    """Group consecutive members by key, as WebDataset does: {extension: bytes} per sample."""
+    key, parts = None, {}
+    for m in tar:
+        k, _, ext = m.name.partition(".")
+        if k != key and parts:
+            yield parts
+            parts = {}
+        key = k
+        parts[ext] = tar.extractfile(m).read()
+    if parts:
+        yield parts
+
+
+def iter_samples(shard_dir: Path, split: str) -> Iterator[tuple[dict, np.ndarray]]:
+    """(meta, frames T x H x W x 3 uint8 BGR) for every converted sample of `split`, in order."""
+    shard_dir = Path(shard_dir)
+    splits = read_manifest(shard_dir)["splits"]
+    if split not in splits:
+        raise ValueError(f"no split {split!r} in {shard_dir}; it has {sorted(splits)}")
+    with tempfile.TemporaryDirectory(dir=_tmpdir()) as d:
+        clip = os.path.join(d, "clip.mp4")
+        for shard in splits[split]["shards"]:
+            with tarfile.open(shard_dir / shard["name"]) as tar:
+                for parts in _members(tar):
+                    meta = json.loads(parts["json"])
+                    Path(clip).write_bytes(parts["mp4"])
+                    frames = decode(clip, range(meta["num_frames"]))
+                    yield meta, np.ascontiguousarray(frames[:, : meta["height"], : meta["width"]])

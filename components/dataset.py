@@ -1,0 +1,102 @@
+"""The dataset layout every step reads: WLASL_v0.3.json + videos/<video_id>.mp4.
+
+A `Sample` is one instance flattened with its label; `load_samples` is the only parser of the
+metadata file, so convert, evaluate and validate agree on what a sample is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+METADATA = "WLASL_v0.3.json"
+VIDEOS = "videos"
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """The dataset as a whole cannot be read."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    video_id: str
+    label: int
+    gloss: str
+    split: str
+    signer_id: int
+    frame_start: int
+    frame_end: int  # 1-based inclusive; -1 = to the end of the video
+    bbox: tuple[int, int, int, int] | None
+    fps: float
+    instance_id: int = 0
+    variation_id: int = 0
+    source: str = ""
+
+    def video_path(self, root: str | os.PathLike) -> Path:
+        return Path(root) / VIDEOS / f"{self.video_id}.mp4"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["bbox"] = list(self.bbox) if self.bbox is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Sample:
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if fields.get("bbox") is not None:
+            fields["bbox"] = tuple(int(v) for v in fields["bbox"])
+        return cls(**fields)
+
+
+def load_glosses(root: str | os.PathLike) -> list[str]:
+    return [entry["gloss"] for entry in _read_metadata(root)]
+
+
+def load_samples(root: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> list[Sample]:
+    """All instances of the wanted splits, in metadata order (class id = gloss index)."""
+    out = []
+    for label, entry in enumerate(_read_metadata(root)):
+        for inst in entry.get("instances", []):
+            if inst.get("split") not in splits:
+                continue
+            out.append(
+                Sample(
+                    video_id=str(inst["video_id"]),
+                    label=label,
+                    gloss=entry["gloss"],
+                    split=inst["split"],
+                    signer_id=int(inst.get("signer_id", -1)),
+                    frame_start=int(inst.get("frame_start", 1)),
+                    frame_end=int(inst.get("frame_end", -1)),
+                    bbox=tuple(int(v) for v in inst["bbox"]) if inst.get("bbox") else None,
+                    fps=float(inst.get("fps", 25)),
+                    instance_id=int(inst.get("instance_id", 0)),
+                    variation_id=int(inst.get("variation_id", 0)),
+                    source=str(inst.get("source", "")),
+                )
+            )
+    return out
+
+
+def _read_metadata(root: str | os.PathLike) -> list[dict]:
+    path = Path(root) / METADATA
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: a dataset is a folder with {METADATA} + {VIDEOS}/")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, list) or not all(isinstance(e, dict) and "gloss" in e for e in data):
+        raise DatasetError(f"{path}: expected a list of {{'gloss', 'instances'}} entries")
+    return data
+
+
+def read_reversed_pairs(root: str | os.PathLike) -> list[tuple[str, str]]:
+    """Gloss pairs that are time-reversals of each other (bundled dataset only; else [])."""
+    path = Path(root) / "reversed_pairs.json"
+    if not path.is_file():
+        return []
+    return [tuple(p) for p in json.loads(path.read_text())["pairs"]]

@@ -1,0 +1,69 @@
+"""Packaging: the trained model directory + evaluation + lineage -> artifacts/model/.
+
+The result has the same format `model import-i3d` writes (one loader for serving), plus
+metrics.json, gate.json and lineage.json. A model whose gate failed is not packaged unless
+asked for explicitly: a package is a release candidate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from model.package import load_model_dir, write_model_dir
+
+
+def dvc_data_hash(pointer: str | os.PathLike = "data.dvc") -> str | None:
+    """The md5 DVC recorded for the dataset folder (what `dvc add data` wrote), if tracked."""
+    path = Path(pointer)
+    if not path.is_file():
+        return None
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def git_commit(cwd: str | os.PathLike = ".") -> str | None:
+    git = shutil.which("git")
+    if git is None:
+        return None
+    r = subprocess.run([git, "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        [git, "status", "--porcelain"], cwd=cwd, capture_output=True, text=True
+    ).stdout.strip()
+    return r.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def package(
+    model_dir: Path,
+    eval_dir: Path,
+    out: Path,
+    *,
+    params: dict,
+    data_pointer: Path = Path("data.dvc"),
+    allow_failed_gate: bool = False,
+) -> dict:
+    """Write the release candidate to `out`; returns its lineage."""
+    metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
+    gate = json.loads((Path(eval_dir) / "gate.json").read_text())
+    if gate.get("decision") != "pass" and not allow_failed_gate:
+        raise ValueError("evaluation gate failed: " + "; ".join(gate.get("reasons", [])))
+    bundle = load_model_dir(model_dir)  # proves the weights load before anything is written
+    lineage = {
+        "data_md5": dvc_data_hash(data_pointer),
+        "git_commit": git_commit(),
+        "params": params,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "gate": gate.get("decision"),
+        "test_top1": (metrics.get("test") or {}).get("top1"),
+    }
+    extras = {"metrics.json": metrics, "gate.json": gate, "lineage.json": lineage}
+    write_model_dir(out, bundle.model, bundle.preprocess, bundle.labels, extras=extras)
+    return lineage

@@ -1,0 +1,284 @@
+"""The one video preprocessing path, shared by conversion, training, evaluation and serving.
+
+    decode (only the frames needed) -> trim -> [bbox crop] -> resize short side
+        -> sample num_frames -> centre / random crop -> channel order + value range -> C x T x H x W
+
+Frames travel as uint8 BGR arrays (OpenCV's order) until the last step, which converts to the
+model's channel order and range in one vectorised float32 pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+
+class VideoError(ValueError):
+    """A video that cannot be used; the message says what is wrong with it."""
+
+
+class UnreadableVideo(VideoError):
+    pass
+
+
+class NoFrames(VideoError):
+    pass
+
+
+class FrameRangeError(VideoError):
+    pass
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How the model wants its input. Stored in config.json so serving never guesses."""
+
+    num_frames: int = 64
+    resize: int = 256  # short side after resizing, before the crop
+    crop: int = 224
+    channel_order: str = "BGR"  # what the network was trained on (WLASL: OpenCV BGR)
+    value_range: tuple[float, float] = (-1.0, 1.0)  # uint8 [0, 255] maps linearly onto this
+    bbox_crop: bool = False  # crop around the signer's box (needs a bbox, i.e. not at serving)
+    bbox_margin: float = 0.1  # fraction of the box size added on each side
+    fps: float = 25.0  # frame rate the frame indices and motion speed assume
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.channel_order not in ("BGR", "RGB"):
+            raise ValueError(f"channel_order must be BGR or RGB, got {self.channel_order!r}")
+        if not 0 < self.crop <= self.resize:
+            raise ValueError(f"need 0 < crop <= resize, got crop={self.crop} resize={self.resize}")
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        object.__setattr__(self, "value_range", tuple(float(v) for v in self.value_range))
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"value_range": list(self.value_range)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown preprocess config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def _open(path: str | os.PathLike) -> cv2.VideoCapture:
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableVideo(f"video not found: {path}")
+    if path.stat().st_size == 0:
+        raise UnreadableVideo(f"video is empty (0 bytes): {path}")
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        raise UnreadableVideo(f"not a readable video: {path}")
+    return cap
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Container metadata. The frame count is the container's claim; decode() checks it."""
+    cap = _open(path)
+    try:
+        return VideoInfo(
+            frames=max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0),
+            fps=float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
+            width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
+    finally:
+        cap.release()
+
+
+def trim_range(frame_start: int, frame_end: int, total: int) -> tuple[int, int]:
+    """WLASL's 1-based inclusive [frame_start, frame_end] (-1 = to the end) -> 0-based [lo, hi)."""
+    if frame_start < 1:
+        raise FrameRangeError(f"frame_start must be >= 1 (1-based), got {frame_start}")
+    end = total if frame_end == -1 else frame_end
+    if end < frame_start:
+        raise FrameRangeError(f"frame_end {frame_end} is before frame_start {frame_start}")
+    if end > total:
+        raise FrameRangeError(f"frame_end {end} is beyond the video's {total} frames")
+    return frame_start - 1, end
+
+
+def sample_indices(
+    n: int, num_frames: int, *, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Pick num_frames positions in [0, n).
+
+    Long clips are covered end to end: one frame from each of num_frames equal segments (its
+    centre, or a random point in it when training -- temporal jitter). Short clips keep every
+    frame in order and are padded by repeating the last one (random front/back split when
+    training), so the motion keeps its speed.
+    """
+    if n < 1:
+        raise NoFrames("no frames to sample from")
+    if n >= num_frames:
+        edges = np.linspace(0, n, num_frames + 1)
+        if rng is None:
+            pos = (edges[:-1] + edges[1:]) / 2
+        else:
+            pos = edges[:-1] + rng.random(num_frames) * np.diff(edges)
+        return np.minimum(pos.astype(np.int64), n - 1)
+    pad = num_frames - n
+    front = int(rng.integers(0, pad + 1)) if rng is not None else 0
+    return np.concatenate([np.zeros(front, np.int64), np.arange(n), np.full(pad - front, n - 1)])
+
+
+def decode(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
+    """Decode the frames at sorted-or-not 0-based `indices` -> T x H x W x 3 uint8 BGR.
+
+    Frames that are not needed are only grabbed (no colour conversion, no copy), and decoding
+    stops after the last needed frame.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size == 0:
+        raise NoFrames("no frames requested")
+    wanted = np.unique(indices)
+    cap = _open(path)
+    got: dict[int, np.ndarray] = {}
+    try:
+        pos = 0
+        for idx in wanted:
+            while pos < idx:
+                if not cap.grab():
+                    break
+                pos += 1
+            ok = pos == idx and cap.grab()
+            frame = cap.retrieve()[1] if ok else None
+            if frame is None:
+                break
+            got[int(idx)] = frame
+            pos += 1
+    finally:
+        cap.release()
+    if not got:
+        raise NoFrames(f"no decodable frames in {path}")
+    if len(got) < len(wanted):
+        missing = int(wanted[len(got)])
+        raise FrameRangeError(
+            f"{path} has only {missing} decodable frames; frame {missing + 1} was requested"
+        )
+    return np.stack([got[int(i)] for i in indices])
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames that actually decode (containers can claim more than they hold)."""
+    cap = _open(path)
+    n = 0
+    try:
+        while cap.grab():
+            n += 1
+    finally:
+        cap.release()
+    return n
+
+
+def bbox_window(
+    bbox: Sequence[float], margin: float, width: int, height: int
+) -> tuple[int, int, int, int]:
+    """The bbox [xmin, ymin, xmax, ymax] grown by margin on each side, clipped to the frame."""
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
+    x0, y0 = max(0, int(x0 - mx)), max(0, int(y0 - my))
+    x1, y1 = min(width, int(np.ceil(x1 + mx))), min(height, int(np.ceil(y1 + my)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise VideoError(f"bbox {list(bbox)} leaves no image inside the {width}x{height} frame")
+    return x0, y0, x1, y1
+
+
+def resize_frames(
+    frames: np.ndarray, cfg: PreprocessConfig, bbox: Sequence[float] | None = None
+) -> np.ndarray:
+    """[bbox crop] + resize so the short side is cfg.resize. T x H x W x 3 uint8 in and out."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise VideoError(f"expected frames T x H x W x 3, got shape {list(frames.shape)}")
+    if cfg.bbox_crop and bbox is not None:
+        x0, y0, x1, y1 = bbox_window(bbox, cfg.bbox_margin, frames.shape[2], frames.shape[1])
+        frames = frames[:, y0:y1, x0:x1]
+    h, w = frames.shape[1:3]
+    scale = cfg.resize / min(h, w)
+    size = (max(cfg.crop, round(w * scale)), max(cfg.crop, round(h * scale)))
+    if size == (w, h):
+        return np.ascontiguousarray(frames)
+    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
+
+
+def to_tensor(
+    frames: np.ndarray, cfg: PreprocessConfig, *, rng: np.random.Generator | None = None
+) -> torch.Tensor:
+    """Resized uint8 BGR frames T x H x W x 3 -> crop -> float C x T x crop x crop."""
+    h, w = frames.shape[1:3]
+    c = cfg.crop
+    y, x = (h - c) // 2, (w - c) // 2
+    if rng is not None:
+        # Jitter within the central resize x resize square: on a wide frame a crop anywhere
+        # along the width would often cut the signer out, which eval and serving never do.
+        j = (cfg.resize - c) // 2
+        y = int(np.clip(y + rng.integers(-j, j + 1), 0, h - c))
+        x = int(np.clip(x + rng.integers(-j, j + 1), 0, w - c))
+    clip = torch.from_numpy(frames)[:, y : y + c, x : x + c]
+    if cfg.channel_order == "RGB":
+        clip = clip.flip(-1)
+    lo, hi = cfg.value_range
+    # One uint8 -> float32 pass, scaled in place; the C x T x H x W result is a view of
+    # T x H x W x C memory, i.e. already channels_last_3d, the layout the fast forward wants.
+    out = clip.to(torch.float32).mul_((hi - lo) / 255.0).add_(lo)
+    return out.permute(3, 0, 1, 2)
+
+
+def clip_from_frames(
+    frames: np.ndarray,
+    cfg: PreprocessConfig,
+    *,
+    bbox: Sequence[float] | None = None,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """Already-trimmed BGR frames (any count) -> model input. rng=None is eval/serving."""
+    idx = sample_indices(len(frames), cfg.num_frames, rng=rng)
+    return to_tensor(resize_frames(frames[idx], cfg, bbox), cfg, rng=rng)
+
+
+def load_clip(
+    path: str | os.PathLike,
+    cfg: PreprocessConfig,
+    *,
+    frame_start: int = 1,
+    frame_end: int = -1,
+    bbox: Sequence[float] | None = None,
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """A video file -> model input C x T x H x W, decoding only the sampled frames."""
+    total = probe(path).frames
+    if frame_end == -1 and total <= 0:
+        total = count_frames(path)
+    if total <= 0:
+        raise NoFrames(f"no decodable frames in {path}")
+    try:
+        lo, hi = trim_range(frame_start, frame_end, total)
+        idx = lo + sample_indices(hi - lo, cfg.num_frames, rng=rng)
+        frames = decode(path, idx)
+    except FrameRangeError:
+        if frame_end != -1:
+            raise
+        # The container over-counted its frames: sample again over the ones that decode.
+        total = count_frames(path)
+        if total == 0:
+            raise NoFrames(f"no decodable frames in {path}") from None
+        lo, hi = trim_range(frame_start, frame_end, total)
+        frames = decode(path, lo + sample_indices(hi - lo, cfg.num_frames, rng=rng))
+    return to_tensor(resize_frames(frames, cfg, bbox), cfg, rng=rng)

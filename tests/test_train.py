@@ -1,0 +1,187 @@
+"""Training: a tiny end-to-end smoke run, overfitting one batch, and exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from components.cli import main
+from components.convert import convert
+from components.synth import synthesize
+from components.train import ShardClips
+from model.i3d import I3DConfig, InceptionI3d
+from model.package import load_model_dir
+from model.video import PreprocessConfig
+
+TINY_MODEL = {"width": 0.25, "dropout": 0.0, "num_frames": 8, "resize": 64, "crop": 56,
+              "channel_order": "BGR", "value_range": [-1.0, 1.0], "bbox_crop": False,
+              "bbox_margin": 0.1, "fps": 25.0}  # fmt: skip
+TINY_TRAIN = {"epochs": 3, "batch_size": 4, "optimizer": "adamw", "lr": 0.002,
+              "weight_decay": 0.0001, "warmup_epochs": 1, "label_smoothing": 0.1,
+              "hflip": True, "color_jitter": 0.2, "freeze_backbone": False, "init": "",
+              "seed": 0, "num_workers": 0, "cache": True, "device": "cpu"}  # fmt: skip
+
+
+def tiny_params(tmp: Path, **train) -> Path:
+    params = {
+        "data": {"dir": "data"},
+        "model": TINY_MODEL,
+        "convert": {"shard_size": 8},
+        "train": {**TINY_TRAIN, **train},
+        "evaluate": {"min_top1": 0.0, "tolerance": 0.05, "baseline": "", "batch_size": 4},
+    }
+    path = tmp / f"params-{len(list(tmp.glob('params-*')))}.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    data = root / "data"
+    synthesize(data, classes=4, per_class=6, signers=4, seed=3, progress=False)
+    pre = PreprocessConfig.from_dict({k: v for k, v in TINY_MODEL.items()
+                                      if k not in ("width", "dropout")})  # fmt: skip
+    convert(data, root / "shards", pre, shard_size=8, progress=False)
+    return data, root / "shards"
+
+
+def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
+    data, shard_dir = shards
+    params = str(tiny_params(tmp_path))
+    out = tmp_path / "train"
+    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params", params,
+                 "--quiet"]) == 0  # fmt: skip
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert all({"loss", "val_top1", "val_top5", "lr"} <= set(r) for r in history)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == history[-1]
+    bundle = load_model_dir(out / "model")
+    assert bundle.arch.width == 0.25 and bundle.preprocess.num_frames == 8
+    assert len(bundle.labels) == 4
+
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(data), "--out",
+                 str(ev), "--params", params, "--quiet"]) == 0  # fmt: skip
+    m = json.loads((ev / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert {"top1", "top5", "top10", "per_class_mean"} <= set(m[split])
+        assert 0 <= m[split]["top1"] <= m[split]["top5"] <= m[split]["top10"] <= 1
+    assert json.loads((ev / "gate.json").read_text())["decision"] == "pass"
+
+    pkg = tmp_path / "package"
+    assert main(["package", "--model", str(out / "model"), "--eval", str(ev), "--out",
+                 str(pkg), "--params", params]) == 0  # fmt: skip
+    lineage = json.loads((pkg / "lineage.json").read_text())
+    assert lineage["params"]["train"]["epochs"] == 3 and lineage["gate"] == "pass"
+    assert {"metrics.json", "gate.json", "config.json", "labels.txt", "model.pt"} <= {
+        p.name for p in pkg.iterdir()
+    }
+    capsys.readouterr()
+    video = next((data / "videos").glob("*.mp4"))
+    assert main(["predict-local", str(pkg), str(video), "--top-k", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["glosses"]) == 2
+
+
+def test_failed_gate_blocks_packaging(shards, tmp_path, capsys):
+    data, shard_dir = shards
+    params = tiny_params(tmp_path, epochs=1)
+    raw = yaml.safe_load(params.read_text())
+    raw["evaluate"]["min_top1"] = 1.01  # impossible
+    params.write_text(yaml.safe_dump(raw))
+    out, ev, pkg = tmp_path / "t", tmp_path / "e", tmp_path / "p"
+    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params",
+                 str(params), "--quiet"]) == 0  # fmt: skip
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(data), "--out",
+                 str(ev), "--params", str(params), "--quiet"]) == 0  # fmt: skip
+    gate = json.loads((ev / "gate.json").read_text())
+    assert gate["decision"] == "fail" and "below the minimum" in gate["reasons"][0]
+    args = ["package", "--model", str(out / "model"), "--eval", str(ev), "--out", str(pkg),
+            "--params", str(params)]  # fmt: skip
+    assert main(args) == 2
+    assert "gate failed" in capsys.readouterr().err and not pkg.exists()
+    assert main([*args, "--allow-failed-gate"]) == 0 and pkg.is_dir()
+
+
+def test_overfits_one_batch(shards):
+    _, shard_dir = shards
+    pre = PreprocessConfig(num_frames=8, resize=64, crop=56)
+    clips = list(ShardClips(shard_dir, "train", pre, train=False))[:4]
+    x = torch.stack([c[0] for c in clips])
+    y = torch.tensor([c[1] for c in clips])
+    torch.manual_seed(0)
+    model = InceptionI3d(I3DConfig(num_classes=4, width=0.25, dropout=0.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(25):
+        loss = F.cross_entropy(InceptionI3d.clip_logits(model(x)), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 < first
+    with torch.no_grad():
+        assert torch.equal(InceptionI3d.clip_logits(model(x)).argmax(1), y)
+
+
+def _train_cmd(shard_dir: Path, out: Path, params: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "components.cli", "train", "--shards", str(shard_dir),
+            "--out", str(out), "--params", str(params), "--quiet", *extra]  # fmt: skip
+
+
+def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
+    _, shard_dir = shards
+    params = tiny_params(tmp_path, epochs=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    subprocess.run(_train_cmd(shard_dir, whole, params), check=True, env=env, timeout=300,
+                   capture_output=True)  # fmt: skip
+
+    proc = subprocess.Popen(_train_cmd(shard_dir, broken, params), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (broken / "state.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "training never wrote a checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: like a node going away
+    proc.wait()
+    state = torch.load(broken / "state.pt", weights_only=True)
+    assert 1 <= state["epoch"] < 4, "the kill should land mid-run"
+    assert not (broken / "model").exists()
+
+    r = subprocess.run(_train_cmd(shard_dir, broken, params, "--resume"), env=env,
+                       timeout=300, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {broken / 'state.pt'} after epoch {state['epoch']}" in r.stdout
+    a = torch.load(whole / "model" / "model.pt", weights_only=True)
+    b = torch.load(broken / "model" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    def curve(run: Path) -> list[dict]:  # everything but wall-clock time must match
+        rows = json.loads((run / "history.json").read_text())
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert curve(whole) == curve(broken)
+
+
+def test_resume_refuses_other_params(shards, tmp_path):
+    _, shard_dir = shards
+    out = tmp_path / "run"
+    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params",
+                 str(tiny_params(tmp_path, epochs=1)), "--quiet"]) == 0  # fmt: skip
+    args = ["train", "--shards", str(shard_dir), "--out", str(out), "--params",
+            str(tiny_params(tmp_path, epochs=1, lr=0.5)), "--resume", "--quiet"]  # fmt: skip
+    assert main(args) == 2
