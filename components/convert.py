@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import tarfile
@@ -127,7 +128,13 @@ def _run(jobs: list, workers: int) -> Iterator:
     """Results in job order; at most a few jobs per worker in flight, so memory stays bounded."""
     if not jobs:
         return
-    ex = ProcessPoolExecutor(workers, initializer=_init_worker)
+    if workers <= 1:
+        yield from map(_convert_one, jobs)
+        return
+    # spawn, not fork: forking a process whose torch / OpenMP threads are running can deadlock
+    # the children (seen under pytest after a test had used torch).
+    ctx = multiprocessing.get_context("spawn")
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
     try:
         it = iter(jobs)
         pending = deque(ex.submit(_convert_one, j) for j in islice(it, 4 * workers))
@@ -188,6 +195,7 @@ def convert(
     shard_size: int = 64,
     samples: list[Sample] | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict:
     """Convert `samples` (default: all of `dataset`) to shards under `out`; return the manifest."""
     if shard_size < 1:
@@ -219,7 +227,7 @@ def convert(
         batch.clear()
 
     jobs = [(dataset, s, pre) for s in samples]
-    workers = min(os.cpu_count() or 1, 4)
+    workers = workers or min(os.cpu_count() or 1, 4)
     bar = tqdm(total=len(jobs), desc="convert", unit="video", disable=not progress)
     with bar:
         for i, (s, result) in enumerate(zip(samples, _run(jobs, workers), strict=True)):

@@ -361,8 +361,8 @@ def _check_args(out: Path, classes: int, per_class: int, signers: int, seed: int
 def synthesize(
     out: Path,
     classes: int = 10,
-    per_class: int = 32,
-    signers: int = 16,
+    per_class: int = 48,
+    signers: int = 24,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:

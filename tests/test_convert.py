@@ -124,14 +124,14 @@ def test_crash_leaves_no_partial_files(dataset, tmp_path, monkeypatch):
     train = sorted(s.video_id for s in load_samples(dataset) if s.split == "train")
     real = conv._encode
 
-    def encode(frames, fps, key):  # the pool forks after this patch, so workers see it
+    def encode(frames, fps, key):  # in-process (workers=1), so the patch is what runs
         if key == train[6]:  # mid second shard: one shard is already committed by then
             raise RuntimeError("encoder died")
         return real(frames, fps, key)
 
     monkeypatch.setattr(conv, "_encode", encode)
     with pytest.raises(RuntimeError, match="encoder died"):
-        convert(dataset, tmp_path, PRE, shard_size=SHARD, progress=False)
+        convert(dataset, tmp_path, PRE, shard_size=SHARD, progress=False, workers=1)
     # The old manifest would vouch for shards that were just overwritten, so it is gone.
     assert not (tmp_path / "manifest.json").exists()
     assert not list(tmp_path.glob(".*"))

@@ -227,7 +227,7 @@ def test_default_size_is_small_and_fast(tmp_path):
     t0 = time.perf_counter()
     summary = synth.synthesize(tmp_path / "d", progress=False)
     assert time.perf_counter() - t0 < 60
-    assert summary["splits"] == {"train": 150, "val": 30, "test": 60}
+    assert summary["splits"] == {"train": 300, "val": 60, "test": 120}
     ends = [inst["frame_end"] for _, _, inst in _instances(tmp_path / "d")]
     assert 0.1 < ends.count(-1) / len(ends) < 0.3
     assert sum(p.stat().st_size for p in (tmp_path / "d").rglob("*")) < 20e6
