@@ -144,6 +144,16 @@ def _cmd_params(args: argparse.Namespace) -> None:
     print(" ".join(profile_overrides(_params(args), args.profile)))
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from model.server import main as serve
+
+    serve(
+        ["--model-dir", args.model_dir, "--http-port", str(args.http_port)]
+        + ["--grpc-port", str(args.grpc_port), "--max-video-mb", str(args.max_video_mb)]
+        + ["--max-duration-s", str(args.max_duration_s)]
+    )
+
+
 def _add_params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -257,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top-k", type=int, default=5, help="how many glosses (default 5)")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_predict_local)
+
+    sv = sub.add_parser(
+        "serve",
+        help="serve a model over KServe v2 REST + gRPC",
+        description="Run the KServe model server (model `sign2text`) as the serving image does.",
+    )
+    sv.add_argument("--model-dir", required=True, help="model directory or s3:// gs:// URI")
+    sv.add_argument("--http-port", type=int, default=8080, help="REST port (default 8080)")
+    sv.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
+    sv.add_argument("--max-video-mb", type=float, default=32, help="largest video (default 32)")
+    sv.add_argument("--max-duration-s", type=float, default=60, help="longest video (default 60)")
+    sv.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -1,0 +1,371 @@
+"""KServe v2 serving: the predictor in-process, then the real server in a subprocess driven by
+real clients (tests/serving_client.py, in their own processes: kserve and tritonclient.grpc
+cannot share one) over REST binary, REST JSON and gRPC, plus the bad-input matrix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput, InferRequest
+
+from model import video as V
+from model.i3d import I3DConfig, InceptionI3d
+from model.package import write_model_dir
+from model.predict import Classifier
+from model.serving import Sign2TextModel
+from tests.conftest import moving_square, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["hello", "thanks", "book", "drink", "computer", "before", "go"]
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only
+ENV = os.environ | {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+def _input_sensitive(model: InceptionI3d, seed: int = 0) -> InceptionI3d:
+    """Random weights scaled like a trained net's (as conftest.published_state_dict does):
+    a freshly initialised I3D gives the same probabilities for every input, which would make
+    the comparisons below vacuous."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, v in model.state_dict().items():
+        if not v.is_floating_point():
+            state[key] = v
+        elif key.endswith(".weight") and v.dim() == 5:
+            state[key] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
+        elif key.endswith("running_var") or key.endswith("bn.weight"):
+            state[key] = 1 + 0.1 * torch.rand(v.shape, generator=g)
+        else:
+            state[key] = 0.01 * torch.randn(v.shape, generator=g)
+    model.load_state_dict(state)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    model = _input_sensitive(InceptionI3d(I3DConfig(num_classes=len(LABELS), width=0.25)))
+    pre = V.PreprocessConfig(num_frames=8, resize=64, crop=56)
+    return write_model_dir(tmp_path_factory.mktemp("serving") / "model", model, pre, LABELS)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("videos")
+    good = write_video(d / "good.mp4", moving_square(40)).read_bytes()
+    (d / "truncated.mp4").write_bytes(good[: len(good) // 2])  # moov atom lost: won't open
+    # Opens (container and frame count intact) but every frame's data is zeros: no frame decodes.
+    i = good.find(b"mdat")
+    size = int.from_bytes(good[i - 4 : i], "big")
+    zeroed = bytearray(good)
+    zeroed[i + 4 : i - 4 + size] = bytes(size - 8)
+    (d / "zero_frames.mp4").write_bytes(zeroed)
+    write_video(d / "too_long.mp4", moving_square(110, 48, 64))  # 4.4 s at 25 fps
+    (d / "still.png").write_bytes(cv2.imencode(".png", moving_square(1)[0])[1].tobytes())
+    return d
+
+
+def _video_request(data: bytes, **params) -> InferRequest:
+    inp = InferInput("video", [1], "BYTES", data=np.array([data], dtype=np.object_))
+    return InferRequest("sign2text", [inp], parameters=params)
+
+
+def _frames_request(frames_rgb: np.ndarray, **params) -> InferRequest:
+    inp = InferInput("frames", list(frames_rgb.shape), "UINT8", data=frames_rgb)
+    return InferRequest("sign2text", [inp], parameters=params)
+
+
+def _outputs(response) -> dict[str, np.ndarray]:
+    return {o.name: o.data for o in response.outputs}
+
+
+# --- in-process ---------------------------------------------------------------------------
+
+
+def test_in_process_word_mode_matches_classifier(model_dir, files):
+    m = Sign2TextModel(model_dir)
+    assert not m.ready
+    assert m.load() and m.ready
+
+    out = _outputs(asyncio.run(m.predict(_video_request((files / "good.mp4").read_bytes()))))
+    glosses = [g.decode() for g in out["glosses"]]
+    assert len(glosses) == 5 and set(glosses) <= set(LABELS)
+    assert out["scores"].dtype == np.float32 and np.all(np.diff(out["scores"]) <= 0)
+    # The served path is the in-process path: same preprocessing, same numbers.
+    expected = Classifier(model_dir).predict_video(files / "good.mp4", top_k=5)
+    assert glosses == expected.glosses
+    np.testing.assert_allclose(out["scores"], expected.scores, rtol=1e-5)
+
+
+def test_in_process_frames_are_rgb(model_dir):
+    m = Sign2TextModel(model_dir)
+    m.load()
+    bgr = moving_square(12)
+    out = _outputs(asyncio.run(m.predict(_frames_request(bgr[..., ::-1].copy(), top_k=7))))
+    clf = Classifier(model_dir)
+    probs = clf.probabilities(V.clip_from_frames(bgr, clf.bundle.preprocess))[0]
+    expected = clf.top_k(probs, 7)
+    assert [g.decode() for g in out["glosses"]] == expected.glosses
+    np.testing.assert_allclose(out["scores"], expected.scores, rtol=1e-5)
+    # ...and the channel flip matters to the model, so the check above could fail.
+    unflipped = clf.probabilities(V.clip_from_frames(bgr[..., ::-1].copy(), clf.bundle.preprocess))
+    assert not torch.allclose(probs, unflipped[0], atol=1e-7)
+
+
+def test_in_process_sentence_mode_wiring(model_dir, files, monkeypatch):
+    """Outputs and the transcribe() call, against a stand-in for model.sentence."""
+    calls = []
+
+    def transcribe(classifier, frames_bgr, *, window=None, stride=None, threshold=None):
+        calls.append((classifier, frames_bgr))
+        word = types.SimpleNamespace
+        return [
+            word(gloss="hello", start=0, end=9, confidence=0.9),
+            word(gloss="go", start=10, end=20, confidence=0.75),
+        ]
+
+    monkeypatch.setitem(sys.modules, "model.sentence", types.SimpleNamespace(transcribe=transcribe))
+    m = Sign2TextModel(model_dir)
+    m.load()
+    rgb = moving_square(6)[..., ::-1].copy()
+    out = _outputs(asyncio.run(m.predict(_frames_request(rgb, mode="sentence"))))
+    assert [w.decode() for w in out["words"]] == ["hello", "go"]
+    assert out["spans"].dtype == np.int32 and out["spans"].tolist() == [[0, 9], [10, 20]]
+    np.testing.assert_allclose(out["confidences"], [0.9, 0.75])
+    assert calls[0][0] is m.classifier
+    np.testing.assert_array_equal(calls[0][1], rgb[..., ::-1])  # BGR, as everywhere inside
+
+    video = (files / "good.mp4").read_bytes()
+    asyncio.run(m.predict(_video_request(video, mode="sentence")))
+    np.testing.assert_array_equal(calls[1][1], V.decode(files / "good.mp4", np.arange(40)))
+
+    with pytest.raises(InvalidInput, match="mode"):
+        asyncio.run(m.predict(_video_request(video, mode="paragraph")))
+
+
+def test_load_from_uri_downloads_with_kserve_storage(model_dir, tmp_path, monkeypatch):
+    """A URI goes through kserve_storage (here http:// on 127.0.0.1; s3:// takes the same path)."""
+    import functools
+    import http.server
+    import tarfile
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    with tarfile.open(site / "model.tar.gz", "w:gz") as tar:
+        for f in model_dir.iterdir():
+            tar.add(f, arcname=f.name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where Storage downloads to
+    try:
+        m = Sign2TextModel(f"http://127.0.0.1:{httpd.server_address[1]}/model.tar.gz")
+        assert not m.ready
+        m.load()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert m.ready and m.classifier.labels == LABELS
+
+
+def test_cli_serve_forwards_to_model_server(monkeypatch):
+    from components import cli
+
+    got = []
+    monkeypatch.setattr("model.server.main", lambda argv=None: got.append(argv) or 0)
+    assert cli.main(["serve", "--model-dir", "s3://b/m", "--max-duration-s", "3"]) == 0
+    argv = got[0]
+    assert argv[argv.index("--model-dir") + 1] == "s3://b/m"
+    assert argv[argv.index("--max-duration-s") + 1] == "3.0"
+    assert argv[argv.index("--http-port") + 1] == "8080"
+
+
+# --- the real server ----------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    http: int
+    grpc: int
+    log: Path
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with OPENER.open(f"http://127.0.0.1:{self.http}{path}", timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except OSError:
+            return 0, b""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.get("/v2/models/sign2text/ready")[0] == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    http, grpc = _free_port(), _free_port()
+    cmd = [sys.executable, "-m", "model.server", "--model-dir", str(model_dir)]
+    cmd += ["--http-port", str(http), "--grpc-port", str(grpc)]
+    cmd += ["--max-video-mb", "1", "--max-duration-s", "3"]  # small limits to test them cheaply
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    srv = Server(proc, http, grpc, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not srv.alive():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not become ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_client(server: Server, files: Path, scenario: str) -> dict:
+    cmd = [sys.executable, "tests/serving_client.py", scenario, "--files", str(files)]
+    cmd += ["--rest-addr", f"127.0.0.1:{server.http}", "--grpc-addr", f"127.0.0.1:{server.grpc}"]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{r.stderr[-3000:]}\nserver log:\n{server.log.read_text()[-2000:]}"
+    return json.loads(r.stdout)
+
+
+def _assert_ranked(result: dict, k: int = 3) -> None:
+    assert len(result["glosses"]) == k and set(result["glosses"]) <= set(LABELS)
+    assert all(a >= b for a, b in zip(result["scores"], result["scores"][1:], strict=False))
+    assert all(0 < s <= 1 for s in result["scores"])
+
+
+def test_tritonclient_rest_binary_rest_json_and_grpc(server, files, model_dir):
+    r = run_client(server, files, "triton")
+    _assert_ranked(r["http_binary"])  # REST binary extension carrying a real mp4
+    _assert_ranked(r["grpc_raw"])  # gRPC raw_input_contents, read back from raw_output_contents
+    assert r["grpc_raw"]["raw_output_contents"] == 2
+    assert r["rest_json_frames"]["status"] == 200
+    _assert_ranked(r["rest_json_frames"])
+    expected = Classifier(model_dir).predict_video(files / "good.mp4", top_k=3)
+    for transport in ("http_binary", "grpc_raw"):
+        assert r[transport]["glosses"] == expected.glosses
+        np.testing.assert_allclose(r[transport]["scores"], expected.scores, rtol=1e-5)
+    for meta in (r["http_metadata"], r["grpc_metadata"]):
+        assert meta["name"] == "sign2text"
+        inputs = {i["name"]: (i["datatype"], [int(d) for d in i["shape"]]) for i in meta["inputs"]}
+        assert inputs == {"video": ("BYTES", [1]), "frames": ("UINT8", [-1, -1, -1, 3])}
+        names = {o["name"] for o in meta["outputs"]}
+        assert names == {"glosses", "scores", "words", "spans", "confidences"}
+    print("served latency (ms, median of 5):", r["latency_ms"])
+
+
+def test_kserve_grpc_client(server, files):
+    r = run_client(server, files, "kserve-grpc")
+    assert r["raw_input_contents"]
+    _assert_ranked(r)
+
+
+REST_ERRORS = {
+    "no_input": "no input",
+    "not_v2_json": "not a v2 inference request",
+    "malformed_json": "not a v2 inference request",
+    "binary_size_past_body": "runs past the body",
+    "both_inputs": "exactly one",
+    "unknown_input": "unknown input",
+    "video_wrong_datatype": "must be BYTES",
+    "frames_wrong_datatype": "must be UINT8",
+    "video_wrong_shape": "shape [1]",
+    "frames_wrong_shape": "[T, H, W, 3]",
+    "frames_data_mismatch": "does not match",
+    "empty": "empty",
+    "text": "not a readable video",
+    "png": "still image",
+    "random": "not a readable video",
+    "truncated": "not a readable video",
+    "zero_frames": "no decodable frames",
+    "too_long": "4.4 s long; the limit is 3 s",
+    "too_large": "the limit is 1048576 bytes",
+    "frames_1_channel": "[T, H, W, 3]",
+    "frames_4_channels": "[T, H, W, 3]",
+    "top_k_0": "top_k must be between 1 and 7",
+    "top_k_too_big": "top_k must be between 1 and 7",
+    "top_k_not_int": "top_k must be an integer",
+    "unknown_mode": "mode must be one of",
+}
+
+
+def test_bad_inputs_rest(server, files):
+    results = run_client(server, files, "bad-rest")
+    assert set(results) == set(REST_ERRORS)
+    for case, phrase in REST_ERRORS.items():
+        r = results[case]
+        assert r["status"] == 400, (case, r)
+        assert phrase in r["error"], (case, r)
+        assert "/dev/shm" not in r["error"] and "/tmp" not in r["error"], (case, r)
+        assert r["followup_ok"], (case, r)
+    assert server.alive()
+
+
+def test_bad_inputs_grpc(server, files):
+    results = run_client(server, files, "bad-grpc")
+    for case, r in results.items():
+        want = "RESOURCE_EXHAUSTED" if case == "over_grpc_limit" else "INVALID_ARGUMENT"
+        assert r["status"] == f"StatusCode.{want}", (case, r)
+        if case in REST_ERRORS:
+            assert REST_ERRORS[case] in r["error"], (case, r)
+        assert r["followup_ok"], (case, r)
+    assert len(results) >= 12
+    assert server.alive()
+
+
+def test_stage_metrics(server):
+    frames = moving_square(6)[..., ::-1]
+    body = {
+        "inputs": [
+            {"name": "frames", "datatype": "UINT8", "shape": list(frames.shape)}
+            | {"data": frames.reshape(-1).tolist()}
+        ]
+    }
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.http}/v2/models/sign2text/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with OPENER.open(req, timeout=30) as r:
+        assert r.status == 200
+    status, text = server.get("/metrics")
+    assert status == 200
+    counts = {}
+    for line in text.decode().splitlines():
+        if line.startswith("sign2text_stage_seconds_count{"):
+            stage = line.split('stage="')[1].split('"')[0]
+            counts[stage] = float(line.rsplit(" ", 1)[1])
+    assert set(counts) == {"decode", "preprocess", "inference"}
+    assert all(c >= 1 for c in counts.values()), counts
