@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline (DAG, parameters, gating) and its compiled spec live here."""

@@ -1,0 +1,38 @@
+"""Project layout rules that a refactor could silently break."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_model_package_never_imports_components():
+    """The serving image ships model/ alone."""
+    for path in (ROOT / "model").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(n == "components" or n.startswith("components.") for n in names), path
+
+
+def test_top_level_layout():
+    for name in ("components", "model", "pipelines", "manifests", "tests", "data.dvc",
+                 "dvc.yaml", "params.yaml", "Makefile", "pyproject.toml", "README.md",
+                 ".ci/run"):  # fmt: skip
+        assert (ROOT / name).exists(), name
+    assert "make demo" in (ROOT / "README.md").read_text().split("##")[1]
+    assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_checkpoints_are_only_loaded_with_weights_only():
+    for path in [*(ROOT / "model").rglob("*.py"), *(ROOT / "components").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load":
+                if getattr(node.func.value, "id", "") == "torch":
+                    kw = {k.arg: k.value for k in node.keywords}
+                    assert "weights_only" in kw and kw["weights_only"].value is True, path
