@@ -159,6 +159,13 @@ def _add_params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from components.client import format_table, predict, to_json
+
+    result = predict(args.video, url=args.url, grpc=args.grpc, mode=args.mode, top_k=args.top_k)
+    print(to_json(result) if args.json else format_table(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sign2text", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -279,6 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-video-mb", type=float, default=32, help="largest video (default 32)")
     sv.add_argument("--max-duration-s", type=float, default=60, help="longest video (default 60)")
     sv.set_defaults(func=_cmd_serve)
+
+    pc = sub.add_parser(
+        "predict",
+        help="send a video to a running server (v2 protocol, REST or gRPC)",
+        description="Client of a running sign2text server; needs neither torch nor the model.",
+    )
+    pc.add_argument("video", help="video file (mp4, webm, avi, mov...)")
+    where = pc.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="REST endpoint, e.g. http://127.0.0.1:8080")
+    where.add_argument("--grpc", help="gRPC endpoint host:port, e.g. 127.0.0.1:8081")
+    pc.add_argument("--mode", choices=("word", "sentence"), default="word")
+    pc.add_argument("--top-k", type=int, default=5, help="word mode: how many glosses (5)")
+    pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pc.set_defaults(func=_cmd_predict)
     return p
 
 

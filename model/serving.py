@@ -21,7 +21,7 @@ from pathlib import Path
 
 import kserve
 import numpy as np
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
@@ -146,8 +146,8 @@ class Sign2TextModel(kserve.Model):
     async def predict(self, payload, headers=None, response_headers=None) -> InferResponse:
         if not isinstance(payload, InferRequest):
             raise InvalidInput("sign2text speaks the v2 protocol: POST /v2/models/sign2text/infer")
-        if self.classifier is None:
-            raise InvalidInput("model is not loaded yet")
+        if self.classifier is None:  # kserve checks readiness first; this is for direct callers
+            raise ModelNotReady(self.name)
         name, data, top_k, mode = self._parse(payload)
         # Decoding and the forward pass block for long; a worker thread keeps the event loop
         # (health checks, other requests, gRPC) responsive meanwhile.

@@ -369,3 +369,45 @@ def test_stage_metrics(server):
             counts[stage] = float(line.rsplit(" ", 1)[1])
     assert set(counts) == {"decode", "preprocess", "inference"}
     assert all(c >= 1 for c in counts.values()), counts
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "components.cli", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def test_predict_cli_over_rest_and_grpc(server, files, model_dir):
+    from model.predict import Classifier
+
+    video = str(files / "good.mp4")
+    expected = Classifier(model_dir).predict_video(video, top_k=3)
+    for where in (
+        ["--url", f"http://127.0.0.1:{server.http}"],
+        ["--grpc", f"127.0.0.1:{server.grpc}"],
+    ):
+        r = _cli("predict", video, *where, "--top-k", "3", "--json")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["glosses"] == expected.glosses
+        np.testing.assert_allclose(out["scores"], expected.scores, rtol=1e-4)
+    table = _cli("predict", video, "--url", f"http://127.0.0.1:{server.http}", "--top-k", "2")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split() == [
+        "rank",
+        "gloss",
+        "probability",
+    ]
+
+
+def test_predict_cli_reports_server_errors_in_one_line(server, files):
+    r = _cli("predict", str(files / "good.mp4"), "--url", f"http://127.0.0.1:{server.http}",
+             "--top-k", "0")  # fmt: skip
+    assert r.returncode == 2 and "top_k" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("predict", str(files / "good.mp4"), "--url", "http://127.0.0.1:9")  # nothing there
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_client_needs_neither_torch_nor_kserve():
+    code = ("import sys, components.cli, components.client; "
+            "assert not {'torch', 'kserve'} & set(sys.modules), sorted(sys.modules)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-500:]
