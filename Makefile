@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data
 
-.PHONY: setup test lint demo bench data clean
+.PHONY: setup test lint demo bench bench-serve serve data clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,14 @@ demo: setup data
 
 bench: setup
 	$(BIN)/python -m tests.bench.bench_model
+
+bench-serve: setup
+	$(BIN)/python -m tests.bench.bench_serve
+
+# Serves the demo model (run `make demo` first) on :8080 (REST) and :8081 (gRPC).
+serve: setup
+	test -f artifacts/model/model.pt || { echo "no artifacts/model: run 'make demo' first"; exit 1; }
+	$(BIN)/sign2text serve --model-dir artifacts/model --http-port 8080 --grpc-port 8081
 
 clean:
 	rm -rf artifacts .pytest_cache

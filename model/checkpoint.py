@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,16 +38,33 @@ class LoadReport:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file as a flat state dict. Never unpickles arbitrary objects."""
+    """Read a checkpoint file as a flat state dict. Never unpickles arbitrary objects.
+
+    `path` may also be a storage URI (s3://bucket/i3d/rgb_imagenet.pt, gs://, https://): it is
+    downloaded to a temp dir first (model.storage.fetch; failures raise StorageError).
+    """
+    from model.storage import display_uri, fetch, is_uri
+
+    if is_uri(path):
+        source = display_uri(path)
+        with tempfile.TemporaryDirectory(prefix="sign2text-ckpt-") as tmp:
+            local = fetch(path, tmp)
+            if local.is_dir():
+                raise CheckpointError(f"checkpoint {source} is a prefix/directory, not one object")
+            return _read_local_state_dict(local, source=source)
     path = Path(path)
+    return _read_local_state_dict(path, source=str(path))
+
+
+def _read_local_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from e
-    return normalize_state_dict(obj, source=str(path))
+        raise CheckpointError(f"cannot read checkpoint {source}: {first}") from e
+    return normalize_state_dict(obj, source=source)
 
 
 def normalize_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from prometheus_client import Histogram
 
 from model import video as V
 from model.predict import Classifier
+from model.storage import fetch
 
 NAME = "sign2text"
 MODES = ("word", "sentence")
@@ -53,10 +54,6 @@ OUTPUTS = [
     {"name": "spans", "datatype": "INT32", "shape": [-1, 2]},
     {"name": "confidences", "datatype": "FP32", "shape": [-1]},
 ]
-
-
-def is_remote_uri(src: str) -> bool:
-    return "://" in src and not src.startswith("file://")
 
 
 def _plain(value):
@@ -128,12 +125,8 @@ class Sign2TextModel(kserve.Model):
         self.classifier: Classifier | None = None
 
     def load(self) -> bool:
-        src = self.model_dir
-        if is_remote_uri(src):
-            from kserve_storage import Storage  # only needed for remote URIs
-
-            src = Storage.download(src)
-        self.classifier = Classifier(src.removeprefix("file://"), self.device)
+        # A local path is used as is; s3:// gs:// https:// ... go through kserve_storage.
+        self.classifier = Classifier(fetch(self.model_dir), self.device)
         self.ready = True
         return self.ready
 
