@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -411,3 +412,29 @@ def test_client_needs_neither_torch_nor_kserve():
             "assert not {'torch', 'kserve'} & set(sys.modules), sorted(sys.modules)")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
+
+
+def test_evaluation_and_serving_feed_identical_tensors(model_dir, files, tmp_path, monkeypatch):
+    """Same video, same config: the tensor evaluation scores is the tensor serving scores."""
+    from components.dataset import Sample
+    from components.evaluate import evaluate
+
+    seen: list = []
+    real = Classifier.probabilities
+
+    def record(self, clips):
+        seen.append(clips.detach().clone())
+        return real(self, clips)
+
+    monkeypatch.setattr(Classifier, "probabilities", record)
+    (tmp_path / "data" / "videos").mkdir(parents=True)
+    shutil.copy(files / "good.mp4", tmp_path / "data" / "videos" / "v1.mp4")
+    sample = Sample("v1", 0, LABELS[0], "test", 0, 1, -1, None, 25.0)
+    evaluate(model_dir, tmp_path / "data", tmp_path / "eval", splits=("test",),
+             samples=[sample], progress=False)  # fmt: skip
+    served = Sign2TextModel(model_dir)
+    served.load()
+    asyncio.run(served.predict(_video_request((files / "good.mp4").read_bytes())))
+    assert len(seen) == 2
+    evaluated, serving = (t.reshape(-1, *t.shape[-4:]) for t in seen)
+    assert torch.equal(evaluated, serving)
