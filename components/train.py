@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from components.convert import iter_samples, read_manifest
 from model.checkpoint import load_weights, read_state_dict
+from model.config import strict_from_dict
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
 from model.video import PreprocessConfig, clip_from_frames
@@ -54,10 +55,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown train params: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "train params")
 
 
 class ShardClips(IterableDataset):

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.config import strict_from_dict
+
 # name -> (b0, b1a, b1b, b2a, b2b, b3b) output channels, in forward order.
 _INCEPTION = {
     "Mixed_3b": (64, 96, 128, 16, 32, 32),
@@ -50,10 +52,7 @@ class I3DConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> I3DConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown I3D config keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "I3D config")
 
 
 def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import kserve
@@ -123,6 +124,7 @@ class Sign2TextModel(kserve.Model):
         self.max_frames = int(max_frames)
         self.device = device
         self.classifier: Classifier | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def load(self) -> bool:
         # A local path is used as is; s3:// gs:// https:// ... go through kserve_storage.
@@ -143,9 +145,13 @@ class Sign2TextModel(kserve.Model):
             raise ModelNotReady(self.name)
         name, data, top_k, mode = self._parse(payload)
         # Decoding and the forward pass block for long; a worker thread keeps the event loop
-        # (health checks, other requests, gRPC) responsive meanwhile.
+        # (health checks, other requests, gRPC) responsive meanwhile. One thread, not the
+        # default pool: torch already uses every core per forward, and each extra thread would
+        # grow its own malloc arena (measured: +25% RSS over 300 requests with the default pool).
+        if self._pool is None:  # created lazily: kserve pickles the model for --workers N
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sign2text-infer")
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(None, self._run, name, data, top_k, mode)
+        outputs = await loop.run_in_executor(self._pool, self._run, name, data, top_k, mode)
         return InferResponse(
             response_id=payload.id or str(uuid.uuid4()),
             model_name=self.name,

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from model.config import strict_from_dict
+
 
 class VideoError(ValueError):
     """A video that cannot be used; the message says what is wrong with it."""
@@ -63,10 +65,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown preprocess config keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "preprocess config")
 
 
 @dataclass(frozen=True)
