@@ -32,14 +32,12 @@ from tqdm import tqdm
 
 from components.dataset import SPLITS, Sample, load_glosses, load_samples
 from model.video import (
-    FrameRangeError,
     PreprocessConfig,
     VideoError,
-    count_frames,
     decode,
+    decode_trimmed,
     probe,
     resize_frames,
-    trim_range,
 )
 
 FORMAT = "sign2text-shards/1"
@@ -60,27 +58,17 @@ def _key(video_id: str) -> str:
 def _load(root: Path, s: Sample, pre: PreprocessConfig) -> tuple[np.ndarray, int, int, float]:
     """Decode the sample's range at pre.fps -> (resized frames, first, last 1-based, source fps)."""
     path = s.video_path(root)
-    info = probe(path)
-    total = info.frames if info.frames > 0 else count_frames(path)
-    src_fps = info.fps if info.fps > 0 else pre.fps  # unknown rate: trust the metadata's clock
+    src_fps = probe(path).fps or pre.fps  # unknown rate: trust the metadata's clock
 
-    def indices(total: int) -> tuple[np.ndarray, int, int]:
-        lo, hi = trim_range(s.frame_start, s.frame_end, total)
-        idx = np.arange(lo, hi)
-        if abs(src_fps - pre.fps) > 0.5:  # nearest source frame at each output time step
-            n_out = max(1, round((hi - lo) * pre.fps / src_fps))
-            pos = np.floor(np.arange(n_out) * src_fps / pre.fps + 0.5).astype(np.int64)
-            idx = lo + np.minimum(pos, hi - lo - 1)
-        return idx, lo, hi
+    def pick(n: int) -> np.ndarray:
+        if abs(src_fps - pre.fps) <= 0.5:
+            return np.arange(n)
+        # Resample to pre.fps: the nearest source frame at each output time step.
+        n_out = max(1, round(n * pre.fps / src_fps))
+        pos = np.floor(np.arange(n_out) * src_fps / pre.fps + 0.5).astype(np.int64)
+        return np.minimum(pos, n - 1)
 
-    idx, lo, hi = indices(total)
-    try:
-        frames = decode(path, idx)
-    except FrameRangeError:
-        if s.frame_end != -1:
-            raise
-        idx, lo, hi = indices(count_frames(path))  # the container over-counted its frames
-        frames = decode(path, idx)
+    frames, lo, hi = decode_trimmed(path, s.frame_start, s.frame_end, pick)
     return resize_frames(frames, pre, s.bbox), lo + 1, hi, src_fps
 
 

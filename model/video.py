@@ -252,6 +252,32 @@ def clip_from_frames(
     return to_tensor(resize_frames(frames[idx], cfg, bbox), cfg, rng=rng)
 
 
+def decode_trimmed(
+    path: str | os.PathLike, frame_start: int, frame_end: int, pick
+) -> tuple[np.ndarray, int, int]:
+    """Decode the frames `pick(n)` selects (offsets into the n-frame trimmed range).
+
+    Returns (frames, lo, hi) with [lo, hi) the 0-based trimmed range. Containers can claim more
+    frames than decode; for frame_end = -1 the range is then recounted and picked again.
+    """
+    total = probe(path).frames
+    if total <= 0:
+        total = count_frames(path)
+
+    def attempt(total: int) -> tuple[np.ndarray, int, int]:
+        if total <= 0:
+            raise NoFrames(f"no decodable frames in {path}")
+        lo, hi = trim_range(frame_start, frame_end, total)
+        return decode(path, lo + np.asarray(pick(hi - lo))), lo, hi
+
+    try:
+        return attempt(total)
+    except FrameRangeError:
+        if frame_end != -1:
+            raise
+        return attempt(count_frames(path))
+
+
 def load_clip(
     path: str | os.PathLike,
     cfg: PreprocessConfig,
@@ -262,22 +288,7 @@ def load_clip(
     rng: np.random.Generator | None = None,
 ) -> torch.Tensor:
     """A video file -> model input C x T x H x W, decoding only the sampled frames."""
-    total = probe(path).frames
-    if frame_end == -1 and total <= 0:
-        total = count_frames(path)
-    if total <= 0:
-        raise NoFrames(f"no decodable frames in {path}")
-    try:
-        lo, hi = trim_range(frame_start, frame_end, total)
-        idx = lo + sample_indices(hi - lo, cfg.num_frames, rng=rng)
-        frames = decode(path, idx)
-    except FrameRangeError:
-        if frame_end != -1:
-            raise
-        # The container over-counted its frames: sample again over the ones that decode.
-        total = count_frames(path)
-        if total == 0:
-            raise NoFrames(f"no decodable frames in {path}") from None
-        lo, hi = trim_range(frame_start, frame_end, total)
-        frames = decode(path, lo + sample_indices(hi - lo, cfg.num_frames, rng=rng))
+    frames, _, _ = decode_trimmed(
+        path, frame_start, frame_end, lambda n: sample_indices(n, cfg.num_frames, rng=rng)
+    )
     return to_tensor(resize_frames(frames, cfg, bbox), cfg, rng=rng)
