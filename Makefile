@@ -46,3 +46,20 @@ serve: setup
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+# Versioned data on S3 / MinIO (remote `storage` in .dvc/config). Endpoint and keys come from
+# AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (dvc-s3 honours all three from the
+# environment) or from .dvc/config.local (`dvc remote modify --local storage ...`).
+.PHONY: data-push data-pull s3-up
+S3_PORT ?= 9000
+
+data-push: setup
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc push
+
+data-pull: setup
+	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc pull
+
+# A throwaway local S3 (SeaweedFS) on 127.0.0.1:$(S3_PORT) with bucket sign2text; prints the
+# variables to export. Runs in the foreground until Ctrl-C; its data is discarded on exit.
+s3-up: setup
+	S3_PORT=$(S3_PORT) $(BIN)/python -m tests.s3

@@ -258,3 +258,43 @@ def s3_env_fixture(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Se
 # The names the fixtures are requested by, for `from tests.s3 import s3_server, s3_env`.
 s3_server = s3_server_fixture
 s3_env = s3_env_fixture
+
+
+if __name__ == "__main__":  # `make s3-up`: a throwaway local S3 for humans, until Ctrl-C
+    port = int(os.environ.get("S3_PORT", "9000"))
+    bucket = os.environ.get("S3_BUCKET", "sign2text")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as weed's listener does
+        try:
+            probe.bind((HOST, port))
+        except OSError as e:
+            sys.exit(f"{HOST}:{port} is in use ({e}); set S3_PORT to another port")
+    _any_free_ports = _free_ports
+
+    def _fixed_s3_port(n: int) -> list[int]:
+        ports = [p for p in _any_free_ports(n + 1) if p != port][:n]
+        ports[6] = port  # run_s3_server unpacks (m, mg, v, vg, f, fg, s, sg)
+        return ports
+
+    _free_ports = _fixed_s3_port
+    import signal
+
+    # `kill` (SIGTERM) stops it as cleanly as Ctrl-C: unwind, so weed is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with run_s3_server() as srv:
+        srv.make_bucket(bucket)
+        print(
+            f"S3 (SeaweedFS) on {srv.endpoint}, bucket '{bucket}' (data is discarded on exit).\n"
+            "In another shell:\n"
+            f"  export AWS_ENDPOINT_URL={srv.endpoint}\n"
+            f"  export AWS_ACCESS_KEY_ID={srv.access_key}\n"
+            f"  export AWS_SECRET_ACCESS_KEY={srv.secret_key}\n"
+            f"  export AWS_DEFAULT_REGION={srv.region}\n"
+            "then `make data-push` / `make data-pull`. Ctrl-C to stop.",
+            flush=True,
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping", flush=True)
