@@ -260,13 +260,18 @@ def scenario_bad_rest(args) -> dict:
                 entry = {"status": 200, "error": ""}
         except InferenceServerException as e:
             entry = {"status": int(e.status() or 0), "error": e.message()}
-        try:
-            entry["followup_ok"] = len(_words(good())["glosses"]) == TOP_K
-        except InferenceServerException as e:
-            entry["followup_ok"] = False
-            entry["followup_error"] = e.message()
-        results[name] = entry
+        results[name] = entry | _followup(good)
     return results
+
+
+def _followup(good) -> dict:
+    """The good request sent after each bad one: the server must still answer it."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return {"followup_ok": len(_words(good())["glosses"]) == TOP_K}
+    except InferenceServerException as e:
+        return {"followup_ok": False, "followup_error": e.message()}
 
 
 def scenario_bad_grpc(args) -> dict:
@@ -302,12 +307,7 @@ def scenario_bad_grpc(args) -> dict:
             entry = {"status": "OK", "error": ""}
         except InferenceServerException as e:
             entry = {"status": str(e.status()), "error": e.message()}
-        try:
-            entry["followup_ok"] = len(_words(good())["glosses"]) == TOP_K
-        except InferenceServerException as e:
-            entry["followup_ok"] = False
-            entry["followup_error"] = e.message()
-        results[name] = entry
+        results[name] = entry | _followup(good)
     return results
 
 
