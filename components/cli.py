@@ -59,56 +59,62 @@ def _params(args: argparse.Namespace) -> dict:
 def _cmd_convert(args: argparse.Namespace) -> None:
     from components.convert import convert
     from components.dataset import Sample
+    from components.objstore import local_output
     from components.params import preprocess_config, section
 
     params = _params(args)
     samples = None
     if args.samples:
         samples = [Sample.from_dict(d) for d in json.loads(Path(args.samples).read_text())]
-    manifest = convert(
-        Path(args.data),
-        Path(args.out),
-        preprocess_config(params),
-        shard_size=int(section(params, "convert")["shard_size"]),
-        samples=samples,
-        progress=not args.quiet,
-    )
+    with local_output(args.out) as out:
+        manifest = convert(
+            Path(args.data),
+            out,
+            preprocess_config(params),
+            shard_size=int(section(params, "convert")["shard_size"]),
+            samples=samples,
+            progress=not args.quiet,
+        )
     counts = {k: v["samples"] for k, v in manifest["splits"].items()}
     print(f"wrote {args.out}: {counts}, skipped {len(manifest['skipped'])}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from components.objstore import local_input
     from components.params import preprocess_config, section
     from components.train import TrainConfig, train
 
     params = _params(args)
     cfg = TrainConfig.from_dict(section(params, "train"))
     m = section(params, "model")
-    final = train(
-        Path(args.shards),
-        Path(args.out),
-        preprocess_config(params),
-        cfg,
-        width=float(m.get("width", 1.0)),
-        dropout=float(m.get("dropout", 0.5)),
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    with local_input(args.shards) as shards:
+        final = train(
+            shards,
+            Path(args.out),
+            preprocess_config(params),
+            cfg,
+            width=float(m.get("width", 1.0)),
+            dropout=float(m.get("dropout", 0.5)),
+            resume=args.resume,
+            progress=not args.quiet,
+        )
     print(json.dumps(final))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from components.evaluate import evaluate, gate, write_gate
+    from components.objstore import local_input
     from components.params import section
 
     ev = section(_params(args), "evaluate")
-    metrics = evaluate(
-        Path(args.model),
-        Path(args.data),
-        Path(args.out),
-        batch_size=int(ev.get("batch_size", 8)),
-        progress=not args.quiet,
-    )
+    with local_input(args.model) as model_dir:
+        metrics = evaluate(
+            model_dir,
+            Path(args.data),
+            Path(args.out),
+            batch_size=int(ev.get("batch_size", 8)),
+            progress=not args.quiet,
+        )
     baseline = args.baseline if args.baseline is not None else ev.get("baseline") or None
     decision = gate(
         metrics,
@@ -126,15 +132,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
+    from components.objstore import local_output
     from components.package import package
 
-    lineage = package(
-        Path(args.model),
-        Path(args.eval),
-        Path(args.out),
-        params=_params(args),
-        allow_failed_gate=args.allow_failed_gate,
-    )
+    with local_output(args.out) as out:
+        lineage = package(
+            Path(args.model),
+            Path(args.eval),
+            out,
+            params=_params(args),
+            allow_failed_gate=args.allow_failed_gate,
+        )
     print(f"packaged {args.out} (gate {lineage['gate']}, data {lineage['data_md5']})")
 
 
@@ -194,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shards per split, with a manifest (counts, content hash).",
     )
     c.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
-    c.add_argument("--out", required=True, help="output folder for shards")
+    c.add_argument("--out", required=True, help="output folder or s3://bucket/prefix/ for shards")
     c.add_argument("--samples", help="JSON list of samples to use (e.g. validation's valid.json)")
     _add_params_arg(c)
     c.set_defaults(func=_cmd_convert)
@@ -205,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train on the train split, validate on val each epoch, checkpoint every "
         "epoch; writes OUT/model (serving format), OUT/metrics.json, OUT/history.json.",
     )
-    t.add_argument("--shards", required=True, help="folder written by `data convert`")
+    t.add_argument("--shards", required=True, help="`data convert` output (folder or s3://)")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     _add_params_arg(t)
@@ -217,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a model directory on the dataset's val and test splits and "
         "decide the release gate (OUT/metrics.json, OUT/gate.json).",
     )
-    e.add_argument("--model", required=True, help="model directory")
+    e.add_argument("--model", required=True, help="model directory or published s3:// URI")
     e.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--baseline", help="production model's metrics.json (overrides params)")
@@ -231,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pk.add_argument("--model", required=True, help="trained model directory")
     pk.add_argument("--eval", required=True, help="folder written by `evaluate`")
-    pk.add_argument("--out", required=True, help="package folder to write")
+    pk.add_argument("--out", required=True, help="package folder or s3:// URI to publish")
     pk.add_argument("--allow-failed-gate", action="store_true", help="package anyway")
     _add_params_arg(pk)
     pk.set_defaults(func=_cmd_package)
