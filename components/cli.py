@@ -174,6 +174,49 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(to_json(result) if args.json else format_table(result))
 
 
+def _cmd_deploy(args: argparse.Namespace) -> None:
+    import yaml
+
+    from components.deploy import (
+        DEFAULT_NAMES,
+        DEFAULT_TEMPLATES,
+        RolloutFailed,
+        deploy,
+        load_templates,
+    )
+    from components.kube import KubernetesApi
+    from components.smoke import VideoSmoke
+
+    try:
+        steps = [int(s) for s in args.steps.split(",")]
+    except ValueError:
+        raise ValueError(f"--steps wants comma-separated percents, got {args.steps!r}") from None
+    if not args.dry_run and not args.smoke_video:
+        raise ValueError("--smoke-video is required (sample videos for the smoke checks)")
+    templates = [Path(t) for t in args.template] or list(DEFAULT_TEMPLATES)
+    names = list(load_templates(templates)) if args.template else list(DEFAULT_NAMES)
+    try:
+        result = deploy(
+            Path(args.model_dir), model_uri=args.model_uri, namespace=args.namespace,
+            names=names, steps=steps, soak_s=args.soak_s, timeout_s=args.timeout_s,
+            max_error_rate_increase=args.max_error_rate_increase,
+            max_p95_increase=args.max_p95_increase,
+            smoke=None if args.dry_run else VideoSmoke(args.smoke_video),
+            api=KubernetesApi(args.kubeconfig, args.context), templates=templates,
+            dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True),
+        )  # fmt: skip
+    except RolloutFailed as e:
+        print(f"sign2text: deploy failed ({e.result.get('outcome')}): {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if args.dry_run:
+        for a in result["actions"] + [{**a, "verb": "on failure: patch"}
+                                      for a in result.get("on_failure", [])]:  # fmt: skip
+            print(f"# {a['verb']} InferenceService {args.namespace}/{a['name']}")
+            print(yaml.safe_dump(a["body"], sort_keys=False), end="---\n")
+        return
+    print(json.dumps({k: result.get(k) for k in ("outcome", "model_uri", "from", "steps")}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sign2text", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -308,6 +351,31 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--top-k", type=int, default=5, help="word mode: how many glosses (5)")
     pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pc.set_defaults(func=_cmd_predict)
+
+    dp = sub.add_parser(
+        "deploy",
+        help="publish a model package and roll it out with a canary",
+        description="Publish the package to s3:// (atomic), then create the InferenceServices "
+        "or roll the new model out through the canary steps, smoke-checking the canary against "
+        "the previous revision; promote, or roll back and exit 1 with the reason.",
+    )
+    dp.add_argument("--model-dir", required=True, help="packaged model directory")
+    dp.add_argument("--model-uri", required=True, help="s3://bucket/models/VERSION/")
+    dp.add_argument("--namespace", default="sign2text", help="namespace (default sign2text)")
+    dp.add_argument("--steps", default="10,50", help="canary percents (default 10,50)")
+    dp.add_argument("--soak-s", type=float, default=60, help="seconds at each step (60)")
+    dp.add_argument("--timeout-s", type=float, default=600, help="wait limit per step (600)")
+    dp.add_argument("--smoke-video", action="append", default=[], help="sample video (repeat)")
+    dp.add_argument("--max-error-rate-increase", type=float, default=0.0,
+                    help="canary error rate may exceed prev's by this (default 0)")  # fmt: skip
+    dp.add_argument("--max-p95-increase", type=float, default=0.5,
+                    help="canary p95 may exceed prev's by this fraction (default 0.5)")  # fmt: skip
+    dp.add_argument("--template", action="append", default=[],
+                    help="InferenceService template (repeat; default: manifests/base)")  # fmt: skip
+    dp.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    dp.add_argument("--context", help="kubeconfig context")
+    dp.add_argument("--dry-run", action="store_true", help="print the requests, send none")
+    dp.set_defaults(func=_cmd_deploy)
     return p
 
 
