@@ -166,6 +166,13 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(to_json(result) if args.json else format_table(result))
 
 
+def _cmd_images_stamp(args: argparse.Namespace) -> None:
+    from components.images import stamp_overlays
+
+    for overlay, image in stamp_overlays(Path(args.manifests), args.registry, args.tag).items():
+        print(f"{overlay}: {image}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sign2text", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -300,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--top-k", type=int, default=5, help="word mode: how many glosses (5)")
     pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pc.set_defaults(func=_cmd_predict)
+
+    im = sub.add_parser("images", help="container image commands").add_subparsers(
+        dest="images_command", required=True, metavar="SUBCOMMAND"
+    )
+    st = im.add_parser(
+        "stamp",
+        help="point the kustomize overlays at a pushed serving image",
+        description="Set REGISTRY/sign2text-serving:TAG (TAG-cuda where the overlay runs the "
+        "CUDA build) in manifests/overlays/*/kustomization.yaml.",
+    )
+    st.add_argument("--registry", required=True, help="e.g. ghcr.io/acme")
+    st.add_argument("--tag", required=True, help="image tag, e.g. 0.2.0 or a git sha")
+    st.add_argument("--manifests", default="manifests", help="manifests folder (default manifests)")
+    st.set_defaults(func=_cmd_images_stamp)
     return p
 
 
