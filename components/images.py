@@ -42,7 +42,9 @@ def stamp_overlays(manifests: Path, registry: str, tag: str) -> dict[str, str]:
         text = path.read_text()
         found = list(_ENTRY.finditer(text))
         if len(found) != 1:
-            raise ValueError(f"{path}: expected one images: entry for {SERVING}, found {len(found)}")
+            raise ValueError(
+                f"{path}: expected one images: entry for {SERVING}, found {len(found)}"
+            )
         suffix = CUDA_SUFFIX if found[0]["tag"].endswith(CUDA_SUFFIX) else ""
         new_tag = tag + suffix
         text = _ENTRY.sub(rf"\g<1>{registry}/{SERVING}\g<3>{new_tag}", text)

@@ -47,9 +47,7 @@ def render(directory: Path) -> list[dict]:
 
 
 def find(objects: list[dict], kind: str, name: str | None = None) -> list[dict]:
-    return [
-        o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])
-    ]
+    return [o for o in objects if o["kind"] == kind and name in (None, o["metadata"]["name"])]
 
 
 def one(objects: list[dict], kind: str, name: str) -> dict:

@@ -15,7 +15,6 @@ import yaml
 
 from tests.kserve_schema import validate as validate_kserve
 from tests.kustomize import (
-    BIN,
     MANIFESTS,
     OVERLAYS,
     ROOT,
@@ -29,9 +28,15 @@ from tests.kustomize import (
 
 K8S_VERSION = "1.37.0"
 CHECKOV = ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"
-ISVC_FILES = {"sign2text": "inferenceservice-rest.yaml", "sign2text-grpc": "inferenceservice-grpc.yaml"}
-VERSION_ANNOTATIONS = ("sign2text.io/model-version", "sign2text.io/data-version",
-                       "sign2text.io/git-commit")  # fmt: skip
+ISVC_FILES = {
+    "sign2text": "inferenceservice-rest.yaml",
+    "sign2text-grpc": "inferenceservice-grpc.yaml",
+}
+VERSION_ANNOTATIONS = (
+    "sign2text.io/model-version",
+    "sign2text.io/data-version",
+    "sign2text.io/git-commit",
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +56,21 @@ def _is_kserve(obj: dict) -> bool:
 def test_every_overlay_renders_everything_into_the_namespace(rendered):
     for name, objects in rendered.items():
         kinds = {o["kind"] for o in objects}
-        assert {"Namespace", "ServingRuntime", "InferenceService", "ServiceAccount", "Secret",
-                "Role", "RoleBinding"} <= kinds, name  # fmt: skip
+        assert {
+            "Namespace",
+            "ServingRuntime",
+            "InferenceService",
+            "ServiceAccount",
+            "Secret",
+            "Role",
+            "RoleBinding",
+        } <= kinds, name
         for o in objects:
             if o["kind"] != "Namespace":
                 assert o["metadata"]["namespace"] == "sign2text", (name, o["metadata"]["name"])
-    assert {"Deployment", "PersistentVolumeClaim", "Service"} <= {o["kind"] for o in rendered["dev"]}
+    assert {"Deployment", "PersistentVolumeClaim", "Service"} <= {
+        o["kind"] for o in rendered["dev"]
+    }
     assert not find(rendered["prod"], "Deployment"), "prod uses an external MinIO"
 
 
@@ -152,8 +166,9 @@ def test_secret_comes_only_from_the_ignored_env_file(manifests, rendered):
         env = f"manifests/overlays/{name}/s3.env"
         ignored = subprocess.run(["git", "check-ignore", "-q", env], cwd=ROOT)
         assert ignored.returncode == 0, f"{env} must be git-ignored"
-        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", env], cwd=ROOT,
-                                 capture_output=True)  # fmt: skip
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", env], cwd=ROOT, capture_output=True
+        )
         assert tracked.returncode != 0, f"{env} is committed"
     # Without s3.env an overlay does not render (no silent empty Secret).
     (manifests / "overlays" / "prod" / "s3.env").rename(manifests / "s3.env.moved")
@@ -182,14 +197,22 @@ def test_storage_annotations_per_overlay(rendered):
 def test_deployer_role_allows_inference_services_and_nothing_more(rendered):
     for objects in rendered.values():
         role = one(objects, "Role", "sign2text-deployer")
-        assert role["rules"] == [{"apiGroups": ["serving.kserve.io"],
-                                  "resources": ["inferenceservices"],
-                                  "verbs": ["get", "create", "patch"]}]  # fmt: skip
+        assert role["rules"] == [
+            {
+                "apiGroups": ["serving.kserve.io"],
+                "resources": ["inferenceservices"],
+                "verbs": ["get", "create", "patch"],
+            }
+        ]
         binding = one(objects, "RoleBinding", "sign2text-deployer")
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                      "name": "sign2text-deployer"}  # fmt: skip
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner",
-                                        "namespace": "kubeflow"}]  # fmt: skip
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "sign2text-deployer",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}
+        ]
         assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
 
 
@@ -220,20 +243,33 @@ def predictor_pod(runtime: dict, isvc: dict) -> dict:
     its reason) come along.
     """
     container = copy.deepcopy(runtime["spec"]["containers"][0])
-    model = {k: v for k, v in isvc["spec"]["predictor"]["model"].items()
-             if k not in ("modelFormat", "runtime", "protocolVersion", "storageUri")}  # fmt: skip
+    model = {
+        k: v
+        for k, v in isvc["spec"]["predictor"]["model"].items()
+        if k not in ("modelFormat", "runtime", "protocolVersion", "storageUri")
+    }
     container["args"] = container.get("args", []) + model.pop("args", [])
     container.update(model)
     pred = isvc["spec"]["predictor"]
-    spec = {"serviceAccountName": pred["serviceAccountName"], "containers": [container],
-            "volumes": runtime["spec"].get("volumes", []) + pred.get("volumes", [])}  # fmt: skip
+    spec = {
+        "serviceAccountName": pred["serviceAccountName"],
+        "containers": [container],
+        "volumes": runtime["spec"].get("volumes", []) + pred.get("volumes", []),
+    }
     for key in ("nodeSelector", "tolerations"):
         if key in pred:
             spec[key] = pred[key]
-    skips = {k: v for k, v in runtime["metadata"].get("annotations", {}).items()
-             if k.startswith("checkov.io/")}  # fmt: skip
-    meta = {"name": f"{isvc['metadata']['name']}-predictor", "namespace": "sign2text",
-            "labels": {"app": isvc["metadata"]["name"]}, "annotations": skips}  # fmt: skip
+    skips = {
+        k: v
+        for k, v in runtime["metadata"].get("annotations", {}).items()
+        if k.startswith("checkov.io/")
+    }
+    meta = {
+        "name": f"{isvc['metadata']['name']}-predictor",
+        "namespace": "sign2text",
+        "labels": {"app": isvc["metadata"]["name"]},
+        "annotations": skips,
+    }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
@@ -249,10 +285,22 @@ def checkov(directory: Path) -> dict:
         "NO_PROXY": "",
     }
     done = subprocess.run(
-        [CHECKOV, "-d", str(directory), "--framework", "kubernetes", "--skip-download",
-         "--compact", "-o", "json"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            CHECKOV,
+            "-d",
+            str(directory),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--compact",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode in (0, 1), done.stderr[-2000:]
     report = json.loads(done.stdout)
     return report[0] if isinstance(report, list) else report
@@ -269,8 +317,10 @@ def scan(rendered, tmp_path_factory) -> dict:
         core = [o for o in objects if not _is_kserve(o)]
         (out / f"{name}.yaml").write_text(yaml.safe_dump_all(core + pods))
     # A control the scanner must flag: the dev predictor with its hardening removed.
-    bad = predictor_pod(one(rendered["dev"], "ServingRuntime", "sign2text"),
-                        one(rendered["dev"], "InferenceService", "sign2text"))  # fmt: skip
+    bad = predictor_pod(
+        one(rendered["dev"], "ServingRuntime", "sign2text"),
+        one(rendered["dev"], "InferenceService", "sign2text"),
+    )
     bad["metadata"]["name"] = "control-insecure"
     bad["spec"]["containers"][0]["securityContext"] = {"privileged": True, "runAsUser": 0}
     (out / "control").mkdir()
@@ -286,12 +336,17 @@ def test_security_scan_has_no_unjustified_finding(scan):
         reason = (r.get("check_result") or {}).get("suppress_comment", "")
         assert len(reason) > 20, f"{r['check_id']} on {r['resource']} skipped without a reason"
     scanned = {r["resource"] for r in results["passed_checks"]}
-    assert {"Pod.sign2text.sign2text-predictor", "Pod.sign2text.sign2text-grpc-predictor",
-            "Deployment.sign2text.minio"} <= scanned  # fmt: skip
+    assert {
+        "Pod.sign2text.sign2text-predictor",
+        "Pod.sign2text.sign2text-grpc-predictor",
+        "Deployment.sign2text.minio",
+    } <= scanned
     assert scan["summary"]["passed"] > 100
 
 
 def test_security_scan_flags_an_insecure_predictor(scan):
     """The scanner really checks: the control (privileged, root) fails the relevant checks."""
-    control = {r["check_id"] for r in scan["results"]["failed_checks"] if "control" in r["file_path"]}
+    control = {
+        r["check_id"] for r in scan["results"]["failed_checks"] if "control" in r["file_path"]
+    }
     assert {"CKV_K8S_16", "CKV_K8S_20", "CKV_K8S_23"} <= control  # privileged, escalation, root
