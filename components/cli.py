@@ -217,6 +217,13 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     print(json.dumps({k: result.get(k) for k in ("outcome", "model_uri", "from", "steps")}))
 
 
+def _cmd_images_stamp(args: argparse.Namespace) -> None:
+    from components.images import stamp_overlays
+
+    for overlay, image in stamp_overlays(Path(args.manifests), args.registry, args.tag).items():
+        print(f"{overlay}: {image}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sign2text", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -376,6 +383,20 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--context", help="kubeconfig context")
     dp.add_argument("--dry-run", action="store_true", help="print the requests, send none")
     dp.set_defaults(func=_cmd_deploy)
+
+    im = sub.add_parser("images", help="container image commands").add_subparsers(
+        dest="images_command", required=True, metavar="SUBCOMMAND"
+    )
+    st = im.add_parser(
+        "stamp",
+        help="point the kustomize overlays at a pushed serving image",
+        description="Set REGISTRY/sign2text-serving:TAG (TAG-cuda where the overlay runs the "
+        "CUDA build) in manifests/overlays/*/kustomization.yaml.",
+    )
+    st.add_argument("--registry", required=True, help="e.g. ghcr.io/acme")
+    st.add_argument("--tag", required=True, help="image tag, e.g. 0.2.0 or a git sha")
+    st.add_argument("--manifests", default="manifests", help="manifests folder (default manifests)")
+    st.set_defaults(func=_cmd_images_stamp)
     return p
 
 
