@@ -112,6 +112,13 @@ def read_metadata(root: str | os.PathLike) -> list[dict]:
     return data
 
 
+def write_json(path: Path, obj) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def read_reversed_pairs(root: str | os.PathLike) -> list[tuple[str, str]]:
     """Gloss pairs that are time-reversals of each other (bundled dataset only; else [])."""
     path = Path(root) / "reversed_pairs.json"

@@ -21,6 +21,7 @@ from pathlib import Path
 import great_expectations as gx
 import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.expectations.row_conditions import Column as Col
 
 from components.dataset import SPLITS, VIDEO_ID_PATTERN
 
@@ -82,7 +83,7 @@ def metadata_suite(n_classes: int) -> gx.ExpectationSuite:
              "frame_end must be -1 or >= frame_start",
              column_A="frame_end_value", column_B="frame_start_value", or_equal=True,
              ignore_row_if="either_value_is_missing",
-             row_condition="frame_end_value != -1", condition_parser="pandas"),
+             row_condition=Col("frame_end_value") != -1),
         _row(E.ExpectColumnValuesToBeInTypeList, "bad_metadata",
              "bbox must be a list [xmin, ymin, xmax, ymax] or null",
              column="bbox", type_list=["list", "NoneType"]),
@@ -96,7 +97,7 @@ def metadata_suite(n_classes: int) -> gx.ExpectationSuite:
              column="bbox_height", min_value=0, strict_min=True),
         E.ExpectColumnDistinctValuesToContainSet(
             column="label_value", value_set=list(range(n_classes)),
-            row_condition='split == "train"', condition_parser="pandas",
+            row_condition=Col("split") == "train",
             meta={"why": "every class has a training sample"},
         ),
     ]  # fmt: skip

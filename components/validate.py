@@ -19,7 +19,6 @@ written and with no valid.json.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import shutil
@@ -38,6 +37,7 @@ from components.dataset import (
     DatasetError,
     read_metadata,
     sample_from_instance,
+    write_json,
 )
 from components.probe import default_cache_dir, probe_files
 
@@ -233,12 +233,6 @@ def _detail(why: str, hit: dict) -> str:
     return f"{why} ({values})" if values else why
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def validate(
     data_dir: Path,
     out_dir: Path,
@@ -274,7 +268,7 @@ def validate(
 
     def fail(message: str) -> DatasetInvalid:
         report["failure"] = message
-        _write_json(out_dir / REPORT, report)
+        write_json(out_dir / REPORT, report)
         return DatasetInvalid(f"{data_dir}: {message}")
 
     try:
@@ -348,6 +342,6 @@ def validate(
     if empty := [f"{i} {e['gloss']!r}" for i, e in enumerate(entries) if i not in trained]:
         more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
         raise fail(f"no valid training sample left for class {', '.join(empty[:5])}{more}")
-    _write_json(out_dir / VALID, [s.to_dict() for s in valid])
-    _write_json(out_dir / REPORT, report)
+    write_json(out_dir / VALID, [s.to_dict() for s in valid])
+    write_json(out_dir / REPORT, report)
     return report
