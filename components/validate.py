@@ -200,11 +200,16 @@ def probe_table(rows: list[dict]) -> pd.DataFrame:
     return df
 
 
+def _rescaled(r: dict, q: dict) -> list[int]:
+    """[frame_start, frame_end] in the file's frames; -1 (to the end) stays -1."""
+    return [q["clip_start"], -1 if r["frame_end"] == -1 else q["clip_end"]]
+
+
 def _rescale_note(r: dict, q: dict | None) -> str | None:
     """The fps_mismatch explanation, for a row whose range changed when rescaled."""
     if not q or not q["rescaled"]:
         return None
-    old, new = [r["frame_start"], r["frame_end"]], [q["clip_start"], q["clip_end"]]
+    old, new = [r["frame_start"], r["frame_end"]], _rescaled(r, q)
     if old == new:
         return None
     return (
@@ -318,7 +323,8 @@ def validate(
         sample = sample_from_instance(r["gloss_index"], r["gloss"], r["instance"])
         if note:
             # The range now counts the file's own frames, at the file's rate.
-            sample = replace(sample, frame_start=q["clip_start"], frame_end=q["clip_end"])
+            start, end = _rescaled(r, q)
+            sample = replace(sample, frame_start=start, frame_end=end)
             sample = replace(sample, fps=float(q["fps"]))
             warnings.append({"video_id": r["video_id"], "reason": "fps_mismatch", "detail": note})
         valid.append(sample)

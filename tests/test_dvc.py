@@ -42,7 +42,7 @@ def repo(tmp_path_factory) -> Path:
     params["model"] = TINY_MODEL
     params["train"] = {**TINY_TRAIN, "epochs": 2}
     params["evaluate"]["min_top1"] = 0.0
-    params["validate"]["max_bad_fraction"] = 0.5  # the planted share is 15 of 40
+    params["validate"]["max_bad_fraction"] = 0.5  # the planted share is 15 of 41
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     synthesize(root / "data", classes=4, per_class=6, signers=4, seed=5, progress=False)
     plant(root / "data")
@@ -66,9 +66,9 @@ def test_repro_runs_all_then_nothing_then_only_what_a_param_touches(repo):
     assert json.loads((repo / "artifacts/model/lineage.json").read_text())["data_md5"]
     valid = json.loads((repo / "artifacts/validate/valid.json").read_text())
     report = json.loads((repo / "artifacts/validate/report.json").read_text())
-    assert len(valid) == report["valid"] == 25 and len(report["quarantined"]) == 15
+    assert len(valid) == report["valid"] == 26 and len(report["quarantined"]) == 15
     shards = json.loads((repo / "artifacts/shards/manifest.json").read_text())
-    assert sum(v["samples"] for v in shards["splits"].values()) == 25
+    assert sum(v["samples"] for v in shards["splits"].values()) == 26
     evaluated = json.loads((repo / "artifacts/eval/metrics.json").read_text())
     assert sum(evaluated[s]["n"] for s in ("val", "test")) == sum(
         d["split"] in ("val", "test") for d in valid

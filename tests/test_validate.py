@@ -40,6 +40,7 @@ PLANTED = {
     "fps30_beyond": ["bad_frame_range"],  # 25 fps indices that overrun the 30 fps file
 }
 FIXED = "fps30"  # 30 fps file, 25 fps indices [1, 50] -> warning, [1, 60] in valid.json
+OPEN = "fps30_open"  # 30 fps file, [1, -1]: nothing to rescale, kept as it is, no warning
 PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 GOOD_FRAMES = 30  # moving_square clips of the planted samples: 160 x 120 at 25 fps
 
@@ -65,6 +66,7 @@ def plant(root: Path) -> None:
     write_video(videos / "one_frame.mp4", moving_square(1))
     write_video(videos / "tiny_8x8.mp4", moving_square(GOOD_FRAMES)[:, :8, :8])
     write_video(videos / "fps30.mp4", moving_square(60, seed=2), fps=30)
+    (videos / f"{OPEN}.mp4").write_bytes((videos / "fps30.mp4").read_bytes())
     write_video(videos / "fps30_beyond.mp4", moving_square(60, seed=3), fps=30)
 
     base = {"bbox": [10, 10, 100, 100], "fps": 25, "frame_start": 1, "frame_end": -1}
@@ -85,6 +87,7 @@ def plant(root: Path) -> None:
     meta[3]["instances"].append(base | {"video_id": "end_beyond", "frame_end": GOOD_FRAMES + 5})
     meta[3]["instances"].append(base | {"video_id": "bbox_out", "bbox": [100, 10, 220, 100]})
     meta[3]["instances"].append(base | {"video_id": FIXED, "frame_end": 50})
+    meta[3]["instances"].append(base | {"video_id": OPEN})
     meta[3]["instances"].append(base | {"video_id": "fps30_beyond", "frame_end": 55})
     (root / "WLASL_v0.3.json").write_text(json.dumps(meta, indent=1))
 
@@ -126,8 +129,8 @@ def test_each_planted_defect_is_reported_with_its_reason(result):
     assert got == sorted(want)
     assert json.loads((out / "report.json").read_text()) == report
     assert report["failure"] is None
-    assert report["total"] == 24 + len(PLANTED) + 2  # the synth samples, planted, dup, fps30
-    assert report["valid"] == 25 and report["reasons"]["duplicate_id"] == 2
+    assert report["total"] == 24 + len(PLANTED) + 3  # synth, planted, 2nd dup, FIXED, OPEN
+    assert report["valid"] == 26 and report["reasons"]["duplicate_id"] == 2
     assert all(set(q["reasons"]) <= set(REASONS) for q in report["quarantined"])
     by_id = {q["video_id"]: q for q in report["quarantined"]}
     assert any("did you mean 'signer_id'" in d for d in by_id["misspelled_key"]["details"])
@@ -145,6 +148,8 @@ def test_every_good_sample_survives_and_fps_mismatch_is_fixed(result, dataset):
     fixed = next(s for s in valid if s.video_id == FIXED)
     assert (fixed.frame_start, fixed.frame_end, fixed.fps) == (1, 60, 30.0)
     assert count_frames(fixed.video_path(planted)) == 60
+    kept = next(s for s in valid if s.video_id == OPEN)
+    assert (kept.frame_start, kept.frame_end, kept.fps) == (1, -1, 25.0)
     [warning] = report["warnings"]
     assert warning["video_id"] == FIXED and warning["reason"] == "fps_mismatch"
     assert "[1, 50]" in warning["detail"] and "[1, 60]" in warning["detail"]
@@ -206,7 +211,7 @@ def _params(tmp: Path, **validate) -> Path:
 
 def test_cli_exit_codes(planted, cache, tmp_path, capsys):
     params = _params(tmp_path)
-    assert yaml.safe_load(params.read_text())["validate"]["max_bad_fraction"] < 15 / 40
+    assert yaml.safe_load(params.read_text())["validate"]["max_bad_fraction"] < 15 / 41
     args = ["--params", str(params), "--quiet", "--cache-dir", str(cache)]
     assert main(["data", "validate", str(planted), "--out", str(tmp_path / "v"), *args]) == 2
     err = capsys.readouterr().err.strip()
