@@ -37,7 +37,7 @@ lint: setup
 data: setup
 	test -f $(DATA)/WLASL_v0.3.json || $(BIN)/sign2text data synth --out $(DATA)
 
-# The main job end to end on the bundled dataset: convert -> train -> evaluate -> package.
+# The main job end to end on the bundled dataset: validate -> convert -> train -> evaluate -> package.
 demo: setup data
 	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
 	$(BIN)/python -m components.demo

@@ -58,14 +58,11 @@ def _params(args: argparse.Namespace) -> dict:
 
 def _cmd_convert(args: argparse.Namespace) -> None:
     from components.convert import convert
-    from components.dataset import Sample
     from components.objstore import local_output
     from components.params import preprocess_config, section
 
     params = _params(args)
-    samples = None
-    if args.samples:
-        samples = [Sample.from_dict(d) for d in json.loads(Path(args.samples).read_text())]
+    samples = _read_samples(args.samples)
     with local_output(args.out) as out:
         manifest = convert(
             Path(args.data),
@@ -77,6 +74,50 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         )
     counts = {k: v["samples"] for k, v in manifest["splits"].items()}
     print(f"wrote {args.out}: {counts}, skipped {len(manifest['skipped'])}")
+
+
+def _read_samples(path: str | None) -> list | None:
+    from components.dataset import Sample
+
+    if not path:
+        return None
+    return [Sample.from_dict(d) for d in json.loads(Path(path).read_text())]
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    from components.ingest import ingest
+
+    summary = ingest(
+        Path(args.source),
+        Path(args.out),
+        videos=Path(args.videos) if args.videos else None,
+        class_list=Path(args.class_list) if args.class_list else None,
+        top=args.top,
+        link=args.link,
+        progress=not args.quiet,
+    )
+    print(json.dumps({k: v for k, v in summary.items() if k != "missing_videos"}, indent=2))
+
+
+def _cmd_validate(args: argparse.Namespace) -> None:
+    from components.params import section
+    from components.validate import validate
+
+    th = dict(section(_params(args), "validate"))
+    report = validate(
+        Path(args.dataset),
+        Path(args.out),
+        max_bad_fraction=float(th.pop("max_bad_fraction", 0.25)),
+        workers=args.workers,
+        progress=not args.quiet,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        **th,
+    )
+    print(
+        f"{report['total']} samples: {report['valid']} valid, {len(report['quarantined'])} "
+        f"quarantined {report['reasons']}, {len(report['warnings'])} warnings; "
+        f"see {Path(args.out) / 'report.json'}"
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -112,6 +153,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             model_dir,
             Path(args.data),
             Path(args.out),
+            samples=_read_samples(args.samples),
             batch_size=int(ev.get("batch_size", 8)),
             progress=not args.quiet,
         )
@@ -257,6 +299,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_arg(c)
     c.set_defaults(func=_cmd_convert)
 
+    ig = data.add_parser(
+        "ingest",
+        help="normalise WLASL json / nslt split + class list / record lists into our layout",
+        description="Write SOURCE (WLASL_v0.3.json, nslt_N.json with --class-list, or a JSON "
+        "/ JSON Lines list of per-sample records) and its videos to OUT in our layout "
+        "(WLASL_v0.3.json + videos/). The source is only read.",
+    )
+    ig.add_argument("source", help="metadata file (or a folder holding WLASL_v0.3.json)")
+    ig.add_argument("--out", required=True, help="new dataset folder (must be empty)")
+    ig.add_argument("--videos", help="folder of <video_id>.mp4 (default: SOURCE's videos/)")
+    ig.add_argument("--class-list", help="wlasl_class_list.txt (index<TAB>gloss)")
+    ig.add_argument("--top", type=int, help="keep the first N glosses (WLASL100: 100)")
+    ig.add_argument("--link", action="store_true", help="hard-link videos instead of copying")
+    ig.add_argument("--quiet", action="store_true", help="no progress bar")
+    ig.set_defaults(func=_cmd_ingest)
+
+    v = data.add_parser(
+        "validate",
+        help="Great Expectations checks; quarantine bad samples, write valid.json",
+        description="Validate a dataset's metadata and videos. Writes OUT/report.json, "
+        "OUT/valid.json (the samples that passed) and GX Data Docs in OUT/docs/. Exit 0 even "
+        "with quarantined samples; 2 on a dataset-level failure. The dataset is only read.",
+    )
+    v.add_argument("dataset", help="dataset folder (WLASL layout)")
+    v.add_argument("--out", required=True, help="output folder")
+    v.add_argument("--workers", type=int, help="parallel probes (default: up to 4 cores)")
+    v.add_argument("--cache-dir", help="probe cache (default ~/.cache/sign2text)")
+    _add_params_arg(v)
+    v.set_defaults(func=_cmd_validate)
+
     t = sub.add_parser(
         "train",
         help="train I3D on shards",
@@ -279,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--baseline", help="production model's metrics.json (overrides params)")
+    e.add_argument("--samples", help="JSON list of samples to use (e.g. validation's valid.json)")
     _add_params_arg(e)
     e.set_defaults(func=_cmd_evaluate)
 

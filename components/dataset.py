@@ -14,6 +14,21 @@ from pathlib import Path
 METADATA = "WLASL_v0.3.json"
 VIDEOS = "videos"
 SPLITS = ("train", "val", "test")
+# An instance's keys: WLASL's own, plus `label` (the class id a split file or record list gave,
+# kept by ingest so validation can check it against the gloss's position).
+REQUIRED_KEYS = ("video_id", "split", "frame_start", "frame_end")
+OPTIONAL_KEYS = (
+    "bbox",
+    "fps",
+    "instance_id",
+    "signer_id",
+    "source",
+    "url",
+    "variation_id",
+    "label",
+)
+# A video_id names a file under videos/: no separators, no leading dot.
+VIDEO_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 
 
 class DatasetError(ValueError):
@@ -52,36 +67,39 @@ class Sample:
 
 
 def load_glosses(root: str | os.PathLike) -> list[str]:
-    return [entry["gloss"] for entry in _read_metadata(root)]
+    return [entry["gloss"] for entry in read_metadata(root)]
 
 
 def load_samples(root: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> list[Sample]:
     """All instances of the wanted splits, in metadata order (class id = gloss index)."""
     out = []
-    for label, entry in enumerate(_read_metadata(root)):
+    for label, entry in enumerate(read_metadata(root)):
         for inst in entry.get("instances", []):
-            if inst.get("split") not in splits:
-                continue
-            out.append(
-                Sample(
-                    video_id=str(inst["video_id"]),
-                    label=label,
-                    gloss=entry["gloss"],
-                    split=inst["split"],
-                    signer_id=int(inst.get("signer_id", -1)),
-                    frame_start=int(inst.get("frame_start", 1)),
-                    frame_end=int(inst.get("frame_end", -1)),
-                    bbox=tuple(int(v) for v in inst["bbox"]) if inst.get("bbox") else None,
-                    fps=float(inst.get("fps", 25)),
-                    instance_id=int(inst.get("instance_id", 0)),
-                    variation_id=int(inst.get("variation_id", 0)),
-                    source=str(inst.get("source", "")),
-                )
-            )
+            if inst.get("split") in splits:
+                out.append(sample_from_instance(label, entry["gloss"], inst))
     return out
 
 
-def _read_metadata(root: str | os.PathLike) -> list[dict]:
+def sample_from_instance(label: int, gloss: str, inst: dict) -> Sample:
+    """One metadata instance of gloss number `label` -> Sample (defaults for optional keys)."""
+    return Sample(
+        video_id=str(inst["video_id"]),
+        label=label,
+        gloss=gloss,
+        split=inst["split"],
+        signer_id=int(inst.get("signer_id", -1)),
+        frame_start=int(inst.get("frame_start", 1)),
+        frame_end=int(inst.get("frame_end", -1)),
+        bbox=tuple(int(v) for v in inst["bbox"]) if inst.get("bbox") else None,
+        fps=float(inst.get("fps", 25)),
+        instance_id=int(inst.get("instance_id", 0)),
+        variation_id=int(inst.get("variation_id", 0)),
+        source=str(inst.get("source", "")),
+    )
+
+
+def read_metadata(root: str | os.PathLike) -> list[dict]:
+    """The parsed metadata file: a list of {"gloss", "instances"} entries (class id = position)."""
     path = Path(root) / METADATA
     if not path.is_file():
         raise DatasetError(f"{path} not found: a dataset is a folder with {METADATA} + {VIDEOS}/")
@@ -92,6 +110,13 @@ def _read_metadata(root: str | os.PathLike) -> list[dict]:
     if not isinstance(data, list) or not all(isinstance(e, dict) and "gloss" in e for e in data):
         raise DatasetError(f"{path}: expected a list of {{'gloss', 'instances'}} entries")
     return data
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_reversed_pairs(root: str | os.PathLike) -> list[tuple[str, str]]:
