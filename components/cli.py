@@ -69,6 +69,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
             out,
             preprocess_config(params),
             shard_size=int(section(params, "convert")["shard_size"]),
+            idle_clips=bool(section(params, "convert").get("idle_clips", False)),
             samples=samples,
             progress=not args.quiet,
         )

@@ -7,6 +7,11 @@ which redoes them every epoch. Output under `out/`:
     <split>-000000.tar ...   WebDataset shards: <key>.mp4 (the clip at pre.fps) + <key>.json (meta)
     manifest.json            written last; its presence means every shard it lists is complete
 
+With `idle_clips`, the frames before frame_start and after frame_end (the signer at rest) become
+extra samples `<key>~idle<0|1>` (no sign's key contains `~`) with label -1 and `"idle": true`:
+training teaches the model that no sign is made there, which sentence mode needs to tell signs
+from the pauses between them.
+
 Same input -> byte-identical shards, so DVC caches them by content.
 """
 
@@ -43,6 +48,7 @@ from model.video import (
 FORMAT = "sign2text-shards/1"
 MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"[A-Za-z0-9_]+-\d{6}\.tar")
+MIN_IDLE_FRAMES = 4  # shorter rest stretches carry no usable "no sign" evidence
 
 
 def _tmpdir() -> str | None:
@@ -55,21 +61,37 @@ def _key(video_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", video_id)
 
 
-def _load(root: Path, s: Sample, pre: PreprocessConfig) -> tuple[np.ndarray, int, int, float]:
-    """Decode the sample's range at pre.fps -> (resized frames, first, last 1-based, source fps)."""
-    path = s.video_path(root)
-    src_fps = probe(path).fps or pre.fps  # unknown rate: trust the metadata's clock
-
+def _resampler(src_fps: float, fps: float):
     def pick(n: int) -> np.ndarray:
-        if abs(src_fps - pre.fps) <= 0.5:
+        if abs(src_fps - fps) <= 0.5:
             return np.arange(n)
-        # Resample to pre.fps: the nearest source frame at each output time step.
-        n_out = max(1, round(n * pre.fps / src_fps))
-        pos = np.floor(np.arange(n_out) * src_fps / pre.fps + 0.5).astype(np.int64)
+        # Resample to fps: the nearest source frame at each output time step.
+        n_out = max(1, round(n * fps / src_fps))
+        pos = np.floor(np.arange(n_out) * src_fps / fps + 0.5).astype(np.int64)
         return np.minimum(pos, n - 1)
 
+    return pick
+
+
+def _load(
+    root: Path, s: Sample, pre: PreprocessConfig, idle: bool = False
+) -> tuple[np.ndarray, int, int, float, list[np.ndarray]]:
+    """Decode the sample's range at pre.fps -> (resized frames, first, last 1-based, source fps,
+    [resized rest stretches before and after it] if `idle`)."""
+    path = s.video_path(root)
+    src_fps = probe(path).fps or pre.fps  # unknown rate: trust the metadata's clock
+    pick = _resampler(src_fps, pre.fps)
     frames, lo, hi = decode_trimmed(path, s.frame_start, s.frame_end, pick)
-    return resize_frames(frames, pre, s.bbox), lo + 1, hi, src_fps
+    rest = []
+    if idle:
+        total = hi if s.frame_end == -1 else max(hi, probe(path).frames)  # -1: nothing after
+        for a, b in ((0, lo), (hi, total)):
+            if b - a >= MIN_IDLE_FRAMES:
+                try:
+                    rest.append(resize_frames(decode(path, a + pick(b - a)), pre, s.bbox))
+                except VideoError:
+                    pass  # a container over-counting its frames: no idle clip, the sign stays
+    return resize_frames(frames, pre, s.bbox), lo + 1, hi, src_fps, rest
 
 
 def _encode(frames: np.ndarray, fps: float, key: str) -> bytes:
@@ -87,25 +109,29 @@ def _encode(frames: np.ndarray, fps: float, key: str) -> bytes:
         return Path(path).read_bytes()
 
 
-def _convert_one(job: tuple[Path, Sample, PreprocessConfig]) -> tuple[dict, bytes] | str:
-    """One sample -> (meta, mp4 bytes), or the reason it cannot be used."""
-    root, s, pre = job
+def _convert_one(
+    job: tuple[Path, Sample, PreprocessConfig, bool],
+) -> list[tuple[str, dict, bytes]] | str:
+    """One sample -> [(key, meta, mp4 bytes)] (the sign, then any idle clips), or why not."""
+    root, s, pre, idle = job
     try:
-        frames, first, last, src_fps = _load(root, s, pre)
+        frames, first, last, src_fps, rest = _load(root, s, pre, idle)
     except VideoError as e:
         return str(e).replace(f"{root}{os.sep}", "")  # the reason must not depend on the mount
-    h, w = frames.shape[1:3]
-    meta = {k: getattr(s, k) for k in ("label", "gloss", "video_id", "signer_id", "split")} | {
-        "frame_start": first,
-        "frame_end": last,
-        "fps": pre.fps,
-        "source_fps": src_fps,
-        "num_frames": len(frames),
-        "height": h,
-        "width": w,
-        "source_bytes": s.video_path(root).stat().st_size,
-    }
-    return meta, _encode(frames, pre.fps, _key(s.video_id))
+    key = _key(s.video_id)
+    base = {k: getattr(s, k) for k in ("label", "gloss", "video_id", "signer_id", "split")}
+    base |= {"fps": pre.fps, "source_fps": src_fps}
+
+    def item(k: str, clip: np.ndarray, **meta) -> tuple[str, dict, bytes]:
+        size = {"num_frames": len(clip), "height": clip.shape[1], "width": clip.shape[2]}
+        return k, base | meta | size, _encode(clip, pre.fps, k)
+
+    sign = item(key, frames, frame_start=first, frame_end=last)
+    sign[1]["source_bytes"] = s.video_path(root).stat().st_size
+    idle_items = [
+        item(f"{key}~idle{i}", clip, label=-1, gloss="", idle=True) for i, clip in enumerate(rest)
+    ]
+    return [sign, *idle_items]
 
 
 def _init_worker() -> None:
@@ -172,7 +198,9 @@ def _write_shard(out: Path, name: str, members: list[tuple[str, bytes]]) -> dict
 
     sha = _commit(out, name, write)
     size = (out / name).stat().st_size
-    return {"name": name, "samples": len(members) // 2, "bytes": size, "sha256": sha}
+    idle = sum(name.endswith(".json") and "~idle" in name for name, _ in members)
+    return {"name": name, "samples": len(members) // 2 - idle, "idle": idle, "bytes": size,
+            "sha256": sha}  # fmt: skip
 
 
 def convert(
@@ -184,6 +212,7 @@ def convert(
     samples: list[Sample] | None = None,
     progress: bool = True,
     workers: int | None = None,
+    idle_clips: bool = False,
 ) -> dict:
     """Convert `samples` (default: all of `dataset`) to shards under `out`; return the manifest."""
     if shard_size < 1:
@@ -205,16 +234,18 @@ def convert(
     for stale in out.glob(".*.tmp"):
         stale.unlink()
 
-    splits = {sp: {"shards": [], "samples": 0} for sp in split_order}
+    splits = {sp: {"shards": [], "samples": 0, "idle": 0} for sp in split_order}
     skipped, source_bytes, batch = [], 0, []
 
     def flush(split: str) -> None:
         name = f"{split}-{len(splits[split]['shards']):06d}.tar"
-        splits[split]["shards"].append(_write_shard(out, name, batch))
-        splits[split]["samples"] += len(batch) // 2
+        shard = _write_shard(out, name, batch)
+        splits[split]["shards"].append(shard)
+        splits[split]["samples"] += shard["samples"]
+        splits[split]["idle"] += shard["idle"]
         batch.clear()
 
-    jobs = [(dataset, s, pre) for s in samples]
+    jobs = [(dataset, s, pre, idle_clips) for s in samples]
     workers = workers or min(os.cpu_count() or 1, 4)
     bar = tqdm(total=len(jobs), desc="convert", unit="video", disable=not progress)
     with bar:
@@ -222,15 +253,14 @@ def convert(
             if isinstance(result, str):
                 skipped.append({"video_id": s.video_id, "reason": result})
             else:
-                meta, mp4 = result
-                source_bytes += meta.pop("source_bytes")
-                key = _key(s.video_id)
-                batch += [
-                    (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
-                    (f"{key}.mp4", mp4),
-                ]
+                source_bytes += result[0][1].pop("source_bytes")
+                for key, meta, mp4 in result:
+                    batch += [
+                        (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+                        (f"{key}.mp4", mp4),
+                    ]
             split_ends = i + 1 == len(samples) or samples[i + 1].split != s.split
-            if batch and (len(batch) // 2 == shard_size or split_ends):
+            if batch and (len(batch) // 2 >= shard_size or split_ends):
                 flush(s.split)
             bar.update()
 

@@ -46,6 +46,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     hflip: bool = False  # handedness can carry meaning: off unless asked for
     color_jitter: float = 0.0  # per-clip brightness / contrast / per-channel gain, +- this
+    idle_fraction: float = 0.0  # idle clips per epoch, as a fraction of the sign clips
     freeze_backbone: bool = False
     init: str = ""  # published I3D checkpoint to start from; "" = from scratch
     seed: int = 0
@@ -72,10 +73,11 @@ class ShardClips(IterableDataset):
         hflip: bool = False,
         color_jitter: float = 0.0,
         cache: bool = False,
+        idle_fraction: float = 0.0,
     ):
         self.shards, self.split, self.pre = Path(shards), split, pre
         self.train, self.seed, self.hflip, self.cache = train, seed, hflip, cache
-        self.color_jitter = color_jitter
+        self.color_jitter, self.idle_fraction = color_jitter, idle_fraction
         self.epoch = 0
         self._cache: list[tuple[dict, np.ndarray]] | None = None
 
@@ -89,13 +91,21 @@ class ShardClips(IterableDataset):
             self._cache = list(iter_samples(self.shards, self.split))
         return self._cache
 
+    def epoch_indices(self, samples: list) -> np.ndarray:
+        """Every sign clip, plus idle clips up to idle_fraction of them (a fresh draw per epoch)."""
+        signs = [i for i, (meta, _) in enumerate(samples) if not meta.get("idle")]
+        idle = [i for i, (meta, _) in enumerate(samples) if meta.get("idle")]
+        k = min(len(idle), round(self.idle_fraction * len(signs)))
+        if not self.train:
+            return np.array(signs + idle[:k], dtype=np.int64)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chosen = rng.choice(np.array(idle, dtype=np.int64), size=k, replace=False) if k else []
+        return rng.permutation(np.concatenate([signs, chosen]).astype(np.int64))
+
     def __iter__(self):
         samples = list(self._samples())
         info = torch.utils.data.get_worker_info()
-        if self.train:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(samples))
-        else:
-            order = np.arange(len(samples))
+        order = self.epoch_indices(samples)
         if info is not None:
             order = order[info.id :: info.num_workers]
         for i in order:
@@ -107,6 +117,21 @@ class ShardClips(IterableDataset):
             if self.train and self.color_jitter > 0:
                 x = color_jitter(x, rng, self.color_jitter, self.pre.value_range)
             yield x, int(meta["label"])
+
+
+def clip_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Cross-entropy on sign clips; idle clips (label -1) are pushed to a uniform distribution,
+    so "no sign here" reads as low confidence and sentence mode can threshold it away."""
+    logits = logits.float()
+    sign = y >= 0
+    total = logits.new_zeros(())
+    if sign.any():
+        total = total + F.cross_entropy(
+            logits[sign], y[sign], label_smoothing=label_smoothing, reduction="sum"
+        )
+    if (~sign).any():
+        total = total - logits[~sign].log_softmax(dim=1).mean(dim=1).sum()
+    return total / len(y)
 
 
 def color_jitter(
@@ -211,17 +236,24 @@ def precise_bn(model: torch.nn.Module, loader, device, max_clips: int = 256) -> 
 def _validate(model, loader, device, autocast) -> dict:
     model.eval()
     n = top1 = top5 = 0
+    idle_conf = []
     for x, y in loader:
         with autocast:
             logits = InceptionI3d.clip_logits(
                 model(x.to(device).contiguous(memory_format=torch.channels_last_3d))
-            )
+            ).float()
+        sign = y >= 0
+        idle_conf += logits[~sign].softmax(dim=1).amax(dim=1).tolist()
+        logits, y = logits[sign], y[sign]
         k = min(5, logits.shape[1])
-        hits = logits.float().topk(k).indices.cpu() == y[:, None]
+        hits = logits.topk(k).indices.cpu() == y[:, None]
         top1 += int(hits[:, 0].sum())
         top5 += int(hits.any(1).sum())
         n += len(y)
-    return {"val_top1": top1 / n, "val_top5": top5 / n} if n else {}
+    out = {"val_top1": top1 / n, "val_top5": top5 / n} if n else {}
+    if idle_conf:  # how sure the model is of *some* sign on rest clips: should fall
+        out["val_idle_conf"] = round(float(np.mean(idle_conf)), 5)
+    return out
 
 
 def train(
@@ -252,13 +284,19 @@ def train(
         hflip=cfg.hflip,
         color_jitter=cfg.color_jitter,
         cache=cfg.cache,
+        idle_fraction=cfg.idle_fraction,
     )
-    val_set = ShardClips(shards, "val", pre, train=False, cache=cfg.cache)
-    bn_set = ShardClips(shards, "train", pre, train=False, cache=cfg.cache)
+    val_set = ShardClips(
+        shards, "val", pre, train=False, cache=cfg.cache, idle_fraction=cfg.idle_fraction
+    )
+    bn_set = ShardClips(  # statistics of what inference sees: signs and rest
+        shards, "train", pre, train=False, cache=cfg.cache, idle_fraction=cfg.idle_fraction
+    )
     n_train = manifest["splits"].get("train", {}).get("samples", 0)
     if n_train == 0:
         raise ValueError(f"{shards}: the train split has no samples")
-    steps = math.ceil(n_train / cfg.batch_size)
+    n_idle = min(manifest["splits"]["train"].get("idle", 0), round(cfg.idle_fraction * n_train))
+    steps = math.ceil((n_train + n_idle) / cfg.batch_size)
     opt, sched = _optimizer(cfg, model, steps)
     has_val = manifest["splits"].get("val", {}).get("samples", 0) > 0
     loader = DataLoader(train_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -301,7 +339,7 @@ def train(
             y = y.to(device)
             with autocast:
                 logits = InceptionI3d.clip_logits(model(x))
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss = clip_loss(logits, y, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -28,7 +28,8 @@ TINY_MODEL = {"width": 0.25, "dropout": 0.0, "num_frames": 8, "resize": 64, "cro
               "bbox_margin": 0.1, "fps": 25.0}  # fmt: skip
 TINY_TRAIN = {"epochs": 3, "batch_size": 4, "optimizer": "adamw", "lr": 0.002,
               "weight_decay": 0.0001, "warmup_epochs": 1, "label_smoothing": 0.1,
-              "hflip": True, "color_jitter": 0.2, "freeze_backbone": False, "init": "",
+              "hflip": True, "color_jitter": 0.2, "idle_fraction": 0.5,
+              "freeze_backbone": False, "init": "",
               "seed": 0, "num_workers": 0, "cache": True, "device": "cpu"}  # fmt: skip
 
 
@@ -52,7 +53,7 @@ def shards(tmp_path_factory) -> tuple[Path, Path]:
     synthesize(data, classes=4, per_class=6, signers=4, seed=3, progress=False)
     pre = PreprocessConfig.from_dict({k: v for k, v in TINY_MODEL.items()
                                       if k not in ("width", "dropout")})  # fmt: skip
-    convert(data, root / "shards", pre, shard_size=8, progress=False)
+    convert(data, root / "shards", pre, shard_size=8, progress=False, idle_clips=True)
     return data, root / "shards"
 
 
@@ -64,7 +65,7 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
                  "--quiet"]) == 0  # fmt: skip
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
-    assert all({"loss", "val_top1", "val_top5", "lr"} <= set(r) for r in history)
+    assert all({"loss", "val_top1", "val_top5", "val_idle_conf", "lr"} <= set(r) for r in history)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == history[-1]
     bundle = load_model_dir(out / "model")
@@ -185,3 +186,23 @@ def test_resume_refuses_other_params(shards, tmp_path):
     args = ["train", "--shards", str(shard_dir), "--out", str(out), "--params",
             str(tiny_params(tmp_path, epochs=1, lr=0.5)), "--resume", "--quiet"]  # fmt: skip
     assert main(args) == 2
+
+
+def test_idle_clips_are_trained_towards_no_sign():
+    """Sign clips: cross-entropy; idle clips (label -1): cross-entropy against uniform."""
+    from components.train import clip_loss
+
+    logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0], [3.0, 0.0, 0.0]])
+    y = torch.tensor([0, -1, -1])
+    loss = clip_loss(logits, y, 0.0)
+    sign = torch.nn.functional.cross_entropy(logits[:1], y[:1], reduction="sum")
+    uniform = -logits[1:].log_softmax(1).mean(1).sum()
+    assert torch.isclose(loss, (sign + uniform) / 3)
+    # a uniform prediction is the best answer for an idle clip: its gradient vanishes there
+    x = torch.zeros(1, 3, requires_grad=True)
+    clip_loss(x, torch.tensor([-1]), 0.0).backward()
+    assert torch.allclose(x.grad, torch.zeros(1, 3), atol=1e-6)
+    confident = torch.tensor([[5.0, 0.0, 0.0]])
+    assert clip_loss(confident, torch.tensor([-1]), 0.0) > clip_loss(
+        x.detach(), torch.tensor([-1]), 0.0
+    )
