@@ -29,12 +29,23 @@ DEPLOY_TIMEOUT_S = 900.0  # one rollout step must become ready within this
 
 
 def run_params(
-    base: str, *, frames: int, image_size: int, epochs: int, batch_size: int, lr: float,
-    min_top1: float, tolerance: float,
-) -> str:  # fmt: skip
+    base: str,
+    *,
+    frames: int,
+    image_size: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    min_top1: float,
+    tolerance: float,
+) -> str:
     """params.yaml's content (JSON) with the pipeline's parameters applied, as JSON."""
-    for name, value in (("frames", frames), ("image_size", image_size), ("epochs", epochs),
-                        ("batch_size", batch_size)):  # fmt: skip
+    for name, value in (
+        ("frames", frames),
+        ("image_size", image_size),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+    ):
         if int(value) < 1:
             raise ValueError(f"pipeline parameter {name} must be >= 1, got {value}")
     if not 0 < lr < 1:
@@ -65,8 +76,11 @@ def model_root(bucket: str, isvc_name: str) -> str:
 
 
 # The params.yaml sections each step reads: a step's cache key changes only when they do.
-SECTIONS = {"data": ("model", "convert", "validate"), "train": ("model", "train"),
-            "evaluate": ("evaluate",)}  # fmt: skip
+SECTIONS = {
+    "data": ("model", "convert", "validate"),
+    "train": ("model", "train"),
+    "evaluate": ("evaluate",),
+}
 
 
 def step_sections(params: str, step: str) -> str:
@@ -113,8 +127,9 @@ def checkpoint_dir(root: Path, shards_hash: str, params: str) -> Path:
     return Path(root) / key[:16]
 
 
-def train_step(shards: Path, shards_hash: str, params: str, checkpoint_root: Path,
-               model_out: Path) -> dict:  # fmt: skip
+def train_step(
+    shards: Path, shards_hash: str, params: str, checkpoint_root: Path, model_out: Path
+) -> dict:
     """Train (resuming from this recipe's checkpoint if an earlier attempt left one), then copy
     the trained model to the step's output."""
     from components.params import preprocess_config, section
@@ -148,9 +163,13 @@ def fetch_baseline(root: str, dest: Path) -> Path | None:
 
 
 def evaluate_step(
-    model_dir: Path, data_dir: Path, validation: Path, params: str, out: Path,
+    model_dir: Path,
+    data_dir: Path,
+    validation: Path,
+    params: str,
+    out: Path,
     baseline_root: str,
-) -> dict:  # fmt: skip
+) -> dict:
     """Evaluate + gate against params' threshold and production's metrics; writes out/."""
     from components.evaluate import evaluate, gate, write_gate
     from components.params import section
@@ -204,13 +223,18 @@ def log_confusion(artifact: Any, csv_path: Path) -> None:
 
 def summary_markdown(metrics: dict, decision: dict) -> str:
     lines = [f"# Evaluation: gate **{decision['decision']}**", ""]
-    lines += ["| split | n | top-1 | top-5 | top-10 | per-class mean |", "|---|---|---|---|---|---|"]
+    lines += [
+        "| split | n | top-1 | top-5 | top-10 | per-class mean |",
+        "|---|---|---|---|---|---|",
+    ]
     for split, v in metrics.items():
         if isinstance(v, dict):
             cells = [v.get(k) for k in ("n", "top1", "top5", "top10", "per_class_mean")]
             lines.append(f"| {split} | " + " | ".join("-" if c is None else str(c) for c in cells))
     lines += ["", "## Gate checks", ""]
-    lines += [f"- {c['check']}: {'passed' if c['passed'] else 'FAILED'}" for c in decision["checks"]]
+    lines += [
+        f"- {c['check']}: {'passed' if c['passed'] else 'FAILED'}" for c in decision["checks"]
+    ]
     lines += [f"- reason: {r}" for r in decision["reasons"]]
     return "\n".join(lines) + "\n"
 
@@ -239,8 +263,9 @@ def publish_step(
 
     with tempfile.TemporaryDirectory() as tmp:
         pointer = _write_pointer(data_md5, Path(tmp) / "data.dvc")
-        lineage = package(Path(model_dir), Path(eval_dir), Path(out), params=_params(params),
-                          data_pointer=pointer)  # fmt: skip
+        lineage = package(
+            Path(model_dir), Path(eval_dir), Path(out), params=_params(params), data_pointer=pointer
+        )
     publish_dir(Path(out), model_uri)
     return lineage
 
@@ -255,9 +280,17 @@ def canary_plan(percent: int, steps: int) -> list[int]:
 
 
 def deploy_step(
-    package_dir: Path, *, root: str, model_uri: str, target: str, namespace: str, isvc_name: str,
-    canary_percent: int, canary_steps: int, smoke_video: Path | None,
-) -> dict:  # fmt: skip
+    package_dir: Path,
+    *,
+    root: str,
+    model_uri: str,
+    target: str,
+    namespace: str,
+    isvc_name: str,
+    canary_percent: int,
+    canary_steps: int,
+    smoke_video: Path | None,
+) -> dict:
     """Roll `model_uri` out (cluster: KServe canary; local: the local stand-in), then copy it to
     `root`/production/, the baseline the next run's gate compares against."""
     from components.objstore import publish_dir
@@ -267,9 +300,14 @@ def deploy_step(
         from components.deploy import deploy
 
         result = deploy(
-            Path(package_dir), model_uri=model_uri, namespace=namespace, names=[isvc_name],
-            steps=plan, soak_s=DEPLOY_SOAK_S, timeout_s=DEPLOY_TIMEOUT_S,
-        )  # fmt: skip
+            Path(package_dir),
+            model_uri=model_uri,
+            namespace=namespace,
+            names=[isvc_name],
+            steps=plan,
+            soak_s=DEPLOY_SOAK_S,
+            timeout_s=DEPLOY_TIMEOUT_S,
+        )
     elif target == "local":
         from components.local_deploy import serve_and_smoke_test
 
@@ -293,6 +331,11 @@ def smoke_video(data_dir: Path, validation: Path) -> Path:
 
 def outcome(status: Any, *, isvc_name: str) -> dict:
     """What the exit handler records from KFP's PipelineTaskFinalStatus."""
-    fields = ("state", "pipeline_job_resource_name", "pipeline_task_name", "error_code",
-              "error_message")  # fmt: skip
+    fields = (
+        "state",
+        "pipeline_job_resource_name",
+        "pipeline_task_name",
+        "error_code",
+        "error_message",
+    )
     return {"inference_service": isvc_name} | {f: getattr(status, f, None) for f in fields}

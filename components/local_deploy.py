@@ -48,8 +48,9 @@ def _ready(port: int) -> bool:
 def _predict(video: Path, where: list[str]) -> dict:
     cmd = [sys.executable, "-m", "components.cli", "predict", str(video), *where, "--json"]
     cmd += ["--top-k", "1"]  # any model has at least one class
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S,
-                       env=os.environ | _NO_PROXY)  # fmt: skip
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S, env=os.environ | _NO_PROXY
+    )
     if r.returncode != 0:
         raise LocalDeployError(f"smoke test {' '.join(where)} failed: {r.stderr.strip()}")
     return json.loads(r.stdout)
@@ -61,7 +62,9 @@ def serve_and_smoke_test(model_uri: str, video: Path) -> dict:
     cmd = [sys.executable, "-m", "components.cli", "serve", "--model-dir", model_uri]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc)]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ | _NO_PROXY)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ | _NO_PROXY
+        )
         try:
             t0 = time.monotonic()
             while not _ready(http):

@@ -45,8 +45,9 @@ def typed_arguments(raw: dict[str, str]) -> dict:
     return out
 
 
-def compile_pipeline(out: Path = COMPILED, image: str = DEFAULT_IMAGE,
-                     params_file: Path = PARAMS) -> Path:  # fmt: skip
+def compile_pipeline(
+    out: Path = COMPILED, image: str = DEFAULT_IMAGE, params_file: Path = PARAMS
+) -> Path:
     """Write the pipeline spec the Kubeflow UI takes (deterministic: same inputs, same bytes)."""
     from kfp import compiler
 
@@ -58,8 +59,14 @@ def compile_pipeline(out: Path = COMPILED, image: str = DEFAULT_IMAGE,
     return out
 
 
-def submit(host: str, *, package: Path = COMPILED, arguments: dict | None = None,
-           experiment: str = NAME, version: str | None = None) -> dict:  # fmt: skip
+def submit(
+    host: str,
+    *,
+    package: Path = COMPILED,
+    arguments: dict | None = None,
+    experiment: str = NAME,
+    version: str | None = None,
+) -> dict:
     """Upload `package` as a new version of pipeline NAME (created if absent) and start a run."""
     import datetime as dt
 
@@ -80,13 +87,18 @@ def submit(host: str, *, package: Path = COMPILED, arguments: dict | None = None
             version_id = client.list_pipeline_versions(pipeline_id).pipeline_versions[0]
             version_id = version_id.pipeline_version_id
         else:
-            pv = client.upload_pipeline_version(str(package), pipeline_version_name=version,
-                                                pipeline_id=pipeline_id)  # fmt: skip
+            pv = client.upload_pipeline_version(
+                str(package), pipeline_version_name=version, pipeline_id=pipeline_id
+            )
             version_id = pv.pipeline_version_id
         exp = client.create_experiment(experiment)
-        run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=f"{NAME}-{version}",
-                                  params=arguments or {}, pipeline_id=pipeline_id,
-                                  version_id=version_id)  # fmt: skip
+        run = client.run_pipeline(
+            experiment_id=exp.experiment_id,
+            job_name=f"{NAME}-{version}",
+            params=arguments or {},
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+        )
     except Exception as e:  # the kfp client raises urllib3, ApiException and OSError types
         if isinstance(e, PipelineError):
             raise
@@ -107,14 +119,23 @@ def run_local(data: Path, out: Path, arguments: dict | None = None) -> Path:
     if not data.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {data}")
     if not os.environ.get("AWS_ENDPOINT_URL"):
-        raise PipelineError("run-local publishes to S3: set AWS_ENDPOINT_URL and the keys "
-                            "(`make s3-up` starts a local server and prints them)")  # fmt: skip
+        raise PipelineError(
+            "run-local publishes to S3: set AWS_ENDPOINT_URL and the keys "
+            "(`make s3-up` starts a local server and prints them)"
+        )
     runs = out / "runs"
     before = set(runs.glob("*")) if runs.is_dir() else set()  # .kfp_cache/ is kept across runs
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(runs),
-               raise_on_error=True, enable_caching=True)  # fmt: skip
-    args = {"data_path": str(data), "deploy_target": "local",
-            "checkpoint_root": str(out / "checkpoints")} | (arguments or {})  # fmt: skip
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(runs),
+        raise_on_error=True,
+        enable_caching=True,
+    )
+    args = {
+        "data_path": str(data),
+        "deploy_target": "local",
+        "checkpoint_root": str(out / "checkpoints"),
+    } | (arguments or {})
     # Components run as `python3 -m ...` subprocesses; kfp swaps in this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     build_pipeline()(**args)

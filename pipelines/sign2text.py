@@ -20,7 +20,7 @@ COMPILED = Path(__file__).with_name("sign2text.yaml")
 NAME = "sign2text"
 
 # Secret in the run's namespace with the object store's endpoint and keys (see README).
-S3_SECRET = "sign2text-s3"
+S3_SECRET = "sign2text-s3"  # noqa: S105 - the Secret's name, not a secret
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # Training writes its checkpoints to this claim, so a retried attempt (a new pod) resumes.
 CHECKPOINT_PVC = "sign2text-checkpoints"
@@ -70,26 +70,45 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         rollout; deploy_target: cluster (KServe) or local (a local server, for local runs)."""
         outcome = c.record_outcome(isvc_name=isvc_name).set_caching_options(False)
         with dsl.ExitHandler(outcome, name="run"):
-            cfg = c.configure(base=base_params, frames=frames, image_size=image_size,
-                              epochs=epochs, batch_size=batch_size, lr=lr, min_top1=min_top1,
-                              tolerance=tolerance).set_caching_options(True)  # fmt: skip
+            cfg = c.configure(
+                base=base_params,
+                frames=frames,
+                image_size=image_size,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                min_top1=min_top1,
+                tolerance=tolerance,
+            ).set_caching_options(True)
             # Never cached: the same revision name can point at new data.
-            resolved = c.resolve_data(data_repo=data_repo, data_rev=data_rev,
-                                      data_path=data_path).set_caching_options(False)  # fmt: skip
+            resolved = c.resolve_data(
+                data_repo=data_repo, data_rev=data_rev, data_path=data_path
+            ).set_caching_options(False)
             # Cached from here on: keyed by the data md5 (and each step's params sections).
-            fetched = _with_s3(c.fetch_data(data_md5=resolved.output, subset=subset,
-                                            data_remote=data_remote, data_path=data_path))  # fmt: skip
+            fetched = _with_s3(
+                c.fetch_data(
+                    data_md5=resolved.output,
+                    subset=subset,
+                    data_remote=data_remote,
+                    data_path=data_path,
+                )
+            )
             fetched.set_caching_options(True)
             dataset = fetched.outputs["dataset"]
             validated = c.validate_data(dataset=dataset, params=cfg.outputs["data"])
             validated.set_caching_options(True)
             validation = validated.outputs["validation"]
-            converted = c.convert_data(dataset=dataset, validation=validation,
-                                       params=cfg.outputs["data"]).set_caching_options(True)  # fmt: skip
+            converted = c.convert_data(
+                dataset=dataset, validation=validation, params=cfg.outputs["data"]
+            ).set_caching_options(True)
 
-            trained = _with_s3(c.train_model(shards=converted.outputs["shards"],
-                                             params=cfg.outputs["train"],
-                                             checkpoint_root=checkpoint_root))  # fmt: skip
+            trained = _with_s3(
+                c.train_model(
+                    shards=converted.outputs["shards"],
+                    params=cfg.outputs["train"],
+                    checkpoint_root=checkpoint_root,
+                )
+            )
             # Cached too: training is deterministic given the shards and the recipe.
             trained.set_caching_options(True)
             trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
@@ -97,22 +116,42 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
             trained.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
             kubernetes.mount_pvc(trained, pvc_name=CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
 
-            evaluated = _with_s3(c.evaluate_model(
-                model=trained.outputs["model"], dataset=dataset, validation=validation,
-                params=cfg.outputs["evaluate"], model_bucket=model_bucket, isvc_name=isvc_name,
-            )).set_caching_options(False)  # fmt: skip
+            evaluated = _with_s3(
+                c.evaluate_model(
+                    model=trained.outputs["model"],
+                    dataset=dataset,
+                    validation=validation,
+                    params=cfg.outputs["evaluate"],
+                    model_bucket=model_bucket,
+                    isvc_name=isvc_name,
+                )
+            ).set_caching_options(False)
 
             with dsl.If(evaluated.outputs["Output"] == "pass", name="gate-passed"):
-                published = _with_s3(c.publish_model(
-                    model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"],
-                    dataset=dataset, params=cfg.outputs["full"], model_bucket=model_bucket,
-                    isvc_name=isvc_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                )).set_caching_options(False)  # fmt: skip
-                _with_s3(c.deploy_model(
-                    package=published.outputs["package"], dataset=dataset, validation=validation,
-                    model_uri=published.outputs["Output"], deploy_target=deploy_target,
-                    namespace=namespace, isvc_name=isvc_name, model_bucket=model_bucket,
-                    canary_percent=canary_percent, canary_steps=canary_steps,
-                )).set_caching_options(False)  # fmt: skip
+                published = _with_s3(
+                    c.publish_model(
+                        model=trained.outputs["model"],
+                        evaluation=evaluated.outputs["evaluation"],
+                        dataset=dataset,
+                        params=cfg.outputs["full"],
+                        model_bucket=model_bucket,
+                        isvc_name=isvc_name,
+                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    )
+                ).set_caching_options(False)
+                _with_s3(
+                    c.deploy_model(
+                        package=published.outputs["package"],
+                        dataset=dataset,
+                        validation=validation,
+                        model_uri=published.outputs["Output"],
+                        deploy_target=deploy_target,
+                        namespace=namespace,
+                        isvc_name=isvc_name,
+                        model_bucket=model_bucket,
+                        canary_percent=canary_percent,
+                        canary_steps=canary_steps,
+                    )
+                ).set_caching_options(False)
 
     return sign2text
