@@ -171,7 +171,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
     arguments = runner.parse_overrides(getattr(args, "arg", None) or [])
     if args.pipeline_command == "compile":
-        image = args.image or runner.DEFAULT_IMAGE
+        image = runner.DEFAULT_IMAGE if args.image is None else args.image
         print(f"wrote {runner.compile_pipeline(Path(args.out), image)}")
     elif args.pipeline_command == "submit":
         print(json.dumps(runner.submit(args.host, package=Path(args.package), arguments=arguments,

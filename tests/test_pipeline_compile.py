@@ -1,0 +1,178 @@
+"""The compiled Kubeflow pipeline spec: what a cluster would run (GPU, retries, secrets, the gate's
+condition, the exit handler, caching), that the committed spec is current, and the pipeline CLI's
+errors. No cluster is involved: this reads the spec KFP's compiler writes."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.runner import compile_pipeline, parse_overrides
+from pipelines.sign2text import COMPILED, S3_ENV, S3_SECRET
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> tuple[dict, dict]:
+    out = compile_pipeline(tmp_path_factory.mktemp("spec") / "p.yaml", image="reg.test/s2t:9")
+    pipeline, platform = yaml.safe_load_all(out.read_text())
+    return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(pipeline: dict, component: str) -> dict:
+    return pipeline["components"][component]["dag"]["tasks"]
+
+
+def test_committed_spec_is_current(tmp_path):
+    fresh = compile_pipeline(tmp_path / "fresh.yaml")
+    assert fresh.read_text() == COMPILED.read_text(), (
+        "pipelines/sign2text.yaml is stale: run `sign2text pipeline compile`"
+    )
+
+
+def test_train_requests_a_gpu_retries_and_resumes_from_a_volume(spec):
+    pipeline, k8s = spec
+    res = pipeline["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
+    assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert res["accelerator"]["resourceCount"] == "1"
+    assert res["resourceCpuRequest"] and res["resourceMemoryRequest"]
+    train = _tasks(pipeline, "comp-exit-handler-1")["train-model"]
+    assert train["retryPolicy"]["maxRetryCount"] >= 1
+    mount = k8s["exec-train-model"]["pvcMount"][0]
+    # The checkpoint root the component writes to is the volume's mount path.
+    root = pipeline["root"]["inputDefinitions"]["parameters"]["checkpoint_root"]["defaultValue"]
+    assert mount["mountPath"] == root
+    # No other step asks for a GPU.
+    others = [e for n, e in pipeline["deploymentSpec"]["executors"].items() if "train" not in n]
+    assert not any("accelerator" in e["container"].get("resources", {}) for e in others)
+
+
+def test_deploy_runs_only_when_the_gate_passes(spec):
+    pipeline, _ = spec
+    cond = _tasks(pipeline, "comp-exit-handler-1")["condition-2"]
+    assert cond["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--evaluate-model-Output'] == 'pass'"
+    )
+    inside = _tasks(pipeline, cond["componentRef"]["name"])
+    assert set(inside) == {"publish-model", "deploy-model"}
+    assert "deploy-model" not in _tasks(pipeline, "comp-exit-handler-1")
+
+
+def test_exit_handler_records_the_outcome(spec):
+    pipeline, _ = spec
+    root = pipeline["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "record-outcome"}
+    exit_task = root["record-outcome"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert exit_task["inputs"]["parameters"]["status"] == {
+        "taskFinalStatus": {"producerTask": "exit-handler-1"}
+    }
+
+
+def test_object_store_credentials_come_from_a_secret_only(spec):
+    pipeline, k8s = spec
+    for step in ("fetch-data", "train-model", "evaluate-model", "publish-model", "deploy-model"):
+        (secret,) = k8s[f"exec-{step}"]["secretAsEnv"]
+        assert secret["secretName"] == S3_SECRET
+        assert {e["envVar"] for e in secret["keyToEnv"]} == set(S3_ENV)
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert not [p for p in params if any(w in p.lower() for w in ("key", "secret", "password"))]
+    assert "AWS_SECRET_ACCESS_KEY=" not in yaml.safe_dump(pipeline)
+
+
+def test_data_steps_are_cached_by_data_hash_and_resolving_is_not(spec):
+    pipeline, _ = spec
+    tasks = _tasks(pipeline, "comp-exit-handler-1")
+    assert tasks["resolve-data"]["cachingOptions"] == {}  # caching off
+    for name in ("fetch-data", "validate-data", "convert-data", "train-model"):
+        assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
+    # fetch-data is keyed by the md5 resolve-data outputs, not by the git revision.
+    fetch_inputs = tasks["fetch-data"]["inputs"]["parameters"]
+    assert fetch_inputs["data_md5"]["taskOutputParameter"]["producerTask"] == "resolve-data"
+    assert "data_rev" not in fetch_inputs
+    # convert is keyed by the data sections of params only: new epochs must not re-convert.
+    convert_params = tasks["convert-data"]["inputs"]["parameters"]["params"]
+    assert convert_params["taskOutputParameter"]["outputParameterKey"] == "data"
+
+
+def test_image_is_chosen_at_compile_time_and_artifacts_are_typed(spec):
+    pipeline, _ = spec
+    executors = pipeline["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"reg.test/s2t:9"}
+    outputs = {
+        name: {
+            k: v["artifactType"]["schemaTitle"]
+            for k, v in c["outputDefinitions"]["artifacts"].items()
+        }
+        for name, c in pipeline["components"].items()
+        if "artifacts" in c.get("outputDefinitions", {})
+    }
+    assert outputs["comp-evaluate-model"] == {
+        "confusion": "system.ClassificationMetrics",
+        "evaluation": "system.Artifact",
+        "metrics": "system.Metrics",
+        "summary": "system.Markdown",
+    }
+    assert outputs["comp-validate-data"] == {"docs": "system.HTML", "validation": "system.Dataset"}
+    assert outputs["comp-fetch-data"] == {"dataset": "system.Dataset"}
+    assert outputs["comp-train-model"] == {"model": "system.Model", "metrics": "system.Metrics"}
+    assert outputs["comp-publish-model"] == {"package": "system.Model"}
+
+
+def test_parameters_have_defaults_from_params_yaml(spec):
+    pipeline, _ = spec
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    active = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["epochs"]["defaultValue"] == active["train"]["epochs"]
+    assert params["frames"]["defaultValue"] == active["model"]["num_frames"]
+    assert params["min_top1"]["defaultValue"] == active["evaluate"]["min_top1"]
+    for name in ("data_rev", "subset", "image_size", "batch_size", "lr", "tolerance",
+                 "canary_percent", "canary_steps", "namespace", "isvc_name", "model_bucket"):  # fmt: skip
+        assert "defaultValue" in params[name], name
+
+
+def test_overrides_are_typed_and_checked():
+    assert parse_overrides(["epochs=3", "lr=0.01", "data_rev=v1"]) == {
+        "epochs": 3,
+        "lr": 0.01,
+        "data_rev": "v1",
+    }
+    with pytest.raises(ValueError, match="unknown pipeline parameter 'epoch'"):
+        parse_overrides(["epoch=3"])
+    with pytest.raises(ValueError, match="epochs wants int"):
+        parse_overrides(["epochs=three"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["epochs"])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "components.cli", "pipeline", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_compile_with_image(tmp_path):
+    r = _cli("compile", "--out", str(tmp_path / "p.yaml"), "--image", "reg.test/x:1")
+    assert r.returncode == 0, r.stderr
+    assert "image: reg.test/x:1" in (tmp_path / "p.yaml").read_text()
+    r = _cli("compile", "--out", str(tmp_path / "q.yaml"), "--image", "")
+    assert r.returncode == 2 and "--image must be" in r.stderr
+    assert not (tmp_path / "q.yaml").exists()
+
+
+def test_cli_submit_to_an_unreachable_host_fails_clearly():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _cli("submit", "--host", f"http://127.0.0.1:{port}", "--arg", "epochs=2")
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"sign2text: error: Kubeflow Pipelines at http://127.0.0.1:{port}")
+    assert "Connection refused" in last
+    r = _cli("submit", "--host", "127.0.0.1:8888")
+    assert r.returncode == 2 and "must be an http(s):// URL" in r.stderr
