@@ -200,6 +200,14 @@ def log_scalars(artifact: Any, values: dict) -> None:
     for key, value in values.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             artifact.log_metric(key, float(value))
+    _write_metadata(artifact)
+
+
+def _write_metadata(artifact: Any) -> None:
+    # The values live in the artifact's metadata; the file makes them downloadable too, and
+    # kfp.local's cache treats an output whose file is missing as a miss.
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=2) + "\n")
 
 
 def log_metrics(artifact: Any, metrics: dict) -> None:
@@ -210,6 +218,7 @@ def log_metrics(artifact: Any, metrics: dict) -> None:
         for key in [f"top{k}" for k in TOP_K] + ["per_class_mean"]:
             if values.get(key) is not None:
                 artifact.log_metric(f"{split}_{key}", float(values[key]))
+    _write_metadata(artifact)
 
 
 def log_confusion(artifact: Any, csv_path: Path) -> None:
@@ -219,6 +228,7 @@ def log_confusion(artifact: Any, csv_path: Path) -> None:
     labels = rows[0][1:]
     matrix = [[int(v) for v in row[1:]] for row in rows[1:]]
     artifact.log_confusion_matrix(labels, matrix)
+    _write_metadata(artifact)
 
 
 def summary_markdown(metrics: dict, decision: dict) -> str:

@@ -69,6 +69,7 @@ def test_confusion_and_metrics_land_in_kfp_artifacts(tmp_path):
     spec = cm.metadata["confusionMatrix"]
     assert [a["displayName"] for a in spec["annotationSpecs"]] == labels
     assert [r["row"] for r in spec["rows"]] == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    assert json.loads((tmp_path / "cm").read_text()) == cm.metadata  # also a downloadable file
 
     metrics = {"test": {"n": 5, "top1": 0.6, "top5": 1.0, "top10": 1.0, "per_class_mean": 0.67},
                "skipped": []}  # fmt: skip
