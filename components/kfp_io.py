@@ -306,27 +306,30 @@ def deploy_step(
     from components.objstore import publish_dir
 
     plan = canary_plan(canary_percent, canary_steps)
+    if smoke_video is None:
+        raise ValueError("the deploy step needs a video to smoke-test the model with")
     if target == "cluster":
         from components.deploy import deploy
+        from components.smoke import VideoSmoke
 
         result = deploy(
             Path(package_dir),
             model_uri=model_uri,
             namespace=namespace,
-            names=[isvc_name],
+            names=(isvc_name, f"{isvc_name}-grpc"),  # REST and gRPC InferenceServices
             steps=plan,
             soak_s=DEPLOY_SOAK_S,
             timeout_s=DEPLOY_TIMEOUT_S,
+            smoke=VideoSmoke([smoke_video]),
         )
     elif target == "local":
         from components.local_deploy import serve_and_smoke_test
 
-        if smoke_video is None:
-            raise ValueError("the local deploy needs a video to smoke-test with")
         result = serve_and_smoke_test(model_uri, smoke_video)
     else:
         raise ValueError(f"deploy_target must be 'cluster' or 'local', got {target!r}")
-    publish_dir(Path(package_dir), root + PRODUCTION + "/")
+    # Replaces the previous production copy: this model is the next run's baseline now.
+    publish_dir(Path(package_dir), root + PRODUCTION + "/", overwrite=True)
     return {"target": target, "model_uri": model_uri, "canary": plan, "result": result}
 
 

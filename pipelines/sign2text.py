@@ -19,9 +19,11 @@ PARAMS = ROOT / "params.yaml"
 COMPILED = Path(__file__).with_name("sign2text.yaml")
 NAME = "sign2text"
 
-# Secret in the run's namespace with the object store's endpoint and keys (see README).
+# Secret in the run's namespace with the object store's keys and, for MinIO, its endpoint
+# (AWS_ENDPOINT_URL, optional: without it the steps talk to AWS S3). See README.
 S3_SECRET = "sign2text-s3"  # noqa: S105 - the Secret's name, not a secret
-S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_ENDPOINT = "AWS_ENDPOINT_URL"
 # Training writes its checkpoints to this claim, so a retried attempt (a new pod) resumes.
 CHECKPOINT_PVC = "sign2text-checkpoints"
 CHECKPOINT_MOUNT = "/checkpoints"
@@ -30,7 +32,8 @@ TRAIN_CPU, TRAIN_MEMORY = "4", "16G"
 
 
 def _with_s3(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    return kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_ENV})
+    kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_KEYS})
+    return kubernetes.use_secret_as_env(task, S3_SECRET, {S3_ENDPOINT: S3_ENDPOINT}, optional=True)
 
 
 def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
@@ -58,7 +61,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         canary_steps: int = 3,
         namespace: str = "sign2text",
         isvc_name: str = "sign2text",
-        model_bucket: str = "models",
+        model_bucket: str = "sign2text",
         deploy_target: str = "cluster",
         checkpoint_root: str = CHECKPOINT_MOUNT,
         base_params: str = json.dumps(base, sort_keys=True),

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines.runner import compile_pipeline, parse_overrides
-from pipelines.sign2text import COMPILED, S3_ENV, S3_SECRET
+from pipelines.sign2text import COMPILED, S3_ENDPOINT, S3_KEYS, S3_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,9 +78,12 @@ def test_exit_handler_records_the_outcome(spec):
 def test_object_store_credentials_come_from_a_secret_only(spec):
     pipeline, k8s = spec
     for step in ("fetch-data", "train-model", "evaluate-model", "publish-model", "deploy-model"):
-        (secret,) = k8s[f"exec-{step}"]["secretAsEnv"]
-        assert secret["secretName"] == S3_SECRET
-        assert {e["envVar"] for e in secret["keyToEnv"]} == set(S3_ENV)
+        keys, endpoint = k8s[f"exec-{step}"]["secretAsEnv"]
+        assert keys["secretName"] == endpoint["secretName"] == S3_SECRET
+        assert {e["envVar"] for e in keys["keyToEnv"]} == set(S3_KEYS)
+        assert not keys["optional"]  # no keys, no step
+        assert [e["envVar"] for e in endpoint["keyToEnv"]] == [S3_ENDPOINT]
+        assert endpoint["optional"]  # AWS S3 needs no endpoint
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     assert not [p for p in params if any(w in p.lower() for w in ("key", "secret", "password"))]
     assert "AWS_SECRET_ACCESS_KEY=" not in yaml.safe_dump(pipeline)
@@ -132,8 +135,19 @@ def test_parameters_have_defaults_from_params_yaml(spec):
     assert params["epochs"]["defaultValue"] == active["train"]["epochs"]
     assert params["frames"]["defaultValue"] == active["model"]["num_frames"]
     assert params["min_top1"]["defaultValue"] == active["evaluate"]["min_top1"]
-    for name in ("data_rev", "subset", "image_size", "batch_size", "lr", "tolerance",
-                 "canary_percent", "canary_steps", "namespace", "isvc_name", "model_bucket"):  # fmt: skip
+    for name in (
+        "data_rev",
+        "subset",
+        "image_size",
+        "batch_size",
+        "lr",
+        "tolerance",
+        "canary_percent",
+        "canary_steps",
+        "namespace",
+        "isvc_name",
+        "model_bucket",
+    ):
         assert "defaultValue" in params[name], name
 
 

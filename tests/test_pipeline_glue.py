@@ -16,8 +16,9 @@ from components.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = json.dumps(load_params(ROOT / "params.yaml"))
-RECIPE = dict(frames=8, image_size=224, epochs=3, batch_size=4, lr=0.01, min_top1=0.5,
-              tolerance=0.0)  # fmt: skip
+RECIPE = dict(
+    frames=8, image_size=224, epochs=3, batch_size=4, lr=0.01, min_top1=0.5, tolerance=0.0
+)
 
 
 def test_run_params_apply_pipeline_parameters_and_keep_types():
@@ -71,14 +72,23 @@ def test_confusion_and_metrics_land_in_kfp_artifacts(tmp_path):
     assert [r["row"] for r in spec["rows"]] == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
     assert json.loads((tmp_path / "cm").read_text()) == cm.metadata  # also a downloadable file
 
-    metrics = {"test": {"n": 5, "top1": 0.6, "top5": 1.0, "top10": 1.0, "per_class_mean": 0.67},
-               "skipped": []}  # fmt: skip
+    metrics = {
+        "test": {"n": 5, "top1": 0.6, "top5": 1.0, "top10": 1.0, "per_class_mean": 0.67},
+        "skipped": [],
+    }
     m = dsl.Metrics(name="metrics", uri=str(tmp_path / "m"))
     kfp_io.log_metrics(m, metrics)
-    assert m.metadata == {"test_top1": 0.6, "test_top5": 1.0, "test_top10": 1.0,
-                          "test_per_class_mean": 0.67}  # fmt: skip
-    decision = {"decision": "fail", "reasons": ["test top1 0.6000 is below the minimum 0.9000"],
-                "checks": [{"check": "min_top1", "passed": False}]}  # fmt: skip
+    assert m.metadata == {
+        "test_top1": 0.6,
+        "test_top5": 1.0,
+        "test_top10": 1.0,
+        "test_per_class_mean": 0.67,
+    }
+    decision = {
+        "decision": "fail",
+        "reasons": ["test top1 0.6000 is below the minimum 0.9000"],
+        "checks": [{"check": "min_top1", "passed": False}],
+    }
     md = kfp_io.summary_markdown(metrics, decision)
     assert "gate **fail**" in md and "| test | 5 | 0.6 | 1.0 | 1.0 | 0.67" in md
     assert "min_top1: FAILED" in md and "below the minimum" in md
@@ -86,9 +96,12 @@ def test_confusion_and_metrics_land_in_kfp_artifacts(tmp_path):
 
 def test_outcome_reads_kfp_final_status():
     status = dsl.PipelineTaskFinalStatus(
-        state="FAILED", pipeline_job_resource_name="runs/1", pipeline_task_name="run",
-        error_code=1, error_message="train-model failed",
-    )  # fmt: skip
+        state="FAILED",
+        pipeline_job_resource_name="runs/1",
+        pipeline_task_name="run",
+        error_code=1,
+        error_message="train-model failed",
+    )
     rec = kfp_io.outcome(status, isvc_name="sign2text")
     assert rec["state"] == "FAILED" and rec["error_message"] == "train-model failed"
     assert rec["inference_service"] == "sign2text"

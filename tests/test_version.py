@@ -5,7 +5,6 @@ the DVC remote (byte-identical, each file's md5 checked), and clear errors."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -44,8 +43,13 @@ def versioned(s3_server, tmp_path_factory) -> dict:
     _run([DVC, "add", "-q", "data"], repo, env)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "v2"], repo, env)
     _run([DVC, "push", "-q"], repo, env)
-    return {"repo": repo, "env": env, "remote": section["url"], "v1_files": v1_files,
-            "v1_local": v1_local}  # fmt: skip
+    return {
+        "repo": repo,
+        "env": env,
+        "remote": section["url"],
+        "v1_files": v1_files,
+        "v1_local": v1_local,
+    }
 
 
 @pytest.fixture
@@ -80,8 +84,9 @@ def test_fetch_by_hash_from_the_dvc_remote(versioned, s3_boto_env, tmp_path):
     kept = {f"videos/{s.video_id}.mp4" for s in load_samples(tmp_path / "sub")}
     got = {k for k in _hashes(tmp_path / "sub") if k.startswith("videos/")}
     assert got == kept and summary["videos"] == len(kept) > 0
-    assert all(versioned["v1_files"][k] == h for k, h in _hashes(tmp_path / "sub").items()
-               if k != METADATA)  # fmt: skip
+    assert all(
+        versioned["v1_files"][k] == h for k, h in _hashes(tmp_path / "sub").items() if k != METADATA
+    )
 
 
 def test_fetch_refuses_a_corrupted_object(versioned, s3_boto_env, s3_server, tmp_path):
@@ -100,8 +105,9 @@ def test_fetch_refuses_a_corrupted_object(versioned, s3_boto_env, s3_server, tmp
     finally:
         s3_server.put_bytes(bucket, key, original)
     with pytest.raises(DataVersionError, match="cannot fetch data 0123"):
-        materialise("0123456789abcdef0123456789abcdef.dir", tmp_path / "x",
-                    remote=versioned["remote"])  # fmt: skip
+        materialise(
+            "0123456789abcdef0123456789abcdef.dir", tmp_path / "x", remote=versioned["remote"]
+        )
 
 
 def test_local_source_must_still_have_the_resolved_hash(tmp_path):
