@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("components.validate", reason="validate() comes with the data branch")
 pytest.importorskip("components.objstore", reason="objstore comes with the data branch")
 
+from components import kfp_io  # noqa: E402
 from components.dataset import load_glosses  # noqa: E402
 from components.synth import synthesize  # noqa: E402
 from components.version import local_hash  # noqa: E402
@@ -46,7 +48,7 @@ def runs(s3_server, tmp_path_factory) -> dict:
         args = TINY | {"model_bucket": bucket, "min_top1": 0.0}
         first = run_local(data, tmp / "out", args)
         second = run_local(data, tmp / "out", args | {"min_top1": 1.01})
-    return {"data": data, "bucket": bucket, "first": first, "second": second}
+    return {"data": data, "bucket": bucket, "out": tmp / "out", "first": first, "second": second}
 
 
 def _executor_output(run: Path, task: str) -> dict:
@@ -108,3 +110,23 @@ def test_failing_gate_skips_publish_and_deploy_and_the_run_succeeds(runs):
     # Same data md5 and data params: fetched, validated, converted and trained only once.
     for task in ("fetch-data", "validate-data", "convert-data", "train-model"):
         assert (runs["first"] / task).is_dir() and not (run / task).exists(), task
+
+
+def test_a_retried_training_attempt_resumes_from_its_checkpoint(runs, tmp_path, capsys):
+    """What a retry (a new pod on the same checkpoint volume) finds: the first attempt's state,
+    under the key of its shards and recipe, so it resumes instead of training from scratch."""
+    run = runs["first"]
+    params = _executor_output(run, "configure")["parameterValues"]["train"]
+    shards_hash = _artifact(run, "convert-data", "shards")["metadata"]["content_hash"]
+    root = runs["out"] / "checkpoints"
+    state = kfp_io.checkpoint_dir(root, shards_hash, params) / "state.pt"
+    assert state.is_file()
+    stamp = state.stat().st_mtime_ns
+    final = kfp_io.train_step(run / "convert-data" / "shards", shards_hash, params, root,
+                              tmp_path / "model")  # fmt: skip
+    assert "resumed from" in capsys.readouterr().out
+    assert state.stat().st_mtime_ns == stamp  # no epoch was trained again
+    assert final["loss"] == _artifact(run, "train-model", "metrics")["metadata"]["loss"]
+    first = torch.load(run / "train-model" / "model" / "model.pt", weights_only=True)
+    again = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
