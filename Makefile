@@ -3,11 +3,13 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHECKOV := $(VENV)/tools/checkov
+CHECKOV_STAMP := $(CHECKOV)/.installed
 DATA ?= data
 
 .PHONY: setup test lint demo bench bench-serve serve data clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(CHECKOV_STAMP)
 
 # Re-installs only when the dependency declarations change; constraints pin the whole tree.
 $(STAMP): pyproject.toml requirements.lock
@@ -16,6 +18,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --upgrade "pip==25.3"
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
+
+# checkov in an environment of its own (its pins conflict with the project's); the manifest
+# tests run it from there.
+$(CHECKOV_STAMP): requirements-checkov.lock
+	test -x $(CHECKOV)/bin/python || $(PY) -m venv $(CHECKOV)
+	$(CHECKOV)/bin/python -m pip install --quiet --no-deps -r requirements-checkov.lock
+	touch $(CHECKOV_STAMP)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -63,3 +72,22 @@ data-pull: setup
 # variables to export. Runs in the foreground until Ctrl-C; its data is discarded on exit.
 s3-up: setup
 	S3_PORT=$(S3_PORT) $(BIN)/python -m tests.s3
+
+# Build and push both images, then point the manifests and the compiled pipeline at them.
+# Needs docker and a registry you are logged in to (not available in CI here).
+.PHONY: images
+REGISTRY ?=
+TAG ?= $(shell git rev-parse --short HEAD)
+
+images: setup
+	@test -n "$(REGISTRY)" || { echo "usage: make images REGISTRY=registry.example.com/team TAG=0.2.0"; exit 2; }
+	docker build -f model/Dockerfile -t $(REGISTRY)/sign2text-serving:$(TAG) .
+	docker build -f model/Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
+		-t $(REGISTRY)/sign2text-serving:$(TAG)-cuda .
+	docker build -f components/Dockerfile -t $(REGISTRY)/sign2text-components:$(TAG) .
+	docker push $(REGISTRY)/sign2text-serving:$(TAG)
+	docker push $(REGISTRY)/sign2text-serving:$(TAG)-cuda
+	docker push $(REGISTRY)/sign2text-components:$(TAG)
+	$(BIN)/sign2text images stamp --registry $(REGISTRY) --tag $(TAG)
+	$(BIN)/sign2text pipeline compile --image $(REGISTRY)/sign2text-components:$(TAG) \
+		--out pipelines/sign2text.yaml

@@ -59,56 +59,62 @@ def _params(args: argparse.Namespace) -> dict:
 def _cmd_convert(args: argparse.Namespace) -> None:
     from components.convert import convert
     from components.dataset import Sample
+    from components.objstore import local_output
     from components.params import preprocess_config, section
 
     params = _params(args)
     samples = None
     if args.samples:
         samples = [Sample.from_dict(d) for d in json.loads(Path(args.samples).read_text())]
-    manifest = convert(
-        Path(args.data),
-        Path(args.out),
-        preprocess_config(params),
-        shard_size=int(section(params, "convert")["shard_size"]),
-        samples=samples,
-        progress=not args.quiet,
-    )
+    with local_output(args.out) as out:
+        manifest = convert(
+            Path(args.data),
+            out,
+            preprocess_config(params),
+            shard_size=int(section(params, "convert")["shard_size"]),
+            samples=samples,
+            progress=not args.quiet,
+        )
     counts = {k: v["samples"] for k, v in manifest["splits"].items()}
     print(f"wrote {args.out}: {counts}, skipped {len(manifest['skipped'])}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from components.objstore import local_input
     from components.params import preprocess_config, section
     from components.train import TrainConfig, train
 
     params = _params(args)
     cfg = TrainConfig.from_dict(section(params, "train"))
     m = section(params, "model")
-    final = train(
-        Path(args.shards),
-        Path(args.out),
-        preprocess_config(params),
-        cfg,
-        width=float(m.get("width", 1.0)),
-        dropout=float(m.get("dropout", 0.5)),
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    with local_input(args.shards) as shards:
+        final = train(
+            shards,
+            Path(args.out),
+            preprocess_config(params),
+            cfg,
+            width=float(m.get("width", 1.0)),
+            dropout=float(m.get("dropout", 0.5)),
+            resume=args.resume,
+            progress=not args.quiet,
+        )
     print(json.dumps(final))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from components.evaluate import evaluate, gate, write_gate
+    from components.objstore import local_input
     from components.params import section
 
     ev = section(_params(args), "evaluate")
-    metrics = evaluate(
-        Path(args.model),
-        Path(args.data),
-        Path(args.out),
-        batch_size=int(ev.get("batch_size", 8)),
-        progress=not args.quiet,
-    )
+    with local_input(args.model) as model_dir:
+        metrics = evaluate(
+            model_dir,
+            Path(args.data),
+            Path(args.out),
+            batch_size=int(ev.get("batch_size", 8)),
+            progress=not args.quiet,
+        )
     baseline = args.baseline if args.baseline is not None else ev.get("baseline") or None
     decision = gate(
         metrics,
@@ -126,15 +132,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
+    from components.objstore import local_output
     from components.package import package
 
-    lineage = package(
-        Path(args.model),
-        Path(args.eval),
-        Path(args.out),
-        params=_params(args),
-        allow_failed_gate=args.allow_failed_gate,
-    )
+    with local_output(args.out) as out:
+        lineage = package(
+            Path(args.model),
+            Path(args.eval),
+            out,
+            params=_params(args),
+            allow_failed_gate=args.allow_failed_gate,
+        )
     print(f"packaged {args.out} (gate {lineage['gate']}, data {lineage['data_md5']})")
 
 
@@ -180,6 +188,56 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         print(f"run outputs: {runner.run_local(Path(args.data), Path(args.out), arguments)}")
 
 
+def _cmd_deploy(args: argparse.Namespace) -> None:
+    import yaml
+
+    from components.deploy import (
+        DEFAULT_NAMES,
+        DEFAULT_TEMPLATES,
+        RolloutFailed,
+        deploy,
+        load_templates,
+    )
+    from components.kube import KubernetesApi
+    from components.smoke import VideoSmoke
+
+    try:
+        steps = [int(s) for s in args.steps.split(",")]
+    except ValueError:
+        raise ValueError(f"--steps wants comma-separated percents, got {args.steps!r}") from None
+    if not args.dry_run and not args.smoke_video:
+        raise ValueError("--smoke-video is required (sample videos for the smoke checks)")
+    templates = [Path(t) for t in args.template] or list(DEFAULT_TEMPLATES)
+    names = list(load_templates(templates)) if args.template else list(DEFAULT_NAMES)
+    try:
+        result = deploy(
+            Path(args.model_dir), model_uri=args.model_uri, namespace=args.namespace,
+            names=names, steps=steps, soak_s=args.soak_s, timeout_s=args.timeout_s,
+            max_error_rate_increase=args.max_error_rate_increase,
+            max_p95_increase=args.max_p95_increase,
+            smoke=None if args.dry_run else VideoSmoke(args.smoke_video),
+            api=KubernetesApi(args.kubeconfig, args.context), templates=templates,
+            dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True),
+        )  # fmt: skip
+    except RolloutFailed as e:
+        print(f"sign2text: deploy failed ({e.result.get('outcome')}): {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if args.dry_run:
+        for a in result["actions"] + [{**a, "verb": "on failure: patch"}
+                                      for a in result.get("on_failure", [])]:  # fmt: skip
+            print(f"# {a['verb']} InferenceService {args.namespace}/{a['name']}")
+            print(yaml.safe_dump(a["body"], sort_keys=False), end="---\n")
+        return
+    print(json.dumps({k: result.get(k) for k in ("outcome", "model_uri", "from", "steps")}))
+
+
+def _cmd_images_stamp(args: argparse.Namespace) -> None:
+    from components.images import stamp_overlays
+
+    for overlay, image in stamp_overlays(Path(args.manifests), args.registry, args.tag).items():
+        print(f"{overlay}: {image}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sign2text", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -208,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shards per split, with a manifest (counts, content hash).",
     )
     c.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
-    c.add_argument("--out", required=True, help="output folder for shards")
+    c.add_argument("--out", required=True, help="output folder or s3://bucket/prefix/ for shards")
     c.add_argument("--samples", help="JSON list of samples to use (e.g. validation's valid.json)")
     _add_params_arg(c)
     c.set_defaults(func=_cmd_convert)
@@ -219,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train on the train split, validate on val each epoch, checkpoint every "
         "epoch; writes OUT/model (serving format), OUT/metrics.json, OUT/history.json.",
     )
-    t.add_argument("--shards", required=True, help="folder written by `data convert`")
+    t.add_argument("--shards", required=True, help="`data convert` output (folder or s3://)")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     _add_params_arg(t)
@@ -231,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a model directory on the dataset's val and test splits and "
         "decide the release gate (OUT/metrics.json, OUT/gate.json).",
     )
-    e.add_argument("--model", required=True, help="model directory")
+    e.add_argument("--model", required=True, help="model directory or published s3:// URI")
     e.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--baseline", help="production model's metrics.json (overrides params)")
@@ -245,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pk.add_argument("--model", required=True, help="trained model directory")
     pk.add_argument("--eval", required=True, help="folder written by `evaluate`")
-    pk.add_argument("--out", required=True, help="package folder to write")
+    pk.add_argument("--out", required=True, help="package folder or s3:// URI to publish")
     pk.add_argument("--allow-failed-gate", action="store_true", help="package anyway")
     _add_params_arg(pk)
     pk.set_defaults(func=_cmd_package)
@@ -332,6 +390,45 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--arg", action="append", metavar="KEY=VALUE", help="pipeline parameter")
     for q in (pp, ps, pr):
         q.set_defaults(func=_cmd_pipeline)
+
+    dp = sub.add_parser(
+        "deploy",
+        help="publish a model package and roll it out with a canary",
+        description="Publish the package to s3:// (atomic), then create the InferenceServices "
+        "or roll the new model out through the canary steps, smoke-checking the canary against "
+        "the previous revision; promote, or roll back and exit 1 with the reason.",
+    )
+    dp.add_argument("--model-dir", required=True, help="packaged model directory")
+    dp.add_argument("--model-uri", required=True, help="s3://bucket/models/VERSION/")
+    dp.add_argument("--namespace", default="sign2text", help="namespace (default sign2text)")
+    dp.add_argument("--steps", default="10,50", help="canary percents (default 10,50)")
+    dp.add_argument("--soak-s", type=float, default=60, help="seconds at each step (60)")
+    dp.add_argument("--timeout-s", type=float, default=600, help="wait limit per step (600)")
+    dp.add_argument("--smoke-video", action="append", default=[], help="sample video (repeat)")
+    dp.add_argument("--max-error-rate-increase", type=float, default=0.0,
+                    help="canary error rate may exceed prev's by this (default 0)")  # fmt: skip
+    dp.add_argument("--max-p95-increase", type=float, default=0.5,
+                    help="canary p95 may exceed prev's by this fraction (default 0.5)")  # fmt: skip
+    dp.add_argument("--template", action="append", default=[],
+                    help="InferenceService template (repeat; default: manifests/base)")  # fmt: skip
+    dp.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, else ~/.kube/config)")
+    dp.add_argument("--context", help="kubeconfig context")
+    dp.add_argument("--dry-run", action="store_true", help="print the requests, send none")
+    dp.set_defaults(func=_cmd_deploy)
+
+    im = sub.add_parser("images", help="container image commands").add_subparsers(
+        dest="images_command", required=True, metavar="SUBCOMMAND"
+    )
+    st = im.add_parser(
+        "stamp",
+        help="point the kustomize overlays at a pushed serving image",
+        description="Set REGISTRY/sign2text-serving:TAG (TAG-cuda where the overlay runs the "
+        "CUDA build) in manifests/overlays/*/kustomization.yaml.",
+    )
+    st.add_argument("--registry", required=True, help="e.g. ghcr.io/acme")
+    st.add_argument("--tag", required=True, help="image tag, e.g. 0.2.0 or a git sha")
+    st.add_argument("--manifests", default="manifests", help="manifests folder (default manifests)")
+    st.set_defaults(func=_cmd_images_stamp)
     return p
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from components.evaluate import TOP_K
 
-# Object store layout under s3://<model bucket>/<InferenceService name>/:
+# Object store layout under s3://<model bucket>/models/<InferenceService name>/:
 #   <run id>/      one packaged model per pipeline run that passed the gate
 #   production/    the model the deploy step last rolled out: the gate's baseline
 PRODUCTION = "production"
@@ -72,7 +72,7 @@ def _params(text: str) -> dict:
 def model_root(bucket: str, isvc_name: str) -> str:
     if not bucket or "/" in bucket or bucket.startswith("s3:"):
         raise ValueError(f"model_bucket must be a bucket name, got {bucket!r}")
-    return f"s3://{bucket}/{isvc_name}/"
+    return f"s3://{bucket}/models/{isvc_name}/"
 
 
 # The params.yaml sections each step reads: a step's cache key changes only when they do.

@@ -56,7 +56,7 @@ def test_canary_plan_and_model_root():
     for bad in ((0, 3), (100, 2), (10, 0)):
         with pytest.raises(ValueError):
             kfp_io.canary_plan(*bad)
-    assert kfp_io.model_root("models", "sign2text") == "s3://models/sign2text/"
+    assert kfp_io.model_root("models", "sign2text") == "s3://models/models/sign2text/"
     with pytest.raises(ValueError, match="bucket name"):
         kfp_io.model_root("s3://models", "sign2text")
 

@@ -88,10 +88,10 @@ def test_passing_run_packages_reports_publishes_and_serves(runs, s3_server):
     assert answer["rest"]["glosses"][0] in labels
 
     uri = deployed["model_uri"]
-    assert uri.startswith(f"s3://{runs['bucket']}/sign2text/")
+    assert uri.startswith(f"s3://{runs['bucket']}/models/sign2text/")
     keys = {o.object_name for o in s3_server.client().list_objects(runs["bucket"], recursive=True)}
     prefix = uri.removeprefix(f"s3://{runs['bucket']}/")
-    assert f"{prefix}model.pt" in keys and "sign2text/production/metrics.json" in keys
+    assert f"{prefix}model.pt" in keys and "models/sign2text/production/metrics.json" in keys
 
     outcome = _artifact(run, "record-outcome", "outcome")["metadata"]
     assert outcome["state"] == "SUCCEEDED" and not outcome["error_message"]

@@ -1,0 +1,164 @@
+"""Dockerfiles (lint, COPY sources, non-root, no secrets) and stamping an image into overlays.
+
+Images cannot be built here (no Docker daemon, no registry); what can be checked offline is.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from components.cli import main
+from components.images import stamp_overlays
+from tests.kustomize import BIN, OVERLAYS, ROOT, manifests_copy, one, render
+
+DOCKERFILES = (ROOT / "model" / "Dockerfile", ROOT / "components" / "Dockerfile")
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    lines = [ln.strip() for ln in text.splitlines()]
+    return [
+        (ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "")
+        for ln in lines
+        if ln and not ln.startswith("#")
+    ]
+
+
+def dockerignored(rel: str) -> bool:
+    """Whether .dockerignore keeps `rel` out of the context (last matching pattern wins)."""
+    ignored = False
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        pat = raw.strip()
+        if not pat or pat.startswith("#"):
+            continue
+        negate, pat = pat.startswith("!"), pat.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel.split("/")[0], pat):
+            ignored = not negate
+    return ignored
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_hadolint_is_clean(dockerfile):
+    done = subprocess.run(
+        [BIN / "hadolint", "--no-color", "-f", "json", dockerfile],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(done.stdout or "[]") == [], done.stdout
+
+
+def test_hadolint_does_flag_a_bad_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install torch\n")
+    done = subprocess.run(
+        [BIN / "hadolint", "--no-color", "-f", "json", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert {f["code"] for f in json.loads(done.stdout)} >= {"DL3007", "DL3013"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_every_copied_file_exists_and_enters_the_build_context(dockerfile):
+    copies = [a for op, a in instructions(dockerfile) if op == "COPY" and "--from=" not in a]
+    assert copies
+    for args in copies:
+        *sources, _dest = shlex.split(args)
+        for src in sources:
+            assert (ROOT / src).exists(), f"{dockerfile.parent.name}: COPY {src}: missing"
+            assert not dockerignored(src.rstrip("/")), f"{src} is excluded by .dockerignore"
+
+
+def test_dockerignore_keeps_data_and_secrets_out():
+    for rel in ("data", "artifacts", ".venv", ".dvc", ".git", "manifests", "tests"):
+        assert dockerignored(rel), rel
+    assert not dockerignored("model")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_images_are_multi_stage_pinned_non_root_without_secrets(dockerfile):
+    ops = instructions(dockerfile)
+    args = dict(a.split("=", 1) for op, a in ops if op == "ARG" and "=" in a)
+    bases = [a.split()[0] for op, a in ops if op == "FROM"]
+    assert len(bases) >= 2, "multi-stage"
+    for base in bases:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
+        assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", image), f"{image}: not pinned to a version"
+    users = [a for op, a in ops if op == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root"), "runs as root"
+    secret = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN)", re.I)
+    for op, a in ops:
+        if op in ("ARG", "ENV"):
+            assert not secret.search(a), f"{op} {a}: credentials never go into an image"
+
+
+def test_serving_requirements_match_the_project_pins():
+    """model/requirements.txt installs only what model/ needs, at pyproject's versions."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    serving = [
+        ln
+        for ln in (ROOT / "model" / "requirements.txt").read_text().splitlines()
+        if ln and not ln.startswith("#")
+    ]
+    assert set(serving) <= set(project)
+    assert {s.split("==")[0].split("[")[0] for s in serving} == {
+        "torch",
+        "numpy",
+        "opencv-python-headless",
+        "kserve",
+    }
+
+
+def test_stamp_points_every_overlay_at_the_pushed_image(tmp_path):
+    manifests = manifests_copy(tmp_path)
+    assert (
+        main(
+            [
+                "images",
+                "stamp",
+                "--registry",
+                "registry.example.com:5000/ml",
+                "--tag",
+                "0.2.0",
+                "--manifests",
+                str(manifests),
+            ]
+        )
+        == 0
+    )
+    images = {}
+    for name in OVERLAYS:
+        rt = one(render(manifests / "overlays" / name), "ServingRuntime", "sign2text")
+        images[name] = rt["spec"]["containers"][0]["image"]
+    assert images == {
+        "dev": "registry.example.com:5000/ml/sign2text-serving:0.2.0",
+        "prod": "registry.example.com:5000/ml/sign2text-serving:0.2.0-cuda",
+    }
+    # Stamping again replaces, it does not append.
+    stamp_overlays(manifests, "ghcr.io/acme", "0.3.0")
+    rt = one(render(manifests / "overlays" / "prod"), "ServingRuntime", "sign2text")
+    assert rt["spec"]["containers"][0]["image"] == "ghcr.io/acme/sign2text-serving:0.3.0-cuda"
+
+
+@pytest.mark.parametrize(
+    ("registry", "tag"),
+    [("Bad Registry", "1"), ("ghcr.io/acme", "a:b"), ("ghcr.io/acme", "-x"), ("https://r.io", "1")],
+)
+def test_stamp_rejects_bad_references_and_changes_nothing(tmp_path, capsys, registry, tag):
+    manifests = manifests_copy(tmp_path)
+    before = {p: p.read_text() for p in manifests.glob("overlays/*/kustomization.yaml")}
+    argv = ["images", "stamp", f"--registry={registry}", f"--tag={tag}", f"--manifests={manifests}"]
+    assert main(argv) == 2
+    assert "sign2text: error:" in capsys.readouterr().err
+    assert {p: p.read_text() for p in before} == before

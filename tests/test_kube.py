@@ -1,0 +1,123 @@
+"""components.kube.KubernetesApi (the real kubernetes client) and `sign2text deploy --dry-run`
+against a FAKE Kubernetes API server on 127.0.0.1 (no cluster can run here): what goes over
+the wire — paths, merge-patch content type, nulls kept — and clear errors."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+from components.deploy import DEFAULT_TEMPLATES
+from components.kube import KubeError, KubernetesApi
+from tests.fake_kube import merge_patch
+from tests.kserve_schema import validate
+
+BASE = "/apis/serving.kserve.io/v1beta1/namespaces/ns1/inferenceservices"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):  # keep test output clean
+        pass
+
+    def _send(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict:
+        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+    def _handle(self) -> None:
+        srv = self.server
+        body = self._body() if self.command in ("POST", "PATCH") else None
+        srv.seen.append((self.command, self.path, self.headers.get("Content-Type"), body))
+        if srv.deny:
+            return self._send(403, {"kind": "Status", "message": "forbidden: no RBAC"})
+        name = self.path.removeprefix(BASE + "/")
+        if self.command == "POST" and self.path == BASE:
+            srv.objects[body["metadata"]["name"]] = body
+            return self._send(201, body)
+        if name not in srv.objects:
+            return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+        if self.command == "PATCH":
+            srv.objects[name] = merge_patch(srv.objects[name], body)
+        return self._send(200, srv.objects[name])
+
+    do_GET = do_POST = do_PATCH = _handle  # noqa: N815
+
+
+@pytest.fixture
+def apiserver(tmp_path):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.seen, srv.objects, srv.deny = [], {}, False
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{srv.server_port}"}}],
+        "users": [{"name": "u", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+    }))  # fmt: skip
+    yield srv, str(kubeconfig)
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_real_client_sends_merge_patches_with_nulls(apiserver):
+    srv, kubeconfig = apiserver
+    api = KubernetesApi(kubeconfig)
+    assert api.get("ns1", "sign2text") is None
+    obj = yaml.safe_load(DEFAULT_TEMPLATES[0].read_text())
+    api.create("ns1", obj)
+    api.patch("ns1", "sign2text", {"spec": {"predictor": {"canaryTrafficPercent": 10}}})
+    api.patch("ns1", "sign2text", {"spec": {"predictor": {"canaryTrafficPercent": None}}})
+    assert "canaryTrafficPercent" not in api.get("ns1", "sign2text")["spec"]["predictor"]
+    patches = [s for s in srv.seen if s[0] == "PATCH"]
+    assert [p[1] for p in patches] == [f"{BASE}/sign2text"] * 2
+    assert {p[2] for p in patches} == {"application/merge-patch+json"}
+    assert patches[1][3] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
+    srv.deny = True
+    with pytest.raises(KubeError, match="ns1/sign2text: HTTP 403: forbidden"):
+        api.patch("ns1", "sign2text", {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
+
+
+def test_unreachable_api_server_is_a_clear_error(apiserver, tmp_path):
+    srv, kubeconfig = apiserver
+    srv.shutdown()
+    srv.server_close()
+    with pytest.raises(KubeError, match="cannot reach the API server"):
+        KubernetesApi(kubeconfig).get("ns1", "sign2text")
+    with pytest.raises(KubeError, match="no usable Kubernetes config"):
+        KubernetesApi(str(tmp_path / "missing-kubeconfig"))
+
+
+def test_cli_dry_run_prints_valid_objects_and_sends_nothing(apiserver, tmp_path, capsys):
+    from components.cli import main
+
+    srv, kubeconfig = apiserver
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "lineage.json").write_text(json.dumps({"data_md5": "d1", "git_commit": "c1"}))
+    args = ["deploy", "--model-dir", str(pkg), "--model-uri", "s3://models/sign2text/v7",
+            "--namespace", "ns1", "--kubeconfig", kubeconfig]  # fmt: skip
+    assert main([*args, "--dry-run"]) == 0
+    docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert [d["metadata"]["name"] for d in docs] == ["sign2text", "sign2text-grpc"]
+    for d in docs:
+        validate(d)
+        assert d["metadata"]["namespace"] == "ns1"
+        assert d["spec"]["predictor"]["model"]["storageUri"] == "s3://models/sign2text/v7/"
+        assert d["metadata"]["annotations"]["sign2text.io/model-version"] == "v7"
+        assert d["metadata"]["annotations"]["sign2text.io/git-commit"] == "c1"
+    assert {s[0] for s in srv.seen} == {"GET"}
+    assert main([*args]) == 2  # no --smoke-video
+    assert "--smoke-video" in capsys.readouterr().err
+    assert main([*args, "--steps", "10,x", "--dry-run"]) == 2

@@ -1,0 +1,352 @@
+"""The kustomize manifests: they render, validate, keep the fixed contract and pass a scan."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.kserve_schema import validate as validate_kserve
+from tests.kustomize import (
+    MANIFESTS,
+    OVERLAYS,
+    ROOT,
+    TEST_KEYS,
+    find,
+    kustomize,
+    manifests_copy,
+    one,
+    render,
+)
+
+K8S_VERSION = "1.37.0"
+CHECKOV = ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"
+ISVC_FILES = {
+    "sign2text": "inferenceservice-rest.yaml",
+    "sign2text-grpc": "inferenceservice-grpc.yaml",
+}
+VERSION_ANNOTATIONS = (
+    "sign2text.io/model-version",
+    "sign2text.io/data-version",
+    "sign2text.io/git-commit",
+)
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory) -> Path:
+    return manifests_copy(tmp_path_factory.mktemp("render"))
+
+
+@pytest.fixture(scope="module")
+def rendered(manifests) -> dict[str, list[dict]]:
+    return {name: render(manifests / "overlays" / name) for name in OVERLAYS}
+
+
+def _is_kserve(obj: dict) -> bool:
+    return obj["apiVersion"].startswith("serving.kserve.io/")
+
+
+def test_every_overlay_renders_everything_into_the_namespace(rendered):
+    for name, objects in rendered.items():
+        kinds = {o["kind"] for o in objects}
+        assert {
+            "Namespace",
+            "ServingRuntime",
+            "InferenceService",
+            "ServiceAccount",
+            "Secret",
+            "Role",
+            "RoleBinding",
+        } <= kinds, name
+        for o in objects:
+            if o["kind"] != "Namespace":
+                assert o["metadata"]["namespace"] == "sign2text", (name, o["metadata"]["name"])
+    assert {"Deployment", "PersistentVolumeClaim", "Service"} <= {
+        o["kind"] for o in rendered["dev"]
+    }
+    assert not find(rendered["prod"], "Deployment"), "prod uses an external MinIO"
+
+
+def test_core_objects_pass_kubernetes_validate_strict(rendered):
+    checked = 0
+    for name, objects in rendered.items():
+        for o in objects:
+            if _is_kserve(o):
+                continue
+            try:
+                kubernetes_validate.validate(o, K8S_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{name}: {o['kind']}/{o['metadata']['name']}: {e.message}")
+            checked += 1
+    assert checked >= 12
+
+
+def test_kserve_objects_validate_against_the_crd_schemas(rendered):
+    for objects in rendered.values():
+        kserve = [o for o in objects if _is_kserve(o)]
+        assert len(kserve) == 3
+        for o in kserve:
+            validate_kserve(o)
+
+
+def test_strict_validation_would_catch_a_misspelt_field(rendered):
+    """The checks above are not vacuous: one misspelling in each kind of object fails."""
+    isvc = copy.deepcopy(one(rendered["dev"], "InferenceService", "sign2text"))
+    isvc["spec"]["predictor"]["minReplica"] = 1
+    with pytest.raises(Exception, match="minReplica"):
+        validate_kserve(isvc)
+    dep = copy.deepcopy(one(rendered["dev"], "Deployment", "minio"))
+    dep["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(ISVC_FILES))
+def test_inference_service_files_keep_the_deploy_contract(name):
+    """`sign2text deploy` reads these two files as templates: one object each, fixed fields."""
+    docs = [d for d in yaml.safe_load_all((MANIFESTS / "base" / ISVC_FILES[name]).read_text()) if d]
+    assert len(docs) == 1
+    isvc = docs[0]
+    validate_kserve(isvc)
+    meta, pred = isvc["metadata"], isvc["spec"]["predictor"]
+    assert meta["name"] == name
+    assert meta["annotations"]["serving.kserve.io/enable-tag-routing"] == "true"
+    assert meta["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert all(a in meta["annotations"] for a in VERSION_ANNOTATIONS)
+    assert pred["serviceAccountName"] == "sign2text-storage"
+    assert pred["model"]["runtime"] == "sign2text"
+    assert pred["model"]["modelFormat"]["name"] == "sign2text"
+    assert pred["model"]["storageUri"].startswith("s3://")
+    assert 1 <= pred["minReplicas"] <= pred["maxReplicas"]
+    res = pred["model"]["resources"]
+    assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"])
+    # A Knative service exposes exactly one port; gRPC needs it named h2c.
+    (port,) = pred["model"]["ports"]
+    want = ("h2c", 8081, "grpc-v2") if name.endswith("-grpc") else ("http1", 8080, "v2")
+    assert (port["name"], port["containerPort"], pred["model"]["protocolVersion"]) == want
+
+
+def test_serving_runtime_runs_the_real_server_securely(rendered):
+    from model.server import build_parser
+
+    for objects in rendered.values():
+        rt = one(objects, "ServingRuntime", "sign2text")
+        assert rt["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
+        assert [f["name"] for f in rt["spec"]["supportedModelFormats"]] == ["sign2text"]
+        (c,) = rt["spec"]["containers"]
+        assert c["command"] == ["python", "-m", "model.server"]
+        args = build_parser().parse_args(c["args"])  # every flag exists in model/server.py
+        assert (args.model_dir, args.http_port, args.grpc_port) == ("/mnt/models", 8080, 8081)
+        assert "ports" not in c, "ports belong to each InferenceService (one per Knative service)"
+        probe = c["readinessProbe"]["httpGet"]
+        assert (probe["path"], probe["port"]) == ("/v2/models/sign2text/ready", 8080)
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] and sc["runAsUser"] != 0
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        tmp = {m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/tmp"}
+        assert tmp and tmp <= {v["name"] for v in rt["spec"]["volumes"] if "emptyDir" in v}
+
+
+def test_secret_comes_only_from_the_ignored_env_file(manifests, rendered):
+    for objects in rendered.values():
+        secret = one(objects, "Secret", "sign2text-s3")
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        assert data == TEST_KEYS
+        sa = one(objects, "ServiceAccount", "sign2text-storage")
+        assert sa["secrets"] == [{"name": "sign2text-s3"}]
+    for name in OVERLAYS:
+        env = f"manifests/overlays/{name}/s3.env"
+        ignored = subprocess.run(["git", "check-ignore", "-q", env], cwd=ROOT)
+        assert ignored.returncode == 0, f"{env} must be git-ignored"
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", env], cwd=ROOT, capture_output=True
+        )
+        assert tracked.returncode != 0, f"{env} is committed"
+    # Without s3.env an overlay does not render (no silent empty Secret).
+    (manifests / "overlays" / "prod" / "s3.env").rename(manifests / "s3.env.moved")
+    try:
+        done = kustomize(manifests / "overlays" / "prod")
+        assert done.returncode != 0 and "s3.env" in done.stderr
+    finally:
+        (manifests / "s3.env.moved").rename(manifests / "overlays" / "prod" / "s3.env")
+
+
+def test_storage_annotations_per_overlay(rendered):
+    def annotations(name):
+        sa = one(rendered[name], "ServiceAccount", "sign2text-storage")
+        return {k.rpartition("/")[2]: v for k, v in sa["metadata"]["annotations"].items()}
+
+    dev, prod = annotations("dev"), annotations("prod")
+    assert dev["s3-endpoint"] == "minio.sign2text.svc.cluster.local:9000"
+    assert (dev["s3-usehttps"], dev["s3-verifyssl"]) == ("0", "0")
+    assert (prod["s3-usehttps"], prod["s3-verifyssl"]) == ("1", "1")
+    for a in (dev, prod):
+        assert "://" not in a["s3-endpoint"] and a["s3-region"]
+    minio = one(rendered["dev"], "Service", "minio")
+    assert minio["spec"]["ports"][0]["port"] == 9000
+
+
+def test_deployer_role_allows_inference_services_and_nothing_more(rendered):
+    for objects in rendered.values():
+        role = one(objects, "Role", "sign2text-deployer")
+        assert role["rules"] == [
+            {
+                "apiGroups": ["serving.kserve.io"],
+                "resources": ["inferenceservices"],
+                "verbs": ["get", "create", "patch"],
+            }
+        ]
+        binding = one(objects, "RoleBinding", "sign2text-deployer")
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "sign2text-deployer",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}
+        ]
+        assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+
+
+def test_prod_runs_gpu_predictors_with_more_replicas(rendered):
+    for name in ISVC_FILES:
+        dev = one(rendered["dev"], "InferenceService", name)["spec"]["predictor"]
+        prod = one(rendered["prod"], "InferenceService", name)["spec"]["predictor"]
+        assert "nvidia.com/gpu" not in dev["model"]["resources"]["limits"]
+        assert prod["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert prod["nodeSelector"] and prod["tolerations"]
+        assert prod["minReplicas"] > dev["minReplicas"] and prod["maxReplicas"] > dev["maxReplicas"]
+    dev_rt, prod_rt = (one(rendered[n], "ServingRuntime", "sign2text") for n in ("dev", "prod"))
+    assert "--device=cuda" not in dev_rt["spec"]["containers"][0]["args"]
+    assert prod_rt["spec"]["containers"][0]["args"][-1] == "--device=cuda"
+    assert prod_rt["spec"]["containers"][0]["image"].endswith("-cuda")
+
+
+# --- static security scan (checkov, offline) ---
+
+
+def predictor_pod(runtime: dict, isvc: dict) -> dict:
+    """The predictor pod KServe would build from a runtime and an InferenceService.
+
+    A stand-in for KServe's controller, which needs a cluster: the runtime's container with the
+    InferenceService's model container fields laid over it (args appended, as KServe does),
+    both pod-level parts merged. checkov does not read KServe kinds; this lets it scan the
+    container the predictor really runs. The runtime's checkov.io/skip annotations (each with
+    its reason) come along.
+    """
+    container = copy.deepcopy(runtime["spec"]["containers"][0])
+    model = {
+        k: v
+        for k, v in isvc["spec"]["predictor"]["model"].items()
+        if k not in ("modelFormat", "runtime", "protocolVersion", "storageUri")
+    }
+    container["args"] = container.get("args", []) + model.pop("args", [])
+    container.update(model)
+    pred = isvc["spec"]["predictor"]
+    spec = {
+        "serviceAccountName": pred["serviceAccountName"],
+        "containers": [container],
+        "volumes": runtime["spec"].get("volumes", []) + pred.get("volumes", []),
+    }
+    for key in ("nodeSelector", "tolerations"):
+        if key in pred:
+            spec[key] = pred[key]
+    skips = {
+        k: v
+        for k, v in runtime["metadata"].get("annotations", {}).items()
+        if k.startswith("checkov.io/")
+    }
+    meta = {
+        "name": f"{isvc['metadata']['name']}-predictor",
+        "namespace": "sign2text",
+        "labels": {"app": isvc["metadata"]["name"]},
+        "annotations": skips,
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+def checkov(directory: Path) -> dict:
+    """checkov's JSON report on the Kubernetes files in directory, with no network at all."""
+    env = {
+        **os.environ,
+        "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true",  # no PyPI version check
+        "BC_SKIP_MAPPING": "TRUE",  # no guideline download
+        # Anything that still tried to connect would hit a closed local port.
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+    }
+    done = subprocess.run(
+        [
+            CHECKOV,
+            "-d",
+            str(directory),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--compact",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+@pytest.fixture(scope="module")
+def scan(rendered, tmp_path_factory) -> dict:
+    if not CHECKOV.exists():
+        pytest.fail(f"{CHECKOV} missing: run `make setup`")
+    out = tmp_path_factory.mktemp("scan")
+    for name, objects in rendered.items():
+        rt = one(objects, "ServingRuntime", "sign2text")
+        pods = [predictor_pod(rt, isvc) for isvc in find(objects, "InferenceService")]
+        core = [o for o in objects if not _is_kserve(o)]
+        (out / f"{name}.yaml").write_text(yaml.safe_dump_all(core + pods))
+    # A control the scanner must flag: the dev predictor with its hardening removed.
+    bad = predictor_pod(
+        one(rendered["dev"], "ServingRuntime", "sign2text"),
+        one(rendered["dev"], "InferenceService", "sign2text"),
+    )
+    bad["metadata"]["name"] = "control-insecure"
+    bad["spec"]["containers"][0]["securityContext"] = {"privileged": True, "runAsUser": 0}
+    (out / "control").mkdir()
+    (out / "control" / "control.yaml").write_text(yaml.safe_dump(bad))
+    return checkov(out)
+
+
+def test_security_scan_has_no_unjustified_finding(scan):
+    results = scan["results"]
+    failed = [r for r in results["failed_checks"] if "control" not in r["file_path"]]
+    assert not failed, [(r["check_id"], r["check_name"], r["resource"]) for r in failed]
+    for r in results["skipped_checks"]:
+        reason = (r.get("check_result") or {}).get("suppress_comment", "")
+        assert len(reason) > 20, f"{r['check_id']} on {r['resource']} skipped without a reason"
+    scanned = {r["resource"] for r in results["passed_checks"]}
+    assert {
+        "Pod.sign2text.sign2text-predictor",
+        "Pod.sign2text.sign2text-grpc-predictor",
+        "Deployment.sign2text.minio",
+    } <= scanned
+    assert scan["summary"]["passed"] > 100
+
+
+def test_security_scan_flags_an_insecure_predictor(scan):
+    """The scanner really checks: the control (privileged, root) fails the relevant checks."""
+    control = {
+        r["check_id"] for r in scan["results"]["failed_checks"] if "control" in r["file_path"]
+    }
+    assert {"CKV_K8S_16", "CKV_K8S_20", "CKV_K8S_23"} <= control  # privileged, escalation, root
