@@ -5,13 +5,12 @@ errors. No cluster is involved: this reads the spec KFP's compiler writes."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from components.cli import main
 from pipelines.runner import compile_pipeline, parse_overrides
 from pipelines.sign2text import COMPILED, S3_ENDPOINT, S3_KEYS, S3_SECRET
 
@@ -165,28 +164,41 @@ def test_overrides_are_typed_and_checked():
         parse_overrides(["epochs"])
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "components.cli", "pipeline", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """`sign2text pipeline ...` in-process (kfp is imported already): exit code and stderr."""
+    code = main(["pipeline", *args])
+    return code, capsys.readouterr().err
 
 
-def test_cli_compile_with_image(tmp_path):
-    r = _cli("compile", "--out", str(tmp_path / "p.yaml"), "--image", "reg.test/x:1")
-    assert r.returncode == 0, r.stderr
-    assert "image: reg.test/x:1" in (tmp_path / "p.yaml").read_text()
-    r = _cli("compile", "--out", str(tmp_path / "q.yaml"), "--image", "")
-    assert r.returncode == 2 and "--image must be" in r.stderr
+def test_cli_compile_with_image(tmp_path, capsys):
+    code, err = _cli(capsys, "compile", "--out", str(tmp_path / "p.yaml"), "--image", "r.test/x:1")
+    assert code == 0, err
+    assert "image: r.test/x:1" in (tmp_path / "p.yaml").read_text()
+    code, err = _cli(capsys, "compile", "--out", str(tmp_path / "q.yaml"), "--image", "")
+    assert code == 2 and "--image must be" in err
     assert not (tmp_path / "q.yaml").exists()
 
 
-def test_cli_submit_to_an_unreachable_host_fails_clearly():
+def test_cli_submit_to_an_unreachable_host_fails_clearly(capsys):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = _cli("submit", "--host", f"http://127.0.0.1:{port}", "--arg", "epochs=2")
-    assert r.returncode == 2
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"sign2text: error: Kubeflow Pipelines at http://127.0.0.1:{port}")
-    assert "Connection refused" in last
-    r = _cli("submit", "--host", "127.0.0.1:8888")
-    assert r.returncode == 2 and "must be an http(s):// URL" in r.stderr
+    code, err = _cli(capsys, "submit", "--host", f"http://127.0.0.1:{port}", "--arg", "epochs=2")
+    assert code == 2
+    (line,) = [x for x in err.splitlines() if x.startswith("sign2text:")]  # kfp adds warnings
+    assert line.startswith(f"sign2text: error: Kubeflow Pipelines at http://127.0.0.1:{port}")
+    assert "Connection refused" in line
+    code, err = _cli(capsys, "submit", "--host", "127.0.0.1:8888")
+    assert code == 2 and "must be an http(s):// URL" in err
+    code, err = _cli(capsys, "submit", "--host", "http://127.0.0.1:1", "--arg", "epoch=2")
+    assert code == 2 and "unknown pipeline parameter 'epoch'" in err
+
+
+def test_cli_run_local_checks_its_inputs_before_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    code, err = _cli(capsys, "run-local", "--data", str(tmp_path / "nope"), "--out", str(tmp_path))
+    assert code == 2 and "dataset folder not found" in err
+    (tmp_path / "data").mkdir()
+    code, err = _cli(capsys, "run-local", "--data", str(tmp_path / "data"), "--out", str(tmp_path))
+    assert code == 2 and "set AWS_ENDPOINT_URL" in err
+    assert not (tmp_path / "runs").exists()
