@@ -102,7 +102,8 @@ def fetch_from_remote(remote: str, md5: str, out: Path, keep=lambda rel: True) -
     if not remote.startswith("s3://"):
         raise DataVersionError(f"data remote must be s3://bucket/prefix, got {remote!r}")
     bucket, _, prefix = remote[len("s3://") :].partition("/")
-    s3 = boto3.client("s3")
+    # A new session reads the environment now; boto3's default session caches credentials.
+    s3 = boto3.session.Session().client("s3")
     try:
         body = s3.get_object(Bucket=bucket, Key=_object_key(prefix, md5))["Body"].read()
         entries = json.loads(body)
