@@ -17,7 +17,6 @@ import pytest
 import torch
 
 pytest.importorskip("components.validate", reason="validate() comes with the data branch")
-pytest.importorskip("components.objstore", reason="objstore comes with the data branch")
 
 from components import kfp_io  # noqa: E402
 from components.dataset import load_glosses  # noqa: E402
