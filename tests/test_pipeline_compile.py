@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from components.cli import main
-from pipelines.runner import compile_pipeline, parse_overrides
-from pipelines.sign2text import COMPILED, S3_ENDPOINT, S3_KEYS, S3_SECRET
+from pipelines.runner import compile_pipeline, parse_overrides, submit
+from pipelines.sign2text import COMPILED, NAME, S3_ENDPOINT, S3_KEYS, S3_SECRET
+from tests.fake_kfp import run_fake_kfp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -202,3 +203,25 @@ def test_cli_run_local_checks_its_inputs_before_running(tmp_path, capsys, monkey
     code, err = _cli(capsys, "run-local", "--data", str(tmp_path / "data"), "--out", str(tmp_path))
     assert code == 2 and "set AWS_ENDPOINT_URL" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_submit_uploads_a_new_version_each_time_and_starts_a_run(tmp_path):
+    """Against a FAKE Kubeflow Pipelines API on loopback (no cluster here): what kfp.Client
+    sends for the first submit (create the pipeline) and the next (a new version)."""
+    with run_fake_kfp() as kfp_api:
+        first = submit(kfp_api.url, arguments={"epochs": 2, "data_rev": "v1"}, version="a")
+        second = submit(kfp_api.url, arguments={}, version="b")
+    uploads = [r for r in kfp_api.requests if r["path"].endswith(("/upload", "/upload_version"))]
+    assert [u["path"].rsplit("/", 1)[1] for u in uploads] == ["upload", "upload_version"]
+    assert all(COMPILED.read_bytes() in u["body"] for u in uploads)  # the committed spec
+    assert uploads[1]["query"]["name"] == ["b"] and uploads[1]["query"]["pipelineid"] == [NAME]
+    assert first["version_id"] == f"{NAME}-v1" and second["version_id"] == f"{NAME}-b"
+    run_a, run_b = kfp_api.runs()
+    assert run_a["pipeline_version_reference"] == {
+        "pipeline_id": NAME,
+        "pipeline_version_id": f"{NAME}-v1",
+    }
+    assert run_b["pipeline_version_reference"]["pipeline_version_id"] == f"{NAME}-b"
+    assert run_a["runtime_config"]["parameters"] == {"epochs": 2, "data_rev": "v1"}
+    assert run_a["experiment_id"] == run_b["experiment_id"]  # one experiment, found again
+    assert first["run_id"] != second["run_id"]
