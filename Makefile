@@ -91,3 +91,10 @@ images: setup
 	$(BIN)/sign2text images stamp --registry $(REGISTRY) --tag $(TAG)
 	$(BIN)/sign2text pipeline compile --image $(REGISTRY)/sign2text-components:$(TAG) \
 		--out pipelines/sign2text.yaml
+
+# The Kubeflow pipeline spec (pipelines/sign2text.yaml, committed; a test fails when it is stale).
+# IMAGE=REGISTRY/sign2text-components:TAG names the steps' image (default: DEFAULT_IMAGE).
+.PHONY: pipeline
+IMAGE ?=
+pipeline: setup
+	$(BIN)/sign2text pipeline compile --out pipelines/sign2text.yaml $(if $(IMAGE),--image $(IMAGE))

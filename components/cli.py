@@ -217,6 +217,20 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(to_json(result) if args.json else format_table(result))
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> None:
+    from pipelines import runner
+
+    arguments = runner.parse_overrides(getattr(args, "arg", None) or [])
+    if args.pipeline_command == "compile":
+        image = runner.DEFAULT_IMAGE if args.image is None else args.image
+        print(f"wrote {runner.compile_pipeline(Path(args.out), image)}")
+    elif args.pipeline_command == "submit":
+        print(json.dumps(runner.submit(args.host, package=Path(args.package), arguments=arguments,
+                                       experiment=args.experiment)))  # fmt: skip
+    else:
+        print(f"run outputs: {runner.run_local(Path(args.data), Path(args.out), arguments)}")
+
+
 def _cmd_deploy(args: argparse.Namespace) -> None:
     import yaml
 
@@ -432,6 +446,24 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--top-k", type=int, default=5, help="word mode: how many glosses (5)")
     pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pc.set_defaults(func=_cmd_predict)
+
+    pipe = sub.add_parser("pipeline", help="Kubeflow pipeline commands").add_subparsers(
+        dest="pipeline_command", required=True, metavar="COMMAND"
+    )
+    pp = pipe.add_parser("compile", help="write the pipeline spec the Kubeflow UI uploads")
+    pp.add_argument("--out", default="pipelines/sign2text.yaml", help="spec file to write")
+    pp.add_argument("--image", help="components image REGISTRY/NAME:TAG (default: DEFAULT_IMAGE)")
+    ps = pipe.add_parser("submit", help="upload a pipeline version and start a run")
+    ps.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://...:8888")
+    ps.add_argument("--package", default="pipelines/sign2text.yaml", help="compiled spec")
+    ps.add_argument("--experiment", default="sign2text", help="experiment name")
+    pr = pipe.add_parser("run-local", help="run the pipeline here with kfp.local")
+    pr.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
+    pr.add_argument("--out", default="artifacts/pipeline", help="folder for run outputs")
+    for q in (ps, pr):
+        q.add_argument("--arg", action="append", metavar="KEY=VALUE", help="pipeline parameter")
+    for q in (pp, ps, pr):
+        q.set_defaults(func=_cmd_pipeline)
 
     dp = sub.add_parser(
         "deploy",

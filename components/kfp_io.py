@@ -1,0 +1,354 @@
+"""Glue between Kubeflow Pipelines components and the step functions.
+
+The component bodies in components/kfp_components.py only unpack their artifacts and call one
+function here, which calls the same step functions the CLI and the DVC stages call. Everything
+KFP-specific that is worth testing (params from pipeline parameters, metrics and confusion
+matrices in the UI's artifact formats, the gate's baseline, where models are published) lives
+here, importable without a pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.evaluate import TOP_K
+
+# Object store layout under s3://<model bucket>/models/<InferenceService name>/:
+#   <run id>/      one packaged model per pipeline run that passed the gate
+#   production/    the model the deploy step last rolled out: the gate's baseline
+PRODUCTION = "production"
+VALID = "valid.json"  # written by validate: the samples every later step uses
+DEPLOY_SOAK_S = 60.0  # each canary step serves this long before the next one
+DEPLOY_TIMEOUT_S = 900.0  # one rollout step must become ready within this
+
+
+def run_params(
+    base: str,
+    *,
+    frames: int,
+    image_size: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    min_top1: float,
+    tolerance: float,
+) -> str:
+    """params.yaml's content (JSON) with the pipeline's parameters applied, as JSON."""
+    for name, value in (
+        ("frames", frames),
+        ("image_size", image_size),
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"pipeline parameter {name} must be >= 1, got {value}")
+    if not 0 < lr < 1:
+        raise ValueError(f"pipeline parameter lr must be in (0, 1), got {lr}")
+    params = _params(base)
+    for name in ("model", "train", "evaluate"):
+        params.setdefault(name, {})
+    # Same crop / resize ratio as I3D's 224 / 256: the crop is what the network sees.
+    params["model"].update(num_frames=frames, crop=image_size, resize=image_size * 8 // 7)
+    params["train"].update(epochs=epochs, batch_size=batch_size, lr=lr)
+    params["evaluate"].update(min_top1=min_top1, tolerance=tolerance)
+    params.pop("profiles", None)
+    return json.dumps(params, sort_keys=True)
+
+
+def _params(text: str) -> dict:
+    """Params travel between components as JSON text: exact ints and floats, unlike KFP dicts."""
+    params = json.loads(text)
+    if not isinstance(params, dict):
+        raise ValueError("params must be a JSON object")
+    return params
+
+
+def model_root(bucket: str, isvc_name: str) -> str:
+    if not bucket or "/" in bucket or bucket.startswith("s3:"):
+        raise ValueError(f"model_bucket must be a bucket name, got {bucket!r}")
+    return f"s3://{bucket}/models/{isvc_name}/"
+
+
+# The params.yaml sections each step reads: a step's cache key changes only when they do.
+SECTIONS = {
+    "data": ("model", "convert", "validate"),
+    "train": ("model", "train"),
+    "evaluate": ("evaluate",),
+}
+
+
+def step_sections(params: str, step: str) -> str:
+    p = _params(params)
+    return json.dumps({k: p[k] for k in SECTIONS[step] if k in p}, sort_keys=True)
+
+
+def validate_step(data_dir: Path, params: str, out: Path, docs_html: Path) -> dict:
+    """Validation into `out` (report.json, valid.json, docs/); Data Docs' index to `docs_html`."""
+    from components.validate import validate
+
+    thresholds = dict(_params(params).get("validate") or {})
+    report = validate(Path(data_dir), Path(out), progress=False, **thresholds)
+    shutil.copyfile(Path(out) / "docs" / "index.html", docs_html)
+    return report
+
+
+def convert_step(data_dir: Path, validation: Path, params: str, out: Path) -> dict:
+    from components.convert import convert
+    from components.params import preprocess_config, section
+
+    params = _params(params)
+    return convert(
+        Path(data_dir),
+        Path(out),
+        preprocess_config(params),
+        shard_size=int(section(params, "convert")["shard_size"]),
+        samples=_samples(validation),
+        progress=False,
+    )
+
+
+def _samples(validation: Path) -> list:
+    """The samples validation kept (its valid.json)."""
+    from components.dataset import Sample
+
+    return [Sample.from_dict(d) for d in json.loads((Path(validation) / VALID).read_text())]
+
+
+def checkpoint_dir(root: Path, shards_hash: str, params: str) -> Path:
+    """Where training keeps its state: the same for every attempt at the same shards and
+    recipe, so a retried attempt (a new pod on the same volume) resumes instead of restarting."""
+    key = hashlib.sha256(f"{shards_hash}\n{step_sections(params, 'train')}".encode()).hexdigest()
+    return Path(root) / key[:16]
+
+
+def train_step(
+    shards: Path, shards_hash: str, params: str, checkpoint_root: Path, model_out: Path
+) -> dict:
+    """Train (resuming from this recipe's checkpoint if an earlier attempt left one), then copy
+    the trained model to the step's output."""
+    from components.params import preprocess_config, section
+    from components.train import MODEL_DIR, TrainConfig, train
+
+    work = checkpoint_dir(checkpoint_root, shards_hash, params)
+    params = _params(params)
+    m = section(params, "model")
+    final = train(
+        Path(shards),
+        work,
+        preprocess_config(params),
+        TrainConfig.from_dict(section(params, "train")),
+        width=float(m.get("width", 1.0)),
+        dropout=float(m.get("dropout", 0.5)),
+        resume=True,
+        progress=False,
+    )
+    shutil.copytree(work / MODEL_DIR, model_out, dirs_exist_ok=True)
+    return final
+
+
+def fetch_baseline(root: str, dest: Path) -> Path | None:
+    """Production's metrics.json when a model has been rolled out before, else None."""
+    from components.objstore import fetch_dir, is_published
+
+    uri = root + PRODUCTION + "/"
+    if not is_published(uri):
+        return None
+    return fetch_dir(uri, dest) / "metrics.json"
+
+
+def evaluate_step(
+    model_dir: Path,
+    data_dir: Path,
+    validation: Path,
+    params: str,
+    out: Path,
+    baseline_root: str,
+) -> dict:
+    """Evaluate + gate against params' threshold and production's metrics; writes out/."""
+    from components.evaluate import evaluate, gate, write_gate
+    from components.params import section
+
+    ev = section(_params(params), "evaluate")
+    metrics = evaluate(
+        Path(model_dir),
+        Path(data_dir),
+        Path(out),
+        samples=_samples(validation),
+        batch_size=int(ev.get("batch_size", 8)),
+        progress=False,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = fetch_baseline(baseline_root, Path(tmp)) if baseline_root else None
+        decision = gate(
+            metrics,
+            min_top1=float(ev["min_top1"]),
+            tolerance=float(ev.get("tolerance", 0.0)),
+            baseline=baseline,
+        )
+    write_gate(Path(out), decision)
+    return decision
+
+
+def log_scalars(artifact: Any, values: dict) -> None:
+    """The numbers of a flat dict (e.g. training's final epoch) as KFP scalar metrics."""
+    for key, value in values.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            artifact.log_metric(key, float(value))
+    _write_metadata(artifact)
+
+
+def _write_metadata(artifact: Any) -> None:
+    # The values live in the artifact's metadata; the file makes them downloadable too, and
+    # kfp.local's cache treats an output whose file is missing as a miss.
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(json.dumps(artifact.metadata, indent=2) + "\n")
+
+
+def log_metrics(artifact: Any, metrics: dict) -> None:
+    """top-1/5/10 (and per-class mean) of each split as KFP scalar metrics."""
+    for split, values in metrics.items():
+        if not isinstance(values, dict):
+            continue
+        for key in [f"top{k}" for k in TOP_K] + ["per_class_mean"]:
+            if values.get(key) is not None:
+                artifact.log_metric(f"{split}_{key}", float(values[key]))
+    _write_metadata(artifact)
+
+
+def log_confusion(artifact: Any, csv_path: Path) -> None:
+    """A confusion CSV written by evaluate -> ClassificationMetrics (the UI draws the matrix)."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    labels = rows[0][1:]
+    matrix = [[int(v) for v in row[1:]] for row in rows[1:]]
+    artifact.log_confusion_matrix(labels, matrix)
+    _write_metadata(artifact)
+
+
+def summary_markdown(metrics: dict, decision: dict) -> str:
+    lines = [f"# Evaluation: gate **{decision['decision']}**", ""]
+    lines += [
+        "| split | n | top-1 | top-5 | top-10 | per-class mean |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, v in metrics.items():
+        if isinstance(v, dict):
+            cells = [v.get(k) for k in ("n", "top1", "top5", "top10", "per_class_mean")]
+            lines.append(f"| {split} | " + " | ".join("-" if c is None else str(c) for c in cells))
+    lines += ["", "## Gate checks", ""]
+    lines += [
+        f"- {c['check']}: {'passed' if c['passed'] else 'FAILED'}" for c in decision["checks"]
+    ]
+    lines += [f"- reason: {r}" for r in decision["reasons"]]
+    return "\n".join(lines) + "\n"
+
+
+def report_evaluation(
+    eval_dir: Path, decision: dict, metrics_art: Any, confusion_art: Any, summary: Path
+) -> None:
+    """evaluate's files -> the UI's Metrics, ClassificationMetrics (test split) and Markdown."""
+    metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
+    log_metrics(metrics_art, metrics)
+    log_confusion(confusion_art, Path(eval_dir) / "confusion_test.csv")
+    Path(summary).write_text(summary_markdown(metrics, decision))
+
+
+def _write_pointer(md5: str, dest: Path) -> Path:
+    dest.write_text(json.dumps({"outs": [{"md5": md5, "path": "data"}]}) + "\n")  # JSON is YAML
+    return dest
+
+
+def publish_step(
+    model_dir: Path, eval_dir: Path, params: str, data_md5: str, out: Path, model_uri: str
+) -> dict:
+    """Package the release candidate into `out`, then upload it to `model_uri`."""
+    from components.objstore import publish_dir
+    from components.package import package
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pointer = _write_pointer(data_md5, Path(tmp) / "data.dvc")
+        lineage = package(
+            Path(model_dir), Path(eval_dir), Path(out), params=_params(params), data_pointer=pointer
+        )
+    publish_dir(Path(out), model_uri)
+    return lineage
+
+
+def canary_plan(percent: int, steps: int) -> list[int]:
+    """Traffic percentages for the canary, from `percent` in `steps` even steps below 100."""
+    if not 0 < percent < 100:
+        raise ValueError(f"canary_percent must be in 1..99, got {percent}")
+    if steps < 1:
+        raise ValueError(f"canary_steps must be >= 1, got {steps}")
+    return [percent + (100 - percent) * i // steps for i in range(steps)]
+
+
+def deploy_step(
+    package_dir: Path,
+    *,
+    root: str,
+    model_uri: str,
+    target: str,
+    namespace: str,
+    isvc_name: str,
+    canary_percent: int,
+    canary_steps: int,
+    smoke_video: Path | None,
+) -> dict:
+    """Roll `model_uri` out (cluster: KServe canary; local: the local stand-in), then copy it to
+    `root`/production/, the baseline the next run's gate compares against."""
+    from components.objstore import publish_dir
+
+    plan = canary_plan(canary_percent, canary_steps)
+    if smoke_video is None:
+        raise ValueError("the deploy step needs a video to smoke-test the model with")
+    if target == "cluster":
+        from components.deploy import deploy
+        from components.smoke import VideoSmoke
+
+        result = deploy(
+            Path(package_dir),
+            model_uri=model_uri,
+            namespace=namespace,
+            names=(isvc_name, f"{isvc_name}-grpc"),  # REST and gRPC InferenceServices
+            steps=plan,
+            soak_s=DEPLOY_SOAK_S,
+            timeout_s=DEPLOY_TIMEOUT_S,
+            smoke=VideoSmoke([smoke_video]),
+        )
+    elif target == "local":
+        from components.local_deploy import serve_and_smoke_test
+
+        result = serve_and_smoke_test(model_uri, smoke_video)
+    else:
+        raise ValueError(f"deploy_target must be 'cluster' or 'local', got {target!r}")
+    # Replaces the previous production copy: this model is the next run's baseline now.
+    publish_dir(Path(package_dir), root + PRODUCTION + "/", overwrite=True)
+    return {"target": target, "model_uri": model_uri, "canary": plan, "result": result}
+
+
+def smoke_video(data_dir: Path, validation: Path) -> Path:
+    """One valid test-split video to send to the deployed model."""
+    samples = _samples(validation)
+    test = [s for s in samples if s.split == "test"] or samples
+    if not test:
+        raise ValueError(f"{validation}: no valid samples to smoke-test the deployment with")
+    return test[0].video_path(data_dir)
+
+
+def outcome(status: Any, *, isvc_name: str) -> dict:
+    """What the exit handler records from KFP's PipelineTaskFinalStatus."""
+    fields = (
+        "state",
+        "pipeline_job_resource_name",
+        "pipeline_task_name",
+        "error_code",
+        "error_message",
+    )
+    return {"inference_service": isvc_name} | {f: getattr(status, f, None) for f in fields}

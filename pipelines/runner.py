@@ -1,0 +1,145 @@
+"""Compile, submit and run the pipeline locally (the `sign2text pipeline ...` commands)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from components.kfp_components import DEFAULT_IMAGE
+from pipelines.sign2text import COMPILED, NAME, PARAMS, build_pipeline
+
+HOST_TIMEOUT_S = 10
+
+
+class PipelineError(ValueError):
+    """A pipeline command could not do what was asked; the message says why."""
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """KEY=VALUE pipeline arguments; names and types are checked against the pipeline."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PipelineError(f"pipeline argument must be KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return typed_arguments(out)
+
+
+def typed_arguments(raw: dict[str, str]) -> dict:
+    """Convert KEY=VALUE strings to the types the pipeline's parameters declare."""
+    import inspect
+
+    sig = inspect.signature(build_pipeline().pipeline_func)
+    out = {}
+    for key, value in raw.items():
+        if key not in sig.parameters or key == "base_params":
+            names = sorted(p for p in sig.parameters if p != "base_params")
+            raise PipelineError(f"unknown pipeline parameter {key!r}; parameters: {names}")
+        kind = type(sig.parameters[key].default)
+        try:
+            out[key] = kind(value)
+        except ValueError as e:
+            raise PipelineError(f"pipeline parameter {key} wants {kind.__name__}: {e}") from e
+    return out
+
+
+def compile_pipeline(
+    out: Path = COMPILED, image: str = DEFAULT_IMAGE, params_file: Path = PARAMS
+) -> Path:
+    """Write the pipeline spec the Kubeflow UI takes (deterministic: same inputs, same bytes)."""
+    from kfp import compiler
+
+    if not image or any(c.isspace() for c in image):
+        raise PipelineError(f"--image must be REGISTRY/NAME:TAG, got {image!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(image, params_file), str(out))
+    return out
+
+
+def submit(
+    host: str,
+    *,
+    package: Path = COMPILED,
+    arguments: dict | None = None,
+    experiment: str = NAME,
+    version: str | None = None,
+) -> dict:
+    """Upload `package` as a new version of pipeline NAME (created if absent) and start a run."""
+    import datetime as dt
+
+    import kfp
+
+    if not host.startswith(("http://", "https://")):
+        raise PipelineError(f"--host must be an http(s):// URL, got {host!r}")
+    package = Path(package)
+    if not package.is_file():
+        raise FileNotFoundError(f"{package} not found: run `sign2text pipeline compile` first")
+    version = version or dt.datetime.now(dt.UTC).strftime("v%Y%m%d-%H%M%S")
+    try:
+        client = kfp.Client(host=host)
+        pipeline_id = client.get_pipeline_id(NAME)
+        if pipeline_id is None:
+            pv = client.upload_pipeline(str(package), pipeline_name=NAME)
+            pipeline_id = pv.pipeline_id
+            version_id = client.list_pipeline_versions(pipeline_id).pipeline_versions[0]
+            version_id = version_id.pipeline_version_id
+        else:
+            pv = client.upload_pipeline_version(
+                str(package), pipeline_version_name=version, pipeline_id=pipeline_id
+            )
+            version_id = pv.pipeline_version_id
+        exp = client.create_experiment(experiment)
+        run = client.run_pipeline(
+            experiment_id=exp.experiment_id,
+            job_name=f"{NAME}-{version}",
+            params=arguments or {},
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+        )
+    except Exception as e:  # the kfp client raises urllib3, ApiException and OSError types
+        if isinstance(e, PipelineError):
+            raise
+        raise PipelineError(f"Kubeflow Pipelines at {host}: {type(e).__name__}: {e}") from e
+    return {"pipeline_id": pipeline_id, "version_id": version_id, "run_id": run.run_id}
+
+
+def run_local(data: Path, out: Path, arguments: dict | None = None) -> Path:
+    """Run this pipeline with kfp.local in this environment; returns the run's output folder.
+
+    The dataset comes from the local folder `data` (its DVC md5 is still recorded) and the
+    deploy step serves the model on 127.0.0.1 instead of rolling it out on a cluster. Publishing
+    and the gate's baseline use the S3 server the environment names (AWS_ENDPOINT_URL, keys).
+    """
+    from kfp import local
+
+    data, out = Path(data).resolve(), Path(out).resolve()
+    if not data.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {data}")
+    if not os.environ.get("AWS_ENDPOINT_URL"):
+        raise PipelineError(
+            "run-local publishes to S3: set AWS_ENDPOINT_URL and the keys "
+            "(`make s3-up` starts a local server and prints them)"
+        )
+    runs = out / "runs"
+    before = set(runs.glob("*")) if runs.is_dir() else set()  # .kfp_cache/ is kept across runs
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(runs),
+        raise_on_error=True,
+        enable_caching=True,
+    )
+    args = {
+        "data_path": str(data),
+        "deploy_target": "local",
+        "checkpoint_root": str(out / "checkpoints"),
+    } | (arguments or {})
+    # Components run as `python3 -m ...` subprocesses; kfp swaps in this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    build_pipeline()(**args)
+    new = sorted(p for p in set(runs.glob("*")) - before if not p.name.startswith("."))
+    if len(new) != 1:
+        raise RuntimeError(f"expected one new run folder under {runs}, found {new}")
+    return new[0]

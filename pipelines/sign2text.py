@@ -1,0 +1,160 @@
+"""The sign2text Kubeflow pipeline: version -> validate -> convert -> train -> evaluate -> (gate)
+-> publish -> deploy, inside an exit handler that records how the run ended.
+
+Parameter defaults are the active values of params.yaml at compile time (so the committed
+sign2text.yaml changes when they do); params.yaml's other values travel as `base_params`.
+Object store credentials come from the Kubernetes Secret S3_SECRET, never from parameters.
+"""
+
+import json
+from pathlib import Path
+
+from kfp import dsl, kubernetes
+
+from components.kfp_components import DEFAULT_IMAGE, build
+from components.params import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+COMPILED = Path(__file__).with_name("sign2text.yaml")
+NAME = "sign2text"
+
+# Secret in the run's namespace with the object store's keys and, for MinIO, its endpoint
+# (AWS_ENDPOINT_URL, optional: without it the steps talk to AWS S3). See README.
+S3_SECRET = "sign2text-s3"  # noqa: S105 - the Secret's name, not a secret
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_ENDPOINT = "AWS_ENDPOINT_URL"
+# Training writes its checkpoints to this claim, so a retried attempt (a new pod) resumes.
+CHECKPOINT_PVC = "sign2text-checkpoints"
+CHECKPOINT_MOUNT = "/checkpoints"
+TRAIN_RETRIES = 2
+TRAIN_CPU, TRAIN_MEMORY = "4", "16G"
+
+
+def _with_s3(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_KEYS})
+    return kubernetes.use_secret_as_env(task, S3_SECRET, {S3_ENDPOINT: S3_ENDPOINT}, optional=True)
+
+
+def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
+    """The pipeline function for components running in `image`."""
+    c = build(image)
+    base = load_params(params_file)
+    base.pop("profiles", None)
+    m, t, e = base["model"], base["train"], base["evaluate"]
+
+    @dsl.pipeline(name=NAME, description=__doc__.splitlines()[0])
+    def sign2text(
+        data_repo: str = "",
+        data_rev: str = "main",
+        data_remote: str = "s3://sign2text/dvc",
+        data_path: str = "",
+        subset: int = 0,
+        frames: int = int(m["num_frames"]),
+        image_size: int = int(m["crop"]),
+        epochs: int = int(t["epochs"]),
+        batch_size: int = int(t["batch_size"]),
+        lr: float = float(t["lr"]),
+        min_top1: float = float(e["min_top1"]),
+        tolerance: float = float(e["tolerance"]),
+        canary_percent: int = 10,
+        canary_steps: int = 3,
+        namespace: str = "sign2text",
+        isvc_name: str = "sign2text",
+        model_bucket: str = "sign2text",
+        deploy_target: str = "cluster",
+        checkpoint_root: str = CHECKPOINT_MOUNT,
+        base_params: str = json.dumps(base, sort_keys=True),
+    ):
+        """data_repo/data_rev: git repository and revision whose data.dvc names the dataset
+        (data_path instead: a local folder, for local runs only); data_remote: its DVC remote;
+        subset: first N glosses (0 = all); frames, image_size (crop), epochs, batch_size, lr: the
+        training recipe; min_top1, tolerance: the gate; canary_percent, canary_steps: the
+        rollout; deploy_target: cluster (KServe) or local (a local server, for local runs)."""
+        outcome = c.record_outcome(isvc_name=isvc_name).set_caching_options(False)
+        with dsl.ExitHandler(outcome, name="run"):
+            cfg = c.configure(
+                base=base_params,
+                frames=frames,
+                image_size=image_size,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                min_top1=min_top1,
+                tolerance=tolerance,
+            ).set_caching_options(True)
+            # Never cached: the same revision name can point at new data.
+            resolved = c.resolve_data(
+                data_repo=data_repo, data_rev=data_rev, data_path=data_path
+            ).set_caching_options(False)
+            # Cached from here on: keyed by the data md5 (and each step's params sections).
+            fetched = _with_s3(
+                c.fetch_data(
+                    data_md5=resolved.output,
+                    subset=subset,
+                    data_remote=data_remote,
+                    data_path=data_path,
+                )
+            )
+            fetched.set_caching_options(True)
+            dataset = fetched.outputs["dataset"]
+            validated = c.validate_data(dataset=dataset, params=cfg.outputs["data"])
+            validated.set_caching_options(True)
+            validation = validated.outputs["validation"]
+            converted = c.convert_data(
+                dataset=dataset, validation=validation, params=cfg.outputs["data"]
+            ).set_caching_options(True)
+
+            trained = _with_s3(
+                c.train_model(
+                    shards=converted.outputs["shards"],
+                    params=cfg.outputs["train"],
+                    checkpoint_root=checkpoint_root,
+                )
+            )
+            # Cached too: training is deterministic given the shards and the recipe.
+            trained.set_caching_options(True)
+            trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            trained.set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
+            trained.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
+            kubernetes.mount_pvc(trained, pvc_name=CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
+
+            evaluated = _with_s3(
+                c.evaluate_model(
+                    model=trained.outputs["model"],
+                    dataset=dataset,
+                    validation=validation,
+                    params=cfg.outputs["evaluate"],
+                    model_bucket=model_bucket,
+                    isvc_name=isvc_name,
+                )
+            ).set_caching_options(False)
+
+            with dsl.If(evaluated.outputs["Output"] == "pass", name="gate-passed"):
+                published = _with_s3(
+                    c.publish_model(
+                        model=trained.outputs["model"],
+                        evaluation=evaluated.outputs["evaluation"],
+                        dataset=dataset,
+                        params=cfg.outputs["full"],
+                        model_bucket=model_bucket,
+                        isvc_name=isvc_name,
+                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    )
+                ).set_caching_options(False)
+                _with_s3(
+                    c.deploy_model(
+                        package=published.outputs["package"],
+                        dataset=dataset,
+                        validation=validation,
+                        model_uri=published.outputs["Output"],
+                        deploy_target=deploy_target,
+                        namespace=namespace,
+                        isvc_name=isvc_name,
+                        model_bucket=model_bucket,
+                        canary_percent=canary_percent,
+                        canary_steps=canary_steps,
+                    )
+                ).set_caching_options(False)
+
+    return sign2text

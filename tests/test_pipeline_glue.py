@@ -1,0 +1,107 @@
+"""The KFP glue (components/kfp_io.py) on its own: params from pipeline parameters, cache-key
+sections, the canary plan, and metrics / confusion matrix in KFP's real artifact classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kfp import dsl
+
+from components import kfp_io
+from components.evaluate import confusion, write_confusion_csv
+from components.params import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = json.dumps(load_params(ROOT / "params.yaml"))
+RECIPE = dict(
+    frames=8, image_size=224, epochs=3, batch_size=4, lr=0.01, min_top1=0.5, tolerance=0.0
+)
+
+
+def test_run_params_apply_pipeline_parameters_and_keep_types():
+    p = json.loads(kfp_io.run_params(BASE, **RECIPE))
+    assert p["model"]["num_frames"] == 8
+    assert (p["model"]["crop"], p["model"]["resize"]) == (224, 256)  # I3D's 224 / 256
+    assert p["train"]["epochs"] == 3 and isinstance(p["train"]["epochs"], int)
+    assert p["train"]["lr"] == 0.01 and p["evaluate"]["min_top1"] == 0.5
+    assert p["model"]["value_range"] == [-1.0, 1.0] and isinstance(p["model"]["fps"], float)
+    assert "profiles" not in p
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        kfp_io.run_params(BASE, **RECIPE | {"epochs": 0})
+    with pytest.raises(ValueError, match="lr must be in"):
+        kfp_io.run_params(BASE, **RECIPE | {"lr": 2.0})
+
+
+def test_sections_and_checkpoints_change_only_with_what_a_step_reads():
+    a = kfp_io.run_params(BASE, **RECIPE)
+    more_epochs = kfp_io.run_params(BASE, **RECIPE | {"epochs": 9})
+    stricter = kfp_io.run_params(BASE, **RECIPE | {"min_top1": 0.9})
+    assert kfp_io.step_sections(a, "data") == kfp_io.step_sections(more_epochs, "data")
+    assert kfp_io.step_sections(a, "train") != kfp_io.step_sections(more_epochs, "train")
+    assert set(json.loads(kfp_io.step_sections(a, "train"))) == {"model", "train"}
+    root = Path("/ckpt")
+    same = kfp_io.checkpoint_dir(root, "h1", a)
+    assert same == kfp_io.checkpoint_dir(root, "h1", stricter)  # a retry finds its state
+    assert same.parent == root
+    assert same != kfp_io.checkpoint_dir(root, "h1", more_epochs)
+    assert same != kfp_io.checkpoint_dir(root, "h2", a)  # other shards, other state
+
+
+def test_canary_plan_and_model_root():
+    assert kfp_io.canary_plan(10, 3) == [10, 40, 70]
+    assert kfp_io.canary_plan(25, 1) == [25]
+    for bad in ((0, 3), (100, 2), (10, 0)):
+        with pytest.raises(ValueError):
+            kfp_io.canary_plan(*bad)
+    assert kfp_io.model_root("models", "sign2text") == "s3://models/models/sign2text/"
+    with pytest.raises(ValueError, match="bucket name"):
+        kfp_io.model_root("s3://models", "sign2text")
+
+
+def test_confusion_and_metrics_land_in_kfp_artifacts(tmp_path):
+    labels = ["up", "down", "left"]
+    true, pred = np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0])
+    write_confusion_csv(tmp_path / "confusion_test.csv", confusion(true, pred, 3), labels)
+    cm = dsl.ClassificationMetrics(name="confusion", uri=str(tmp_path / "cm"))
+    kfp_io.log_confusion(cm, tmp_path / "confusion_test.csv")
+    spec = cm.metadata["confusionMatrix"]
+    assert [a["displayName"] for a in spec["annotationSpecs"]] == labels
+    assert [r["row"] for r in spec["rows"]] == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    assert json.loads((tmp_path / "cm").read_text()) == cm.metadata  # also a downloadable file
+
+    metrics = {
+        "test": {"n": 5, "top1": 0.6, "top5": 1.0, "top10": 1.0, "per_class_mean": 0.67},
+        "skipped": [],
+    }
+    m = dsl.Metrics(name="metrics", uri=str(tmp_path / "m"))
+    kfp_io.log_metrics(m, metrics)
+    assert m.metadata == {
+        "test_top1": 0.6,
+        "test_top5": 1.0,
+        "test_top10": 1.0,
+        "test_per_class_mean": 0.67,
+    }
+    decision = {
+        "decision": "fail",
+        "reasons": ["test top1 0.6000 is below the minimum 0.9000"],
+        "checks": [{"check": "min_top1", "passed": False}],
+    }
+    md = kfp_io.summary_markdown(metrics, decision)
+    assert "gate **fail**" in md and "| test | 5 | 0.6 | 1.0 | 1.0 | 0.67" in md
+    assert "min_top1: FAILED" in md and "below the minimum" in md
+
+
+def test_outcome_reads_kfp_final_status():
+    status = dsl.PipelineTaskFinalStatus(
+        state="FAILED",
+        pipeline_job_resource_name="runs/1",
+        pipeline_task_name="run",
+        error_code=1,
+        error_message="train-model failed",
+    )
+    rec = kfp_io.outcome(status, isvc_name="sign2text")
+    assert rec["state"] == "FAILED" and rec["error_message"] == "train-model failed"
+    assert rec["inference_service"] == "sign2text"

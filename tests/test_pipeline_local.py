@@ -1,0 +1,131 @@
+"""The whole Kubeflow pipeline run by kfp.local (SubprocessRunner) on a tiny real dataset, with a
+real S3 server for the model bucket and a real KServe ModelServer as the deploy target.
+
+Run 1 (min_top1 0) passes the gate: package, metrics, confusion matrix, Data Docs, the model
+published and served (REST and gRPC agree). Run 2 (min_top1 above 1) fails it: publish and
+deploy are skipped, the run still succeeds, the data steps and training come from the cache,
+and the gate compared against the production model run 1 rolled out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("components.validate", reason="validate() comes with the data branch")
+
+from components import kfp_io  # noqa: E402
+from components.dataset import load_glosses  # noqa: E402
+from components.synth import synthesize  # noqa: E402
+from components.version import local_hash  # noqa: E402
+from pipelines.runner import run_local  # noqa: E402
+from tests.s3 import s3_server_fixture  # noqa: E402, F401
+
+CLASSES = 3
+TINY = {"epochs": 1, "frames": 8, "image_size": 56, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def runs(s3_server, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("kfp-local")
+    data = tmp / "data"
+    synthesize(data, classes=CLASSES, per_class=6, signers=6, progress=False)
+    bucket = s3_server.make_bucket()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", os.environ["PATH"])  # run_local prepends the venv; undo afterwards
+        mp.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+        mp.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+        mp.setenv("AWS_DEFAULT_REGION", s3_server.region)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.setenv("S3_USE_HTTPS", "0")
+        mp.setenv("S3_VERIFY_SSL", "0")
+        args = TINY | {"model_bucket": bucket, "min_top1": 0.0}
+        first = run_local(data, tmp / "out", args)
+        second = run_local(data, tmp / "out", args | {"min_top1": 1.01})
+    return {"data": data, "bucket": bucket, "out": tmp / "out", "first": first, "second": second}
+
+
+def _executor_output(run: Path, task: str) -> dict:
+    return json.loads((run / task / "executor_output.json").read_text())
+
+
+def _artifact(run: Path, task: str, name: str) -> dict:
+    return _executor_output(run, task)["artifacts"][name]["artifacts"][0]
+
+
+def test_passing_run_packages_reports_publishes_and_serves(runs, s3_server):
+    run, data = runs["first"], runs["data"]
+    labels = load_glosses(data)
+    package = run / "publish-model" / "package"
+    assert {"model.pt", "config.json", "labels.txt", "metrics.json", "lineage.json"} <= {
+        p.name for p in package.iterdir()
+    }
+    lineage = json.loads((package / "lineage.json").read_text())
+    assert lineage["gate"] == "pass" and lineage["data_md5"] == local_hash(data)
+    assert json.loads((package / "config.json").read_text())["preprocess"]["num_frames"] == 8
+
+    metrics = _artifact(run, "evaluate-model", "metrics")["metadata"]
+    assert {"test_top1", "test_top5", "test_top10", "val_top1"} <= set(metrics)
+    cm = _artifact(run, "evaluate-model", "confusion")["metadata"]["confusionMatrix"]
+    assert [a["displayName"] for a in cm["annotationSpecs"]] == labels
+    rows = [r["row"] for r in cm["rows"]]
+    eval_metrics = json.loads((run / "evaluate-model" / "evaluation" / "metrics.json").read_text())
+    assert len(rows) == CLASSES and sum(map(sum, rows)) == eval_metrics["test"]["n"] > 0
+    assert "gate **pass**" in (run / "evaluate-model" / "summary").read_text()
+    assert "<html" in (run / "validate-data" / "docs").read_text().lower()
+    assert _executor_output(run, "evaluate-model")["parameterValues"]["Output"] == "pass"
+
+    deployed = json.loads(_executor_output(run, "deploy-model")["parameterValues"]["Output"])
+    assert deployed["target"] == "local" and deployed["canary"] == [10, 40, 70]
+    answer = deployed["result"]
+    assert answer["rest"]["glosses"] == answer["grpc"]["glosses"]
+    assert answer["rest"]["glosses"][0] in labels
+
+    uri = deployed["model_uri"]
+    assert uri.startswith(f"s3://{runs['bucket']}/models/sign2text/")
+    keys = {o.object_name for o in s3_server.client().list_objects(runs["bucket"], recursive=True)}
+    prefix = uri.removeprefix(f"s3://{runs['bucket']}/")
+    assert f"{prefix}model.pt" in keys and "models/sign2text/production/metrics.json" in keys
+
+    outcome = _artifact(run, "record-outcome", "outcome")["metadata"]
+    assert outcome["state"] == "SUCCEEDED" and not outcome["error_message"]
+
+
+def test_failing_gate_skips_publish_and_deploy_and_the_run_succeeds(runs):
+    run = runs["second"]
+    assert _executor_output(run, "evaluate-model")["parameterValues"]["Output"] == "fail"
+    assert not (run / "publish-model").exists() and not (run / "deploy-model").exists()
+    gate = json.loads((run / "evaluate-model" / "evaluation" / "gate.json").read_text())
+    assert [c["check"] for c in gate["checks"]] == ["min_top1", "baseline"]  # production's
+    assert "below the minimum 1.0100" in gate["reasons"][0]
+    assert "gate **fail**" in (run / "evaluate-model" / "summary").read_text()
+    outcome = _artifact(run, "record-outcome", "outcome")["metadata"]
+    assert outcome["state"] == "SUCCEEDED"
+    # Same data md5 and data params: fetched, validated, converted and trained only once.
+    for task in ("fetch-data", "validate-data", "convert-data", "train-model"):
+        assert (runs["first"] / task).is_dir() and not (run / task).exists(), task
+
+
+def test_a_retried_training_attempt_resumes_from_its_checkpoint(runs, tmp_path, capsys):
+    """What a retry (a new pod on the same checkpoint volume) finds: the first attempt's state,
+    under the key of its shards and recipe, so it resumes instead of training from scratch."""
+    run = runs["first"]
+    params = _executor_output(run, "configure")["parameterValues"]["train"]
+    shards_hash = _artifact(run, "convert-data", "shards")["metadata"]["content_hash"]
+    root = runs["out"] / "checkpoints"
+    state = kfp_io.checkpoint_dir(root, shards_hash, params) / "state.pt"
+    assert state.is_file()
+    stamp = state.stat().st_mtime_ns
+    final = kfp_io.train_step(run / "convert-data" / "shards", shards_hash, params, root,
+                              tmp_path / "model")  # fmt: skip
+    assert "resumed from" in capsys.readouterr().out
+    assert state.stat().st_mtime_ns == stamp  # no epoch was trained again
+    assert final["loss"] == _artifact(run, "train-model", "metrics")["metadata"]["loss"]
+    first = torch.load(run / "train-model" / "model" / "model.pt", weights_only=True)
+    again = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
