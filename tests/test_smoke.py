@@ -106,8 +106,9 @@ def test_a_bad_sample_video_counts_as_errors(server, videos):
     got = stats(out["step"])
     for key, s in got.items():
         assert (s.requests, s.errors, s.error_rate) == (2 * ROUNDS, ROUNDS, 0.5), key
-    # Same videos on both tags: the canary is no worse than prev...
-    assert out["failed"] is None
+    # Same videos on both tags: the canary's error rate is no worse than prev's (latency,
+    # at 4 requests a tag on a shared machine, is left out of this one)...
+    assert "error rate" not in (out["failed"] or "") and "succeeded" not in (out["failed"] or "")
     # ...but next to a clean prev it is.
     clean = SmokeStats(2 * ROUNDS, 0, got["sign2text", "prev"].p95_s)
     reasons = compare(got["sign2text", "latest"], clean, Margins())
