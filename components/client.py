@@ -56,8 +56,10 @@ def predict(video: str | os.PathLike, *, url: str | None = None, grpc: str | Non
         conn = client.InferenceServerClient(grpc, channel_args=opts)
     outputs = [client.InferRequestedOutput(n) for n in names]
     try:
+        # gRPC has no deadline unless given one: without it a hung server is waited on forever.
+        deadline = {} if url is not None else {"client_timeout": timeout}
         result = conn.infer(MODEL, _inputs(client, path.read_bytes()), outputs=outputs,
-                            parameters=params)  # fmt: skip
+                            parameters=params, **deadline)  # fmt: skip
     except InferenceServerException as e:
         raise ClientError(f"server: {e.message() or e}") from e
     except (ConnectionError, OSError) as e:

@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import types
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -27,42 +23,15 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from model import video as V
-from model.i3d import I3DConfig, InceptionI3d
-from model.package import write_model_dir
 from model.predict import Classifier
 from model.serving import Sign2TextModel
 from tests.conftest import moving_square, write_video
-
-ROOT = Path(__file__).resolve().parents[1]
-LABELS = ["hello", "thanks", "book", "drink", "computer", "before", "go"]
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only
-ENV = os.environ | {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-
-
-def _input_sensitive(model: InceptionI3d, seed: int = 0) -> InceptionI3d:
-    """Random weights scaled like a trained net's (as conftest.published_state_dict does):
-    a freshly initialised I3D gives the same probabilities for every input, which would make
-    the comparisons below vacuous."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, v in model.state_dict().items():
-        if not v.is_floating_point():
-            state[key] = v
-        elif key.endswith(".weight") and v.dim() == 5:
-            state[key] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
-        elif key.endswith("running_var") or key.endswith("bn.weight"):
-            state[key] = 1 + 0.1 * torch.rand(v.shape, generator=g)
-        else:
-            state[key] = 0.01 * torch.randn(v.shape, generator=g)
-    model.load_state_dict(state)
-    return model
+from tests.model_server import ENV, LABELS, OPENER, ROOT, Server, serve, small_model_dir
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    model = _input_sensitive(InceptionI3d(I3DConfig(num_classes=len(LABELS), width=0.25)))
-    pre = V.PreprocessConfig(num_frames=8, resize=64, crop=56)
-    return write_model_dir(tmp_path_factory.mktemp("serving") / "model", model, pre, LABELS)
+    return small_model_dir(tmp_path_factory.mktemp("serving") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -201,56 +170,12 @@ def test_cli_serve_forwards_to_model_server(monkeypatch):
 # --- the real server ----------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    http: int
-    grpc: int
-    log: Path
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with OPENER.open(f"http://127.0.0.1:{self.http}{path}", timeout=10) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-        except OSError:
-            return 0, b""
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None and self.get("/v2/models/sign2text/ready")[0] == 200
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
-    http, grpc = _free_port(), _free_port()
-    cmd = [sys.executable, "-m", "model.server", "--model-dir", str(model_dir)]
-    cmd += ["--http-port", str(http), "--grpc-port", str(grpc)]
-    cmd += ["--max-video-mb", "1", "--max-duration-s", "3"]  # small limits to test them cheaply
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
-    srv = Server(proc, http, grpc, log)
-    try:
-        deadline = time.monotonic() + 60
-        while not srv.alive():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.25)
+    # small limits to test them cheaply
+    with serve(model_dir, log, "--max-video-mb", "1", "--max-duration-s", "3") as srv:
         yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run_client(server: Server, files: Path, scenario: str) -> dict:
