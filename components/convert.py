@@ -79,12 +79,13 @@ def _load(
     """Decode the sample's range at pre.fps -> (resized frames, first, last 1-based, source fps,
     [resized rest stretches before and after it] if `idle`)."""
     path = s.video_path(root)
-    src_fps = probe(path).fps or pre.fps  # unknown rate: trust the metadata's clock
+    info = probe(path)
+    src_fps = info.fps or pre.fps  # unknown rate: trust the metadata's clock
     pick = _resampler(src_fps, pre.fps)
     frames, lo, hi = decode_trimmed(path, s.frame_start, s.frame_end, pick)
     rest = []
     if idle:
-        total = hi if s.frame_end == -1 else max(hi, probe(path).frames)  # -1: nothing after
+        total = hi if s.frame_end == -1 else max(hi, info.frames)  # -1: nothing after
         for a, b in ((0, lo), (hi, total)):
             if b - a >= MIN_IDLE_FRAMES:
                 try:

@@ -31,10 +31,22 @@ class LocalDeployError(RuntimeError):
     """The local server did not come up or answered the smoke test wrongly."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; always reaped (no zombie, port freed)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _ready(port: int) -> bool:
@@ -58,7 +70,7 @@ def _predict(video: Path, where: list[str]) -> dict:
 
 def serve_and_smoke_test(model_uri: str, video: Path) -> dict:
     """Start a local server for `model_uri`, smoke-test it over REST and gRPC, stop it."""
-    http, grpc = _free_port(), _free_port()
+    http, grpc = free_port(), free_port()
     cmd = [sys.executable, "-m", "components.cli", "serve", "--model-dir", model_uri]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc)]
     with tempfile.TemporaryFile() as log:
@@ -77,12 +89,7 @@ def serve_and_smoke_test(model_uri: str, video: Path) -> dict:
             rest = _predict(video, ["--url", f"http://{HOST}:{http}"])
             over_grpc = _predict(video, ["--grpc", f"{HOST}:{grpc}"])
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     if not rest["glosses"] or rest["glosses"] != over_grpc["glosses"]:
         raise LocalDeployError(f"REST and gRPC disagree: {rest} vs {over_grpc}")
     return {"ready_s": round(ready_s, 1), "video": video.name, "rest": rest, "grpc": over_grpc}

@@ -95,7 +95,7 @@ class ShardClips(IterableDataset):
         """Every sign clip, plus idle clips up to idle_fraction of them (a fresh draw per epoch)."""
         signs = [i for i, (meta, _) in enumerate(samples) if not meta.get("idle")]
         idle = [i for i, (meta, _) in enumerate(samples) if meta.get("idle")]
-        k = min(len(idle), round(self.idle_fraction * len(signs)))
+        k = idle_per_epoch(len(signs), len(idle), self.idle_fraction)
         if not self.train:
             return np.array(signs + idle[:k], dtype=np.int64)
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -117,6 +117,11 @@ class ShardClips(IterableDataset):
             if self.train and self.color_jitter > 0:
                 x = color_jitter(x, rng, self.color_jitter, self.pre.value_range)
             yield x, int(meta["label"])
+
+
+def idle_per_epoch(signs: int, idle: int, fraction: float) -> int:
+    """How many idle clips an epoch draws (the scheduler's step count depends on it too)."""
+    return min(idle, round(fraction * signs))
 
 
 def clip_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -295,7 +300,7 @@ def train(
     n_train = manifest["splits"].get("train", {}).get("samples", 0)
     if n_train == 0:
         raise ValueError(f"{shards}: the train split has no samples")
-    n_idle = min(manifest["splits"]["train"].get("idle", 0), round(cfg.idle_fraction * n_train))
+    n_idle = idle_per_epoch(n_train, manifest["splits"]["train"].get("idle", 0), cfg.idle_fraction)
     steps = math.ceil((n_train + n_idle) / cfg.batch_size)
     opt, sched = _optimizer(cfg, model, steps)
     has_val = manifest["splits"].get("val", {}).get("samples", 0) > 0

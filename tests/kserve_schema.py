@@ -66,15 +66,9 @@ def validate(obj: dict) -> None:
     _validator(kind, version).validate(obj)
 
 
-def validate_patch(kind: str, api_version: str, patch: dict) -> None:
-    """A JSON merge patch: nulls delete, so drop them and validate what remains as partial."""
-
-    def strip(v):
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if x is not None}
-        return v
-
-    schema = copy.deepcopy(_schema(kind, api_version.partition("/")[2]))
+@functools.cache
+def _partial_validator(kind: str, version: str) -> jsonschema.Draft7Validator:
+    """The schema with every `required` dropped: a patch names only what it changes."""
 
     def unrequire(s):
         if isinstance(s, dict):
@@ -85,5 +79,17 @@ def validate_patch(kind: str, api_version: str, patch: dict) -> None:
             for x in s:
                 unrequire(x)
 
+    schema = copy.deepcopy(_schema(kind, version))
     unrequire(schema)
-    jsonschema.Draft7Validator(schema).validate(strip(patch))
+    return jsonschema.Draft7Validator(schema)
+
+
+def validate_patch(kind: str, api_version: str, patch: dict) -> None:
+    """A JSON merge patch: nulls delete, so drop them and validate what remains as partial."""
+
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if x is not None}
+        return v
+
+    _partial_validator(kind, api_version.partition("/")[2]).validate(strip(patch))

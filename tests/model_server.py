@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.local_deploy import free_port, stop_process
 from model import video as V
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
@@ -77,12 +77,6 @@ class Server:
         return self.proc.poll() is None and self.get("/v2/models/sign2text/ready")[0] == 200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(model_dir: Path, log: Path, *extra: str) -> Iterator[Server]:
     """The server on free ports, ready to answer; stopped (and waited for) on exit."""
@@ -100,9 +94,4 @@ def serve(model_dir: Path, log: Path, *extra: str) -> Iterator[Server]:
             time.sleep(0.25)
         yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

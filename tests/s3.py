@@ -39,6 +39,8 @@ from pathlib import Path
 
 import pytest
 
+from components.local_deploy import stop_process
+
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 3.0
@@ -86,6 +88,18 @@ class S3Server:
     @property
     def host_port(self) -> str:
         return self.endpoint.split("://", 1)[1]
+
+    def env(self) -> dict[str, str]:
+        """What boto3 / kserve_storage / dvc-s3 need to reach this server, and nothing else."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",  # never probe 169.254.169.254
+            "S3_VERIFY_SSL": "0",
+            "S3_USE_HTTPS": "0",
+        }
 
     def client(self, access_key: str | None = None, secret_key: str | None = None):
         """A `minio.Minio` client for this server (optionally with other keys)."""
@@ -142,17 +156,6 @@ def _wait_ready(server: S3Server, proc: subprocess.Popen, timeout: float) -> flo
         f"S3 at {server.endpoint} not ready after {timeout:.0f} s ({last!r}):\n"
         + _log_tail(server.log_path)
     )
-
-
-def _stop(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 @contextlib.contextmanager
@@ -216,7 +219,7 @@ def run_s3_server(workdir: Path | None = None) -> Iterator[S3Server]:
         _wait_ready(server, proc, READY_TIMEOUT_S)
         yield server
     finally:
-        _stop(proc)
+        stop_process(proc, STOP_GRACE_S)
         # gRPC unix sockets are not configurable: weed names them by port under /tmp.
         for name in (f"master-grpc-{mg}", f"volume-grpc-{vg}", f"filer-grpc-{fg}", f"s3-grpc-{sg}"):
             sock = Path(tempfile.gettempdir()) / f"seaweedfs-{name}.sock"
@@ -235,12 +238,8 @@ def s3_server_fixture() -> Iterator[S3Server]:
 @pytest.fixture(name="s3_env")
 def s3_env_fixture(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     """Environment for boto3 / kserve_storage to reach `s3_server` (restored after the test)."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server.region)
-    monkeypatch.setenv("S3_VERIFY_SSL", "0")
-    monkeypatch.setenv("S3_USE_HTTPS", "0")
+    for var, value in s3_server.env().items():
+        monkeypatch.setenv(var, value)
     # Fail fast in tests: no retries, short timeouts (kserve_storage reads S3_*; boto3 AWS_*).
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("S3_MAX_ATTEMPTS", "1")
@@ -250,7 +249,6 @@ def s3_env_fixture(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Se
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "STORAGE_CONFIG", "STORAGE_OVERRIDE_CONFIG"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never probe 169.254.169.254
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     return s3_server
 

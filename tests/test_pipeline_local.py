@@ -37,13 +37,8 @@ def runs(s3_server, tmp_path_factory) -> dict:
     bucket = s3_server.make_bucket()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PATH", os.environ["PATH"])  # run_local prepends the venv; undo afterwards
-        mp.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-        mp.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-        mp.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-        mp.setenv("AWS_DEFAULT_REGION", s3_server.region)
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        mp.setenv("S3_USE_HTTPS", "0")
-        mp.setenv("S3_VERIFY_SSL", "0")
+        for var, value in s3_server.env().items():
+            mp.setenv(var, value)
         args = TINY | {"model_bucket": bucket, "min_top1": 0.0}
         first = run_local(data, tmp / "out", args)
         second = run_local(data, tmp / "out", args | {"min_top1": 1.01})
