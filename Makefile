@@ -56,6 +56,14 @@ serve: setup
 clean:
 	rm -rf artifacts .pytest_cache
 
+# The trained model sentence-mode tests run (tests/fixtures/SOURCES.md): the demo's packaged
+# model, weights and config only. Refresh it after a change that alters the demo model.
+.PHONY: sentence-fixture
+sentence-fixture: demo
+	rm -rf tests/fixtures/sentence_model && mkdir -p tests/fixtures/sentence_model
+	cp artifacts/model/config.json artifacts/model/labels.txt artifacts/model/model.pt \
+		tests/fixtures/sentence_model/
+
 # Versioned data on S3 / MinIO (remote `storage` in .dvc/config). Endpoint and keys come from
 # AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (dvc-s3 honours all three from the
 # environment) or from .dvc/config.local (`dvc remote modify --local storage ...`).

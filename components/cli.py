@@ -157,6 +157,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             samples=_read_samples(args.samples),
             batch_size=int(ev.get("batch_size", 8)),
             progress=not args.quiet,
+            sentences=int(ev.get("sentences", 0)),
         )
     baseline = args.baseline if args.baseline is not None else ev.get("baseline") or None
     decision = gate(
@@ -171,6 +172,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         f"test top1={test.get('top1')} top5={test.get('top5')} top10={test.get('top10')} "
         f"per-class={test.get('per_class_mean')} reversed-pairs={test.get('reversed_pairs')}"
     )
+    if sentence := metrics.get("sentence"):
+        print(
+            f"sentences: {sentence['n']} strings, correct={sentence.get('correct')} "
+            f"word-error-rate={sentence.get('word_error_rate')} mean-iou={sentence.get('mean_iou')}"
+        )
     print(f"gate: {decision['decision']}" + "".join(f"\n  - {r}" for r in decision["reasons"]))
 
 

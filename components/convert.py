@@ -7,10 +7,11 @@ which redoes them every epoch. Output under `out/`:
     <split>-000000.tar ...   WebDataset shards: <key>.mp4 (the clip at pre.fps) + <key>.json (meta)
     manifest.json            written last; its presence means every shard it lists is complete
 
-With `idle_clips`, the frames before frame_start and after frame_end (the signer at rest) become
-extra samples `<key>~idle<0|1>` (no sign's key contains `~`) with label -1 and `"idle": true`:
-training teaches the model that no sign is made there, which sentence mode needs to tell signs
-from the pauses between them.
+With `idle_clips`, the frames before frame_start and after frame_end (the signer at rest) are
+stored too, as extra samples `<key>~idle0` (before) and `<key>~idle1` (after) with label -1,
+`"idle": true` and `"position"` (no sign's key contains `~`). Put back around their sign they
+rebuild the whole video, from which training cuts context windows (components/context.py) that
+teach the model where signs start and stop -- what sentence mode needs.
 
 Same input -> byte-identical shards, so DVC caches them by content.
 """
@@ -48,7 +49,6 @@ from model.video import (
 FORMAT = "sign2text-shards/1"
 MANIFEST = "manifest.json"
 SHARD_RE = re.compile(r"[A-Za-z0-9_]+-\d{6}\.tar")
-MIN_IDLE_FRAMES = 4  # shorter rest stretches carry no usable "no sign" evidence
 
 
 def _tmpdir() -> str | None:
@@ -75,21 +75,21 @@ def _resampler(src_fps: float, fps: float):
 
 def _load(
     root: Path, s: Sample, pre: PreprocessConfig, idle: bool = False
-) -> tuple[np.ndarray, int, int, float, list[np.ndarray]]:
+) -> tuple[np.ndarray, int, int, float, dict[int, np.ndarray]]:
     """Decode the sample's range at pre.fps -> (resized frames, first, last 1-based, source fps,
-    [resized rest stretches before and after it] if `idle`)."""
+    {0: the resized rest before it, 1: after it} if `idle`, each only where there is one)."""
     path = s.video_path(root)
     info = probe(path)
     src_fps = info.fps or pre.fps  # unknown rate: trust the metadata's clock
     pick = _resampler(src_fps, pre.fps)
     frames, lo, hi = decode_trimmed(path, s.frame_start, s.frame_end, pick)
-    rest = []
+    rest = {}
     if idle:
         total = hi if s.frame_end == -1 else max(hi, info.frames)  # -1: nothing after
-        for a, b in ((0, lo), (hi, total)):
-            if b - a >= MIN_IDLE_FRAMES:
+        for i, (a, b) in enumerate(((0, lo), (hi, total))):
+            if b > a:
                 try:
-                    rest.append(resize_frames(decode(path, a + pick(b - a)), pre, s.bbox))
+                    rest[i] = resize_frames(decode(path, a + pick(b - a)), pre, s.bbox)
                 except VideoError:
                     pass  # a container over-counting its frames: no idle clip, the sign stays
     return resize_frames(frames, pre, s.bbox), lo + 1, hi, src_fps, rest
@@ -130,7 +130,8 @@ def _convert_one(
     sign = item(key, frames, frame_start=first, frame_end=last)
     sign[1]["source_bytes"] = s.video_path(root).stat().st_size
     idle_items = [
-        item(f"{key}~idle{i}", clip, label=-1, gloss="", idle=True) for i, clip in enumerate(rest)
+        item(f"{key}~idle{i}", clip, label=-1, gloss="", idle=True, position=("before", "after")[i])
+        for i, clip in rest.items()
     ]
     return [sign, *idle_items]
 

@@ -4,7 +4,10 @@ Clips come from model.video.load_clip with the model's own PreprocessConfig and 
 tensors serving builds, so the numbers describe the model as it will be deployed.
 
 out/metrics.json            {split: {top1, top5, top10, per_class_mean, n, ...}, "overall": ...,
-                             "skipped": [{video_id, split, reason}]}
+                             "skipped": [{video_id, split, reason}],
+                             "sentence": {n, correct, words_right, word_error_rate, mean_iou}}
+                            (sentence: when the model has a no-sign output and `sentences` > 0:
+                             strings of 2-4 test videos of one signer through sentence mode)
 out/confusion_<split>.csv   rows = true gloss, columns = predicted gloss, counts
 out/confusion_<split>.png
 out/predictions.csv         one row per evaluated video, for error analysis
@@ -24,8 +27,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from components.context import load_videos, score, sign_strings
 from components.dataset import Sample, load_samples, read_reversed_pairs
 from model.predict import Classifier
+from model.sentence import transcribe
 from model.video import VideoError, load_clip
 
 TOP_K = (1, 5, 10)
@@ -109,8 +114,10 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     device: str = "cpu",
+    sentences: int = 0,
 ) -> dict:
-    """Score model_dir on `splits` of dataset (or on `samples`, filtered to `splits`)."""
+    """Score model_dir on `splits` of dataset (or on `samples`, filtered to `splits`), and
+    sentence mode on `sentences` strings of the last split's videos."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dataset, out = Path(dataset), Path(out)
@@ -170,6 +177,10 @@ def evaluate(
             title = f"{name}: {len(group)} videos, top-1 {metrics[name]['top1']}"
             plot_confusion(out / f"confusion_{name}.png", cm, labels, title)
     metrics["skipped"] = skipped
+    if sentences > 0 and clf.bundle.sentence_window is not None:
+        evaluated = {s.video_id for s, _, _ in rows if s.split == splits[-1]}
+        chosen = [s for s in samples if s.video_id in evaluated]
+        metrics["sentence"] = sentence_metrics(clf, dataset, chosen, sentences, progress)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
@@ -179,6 +190,30 @@ def evaluate(
             top = int(p.argmax())
             w.writerow([s.video_id, s.split, s.gloss, labels[top], f"{p[top]:.6f}", int(top == t)])
     return metrics
+
+
+def sentence_metrics(
+    clf: Classifier, dataset: Path, samples: Sequence[Sample], count: int, progress: bool = False
+) -> dict:
+    """Sentence mode on `count` strings of 2-4 of one signer's videos, scored against where each
+    sign really is (its frame range in the metadata)."""
+    strings = sign_strings(load_videos(dataset, samples, clf.labels), count)
+    results = [
+        score(transcribe(clf, frames), spans, clf.labels)
+        for frames, spans in tqdm(strings, desc="sentences", disable=not progress)
+    ]
+    if not results:
+        return {"n": 0}
+    ious = [x for r in results for x in r["iou"]]
+    return {
+        "n": len(results),
+        "correct": _round(np.mean([r["correct"] for r in results])),
+        "words_right": _round(np.mean([r["words_right"] for r in results])),
+        "word_error_rate": _round(
+            sum(r["edit_distance"] for r in results) / sum(r["truth_words"] for r in results)
+        ),
+        "mean_iou": _round(np.mean(ious)) if ious else None,
+    }
 
 
 def _test_top1(metrics: dict) -> float | None:

@@ -38,8 +38,12 @@ def run_params(
     lr: float,
     min_top1: float,
     tolerance: float,
+    context_epochs: int = 0,
 ) -> str:
-    """params.yaml's content (JSON) with the pipeline's parameters applied, as JSON."""
+    """params.yaml's content (JSON) with the pipeline's parameters applied, as JSON.
+
+    context_epochs 0 trains word mode only; > 0 adds that many context epochs (at the base's
+    context_fraction, or one window per sign clip if the base has none)."""
     for name, value in (
         ("frames", frames),
         ("image_size", image_size),
@@ -48,6 +52,8 @@ def run_params(
     ):
         if int(value) < 1:
             raise ValueError(f"pipeline parameter {name} must be >= 1, got {value}")
+    if int(context_epochs) < 0:
+        raise ValueError(f"pipeline parameter context_epochs must be >= 0, got {context_epochs}")
     if not 0 < lr < 1:
         raise ValueError(f"pipeline parameter lr must be in (0, 1), got {lr}")
     params = _params(base)
@@ -56,6 +62,10 @@ def run_params(
     # Same crop / resize ratio as I3D's 224 / 256: the crop is what the network sees.
     params["model"].update(num_frames=frames, crop=image_size, resize=image_size * 8 // 7)
     params["train"].update(epochs=epochs, batch_size=batch_size, lr=lr)
+    fraction = float(params["train"].get("context_fraction", 0.0)) or 1.0
+    params["train"].update(
+        context_epochs=int(context_epochs), context_fraction=fraction if context_epochs else 0.0
+    )
     params["evaluate"].update(min_top1=min_top1, tolerance=tolerance)
     params.pop("profiles", None)
     return json.dumps(params, sort_keys=True)
@@ -182,6 +192,7 @@ def evaluate_step(
         samples=_samples(validation),
         batch_size=int(ev.get("batch_size", 8)),
         progress=False,
+        sentences=int(ev.get("sentences", 0)),
     )
     with tempfile.TemporaryDirectory() as tmp:
         baseline = fetch_baseline(baseline_root, Path(tmp)) if baseline_root else None
@@ -211,11 +222,15 @@ def _write_metadata(artifact: Any) -> None:
 
 
 def log_metrics(artifact: Any, metrics: dict) -> None:
-    """top-1/5/10 (and per-class mean) of each split as KFP scalar metrics."""
+    """top-1/5/10 (and per-class mean) of each split, and the sentence-mode scores, as KFP
+    scalar metrics."""
     for split, values in metrics.items():
         if not isinstance(values, dict):
             continue
-        for key in [f"top{k}" for k in TOP_K] + ["per_class_mean"]:
+        keys = [f"top{k}" for k in TOP_K] + ["per_class_mean"]
+        if split == "sentence":
+            keys = ["correct", "word_error_rate", "mean_iou"]
+        for key in keys:
             if values.get(key) is not None:
                 artifact.log_metric(f"{split}_{key}", float(values[key]))
     _write_metadata(artifact)

@@ -65,5 +65,12 @@ def package(
         "test_top1": (metrics.get("test") or {}).get("top1"),
     }
     extras = {"metrics.json": metrics, "gate.json": gate, "lineage.json": lineage}
-    write_model_dir(out, bundle.model, bundle.preprocess, bundle.labels, extras=extras)
+    write_model_dir(
+        out,
+        bundle.model,
+        bundle.preprocess,
+        bundle.labels,
+        extras=extras,
+        sentence_window=bundle.sentence_window,
+    )
     return lineage

@@ -365,8 +365,12 @@ def synthesize(
     signers: int = 24,
     seed: int = 0,
     progress: bool = True,
+    only_splits: tuple[str, ...] | None = None,
 ) -> dict:
-    """Write a synthetic WLASL-layout dataset to `out` and return a summary."""
+    """Write a synthetic WLASL-layout dataset to `out` and return a summary.
+
+    `only_splits` renders just those splits' videos (byte-identical to the full dataset's: each
+    video has its own random stream), e.g. the test split for a test."""
     out = Path(out)
     _check_args(out, classes, per_class, signers, seed)
     t0 = time.perf_counter()
@@ -405,6 +409,10 @@ def synthesize(
                 idx = spec.label * per_class + j
                 rng = np.random.default_rng([seed, 0, idx])
                 signer = order[j % signers]
+                split = split_of[signer]
+                if only_splits is not None and split not in only_splits:
+                    bar.update()
+                    continue
                 size = SIZES[int(rng.integers(len(SIZES)))]
                 n_sign = round(BASE_SIGN_FRAMES * rng.uniform(0.7, 1.4))
                 n_pre = int(rng.integers(3, 13))
@@ -414,7 +422,6 @@ def synthesize(
                 vid = f"{idx:05d}"
                 _write_video(videos / f"{vid}.mp4", frames)
                 written.add(f"{vid}.mp4")
-                split = split_of[signer]
                 counts[split] += 1
                 entries[spec.label]["instances"].append(
                     {
@@ -443,7 +450,7 @@ def synthesize(
     _write_atomic(out / "wlasl_class_list.txt", "".join(f"{c.label}\t{c.gloss}\n" for c in specs))
     return {
         "out": str(out),
-        "videos": classes * per_class,
+        "videos": sum(counts.values()),
         "classes": classes,
         "splits": counts,
         "signers": splits,

@@ -3,6 +3,12 @@
 Every random choice of an epoch (sample order, temporal jitter, crop, flip) is drawn from a
 generator seeded by (seed, epoch[, sample]), and the torch RNG (dropout) is saved with each
 checkpoint, so a run killed after any epoch and resumed ends where an uninterrupted run ends.
+
+With `context_fraction` > 0 the model gets one more output, "no sign", and after the `epochs`
+on trimmed sign clips come `context_epochs` more that add context windows (components/context.py),
+with a learning rate schedule of their own from `context_lr`: first the signs are learnt (from
+scratch, context windows from the start keep the network from getting off the ground), then
+where they start and stop.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from components.context import ContextWindows, rebuild_videos
 from components.convert import iter_samples, read_manifest
 from model.checkpoint import load_weights, read_state_dict
 from model.config import strict_from_dict
@@ -46,7 +53,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     hflip: bool = False  # handedness can carry meaning: off unless asked for
     color_jitter: float = 0.0  # per-clip brightness / contrast / per-channel gain, +- this
-    idle_fraction: float = 0.0  # idle clips per epoch, as a fraction of the sign clips
+    context_fraction: float = 0.0  # context windows per epoch, as a fraction of the sign clips
+    context_epochs: int = 0  # epochs with context windows, after `epochs` without
+    context_lr: float = 1e-3  # their peak learning rate (warm-up epoch, then cosine to zero)
+    context_window: int = 30  # frames (at the model's fps) per context window: about one sign
     freeze_backbone: bool = False
     init: str = ""  # published I3D checkpoint to start from; "" = from scratch
     seed: int = 0
@@ -58,9 +68,42 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         return strict_from_dict(cls, d, "train params")
 
+    def __post_init__(self):
+        if self.context_fraction < 0 or self.context_epochs < 0:
+            raise ValueError(
+                "train params: context_fraction and context_epochs must be >= 0, got "
+                f"{self.context_fraction}, {self.context_epochs}"
+            )
+        if (self.context_fraction > 0) != (self.context_epochs > 0):
+            raise ValueError(
+                "train params: context_fraction and context_epochs go together (both > 0 to "
+                f"learn where signs are, both 0 not to), got {self.context_fraction}, "
+                f"{self.context_epochs}"
+            )
+        if self.context_window < 1:
+            raise ValueError(
+                f"train params: context_window must be >= 1, got {self.context_window}"
+            )
+
+    @property
+    def context(self) -> bool:
+        """Whether the model learns where signs are (a no-sign output, context windows)."""
+        return self.context_fraction > 0
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + (self.context_epochs if self.context else 0)
+
+    def context_in(self, epoch: int) -> bool:
+        return self.context and epoch >= self.epochs
+
 
 class ShardClips(IterableDataset):
-    """Clips of one split streamed from shards; augmentation seeded per (seed, epoch, sample)."""
+    """Clips of one split streamed from shards; augmentation seeded per (seed, epoch, sample).
+
+    Yields (clip, label, is_context): the trimmed sign clips, plus -- with `context_fraction` and
+    `set_epoch(epoch, context=True)` -- that many context windows per sign clip, labelled with
+    the sign under their centre frame or `no_sign`."""
 
     def __init__(
         self,
@@ -73,16 +116,22 @@ class ShardClips(IterableDataset):
         hflip: bool = False,
         color_jitter: float = 0.0,
         cache: bool = False,
-        idle_fraction: float = 0.0,
+        context_fraction: float = 0.0,
+        context_window: int = 30,
+        no_sign: int = -1,
     ):
         self.shards, self.split, self.pre = Path(shards), split, pre
         self.train, self.seed, self.hflip, self.cache = train, seed, hflip, cache
-        self.color_jitter, self.idle_fraction = color_jitter, idle_fraction
-        self.epoch = 0
+        self.color_jitter = color_jitter
+        self.context_fraction, self.context_window = context_fraction, context_window
+        self.no_sign = no_sign
+        self.epoch, self.context = 0, context_fraction > 0
         self._cache: list[tuple[dict, np.ndarray]] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, context: bool | None = None) -> None:
         self.epoch = epoch
+        if context is not None:
+            self.context = context and self.context_fraction > 0
 
     def _samples(self) -> list[tuple[dict, np.ndarray]] | Iterator[tuple[dict, np.ndarray]]:
         if not self.cache:
@@ -91,52 +140,52 @@ class ShardClips(IterableDataset):
             self._cache = list(iter_samples(self.shards, self.split))
         return self._cache
 
-    def epoch_indices(self, samples: list) -> np.ndarray:
-        """Every sign clip, plus idle clips up to idle_fraction of them (a fresh draw per epoch)."""
-        signs = [i for i, (meta, _) in enumerate(samples) if not meta.get("idle")]
-        idle = [i for i, (meta, _) in enumerate(samples) if meta.get("idle")]
-        k = idle_per_epoch(len(signs), len(idle), self.idle_fraction)
-        if not self.train:
-            return np.array(signs + idle[:k], dtype=np.int64)
-        rng = np.random.default_rng([self.seed, self.epoch])
-        chosen = rng.choice(np.array(idle, dtype=np.int64), size=k, replace=False) if k else []
-        return rng.permutation(np.concatenate([signs, chosen]).astype(np.int64))
+    def _key(self) -> list[int]:
+        # Evaluation sees the same windows every epoch; training draws fresh ones.
+        return [self.seed, 1, self.epoch] if self.train else [self.seed, 0, 0]
+
+    def epoch_items(self, signs: int) -> list[tuple[bool, int]]:
+        """(is_context, index): every sign clip and, in a context epoch, context windows around
+        randomly drawn videos (`context_per_epoch` of them). Shuffled when training; evaluation
+        interleaves the two evenly in a fixed order."""
+        k = context_per_epoch(signs, self.context_fraction) if self.context else 0
+        rng = np.random.default_rng(self._key())
+        anchors = rng.integers(0, signs, size=k).tolist() if k else []
+        items = [(False, i) for i in range(signs)] + [(True, a) for a in anchors]
+        if self.train:
+            return [items[i] for i in rng.permutation(len(items))]
+        place = [(i + 0.5) / signs for i in range(signs)] + [(j + 0.5) / k for j in range(k)]
+        return [items[i] for i in np.argsort(place, kind="stable")]
 
     def __iter__(self):
         samples = list(self._samples())
+        signs = [(meta, f) for meta, f in samples if not meta.get("idle")]
+        items = list(enumerate(self.epoch_items(len(signs))))  # position seeds the draw
+        windows = None
+        if any(ctx for _, (ctx, _) in items):
+            windows = ContextWindows(rebuild_videos(samples), self.context_window, self.no_sign)
         info = torch.utils.data.get_worker_info()
-        order = self.epoch_indices(samples)
         if info is not None:
-            order = order[info.id :: info.num_workers]
-        for i in order:
-            meta, frames = samples[i]
-            rng = np.random.default_rng([self.seed, self.epoch, int(i)]) if self.train else None
+            items = items[info.id :: info.num_workers]
+        for n, (is_context, i) in items:
+            rng = np.random.default_rng([*self._key(), n, i])
+            if is_context:
+                frames, label = windows.draw(i, rng)
+            else:
+                frames, label = signs[i][1], int(signs[i][0]["label"])
+            if not self.train:
+                rng = None
             x = clip_from_frames(frames, self.pre, rng=rng)  # bbox crop already done in convert
             if self.train and self.hflip and rng.random() < 0.5:
                 x = x.flip(-1)
             if self.train and self.color_jitter > 0:
                 x = color_jitter(x, rng, self.color_jitter, self.pre.value_range)
-            yield x, int(meta["label"])
+            yield x, label, is_context
 
 
-def idle_per_epoch(signs: int, idle: int, fraction: float) -> int:
-    """How many idle clips an epoch draws (the scheduler's step count depends on it too)."""
-    return min(idle, round(fraction * signs))
-
-
-def clip_loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Cross-entropy on sign clips; idle clips (label -1) are pushed to a uniform distribution,
-    so "no sign here" reads as low confidence and sentence mode can threshold it away."""
-    logits = logits.float()
-    sign = y >= 0
-    total = logits.new_zeros(())
-    if sign.any():
-        total = total + F.cross_entropy(
-            logits[sign], y[sign], label_smoothing=label_smoothing, reduction="sum"
-        )
-    if (~sign).any():
-        total = total - logits[~sign].log_softmax(dim=1).mean(dim=1).sum()
-    return total / len(y)
+def context_per_epoch(signs: int, fraction: float) -> int:
+    """How many context windows a context epoch draws (the LR schedule counts them too)."""
+    return round(fraction * signs)
 
 
 def color_jitter(
@@ -170,7 +219,11 @@ def build_model(cfg: TrainConfig, arch: I3DConfig) -> InceptionI3d:
     return model
 
 
-def _optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
+def _optimizer(cfg: TrainConfig, model: torch.nn.Module, steps: list[int]):
+    """The optimizer and its schedule; `steps` per epoch (context epochs have more).
+
+    Each phase (sign clips, then context epochs) has its own linear warm-up and cosine to zero:
+    the first from `lr`, the second from `context_lr`."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -178,13 +231,22 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         raise ValueError(f"optimizer must be adam or adamw, got {cfg.optimizer!r}")
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
 
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    def phase(first: int, epochs: list[int], warmup_epochs: int, scale: float) -> tuple:
+        n = max(1, sum(epochs))
+        return first, n, min(sum(epochs[:warmup_epochs]), n - 1), scale
+
+    phases = [phase(0, steps[: cfg.epochs], cfg.warmup_epochs, 1.0)]
+    if len(steps) > cfg.epochs:
+        ctx = phase(sum(steps[: cfg.epochs]), steps[cfg.epochs :], 1, cfg.context_lr / cfg.lr)
+        phases.append(ctx)
+
+    def lr_at(step: int) -> float:  # per phase: linear warm-up, then cosine to zero
+        first, n, warmup, scale = next(p for p in reversed(phases) if step >= p[0])
+        k = step - first
+        if k < warmup:
+            return scale * (k + 1) / (warmup + 1)
+        return scale * 0.5 * (1 + math.cos(math.pi * min(1.0, (k - warmup) / max(1, n - warmup))))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
@@ -228,7 +290,7 @@ def precise_bn(model: torch.nn.Module, loader, device, max_clips: int = 256) -> 
         m.momentum = None  # cumulative average
     model.train()
     seen = 0
-    for x, _ in loader:
+    for x, *_ in loader:
         model(x.to(device).contiguous(memory_format=torch.channels_last_3d))
         seen += len(x)
         if seen >= max_clips:
@@ -238,26 +300,27 @@ def precise_bn(model: torch.nn.Module, loader, device, max_clips: int = 256) -> 
 
 
 @torch.no_grad()
-def _validate(model, loader, device, autocast) -> dict:
+def _validate(model, loader, device, autocast, glosses: int) -> dict:
+    """Top-1/5 over the glosses on sign clips; accuracy (no-sign included) on context windows."""
     model.eval()
     n = top1 = top5 = 0
-    idle_conf = []
-    for x, y in loader:
+    context_hits = []
+    for x, y, is_context in loader:
         with autocast:
             logits = InceptionI3d.clip_logits(
                 model(x.to(device).contiguous(memory_format=torch.channels_last_3d))
             ).float()
-        sign = y >= 0
-        idle_conf += logits[~sign].softmax(dim=1).amax(dim=1).tolist()
-        logits, y = logits[sign], y[sign]
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k).indices.cpu() == y[:, None]
+        logits = logits.cpu()
+        context_hits += (logits[is_context].argmax(dim=1) == y[is_context]).tolist()
+        logits, y = logits[~is_context, :glosses], y[~is_context]
+        k = min(5, glosses)
+        hits = logits.topk(k).indices == y[:, None]
         top1 += int(hits[:, 0].sum())
         top5 += int(hits.any(1).sum())
         n += len(y)
     out = {"val_top1": top1 / n, "val_top5": top5 / n} if n else {}
-    if idle_conf:  # how sure the model is of *some* sign on rest clips: should fall
-        out["val_idle_conf"] = round(float(np.mean(idle_conf)), 5)
+    if context_hits:  # the sign (or no sign) under each window's centre frame
+        out["val_context_acc"] = round(float(np.mean(context_hits)), 5)
     return out
 
 
@@ -278,8 +341,14 @@ def train(
     labels = manifest["labels"]
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    arch = I3DConfig(num_classes=len(labels), width=width, dropout=dropout)
+    no_sign = len(labels)  # the extra output of a context-trained model
+    arch = I3DConfig(num_classes=len(labels) + cfg.context, width=width, dropout=dropout)
     model = build_model(cfg, arch).to(device, memory_format=torch.channels_last_3d)
+    context = {
+        "context_fraction": cfg.context_fraction,
+        "context_window": cfg.context_window,
+        "no_sign": no_sign,
+    }
     train_set = ShardClips(
         shards,
         "train",
@@ -289,19 +358,23 @@ def train(
         hflip=cfg.hflip,
         color_jitter=cfg.color_jitter,
         cache=cfg.cache,
-        idle_fraction=cfg.idle_fraction,
+        **context,
     )
-    val_set = ShardClips(
-        shards, "val", pre, train=False, cache=cfg.cache, idle_fraction=cfg.idle_fraction
-    )
-    bn_set = ShardClips(  # statistics of what inference sees: signs and rest
-        shards, "train", pre, train=False, cache=cfg.cache, idle_fraction=cfg.idle_fraction
+    val_set = ShardClips(shards, "val", pre, train=False, cache=cfg.cache, **context)
+    bn_set = ShardClips(  # statistics of what inference sees: signs and context windows
+        shards, "train", pre, train=False, cache=cfg.cache, **context
     )
     n_train = manifest["splits"].get("train", {}).get("samples", 0)
     if n_train == 0:
         raise ValueError(f"{shards}: the train split has no samples")
-    n_idle = idle_per_epoch(n_train, manifest["splits"]["train"].get("idle", 0), cfg.idle_fraction)
-    steps = math.ceil((n_train + n_idle) / cfg.batch_size)
+    if cfg.context and not manifest["splits"]["train"].get("idle"):
+        print(f"warning: {shards} has no idle clips (convert.idle_clips): context windows will "
+              "see no rest before or after the signs")  # fmt: skip
+    extra = context_per_epoch(n_train, cfg.context_fraction)
+    steps = [
+        math.ceil((n_train + extra * cfg.context_in(e)) / cfg.batch_size)
+        for e in range(cfg.total_epochs)
+    ]
     opt, sched = _optimizer(cfg, model, steps)
     has_val = manifest["splits"].get("val", {}).get("samples", 0) > 0
     loader = DataLoader(train_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -323,9 +396,11 @@ def train(
         start, history = state["epoch"], state["history"]
         print(f"resumed from {state_path} after epoch {start}")
 
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, cfg.total_epochs):
         t0 = time.perf_counter()
-        train_set.set_epoch(epoch)
+        train_set.set_epoch(epoch, context=cfg.context_in(epoch))
+        val_set.set_epoch(epoch, context=cfg.context_in(epoch))
+        bn_set.set_epoch(epoch, context=cfg.context_in(epoch))
         model.train()
         if cfg.freeze_backbone:  # frozen BatchNorm statistics too, not just weights
             for m in model.modules():
@@ -334,17 +409,17 @@ def train(
         total, count = 0.0, 0
         bar = tqdm(
             loader,
-            total=steps,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            total=steps[epoch],
+            desc=f"epoch {epoch + 1}/{cfg.total_epochs}",
             disable=not progress,
             leave=False,
         )
-        for x, y in bar:
+        for x, y, _ in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
             y = y.to(device)
             with autocast:
                 logits = InceptionI3d.clip_logits(model(x))
-            loss = clip_loss(logits, y, cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -359,7 +434,7 @@ def train(
             "epoch": epoch + 1,
             "loss": round(total / max(count, 1), 5),
             "lr": sched.get_last_lr()[0],
-            **(_validate(model, val_loader, device, autocast) if has_val else {}),
+            **(_validate(model, val_loader, device, autocast, len(labels)) if has_val else {}),
             "seconds": round(time.perf_counter() - t0, 1),
         }
         history.append(row)
@@ -380,7 +455,12 @@ def train(
 
     final = history[-1] if history else {}
     write_model_dir(
-        out / MODEL_DIR, model.cpu(), pre, labels, extras={"train_config.json": asdict(cfg)}
+        out / MODEL_DIR,
+        model.cpu(),
+        pre,
+        labels,
+        extras={"train_config.json": asdict(cfg)},
+        sentence_window=cfg.context_window if cfg.context else None,
     )
     (out / METRICS).write_text(json.dumps(final, indent=2) + "\n")
     (out / HISTORY).write_text(json.dumps(history, indent=2) + "\n")

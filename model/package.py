@@ -2,7 +2,10 @@
 
 model.pt      state dict (tensors only; read with weights_only=True)
 config.json   {"format": ..., "architecture": I3DConfig, "preprocess": PreprocessConfig, ...}
-labels.txt    index<TAB>gloss, one per class (WLASL class list format)
+              and, for a model trained on context windows, "no_sign": {"class": N, "window": W}:
+              output N (one past the last gloss) means "no sign at this window's centre", and
+              W is the window (frames at preprocess.fps) it was trained on; sentence mode needs it
+labels.txt    index<TAB>gloss, one per gloss (WLASL class list format)
 *.json        optional extras (metrics.json, lineage.json)
 """
 
@@ -37,6 +40,21 @@ class ModelBundle:
     labels: list[str]
     config: dict
 
+    @property
+    def sentence_window(self) -> int | None:
+        """Frames per context window for a model with a no-sign output, else None."""
+        no_sign = self.config.get("no_sign")
+        return int(no_sign["window"]) if no_sign else None
+
+
+def _check_classes(labels: list[str], num_classes: int, no_sign: dict | None, where) -> None:
+    want = len(labels) + (1 if no_sign else 0)
+    if num_classes != want:
+        extra = " + the no-sign output" if no_sign else ""
+        raise ModelDirError(f"{where}: {len(labels)} labels{extra} for a {num_classes}-class model")
+    if no_sign and (no_sign.get("class") != len(labels) or int(no_sign.get("window", 0)) < 1):
+        raise ModelDirError(f"{where}: no_sign must be {{class: {len(labels)}, window: >= 1}}")
+
 
 def read_labels(path: str | os.PathLike) -> list[str]:
     """WLASL class list (`index<TAB>gloss`) -> glosses by index; indices must be 0..N-1."""
@@ -66,11 +84,15 @@ def write_model_dir(
     preprocess: PreprocessConfig,
     labels: list[str],
     extras: dict[str, dict] | None = None,
+    sentence_window: int | None = None,
 ) -> Path:
-    """Write the directory atomically: a crash leaves the previous version or nothing."""
+    """Write the directory atomically: a crash leaves the previous version or nothing.
+
+    `sentence_window`: the model has one output past the labels, "no sign", trained on windows
+    of this many frames (see components/context.py)."""
     out = Path(out)
-    if len(labels) != model.config.num_classes:
-        raise ModelDirError(f"{len(labels)} labels for a {model.config.num_classes}-class model")
+    no_sign = {"class": len(labels), "window": sentence_window} if sentence_window else None
+    _check_classes(labels, model.config.num_classes, no_sign, "write_model_dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -82,6 +104,8 @@ def write_model_dir(
             "preprocess": preprocess.to_dict(),
             "output": "per-time logits [B, N, T']; clip logits = max over time; softmax",
         }
+        if no_sign:
+            config["no_sign"] = no_sign
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         write_labels(tmp / LABELS, labels)
         for name, payload in (extras or {}).items():
@@ -124,8 +148,7 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     except (TypeError, ValueError, KeyError) as e:
         raise ModelDirError(f"{path / CONFIG}: {e}") from e
     labels = read_labels(path / LABELS)
-    if len(labels) != arch.num_classes:
-        raise ModelDirError(f"{path}: {len(labels)} labels but {arch.num_classes} classes")
+    _check_classes(labels, arch.num_classes, config.get("no_sign"), path)
     model = InceptionI3d(arch)
     try:
         load_weights(model, read_state_dict(path / WEIGHTS))

@@ -42,12 +42,20 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, clips: torch.Tensor) -> torch.Tensor:
-        """B x C x T x H x W (or one C x T x H x W clip) -> B x N clip probabilities."""
+        """B x C x T x H x W (or one C x T x H x W clip) -> B x N clip probabilities.
+
+        Over the glosses only: a no-sign output (if the model has one) is left out, so this is
+        "which sign, given that the clip is one" -- what word mode is asked."""
+        logits = self.logits(clips)[:, : len(self.labels)]
+        return logits.softmax(dim=1)
+
+    @torch.inference_mode()
+    def logits(self, clips: torch.Tensor) -> torch.Tensor:
+        """B x C x T x H x W (or one clip) -> B x classes clip logits, float32 on the CPU."""
         if clips.dim() == 4:
             clips = clips.unsqueeze(0)
         x = clips.to(self.device).contiguous(memory_format=torch.channels_last_3d)
-        logits = self.model.clip_logits(self.model(x))
-        return logits.float().softmax(dim=1).cpu()
+        return self.model.clip_logits(self.model(x)).float().cpu()
 
     def top_k(self, probs: torch.Tensor, top_k: int) -> Prediction:
         values, idx = probs.topk(self.check_top_k(top_k))

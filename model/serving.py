@@ -1,7 +1,8 @@
 """KServe v2 (Open Inference Protocol) predictor `sign2text`.
 
 Input: `video` (BYTES [1], an encoded file) or `frames` (UINT8 [T, H, W, 3], RGB).
-Parameters: `top_k` (int, default 5), `mode` (`word` | `sentence`).
+Parameters: `top_k` (int, default 5), `mode` (`word` | `sentence`); sentence mode also takes
+`window`, `stride` (int, frames) and `threshold` (float), defaults from the model directory.
 Outputs: word mode `glosses` BYTES [k], `scores` FP32 [k]; sentence mode `words` BYTES [n],
 `spans` INT32 [n, 2], `confidences` FP32 [n].
 
@@ -76,6 +77,20 @@ def _int_param(params: dict, name: str, default: int) -> int:
     return value
 
 
+def _sentence_params(params: dict) -> dict:
+    """The sentence-mode parameters the request gave; their ranges are checked by transcribe."""
+    opts = {name: _int_param(params, name, 0) for name in ("window", "stride") if name in params}
+    if "threshold" in params:
+        value = params["threshold"]
+        try:
+            opts["threshold"] = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            opts["threshold"] = None
+        if opts["threshold"] is None:
+            raise InvalidInput(f"parameter threshold must be a number, got {value!r}")
+    return opts
+
+
 @contextlib.contextmanager
 def _spooled(data: bytes):
     """The request's video as a file (FFmpeg reads files), in RAM-backed /dev/shm when it fits."""
@@ -143,7 +158,7 @@ class Sign2TextModel(kserve.Model):
             raise InvalidInput("sign2text speaks the v2 protocol: POST /v2/models/sign2text/infer")
         if self.classifier is None:  # kserve checks readiness first; this is for direct callers
             raise ModelNotReady(self.name)
-        name, data, top_k, mode = self._parse(payload)
+        name, data, top_k, mode, opts = self._parse(payload)
         # Decoding and the forward pass block for long; a worker thread keeps the event loop
         # (health checks, other requests, gRPC) responsive meanwhile. One thread, not the
         # default pool: torch already uses every core per forward, and each extra thread would
@@ -151,7 +166,7 @@ class Sign2TextModel(kserve.Model):
         if self._pool is None:  # created lazily: kserve pickles the model for --workers N
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="sign2text-infer")
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._pool, self._run, name, data, top_k, mode)
+        outputs = await loop.run_in_executor(self._pool, self._run, name, data, top_k, mode, opts)
         return InferResponse(
             response_id=payload.id or str(uuid.uuid4()),
             model_name=self.name,
@@ -162,7 +177,7 @@ class Sign2TextModel(kserve.Model):
             requested_outputs=payload.request_outputs,
         )
 
-    def _parse(self, req: InferRequest) -> tuple[str, np.ndarray | bytes, int, str]:
+    def _parse(self, req: InferRequest) -> tuple[str, np.ndarray | bytes, int, str, dict]:
         params = {k: _plain(v) for k, v in (req.parameters or {}).items()}
         top_k = _int_param(params, "top_k", 5)
         try:
@@ -172,6 +187,7 @@ class Sign2TextModel(kserve.Model):
         mode = params.get("mode", "word")
         if mode not in MODES:
             raise InvalidInput(f"parameter mode must be one of {list(MODES)}, got {mode!r}")
+        opts = _sentence_params(params)
 
         names = [i.name for i in req.inputs]
         if not names:
@@ -183,8 +199,8 @@ class Sign2TextModel(kserve.Model):
             raise InvalidInput(f"send exactly one of `video` or `frames`, got {names}")
         inp = req.inputs[0]
         if inp.name == "video":
-            return "video", self._video_bytes(inp), top_k, mode
-        return "frames", self._frames(inp), top_k, mode
+            return "video", self._video_bytes(inp), top_k, mode, opts
+        return "frames", self._frames(inp), top_k, mode, opts
 
     @staticmethod
     def _as_numpy(inp) -> np.ndarray:
@@ -231,11 +247,11 @@ class Sign2TextModel(kserve.Model):
             )
         return self._as_numpy(inp)
 
-    def _run(self, name: str, data, top_k: int, mode: str) -> list[InferOutput]:
+    def _run(self, name: str, data, top_k: int, mode: str, opts: dict) -> list[InferOutput]:
         if name == "frames":
             with _stage("decode"):
                 frames_bgr = np.ascontiguousarray(data[..., ::-1])  # RGB on the wire, BGR inside
-            return self._infer_frames(frames_bgr, top_k, mode)
+            return self._infer_frames(frames_bgr, top_k, mode, opts)
         with _spooled(data) as path:
             try:
                 with _stage("decode"):
@@ -243,7 +259,7 @@ class Sign2TextModel(kserve.Model):
                     if mode == "sentence":
                         frames_bgr = self._all_frames(path)
                 if mode == "sentence":
-                    return self._infer_frames(frames_bgr, top_k, mode)
+                    return self._infer_frames(frames_bgr, top_k, mode, opts)
                 with _stage("preprocess"):
                     clip = V.load_clip(path, self.classifier.bundle.preprocess)
             except ValueError as e:  # our messages name the scratch file; the client never saw it
@@ -270,9 +286,11 @@ class Sign2TextModel(kserve.Model):
                 f"video is {total / fps:.1f} s long; the limit is {self.max_duration_s:g} s"
             )
 
-    def _infer_frames(self, frames_bgr: np.ndarray, top_k: int, mode: str) -> list[InferOutput]:
+    def _infer_frames(
+        self, frames_bgr: np.ndarray, top_k: int, mode: str, opts: dict | None = None
+    ) -> list[InferOutput]:
         if mode == "sentence":
-            return self._sentence(frames_bgr)
+            return self._sentence(frames_bgr, opts or {})
         try:
             with _stage("preprocess"):
                 clip = V.clip_from_frames(frames_bgr, self.classifier.bundle.preprocess)
@@ -291,7 +309,7 @@ class Sign2TextModel(kserve.Model):
             InferOutput("scores", [len(scores)], "FP32", data=scores),
         ]
 
-    def _sentence(self, frames_bgr: np.ndarray) -> list[InferOutput]:
+    def _sentence(self, frames_bgr: np.ndarray, opts: dict) -> list[InferOutput]:
         try:
             from model.sentence import transcribe
         except ModuleNotFoundError as e:
@@ -301,7 +319,7 @@ class Sign2TextModel(kserve.Model):
         try:
             # transcribe windows, preprocesses and runs the model itself: one stage for all of it.
             with _stage("inference"):
-                words = transcribe(self.classifier, frames_bgr)
+                words = transcribe(self.classifier, frames_bgr, **opts)
         except ValueError as e:
             raise InvalidInput(str(e)) from None
         n = len(words)

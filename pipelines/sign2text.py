@@ -53,6 +53,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         frames: int = int(m["num_frames"]),
         image_size: int = int(m["crop"]),
         epochs: int = int(t["epochs"]),
+        context_epochs: int = int(t.get("context_epochs", 0)),
         batch_size: int = int(t["batch_size"]),
         lr: float = float(t["lr"]),
         min_top1: float = float(e["min_top1"]),
@@ -69,7 +70,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         """data_repo/data_rev: git repository and revision whose data.dvc names the dataset
         (data_path instead: a local folder, for local runs only); data_remote: its DVC remote;
         subset: first N glosses (0 = all); frames, image_size (crop), epochs, batch_size, lr: the
-        training recipe; min_top1, tolerance: the gate; canary_percent, canary_steps: the
+        training recipe; context_epochs: epochs with context windows after those (0 = no
+        sentence mode); min_top1, tolerance: the gate; canary_percent, canary_steps: the
         rollout; deploy_target: cluster (KServe) or local (a local server, for local runs)."""
         outcome = c.record_outcome(isvc_name=isvc_name).set_caching_options(False)
         with dsl.ExitHandler(outcome, name="run"):
@@ -78,6 +80,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
                 frames=frames,
                 image_size=image_size,
                 epochs=epochs,
+                context_epochs=context_epochs,
                 batch_size=batch_size,
                 lr=lr,
                 min_top1=min_top1,

@@ -247,6 +247,7 @@ def scenario_bad_rest(args) -> dict:
         "top_k_too_big": binary(video=good_video, params={"top_k": 1000}),
         "top_k_not_int": json_body(_frames_body(frames, top_k="many")),
         "unknown_mode": binary(video=good_video, params={"mode": "paragraph"}),
+        "sentence_without_no_sign": binary(video=good_video, params={"mode": "sentence"}),
     }
     good = binary(video=good_video, params={"top_k": TOP_K})
     results = {}

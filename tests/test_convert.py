@@ -176,27 +176,34 @@ def test_missing_manifest_and_split(shards, tmp_path):
         next(iter_samples(shards, "nope"))
 
 
-def test_idle_clips_are_the_rest_around_each_sign(dataset, tmp_path):
-    """Rest before frame_start / after frame_end becomes label -1 samples; signs are unchanged."""
+def test_idle_clips_are_the_rest_around_each_sign(dataset, shards, tmp_path):
+    """Rest before frame_start / after frame_end becomes label -1 samples named by position, and
+    before + sign + after is the whole video again; signs are unchanged."""
     out = tmp_path / "idle"
     m = convert(dataset, out, PRE, shard_size=SHARD, progress=False, idle_clips=True, workers=1)
+    plain = {meta["video_id"]: f for sp in m["splits"] for meta, f in iter_samples(shards, sp)}
     by_id = {s.video_id: s for s in load_samples(dataset)}
+    n_idle = 0
     for split, info in m["splits"].items():
         items = list(iter_samples(out, split))
-        idle = [(meta, f) for meta, f in items if meta.get("idle")]
+        idle = {(meta["video_id"], meta["position"]): f for meta, f in items if meta.get("idle")}
         assert info["idle"] == len(idle) > 0 and info["samples"] == len(items) - len(idle)
-        for meta, frames in idle:
+        assert all(
+            meta["label"] == -1 and meta["gloss"] == "" for meta, _ in items if meta.get("idle")
+        )
+        n_idle += len(idle)
+        for meta, frames in items:
+            if meta.get("idle"):
+                continue
             s = by_id[meta["video_id"]]
-            assert meta["label"] == -1 and meta["gloss"] == "" and len(frames) >= 4
+            assert np.array_equal(frames, plain[s.video_id])  # the sign clip itself is unchanged
             total = count_frames(s.video_path(dataset))
-            before, after = s.frame_start - 1, 0 if s.frame_end == -1 else total - s.frame_end
-            assert len(frames) in {before, after}
-        signs = [meta for meta, _ in items if not meta.get("idle")]
-        assert all(meta["label"] >= 0 for meta in signs)
-    # rest long enough on both sides of a closed range gives two clips; an open end gives one
-    n_idle = sum(info["idle"] for info in m["splits"].values())
+            before = s.frame_start - 1
+            after = 0 if s.frame_end == -1 else total - s.frame_end
+            assert len(idle.get((s.video_id, "before"), ())) == before
+            assert len(idle.get((s.video_id, "after"), ())) == after
     expected = 0
     for s in by_id.values():
         total = count_frames(s.video_path(dataset))
-        expected += (s.frame_start - 1 >= 4) + (s.frame_end != -1 and total - s.frame_end >= 4)
+        expected += (s.frame_start > 1) + (s.frame_end != -1 and total > s.frame_end)
     assert n_idle == expected

@@ -128,6 +128,34 @@ def test_round_trip_gives_identical_outputs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_no_sign_output_round_trip_and_checks(tmp_path):
+    """A context-trained model: one output past the labels, its window in config.json; word mode
+    probabilities leave the no-sign output out."""
+    from model.i3d import I3DConfig, InceptionI3d
+    from tests.model_server import input_sensitive
+
+    model = input_sensitive(InceptionI3d(I3DConfig(num_classes=3, width=0.25))).eval()
+    pre = PreprocessConfig(num_frames=8, resize=64, crop=64)
+    write_model_dir(tmp_path / "m", model, pre, ["a", "b"], sentence_window=20)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["no_sign"] == {"class": 2, "window": 20}
+    clf = Classifier(tmp_path / "m")
+    assert clf.bundle.sentence_window == 20 and clf.labels == ["a", "b"]
+    x = torch.randn(2, 3, 8, 64, 64)
+    logits = clf.logits(x)
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(clf.probabilities(x), logits[:, :2].softmax(dim=1))
+    with pytest.raises(ModelDirError, match="2 labels \\+ the no-sign output for a 2-class"):
+        write_model_dir(tmp_path / "n", InceptionI3d(I3DConfig(num_classes=2, width=0.25)), pre,
+                        ["a", "b"], sentence_window=20)  # fmt: skip
+    with pytest.raises(ModelDirError, match="2 labels for a 3-class"):  # no window, no extra
+        write_model_dir(tmp_path / "n", model, pre, ["a", "b"])
+    config["no_sign"]["class"] = 0  # hand-edited: refused on load, not served wrongly
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match="no_sign must be"):
+        load_model_dir(tmp_path / "m")
+
+
 def test_incomplete_model_directory_is_refused(imported):
     (imported / "labels.txt").unlink()
     with pytest.raises(ModelDirError, match="labels.txt is missing"):

@@ -33,6 +33,11 @@ def test_run_params_apply_pipeline_parameters_and_keep_types():
         kfp_io.run_params(BASE, **RECIPE | {"epochs": 0})
     with pytest.raises(ValueError, match="lr must be in"):
         kfp_io.run_params(BASE, **RECIPE | {"lr": 2.0})
+    assert (p["train"]["context_epochs"], p["train"]["context_fraction"]) == (0, 0.0)
+    ctx = json.loads(kfp_io.run_params(BASE, **RECIPE, context_epochs=2))["train"]
+    assert ctx["context_epochs"] == 2 and ctx["context_fraction"] > 0
+    with pytest.raises(ValueError, match="context_epochs must be >= 0"):
+        kfp_io.run_params(BASE, **RECIPE, context_epochs=-1)
 
 
 def test_sections_and_checkpoints_change_only_with_what_a_step_reads():

@@ -26,7 +26,7 @@ from pipelines.runner import run_local  # noqa: E402
 from tests.s3 import s3_server_fixture  # noqa: E402, F401
 
 CLASSES = 3
-TINY = {"epochs": 1, "frames": 8, "image_size": 56, "batch_size": 4}
+TINY = {"epochs": 1, "context_epochs": 1, "frames": 8, "image_size": 56, "batch_size": 4}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,7 @@ def test_passing_run_packages_reports_publishes_and_serves(runs, s3_server):
 
     metrics = _artifact(run, "evaluate-model", "metrics")["metadata"]
     assert {"test_top1", "test_top5", "test_top10", "val_top1"} <= set(metrics)
+    assert {"sentence_correct", "sentence_word_error_rate"} <= set(metrics)  # context_epochs 1
     cm = _artifact(run, "evaluate-model", "confusion")["metadata"]["confusionMatrix"]
     assert [a["displayName"] for a in cm["annotationSpecs"]] == labels
     rows = [r["row"] for r in cm["rows"]]

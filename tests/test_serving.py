@@ -128,6 +128,35 @@ def test_in_process_sentence_mode_wiring(model_dir, files, monkeypatch):
         asyncio.run(m.predict(_video_request(video, mode="paragraph")))
 
 
+def test_in_process_sentence_parameters(monkeypatch):
+    """window / stride / threshold reach sentence mode (real model.sentence, the context-trained
+    fixture model); bad values are 400s that say which parameter, and the model still serves."""
+    from model.sentence import transcribe
+
+    fixture = Path(__file__).parent / "fixtures" / "sentence_model"
+    m = Sign2TextModel(fixture)
+    m.load()
+    rgb = moving_square(60)[..., ::-1].copy()
+    opts = {"window": 20, "stride": 3, "threshold": 0.3}
+    out = _outputs(asyncio.run(m.predict(_frames_request(rgb, mode="sentence", **opts))))
+    words = transcribe(m.classifier, rgb[..., ::-1], **opts)
+    assert [w.decode() for w in out["words"]] == [w.gloss for w in words]
+    assert out["spans"].tolist() == [[w.start, w.end] for w in words]
+    default = transcribe(m.classifier, rgb[..., ::-1])
+    every_frame = transcribe(m.classifier, rgb[..., ::-1], threshold=0.0)
+    assert every_frame != default  # parameters change the answer: the check above could fail
+    for bad, phrase in (
+        ({"threshold": "high"}, "threshold must be a number"),
+        ({"threshold": 1.5}, "threshold must be"),
+        ({"window": 10**9}, "window must be"),
+        ({"stride": 0}, "stride must be"),
+        ({"window": "wide"}, "window must be an integer"),
+    ):
+        with pytest.raises(InvalidInput, match=phrase):
+            asyncio.run(m.predict(_frames_request(rgb, mode="sentence", **bad)))
+    assert asyncio.run(m.predict(_frames_request(rgb, mode="sentence"))).outputs
+
+
 def test_load_from_uri_downloads_with_kserve_storage(model_dir, tmp_path, monkeypatch):
     """A URI goes through kserve_storage (here http:// on 127.0.0.1; s3:// takes the same path)."""
     import functools
@@ -244,6 +273,7 @@ REST_ERRORS = {
     "top_k_too_big": "top_k must be between 1 and 7",
     "top_k_not_int": "top_k must be an integer",
     "unknown_mode": "mode must be one of",
+    "sentence_without_no_sign": "no no-sign output",  # the test model has none
 }
 
 

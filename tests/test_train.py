@@ -18,7 +18,7 @@ import yaml
 from components.cli import main
 from components.convert import convert
 from components.synth import synthesize
-from components.train import ShardClips
+from components.train import ShardClips, TrainConfig
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import load_model_dir
 from model.video import PreprocessConfig
@@ -28,7 +28,8 @@ TINY_MODEL = {"width": 0.25, "dropout": 0.0, "num_frames": 8, "resize": 64, "cro
               "bbox_margin": 0.1, "fps": 25.0}  # fmt: skip
 TINY_TRAIN = {"epochs": 3, "batch_size": 4, "optimizer": "adamw", "lr": 0.002,
               "weight_decay": 0.0001, "warmup_epochs": 1, "label_smoothing": 0.1,
-              "hflip": True, "color_jitter": 0.2, "idle_fraction": 0.5,
+              "hflip": True, "color_jitter": 0.2, "context_fraction": 0.5,
+              "context_epochs": 1, "context_window": 12,
               "freeze_backbone": False, "init": "",
               "seed": 0, "num_workers": 0, "cache": True, "device": "cpu"}  # fmt: skip
 
@@ -39,7 +40,13 @@ def tiny_params(tmp: Path, **train) -> Path:
         "model": TINY_MODEL,
         "convert": {"shard_size": 8},
         "train": {**TINY_TRAIN, **train},
-        "evaluate": {"min_top1": 0.0, "tolerance": 0.05, "baseline": "", "batch_size": 4},
+        "evaluate": {
+            "min_top1": 0.0,
+            "tolerance": 0.05,
+            "baseline": "",
+            "batch_size": 4,
+            "sentences": 2,
+        },
     }
     path = tmp / f"params-{len(list(tmp.glob('params-*')))}.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -64,13 +71,16 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
     assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params", params,
                  "--quiet"]) == 0  # fmt: skip
     history = json.loads((out / "history.json").read_text())
-    assert [r["epoch"] for r in history] == [1, 2, 3]
-    assert all({"loss", "val_top1", "val_top5", "val_idle_conf", "lr"} <= set(r) for r in history)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # 3 + 1 context epoch
+    assert all({"loss", "val_top1", "val_top5", "lr"} <= set(r) for r in history)
+    # context windows only in the context epoch, at its own learning rate
+    assert ["val_context_acc" in r for r in history] == [False, False, False, True]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == history[-1]
     bundle = load_model_dir(out / "model")
     assert bundle.arch.width == 0.25 and bundle.preprocess.num_frames == 8
-    assert len(bundle.labels) == 4
+    assert len(bundle.labels) == 4 and bundle.arch.num_classes == 5  # + "no sign"
+    assert bundle.sentence_window == 12
 
     ev = tmp_path / "eval"
     assert main(["evaluate", "--model", str(out / "model"), "--data", str(data), "--out",
@@ -79,6 +89,7 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
     for split in ("val", "test"):
         assert {"top1", "top5", "top10", "per_class_mean"} <= set(m[split])
         assert 0 <= m[split]["top1"] <= m[split]["top5"] <= m[split]["top10"] <= 1
+    assert m["sentence"]["n"] == 2 and 0 <= m["sentence"]["word_error_rate"]
     assert json.loads((ev / "gate.json").read_text())["decision"] == "pass"
 
     pkg = tmp_path / "package"
@@ -86,6 +97,7 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
                  str(pkg), "--params", params]) == 0  # fmt: skip
     lineage = json.loads((pkg / "lineage.json").read_text())
     assert lineage["params"]["train"]["epochs"] == 3 and lineage["gate"] == "pass"
+    assert load_model_dir(pkg).sentence_window == 12  # packaging keeps the no-sign output
     assert {"metrics.json", "gate.json", "config.json", "labels.txt", "model.pt"} <= {
         p.name for p in pkg.iterdir()
     }
@@ -119,6 +131,7 @@ def test_overfits_one_batch(shards):
     _, shard_dir = shards
     pre = PreprocessConfig(num_frames=8, resize=64, crop=56)
     clips = list(ShardClips(shard_dir, "train", pre, train=False))[:4]
+    assert not any(c[2] for c in clips)
     x = torch.stack([c[0] for c in clips])
     y = torch.tensor([c[1] for c in clips])
     torch.manual_seed(0)
@@ -188,21 +201,46 @@ def test_resume_refuses_other_params(shards, tmp_path):
     assert main(args) == 2
 
 
-def test_idle_clips_are_trained_towards_no_sign():
-    """Sign clips: cross-entropy; idle clips (label -1): cross-entropy against uniform."""
-    from components.train import clip_loss
-
-    logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0], [3.0, 0.0, 0.0]])
-    y = torch.tensor([0, -1, -1])
-    loss = clip_loss(logits, y, 0.0)
-    sign = torch.nn.functional.cross_entropy(logits[:1], y[:1], reduction="sum")
-    uniform = -logits[1:].log_softmax(1).mean(1).sum()
-    assert torch.isclose(loss, (sign + uniform) / 3)
-    # a uniform prediction is the best answer for an idle clip: its gradient vanishes there
-    x = torch.zeros(1, 3, requires_grad=True)
-    clip_loss(x, torch.tensor([-1]), 0.0).backward()
-    assert torch.allclose(x.grad, torch.zeros(1, 3), atol=1e-6)
-    confident = torch.tensor([[5.0, 0.0, 0.0]])
-    assert clip_loss(confident, torch.tensor([-1]), 0.0) > clip_loss(
-        x.detach(), torch.tensor([-1]), 0.0
+def test_context_windows_come_in_the_last_epochs(shards):
+    """Sign clips every epoch; context windows (labels incl. no-sign = 4) only when switched on,
+    as many as context_fraction x signs, the same ones every time for evaluation."""
+    _, shard_dir = shards
+    pre = PreprocessConfig(num_frames=8, resize=64, crop=56)
+    kw = {"context_fraction": 0.5, "context_window": 12, "no_sign": 4}
+    clips = ShardClips(shard_dir, "val", pre, train=False, cache=True, **kw)
+    clips.set_epoch(0, context=False)
+    plain = list(clips)
+    assert not any(c for _, _, c in plain) and all(0 <= y < 4 for _, y, _ in plain)
+    clips.set_epoch(0, context=True)
+    mixed = list(clips)
+    windows = [(x, y) for x, y, c in mixed if c]
+    assert len(windows) == round(0.5 * len(plain)) and all(0 <= y <= 4 for _, y in windows)
+    clips.set_epoch(1, context=True)
+    again = [(x, y) for x, y, c in clips if c]
+    assert all(
+        torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(windows, again, strict=True)
     )
+    cfg = TrainConfig(epochs=3, context_fraction=0.5, context_epochs=2)
+    assert cfg.total_epochs == 5
+    assert [cfg.context_in(e) for e in range(5)] == [False, False, False, True, True]
+    assert not any(TrainConfig(epochs=3).context_in(e) for e in range(3))
+    for bad in ({"context_fraction": 1.0}, {"context_epochs": 2}, {"context_fraction": -1.0}):
+        with pytest.raises(ValueError, match="context_"):
+            TrainConfig(epochs=2, **bad)
+
+
+def test_learning_rate_phases():
+    """Sign epochs warm up and decay from lr; context epochs restart from context_lr."""
+    from components.train import _optimizer
+
+    cfg = TrainConfig(epochs=2, warmup_epochs=1, lr=0.01, context_fraction=1.0,
+                      context_epochs=2, context_lr=0.001)  # fmt: skip
+    opt, sched = _optimizer(cfg, torch.nn.Linear(1, 1), [4, 4, 8, 8])
+    lrs = []
+    for _ in range(24):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(lrs[:8]) == pytest.approx(0.01) and lrs[7] < 0.002  # phase 1 decays to ~0
+    assert lrs[8] < lrs[15] < lrs[16] == pytest.approx(0.001)  # phase 2: warm-up to context_lr
+    assert lrs[23] < 1e-4 and max(lrs[8:]) == pytest.approx(0.001)

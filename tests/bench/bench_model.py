@@ -2,7 +2,9 @@
 
 (a) our preprocessing vs the naive path (decode every frame, normalise each in float64, as the
     original WLASL / gesto code does), (b) ours vs decode-only (the floor), (c) I3D forward at
-    64x224x224 on CPU: eager vs our inference path (inference_mode + channels_last_3d).
+    64x224x224 on CPU: eager vs our inference path (inference_mode + channels_last_3d), (d) sentence
+    mode on a 10 s video with the demo-sized model: our batched windows vs one window per
+    forward, and the real-time factor.
 Runs alternate A/B so machine noise hits both; medians and their ratios are printed.
 """
 
@@ -110,6 +112,44 @@ def main() -> None:
     print(row("eager (no_grad, contiguous)", med["eager"]))
     print(row("inference_mode + channels_last_3d", med["fast"], med["eager"]))
     print(f"  eager / fast = {med['eager'] / med['fast']:.2f}x")
+    sys.stdout.flush()
+    bench_sentence()
+
+
+def bench_sentence() -> None:
+    """Sentence mode's cost: one window per `stride` frames over the whole video."""
+    from types import SimpleNamespace
+
+    from model.i3d import I3DConfig
+    from model.predict import Classifier
+    from model.sentence import transcribe
+
+    class Bench(Classifier):
+        def __init__(self):  # the demo model's size, random weights: timing only
+            pre = PreprocessConfig(num_frames=16, resize=128, crop=112)
+            net = InceptionI3d(I3DConfig(num_classes=11, width=0.25))
+            self.bundle = SimpleNamespace(model=net, preprocess=pre, sentence_window=30,
+                                          labels=[f"g{i}" for i in range(10)])  # fmt: skip
+            self.device = torch.device("cpu")
+            self.model = fast_inference(net)
+
+    clf = Bench()
+    frames = moving_square(250)  # 10 s at 25 fps, 160x120
+    windows = len(range(0, len(frames), 2)) + 1
+    med = alternate(
+        {
+            "batched": lambda: transcribe(clf, frames, batch_size=8),
+            "one": lambda: transcribe(clf, frames, batch_size=1),
+        },
+        repeats=3,
+    )
+    print(f"(d) sentence mode, 250 frames (10 s), {windows} windows of 30 frames -> 16x112x112, "
+          "demo-sized I3D, median of 3")  # fmt: skip
+    print(row("one window per forward", med["one"]))
+    print(row("ours: 8 windows per forward", med["batched"], med["one"]))
+    per_window = med["batched"] / windows * 1000
+    print(f"  one / batched = {med['one'] / med['batched']:.2f}x; real-time factor "
+          f"{10.0 / med['batched']:.1f}x ({per_window:.1f} ms per window)")  # fmt: skip
     sys.stdout.flush()
 
 

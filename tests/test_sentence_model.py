@@ -1,0 +1,101 @@
+"""Sentence mode end to end: signs of the bundled dataset's test signers (never seen in training),
+strung together into real mp4 files, through a real trained model -- in-process, and served by
+the real ModelServer to the `sign2text predict` client over REST and gRPC in another process.
+
+The model is tests/fixtures/sentence_model: the model `make demo` trains (see SOURCES.md there).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from components.context import load_videos, score, sign_strings
+from components.dataset import load_samples
+from components.synth import synthesize
+from model.predict import Classifier
+from model.sentence import transcribe
+from model.video import count_frames, decode
+from tests.model_server import ENV, ROOT, serve
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sentence_model"
+STRINGS = 12
+
+
+@pytest.fixture(scope="module")
+def clf() -> Classifier:
+    return Classifier(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def strings(clf, tmp_path_factory) -> list[tuple[Path, list[tuple[int, int, int]]]]:
+    """STRINGS mp4 files of 2-4 test-split signs by one signer, and where each sign is."""
+    root = tmp_path_factory.mktemp("bundled")
+    synthesize(root, progress=False, only_splits=("test",))  # `make data`'s defaults
+    videos = load_videos(root, load_samples(root, ("test",)), clf.labels)
+    out = []
+    for n, (frames, spans) in enumerate(sign_strings(videos, STRINGS, seed=7)):
+        path = root / f"string{n}.mp4"
+        h, w = frames.shape[1:3]
+        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
+        for f in frames:
+            vw.write(f)
+        vw.release()
+        out.append((path, spans))
+    return out
+
+
+def _transcript(clf: Classifier, path: Path):
+    return transcribe(clf, decode(path, np.arange(count_frames(path))))
+
+
+def test_strung_together_signs_give_the_words_and_spans(clf, strings):
+    results = []
+    for path, spans in strings:
+        words = _transcript(clf, path)
+        r = score(words, spans, clf.labels)
+        truth = [(clf.labels[k], a, b) for a, b, k in spans]
+        print(
+            path.name,
+            "OK " if r["correct"] else "BAD",
+            truth,
+            [(w.gloss, w.start, w.end) for w in words],
+        )
+        results.append(r)
+    assert len(results) == STRINGS and sum(r["truth_words"] for r in results) >= 2 * STRINGS
+    correct = sum(r["correct"] for r in results)
+    errors = sum(r["edit_distance"] for r in results) / sum(r["truth_words"] for r in results)
+    # Every word in order with its span overlapping the truth (IoU >= 0.5) in at least 11 of 12;
+    # the fixture model gets all 12 (README, "Sentence mode").
+    assert correct >= STRINGS - 1, f"{correct}/{STRINGS} strings right, word error rate {errors}"
+    assert errors <= 0.05
+
+
+def test_served_sentence_mode_matches_in_process(clf, strings, tmp_path):
+    """The `predict` client, REST and gRPC, against the real server: the same words and spans
+    as in-process on the same file (the server decodes it the same way)."""
+    with serve(FIXTURE, tmp_path / "server.log") as srv:
+        for path, spans in strings[:2]:
+            expected = _transcript(clf, path)
+            assert [w.gloss for w in expected] == [clf.labels[k] for _, _, k in spans]
+            for where in (
+                ["--url", f"http://127.0.0.1:{srv.http}"],
+                ["--grpc", f"127.0.0.1:{srv.grpc}"],
+            ):
+                cmd = [sys.executable, "-m", "components.cli", "predict", str(path), *where]
+                r = subprocess.run([*cmd, "--mode", "sentence", "--json"], cwd=ROOT, env=ENV,
+                                   capture_output=True, text=True, timeout=120)  # fmt: skip
+                assert r.returncode == 0, r.stderr
+                out = json.loads(r.stdout)
+                assert out["words"] == [w.gloss for w in expected]
+                assert out["spans"] == [[w.start, w.end] for w in expected]
+                np.testing.assert_allclose(
+                    out["confidences"], [w.confidence for w in expected], rtol=1e-5
+                )
+        assert srv.alive()
