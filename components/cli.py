@@ -219,7 +219,9 @@ def _add_params_arg(p: argparse.ArgumentParser) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from components.client import format_table, predict, to_json
 
-    result = predict(args.video, url=args.url, grpc=args.grpc, mode=args.mode, top_k=args.top_k)
+    sentence = {"window": args.window, "stride": args.stride, "threshold": args.threshold}
+    result = predict(args.video, url=args.url, grpc=args.grpc, mode=args.mode, top_k=args.top_k,
+                     sentence=sentence)  # fmt: skip
     print(to_json(result) if args.json else format_table(result))
 
 
@@ -450,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--grpc", help="gRPC endpoint host:port, e.g. 127.0.0.1:8081")
     pc.add_argument("--mode", choices=("word", "sentence"), default="word")
     pc.add_argument("--top-k", type=int, default=5, help="word mode: how many glosses (5)")
+    pc.add_argument("--window", type=int, help="sentence mode: frames per window (model's)")
+    pc.add_argument("--stride", type=int, help="sentence mode: frames between window centres")
+    pc.add_argument("--threshold", type=float, help="sentence mode: P(sign) a frame needs (0.5)")
     pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pc.set_defaults(func=_cmd_predict)
 

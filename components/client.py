@@ -30,14 +30,20 @@ def _inputs(module, video: bytes):
 
 
 def predict(video: str | os.PathLike, *, url: str | None = None, grpc: str | None = None,
-            mode: str = "word", top_k: int = 5, timeout: float = 120.0) -> dict:  # fmt: skip
-    """Send one video; returns {"glosses", "scores"} (word) or {"words", "spans", "confidences"}."""
+            mode: str = "word", top_k: int = 5, timeout: float = 120.0,
+            sentence: dict | None = None) -> dict:  # fmt: skip
+    """Send one video; returns {"glosses", "scores"} (word) or {"words", "spans", "confidences"}.
+
+    `sentence`: window / stride / threshold for sentence mode (server defaults otherwise)."""
     if (url is None) == (grpc is None):
         raise ClientError("give exactly one of --url (REST) or --grpc (host:port)")
     path = Path(video)
     if not path.is_file():
         raise ClientError(f"video not found: {path}")
     params = {"mode": mode, "top_k": int(top_k)}
+    for name, value in (sentence or {}).items():
+        if value is not None:  # a float as text: every v2 gRPC server has string parameters
+            params[name] = str(value) if name == "threshold" else int(value)
     names = ("glosses", "scores") if mode == "word" else ("words", "spans", "confidences")
     if url is not None:
         import tritonclient.http as client

@@ -98,4 +98,18 @@ def test_served_sentence_mode_matches_in_process(clf, strings, tmp_path):
                 np.testing.assert_allclose(
                     out["confidences"], [w.confidence for w in expected], rtol=1e-5
                 )
+        # Request parameters travel too: a shorter window, a coarser stride.
+        path = strings[0][0]
+        expected = transcribe(clf, decode(path, np.arange(count_frames(path))), window=24, stride=3)
+        assert expected != _transcript(clf, path)  # else the check below could not fail
+        for where in (
+            ["--url", f"http://127.0.0.1:{srv.http}"],
+            ["--grpc", f"127.0.0.1:{srv.grpc}"],
+        ):
+            cmd = [sys.executable, "-m", "components.cli", "predict", str(path), *where,
+                   "--mode", "sentence", "--window", "24", "--stride", "3", "--threshold", "0.5",
+                   "--json"]  # fmt: skip
+            r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            assert json.loads(r.stdout)["spans"] == [[w.start, w.end] for w in expected]
         assert srv.alive()
