@@ -144,7 +144,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from components.evaluate import evaluate, gate, write_gate
+    from components.evaluate import evaluate, gate, sentence_summary, write_gate
     from components.objstore import local_input
     from components.params import section
 
@@ -173,10 +173,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         f"per-class={test.get('per_class_mean')} reversed-pairs={test.get('reversed_pairs')}"
     )
     if sentence := metrics.get("sentence"):
-        print(
-            f"sentences: {sentence['n']} strings, correct={sentence.get('correct')} "
-            f"word-error-rate={sentence.get('word_error_rate')} mean-iou={sentence.get('mean_iou')}"
-        )
+        print(sentence_summary(sentence))
     print(f"gate: {decision['decision']}" + "".join(f"\n  - {r}" for r in decision["reasons"]))
 
 

@@ -115,9 +115,6 @@ class ContextWindows:
         self.videos, self.window, self.no_sign, self.max_signs = videos, window, no_sign, max_signs
         self.group_of = {i: g for g in signer_groups(videos) for i in g}
 
-    def __len__(self) -> int:
-        return len(self.videos)
-
     def draw(self, anchor: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """A window around a random frame of `anchor` strung with 0-2 of its group -> (frames,
         label of the centre frame)."""

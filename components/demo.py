@@ -9,6 +9,7 @@ from pathlib import Path
 
 from components.context import load_videos, sign_strings
 from components.dataset import load_samples
+from components.evaluate import sentence_summary
 from model.predict import Classifier
 from model.sentence import transcribe
 
@@ -21,11 +22,7 @@ def show(model_dir: Path, data: Path, metrics: Path, top_k: int = 5) -> None:
               f"per-class={s.get('per_class_mean')} reversed-pairs={s.get('reversed_pairs')} "
               f"(n={s.get('n')})")  # fmt: skip
     if sentence := m.get("sentence"):
-        print(
-            f"sentences ({sentence.get('n')} strings of 2-4 test signs): "
-            f"correct={sentence.get('correct')} (words in order, every span IoU >= 0.5) "
-            f"word-error-rate={sentence.get('word_error_rate')} mean-iou={sentence.get('mean_iou')}"
-        )
+        print(sentence_summary(sentence))
     clf = Classifier(model_dir)
     samples = load_samples(data, ("test",))
     sample = samples[0]

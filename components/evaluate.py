@@ -216,6 +216,15 @@ def sentence_metrics(
     }
 
 
+def sentence_summary(sentence: dict) -> str:
+    """metrics.json's "sentence" entry as one line, for the CLI and the demo."""
+    return (
+        f"sentences ({sentence.get('n')} strings of 2-4 test signs): "
+        f"correct={sentence.get('correct')} (words in order, every span IoU >= 0.5) "
+        f"word-error-rate={sentence.get('word_error_rate')} mean-iou={sentence.get('mean_iou')}"
+    )
+
+
 def _test_top1(metrics: dict) -> float | None:
     top1 = (metrics.get("test") or {}).get("top1")
     return None if top1 is None else float(top1)

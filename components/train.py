@@ -127,6 +127,7 @@ class ShardClips(IterableDataset):
         self.no_sign = no_sign
         self.epoch, self.context = 0, context_fraction > 0
         self._cache: list[tuple[dict, np.ndarray]] | None = None
+        self._context: ContextWindows | None = None
 
     def set_epoch(self, epoch: int, context: bool | None = None) -> None:
         self.epoch = epoch
@@ -139,6 +140,16 @@ class ShardClips(IterableDataset):
         if self._cache is None:
             self._cache = list(iter_samples(self.shards, self.split))
         return self._cache
+
+    def _windows(self, samples: list[tuple[dict, np.ndarray]]) -> ContextWindows:
+        """The whole videos context windows are cut from: rebuilt each epoch, or once with
+        `cache` (the samples they are rebuilt from are cached then too)."""
+        if self._context is None or not self.cache:
+            windows = ContextWindows(rebuild_videos(samples), self.context_window, self.no_sign)
+            if not self.cache:
+                return windows
+            self._context = windows
+        return self._context
 
     def _key(self) -> list[int]:
         # Evaluation sees the same windows every epoch; training draws fresh ones.
@@ -161,9 +172,7 @@ class ShardClips(IterableDataset):
         samples = list(self._samples())
         signs = [(meta, f) for meta, f in samples if not meta.get("idle")]
         items = list(enumerate(self.epoch_items(len(signs))))  # position seeds the draw
-        windows = None
-        if any(ctx for _, (ctx, _) in items):
-            windows = ContextWindows(rebuild_videos(samples), self.context_window, self.no_sign)
+        windows = self._windows(samples) if any(ctx for _, (ctx, _) in items) else None
         info = torch.utils.data.get_worker_info()
         if info is not None:
             items = items[info.id :: info.num_workers]

@@ -94,6 +94,11 @@ def _runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(labels[s]), int(s), int(e) - 1) for s, e in pairs]
 
 
+def _words_beside(runs: list[tuple[int, int, int]], k: int) -> list[tuple[int, int, int]]:
+    """The runs right before and after run k that are words (not rest)."""
+    return [runs[j] for j in (k - 1, k + 1) if 0 <= j < len(runs) and runs[j][0] >= 0]
+
+
 def segment(labels: np.ndarray, min_len: int, max_gap: int) -> list[tuple[int, int, int]]:
     """Step 3 on per-frame labels (-1 = no sign): [(label, start, end)] of the words.
 
@@ -107,16 +112,13 @@ def segment(labels: np.ndarray, min_len: int, max_gap: int) -> list[tuple[int, i
         short = [
             (e - s, k)
             for k, (lab, s, e) in enumerate(runs)
-            if lab >= 0
-            and e - s + 1 < min_len
-            and any(0 <= j < len(runs) and runs[j][0] >= 0 for j in (k - 1, k + 1))
+            if lab >= 0 and e - s + 1 < min_len and _words_beside(runs, k)
         ]
         if not short:
             break
         k = min(short)[1]
-        lab, s, e = runs[k]
-        nbrs = [runs[j] for j in (k - 1, k + 1) if 0 <= j < len(runs) and runs[j][0] >= 0]
-        labels[s : e + 1] = max(nbrs, key=lambda r: r[2] - r[1])[0]
+        _, s, e = runs[k]
+        labels[s : e + 1] = max(_words_beside(runs, k), key=lambda r: r[2] - r[1])[0]
     for lab, s, e in _runs(labels):  # alone and too short to be a sign
         if lab >= 0 and e - s + 1 < max(1, min_len // 2):
             labels[s : e + 1] = -1

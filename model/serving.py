@@ -83,11 +83,11 @@ def _sentence_params(params: dict) -> dict:
     if "threshold" in params:
         value = params["threshold"]
         try:
-            opts["threshold"] = float(value) if not isinstance(value, bool) else None
+            if isinstance(value, bool):
+                raise TypeError
+            opts["threshold"] = float(value)
         except (TypeError, ValueError):
-            opts["threshold"] = None
-        if opts["threshold"] is None:
-            raise InvalidInput(f"parameter threshold must be a number, got {value!r}")
+            raise InvalidInput(f"parameter threshold must be a number, got {value!r}") from None
     return opts
 
 
@@ -287,10 +287,10 @@ class Sign2TextModel(kserve.Model):
             )
 
     def _infer_frames(
-        self, frames_bgr: np.ndarray, top_k: int, mode: str, opts: dict | None = None
+        self, frames_bgr: np.ndarray, top_k: int, mode: str, opts: dict
     ) -> list[InferOutput]:
         if mode == "sentence":
-            return self._sentence(frames_bgr, opts or {})
+            return self._sentence(frames_bgr, opts)
         try:
             with _stage("preprocess"):
                 clip = V.clip_from_frames(frames_bgr, self.classifier.bundle.preprocess)

@@ -86,6 +86,15 @@ def _repo(tmp: Path, env: dict[str, str]) -> Path:
     return repo
 
 
+def _remote_repo(server: S3Server, tmp: Path) -> tuple[dict[str, str], Path, dict[str, str]]:
+    """A repo (`_repo`) whose remote's bucket exists on `server`: (env, repo, remote section)."""
+    env = _env(server, tmp)
+    repo = _repo(tmp, env)
+    _, section = _project_remote()
+    server.make_bucket(_bucket(section["url"]))
+    return env, repo, section
+
+
 def _hashes(root: Path) -> dict[str, str]:
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -106,10 +115,7 @@ def test_project_remote_is_s3_without_endpoint_or_secrets():
 
 
 def test_push_wipe_pull_restores_every_byte(s3_server, tmp_path):
-    env = _env(s3_server, tmp_path)
-    repo = _repo(tmp_path, env)
-    _, section = _project_remote()
-    s3_server.make_bucket(_bucket(section["url"]))
+    env, repo, section = _remote_repo(s3_server, tmp_path)
     synthesize(repo / "data", classes=3, per_class=6, signers=4, progress=False)
     before = _hashes(repo / "data")
     assert len(before) > 10
@@ -134,10 +140,7 @@ def test_push_wipe_pull_restores_every_byte(s3_server, tmp_path):
 
 
 def test_wrong_credentials_fail_fast_with_403(s3_server, tmp_path):
-    env = _env(s3_server, tmp_path)
-    repo = _repo(tmp_path, env)
-    _, section = _project_remote()
-    s3_server.make_bucket(_bucket(section["url"]))
+    env, repo, section = _remote_repo(s3_server, tmp_path)
     (repo / "data").mkdir()
     (repo / "data" / "only-here.bin").write_bytes(os.urandom(4096))
     _run([DVC, "add", "-q", "data"], repo, env)

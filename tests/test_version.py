@@ -19,17 +19,14 @@ from components.version import (
     resolve_revision,
 )
 from tests.s3 import s3_server_fixture  # noqa: F401
-from tests.test_dvc_remote import DVC, _bucket, _env, _hashes, _project_remote, _repo, _run
+from tests.test_dvc_remote import DVC, _hashes, _remote_repo, _run
 
 
 @pytest.fixture(scope="module")
 def versioned(s3_server, tmp_path_factory) -> dict:
     """A repo with two data revisions (tags v1, v2), both pushed to the DVC remote."""
     tmp = tmp_path_factory.mktemp("version")
-    env = _env(s3_server, tmp)
-    repo = _repo(tmp, env)
-    _, section = _project_remote()
-    s3_server.make_bucket(_bucket(section["url"]))
+    env, repo, section = _remote_repo(s3_server, tmp)
     synthesize(repo / "data", classes=3, per_class=4, signers=4, progress=False)
     v1_files = _hashes(repo / "data")
     v1_local = local_hash(repo / "data")
