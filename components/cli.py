@@ -123,20 +123,18 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from components.objstore import local_input
-    from components.params import preprocess_config, section
+    from components.params import arch_config, preprocess_config, section
     from components.train import TrainConfig, train
 
     params = _params(args)
     cfg = TrainConfig.from_dict(section(params, "train"))
-    m = section(params, "model")
     with local_input(args.shards) as shards:
         final = train(
             shards,
             Path(args.out),
             preprocess_config(params),
             cfg,
-            width=float(m.get("width", 1.0)),
-            dropout=float(m.get("dropout", 0.5)),
+            arch=arch_config(params, num_classes=0),
             resume=args.resume,
             progress=not args.quiet,
         )

@@ -142,19 +142,17 @@ def train_step(
 ) -> dict:
     """Train (resuming from this recipe's checkpoint if an earlier attempt left one), then copy
     the trained model to the step's output."""
-    from components.params import preprocess_config, section
+    from components.params import arch_config, preprocess_config, section
     from components.train import MODEL_DIR, TrainConfig, train
 
     work = checkpoint_dir(checkpoint_root, shards_hash, params)
     params = _params(params)
-    m = section(params, "model")
     final = train(
         Path(shards),
         work,
         preprocess_config(params),
         TrainConfig.from_dict(section(params, "train")),
-        width=float(m.get("width", 1.0)),
-        dropout=float(m.get("dropout", 0.5)),
+        arch=arch_config(params, num_classes=0),
         resume=True,
         progress=False,
     )

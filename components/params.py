@@ -16,7 +16,7 @@ from model.i3d import I3DConfig
 from model.video import PreprocessConfig
 
 DEFAULT = Path("params.yaml")
-_ARCH_KEYS = ("width", "dropout")
+_ARCH_KEYS = ("width", "dropout", "centre_over_time")
 
 
 def load_params(path: str | os.PathLike = DEFAULT) -> dict:

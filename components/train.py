@@ -19,7 +19,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -339,19 +339,20 @@ def train(
     pre: PreprocessConfig,
     cfg: TrainConfig,
     *,
-    width: float = 1.0,
-    dropout: float = 0.5,
+    arch: I3DConfig | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train on `shards`' train split, validate on val each epoch; returns the final metrics."""
+    """Train on `shards`' train split, validate on val each epoch; returns the final metrics.
+
+    `arch` is the network (params.yaml `model:`); its class count comes from the shards."""
     shards, out = Path(shards), Path(out)
     manifest = read_manifest(shards)
     labels = manifest["labels"]
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     no_sign = len(labels)  # the extra output of a context-trained model
-    arch = I3DConfig(num_classes=len(labels) + cfg.context, width=width, dropout=dropout)
+    arch = replace(arch or I3DConfig(), num_classes=len(labels) + cfg.context)
     model = build_model(cfg, arch).to(device, memory_format=torch.channels_last_3d)
     context = {
         "context_fraction": cfg.context_fraction,

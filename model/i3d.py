@@ -46,6 +46,12 @@ class I3DConfig:
     # weights); smaller widths make CPU-sized models with the same topology.
     width: float = 1.0
     dropout: float = 0.5
+    # Subtract each clip's mean frame (per channel and pixel) before the first layer, so the
+    # network sees what moves and not who signs where. From scratch on few signers, appearance
+    # (background, clothes, body) dominates the input and training sits at chance for epochs
+    # before it finds the hand (README "Training from scratch"). Published weights were trained
+    # on raw frames: False keeps them exact.
+    centre_over_time: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,6 +199,8 @@ class InceptionI3d(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.centre_over_time:
+            x = x - x.mean(dim=2, keepdim=True)
         x = self.features(x)
         t, h, w = x.shape[-3:]
         x = F.avg_pool3d(x, (min(2, t), h, w), stride=1)
