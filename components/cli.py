@@ -117,7 +117,7 @@ def _cmd_validate(args: argparse.Namespace) -> None:
     print(
         f"{report['total']} samples: {report['valid']} valid, {len(report['quarantined'])} "
         f"quarantined {report['reasons']}, {len(report['warnings'])} warnings; "
-        f"see {Path(args.out) / 'report.json'}"
+        f"see {Path(args.out) / 'report.html'}"
     )
 
 
@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = data.add_parser(
         "validate",
         help="Great Expectations checks; quarantine bad samples, write valid.json",
-        description="Validate a dataset's metadata and videos. Writes OUT/report.json, "
-        "OUT/valid.json (the samples that passed) and GX Data Docs in OUT/docs/. Exit 0 even "
+        description="Validate a dataset's metadata and videos. Writes OUT/report.html (the "
+        "report to open; works offline), OUT/report.json, OUT/valid.json (the samples that "
+        "passed) and GX Data Docs in OUT/docs/. Exit 0 even "
         "with quarantined samples; 2 on a dataset-level failure. The dataset is only read.",
     )
     v.add_argument("dataset", help="dataset folder (WLASL layout)")

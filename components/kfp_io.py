@@ -98,13 +98,16 @@ def step_sections(params: str, step: str) -> str:
     return json.dumps({k: p[k] for k in SECTIONS[step] if k in p}, sort_keys=True)
 
 
-def validate_step(data_dir: Path, params: str, out: Path, docs_html: Path) -> dict:
-    """Validation into `out` (report.json, valid.json, docs/); Data Docs' index to `docs_html`."""
+def validate_step(data_dir: Path, params: str, out: Path, report_html: Path) -> dict:
+    """Validation into `out` (report.json, report.html, valid.json, docs/); the UI's HTML
+    artifact `report_html` is the self-contained report, not the Data Docs' index: the UI shows
+    that one file alone, and the index's styles and links would point off it."""
     from components.validate import validate
+    from components.validate_report import write_report_html
 
     thresholds = dict(_params(params).get("validate") or {})
     report = validate(Path(data_dir), Path(out), progress=False, **thresholds)
-    shutil.copyfile(Path(out) / "docs" / "index.html", docs_html)
+    write_report_html(Path(report_html), report, docs=None)  # docs/ are in `out`, not beside it
     return report
 
 

@@ -9,7 +9,8 @@ Each failing row becomes a reason on its video_id. Outputs in out_dir (the datas
                    "warnings": [...], "reasons": {reason: count}, "failure": null | str, ...}
     valid.json    the samples that passed, as Sample.to_dict() records, for convert / evaluate;
                   frame ranges already in the file's own frames where fps_mismatch was fixed
-    docs/         GX Data Docs (index.html)
+    report.html   what users open: report.json as one self-contained page (no CDN, works offline)
+    docs/         GX Data Docs (index.html; their styles come from public CDNs)
 
 A bad sample is quarantined; only a dataset-level failure (metadata unreadable, too many bad
 samples, a class with no training sample left) raises DatasetInvalid, after report.json is
@@ -40,6 +41,7 @@ from components.dataset import (
     write_json,
 )
 from components.probe import default_cache_dir, probe_files
+from components.validate_report import REPORT_HTML, write_report_html
 
 # The fixed vocabulary of report reasons, in the order a sample's reasons are listed.
 REASONS = (
@@ -221,12 +223,22 @@ def _rescale_note(r: dict, q: dict | None) -> str | None:
 def _suite_summary(outcomes) -> dict:
     out: dict = {}
     for o in outcomes:
-        s = out.setdefault(o.suite, {"success": True, "expectations": 0, "failed": []})
+        new = {"success": True, "expectations": 0, "failed": [], "results": []}
+        s = out.setdefault(o.suite, new)
         s["expectations"] += 1
+        result = {"why": o.why, "column": o.column, "reason": o.reason, "success": o.success}
+        s["results"].append(result | {"failing_rows": len(o.rows)})
         if not o.success:
             s["success"] = False
             s["failed"].append(f"{o.why} [{o.column}]: {len(o.rows)} rows" if o.reason else o.why)
     return out
+
+
+def _write_report(out_dir: Path, report: dict) -> None:
+    write_json(out_dir / REPORT, report)
+    index = out_dir / DOCS / "index.html"
+    docs = f"{DOCS}/index.html" if index.is_file() else None  # none when the metadata failed
+    write_report_html(out_dir / REPORT_HTML, report, docs)
 
 
 def _plain(v):
@@ -248,7 +260,8 @@ def validate(
     cache_dir: Path | None = None,
     **thresholds,
 ) -> dict:
-    """Validate data_dir; write report.json, valid.json and docs/ to out_dir; return the report.
+    """Validate data_dir; write report.json, report.html, valid.json and docs/ to out_dir;
+    return the report.
 
     thresholds: the fields of components.expectations.Thresholds. cache_dir: where probe
     results are kept by content hash (default probe.default_cache_dir()).
@@ -268,12 +281,13 @@ def validate(
         raise ValueError(f"--out {out_dir} is inside the dataset {data_dir}; it is only read")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / VALID).unlink(missing_ok=True)  # a stale list must not outlive a failed run
+    shutil.rmtree(out_dir / DOCS, ignore_errors=True)  # nor stale docs, which report.html links
     report = {"dataset": str(data_dir), "total": 0, "valid": 0, "quarantined": [], "warnings": []}
     report |= {"thresholds": asdict(th), "max_bad_fraction": max_bad_fraction, "failure": None}
 
     def fail(message: str) -> DatasetInvalid:
         report["failure"] = message
-        write_json(out_dir / REPORT, report)
+        _write_report(out_dir, report)
         return DatasetInvalid(f"{data_dir}: {message}")
 
     try:
@@ -287,14 +301,12 @@ def validate(
         paths, workers=workers, progress=progress, cache_dir=cache_dir or default_cache_dir()
     )
     prows = probe_rows(rows, probes, data_dir, th)
-    docs = out_dir / DOCS
-    shutil.rmtree(docs, ignore_errors=True)
     outcomes = run_suites(
         [
             (metadata_suite(len(entries)), metadata_table(rows)),
             (probe_suite(th), probe_table(prows)),
         ],
-        docs,
+        out_dir / DOCS,
     )
 
     found: dict[int, list[tuple[str, str]]] = {}
@@ -349,5 +361,5 @@ def validate(
         more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
         raise fail(f"no valid training sample left for class {', '.join(empty[:5])}{more}")
     write_json(out_dir / VALID, [s.to_dict() for s in valid])
-    write_json(out_dir / REPORT, report)
+    _write_report(out_dir, report)
     return report

@@ -1,5 +1,6 @@
 """validate: a synthetic dataset with planted defects, each reported with the right reason; every
-good sample survives into valid.json, the dataset is left as it was, and convert + train run on
+good sample survives into valid.json, the dataset is left as it was, the report page (and KFP's
+HTML artifact) shows the quarantine in a browser with no network, and convert + train run on
 the result."""
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import kfp_io
 from components.cli import main
 from components.convert import iter_samples, read_manifest
 from components.dataset import Sample, load_samples
 from components.synth import synthesize
 from components.validate import REASONS, DatasetInvalid, validate
 from model.video import count_frames
+from tests.browser import external_requests, offline_chromium, open_page
 from tests.conftest import moving_square, write_video
 from tests.test_train import tiny_params
 
@@ -163,6 +166,64 @@ def test_dataset_is_untouched_and_docs_are_written(result):
     assert len(list((out / "docs").rglob("*.html"))) >= 5  # index, 2 suites, 2 validations
 
 
+def _rows(browser, table: str) -> list[list[str]]:
+    """A table's cells as the browser renders them: innerText is the laid-out, visible text (an
+    element hidden by style gives ''), not the HTML source. One round trip for the table."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])]"
+        ".map(tr => [...tr.cells].map(td => td.innerText.trim()))",
+        f"#{table} tbody tr",
+    )
+
+
+def test_report_page_shows_the_quarantine_in_a_browser_with_no_network(
+    result, planted, tmp_path, monkeypatch
+):
+    """DIR/report.html and the KFP step's HTML artifact: every quarantined id with its reasons,
+    the counts by reason and each suite, rendered offline with nothing requested off the page.
+    The GX index beside it asks CDNs for its styles, none of which load here."""
+    report, out, _, _ = result
+    # The step's glue with this run's result (test_pipeline_local runs the real step): what it
+    # puts in the HTML artifact. The UI shows an artifact as HTML whatever its name; a browser
+    # opening a file goes by the suffix.
+    calls = []
+    monkeypatch.setattr("components.validate.validate", lambda *a, **k: calls.append(k) or report)
+    artifact = tmp_path / "kfp-html-artifact.html"
+    params = json.dumps({"validate": {"max_bad_fraction": 0.5}})
+    assert kfp_io.validate_step(planted, params, tmp_path / "validation", artifact) is report
+    assert calls == [{"progress": False, "max_bad_fraction": 0.5}]
+    gx_index = out / "docs" / "index.html"
+    want_rows = sorted(
+        [q["video_id"] or "(no video_id)", ", ".join(q["reasons"])] for q in report["quarantined"]
+    )
+    with offline_chromium() as browser:
+        open_page(browser, gx_index)
+        cdn = external_requests(browser)
+        pages = {}
+        for page in (out / "report.html", artifact):
+            open_page(browser, page)
+            pages[page.name] = {
+                "external": external_requests(browser),
+                "quarantined": sorted(r[:2] for r in _rows(browser, "quarantined")),
+                "reasons": {r: int(n) for r, n in _rows(browser, "reasons")},
+                "text": browser.find_element("tag name", "body").text,
+                "links": [a.get_attribute("href") for a in browser.find_elements("tag name", "a")],
+            }
+    assert any("cdn" in u for u in cdn) and not any(cdn.values())  # offline, and it would tell
+    for name, seen in pages.items():
+        assert seen["external"] == {}, name
+        assert seen["quarantined"] == want_rows, name
+        assert seen["reasons"] == report["reasons"], name
+        assert "did you mean 'signer_id'" in seen["text"], name
+        assert "metadata: failed" in seen["text"] and "probe: failed" in seen["text"], name
+    assert pages["report.html"]["links"] == [gx_index.as_uri()]
+    assert pages[artifact.name]["links"] == []  # a single file: no link that leads nowhere
+    source = artifact.read_text()
+    assert source != gx_index.read_text() and "://" not in source
+    for ref in ("<script", "<link", "@import", "url(", "src="):
+        assert ref not in source and ref not in (out / "report.html").read_text()
+
+
 def test_revalidation_decodes_only_changed_files(result, planted, cache, tmp_path):
     report, _, _, _ = result
     assert report["probe"]["decoded"] > 0
@@ -185,6 +246,8 @@ def test_too_many_bad_samples_fail_the_dataset_after_writing_the_report(planted,
     report = json.loads((tmp_path / "report.json").read_text())
     assert "quarantined" in report["failure"] and len(report["quarantined"]) == 15
     assert not (tmp_path / "valid.json").exists()
+    page = (tmp_path / "report.html").read_text()
+    assert "Dataset rejected: 15 of 41 samples quarantined" in page
 
 
 def test_a_class_left_without_training_samples_fails(planted, cache, tmp_path):
@@ -223,6 +286,8 @@ def test_cli_exit_codes(planted, cache, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "metadata unreadable" in err and "not valid JSON" in err
     assert "not valid JSON" in json.loads((tmp_path / "o" / "report.json").read_text())["failure"]
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "Dataset rejected: metadata unreadable" in page and "docs/index.html" not in page
     assert main(["data", "validate", str(planted), "--out", str(planted / "x"), *args]) == 2
     assert "only read" in capsys.readouterr().err
 
