@@ -100,13 +100,16 @@ s3-up: setup
 .PHONY: images
 REGISTRY ?=
 TAG ?= $(shell git rev-parse --short HEAD)
+# Stamped into the components image, where lineage.json reads it (no git in a pipeline pod).
+GIT_COMMIT ?= $(shell git rev-parse HEAD)$(shell git status --porcelain | grep -q . && echo -dirty)
 
 images: setup
 	@test -n "$(REGISTRY)" || { echo "usage: make images REGISTRY=registry.example.com/team TAG=0.2.0"; exit 2; }
 	docker build -f model/Dockerfile -t $(REGISTRY)/sign2text-serving:$(TAG) .
 	docker build -f model/Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
 		-t $(REGISTRY)/sign2text-serving:$(TAG)-cuda .
-	docker build -f components/Dockerfile -t $(REGISTRY)/sign2text-components:$(TAG) .
+	docker build -f components/Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) \
+		-t $(REGISTRY)/sign2text-components:$(TAG) .
 	docker push $(REGISTRY)/sign2text-serving:$(TAG)
 	docker push $(REGISTRY)/sign2text-serving:$(TAG)-cuda
 	docker push $(REGISTRY)/sign2text-components:$(TAG)
@@ -114,8 +117,17 @@ images: setup
 	$(BIN)/sign2text pipeline compile --image $(REGISTRY)/sign2text-components:$(TAG) \
 		--out pipelines/sign2text.yaml
 
+# The model the InferenceServices start from (manifests/base storageUri
+# s3://sign2text/models/initial/), published once per object store; needs AWS_ENDPOINT_URL and
+# the keys (README, "Running on a real cluster"). MODEL_DIR: any packaged model directory.
+.PHONY: initial-model
+MODEL_DIR ?= artifacts/model
+initial-model: setup
+	$(BIN)/sign2text model publish $(MODEL_DIR)
+
 # The Kubeflow pipeline spec (pipelines/sign2text.yaml, committed; a test fails when it is stale).
-# IMAGE=REGISTRY/sign2text-components:TAG names the steps' image (default: DEFAULT_IMAGE).
+# IMAGE=REGISTRY/sign2text-components:TAG names the steps' image (default: the one the spec
+# already names; the committed spec names a placeholder that `pipeline submit` refuses).
 .PHONY: pipeline
 IMAGE ?=
 pipeline: setup

@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+PARAMS_FILE = "params.yaml"
+PARAMS_HELP = "params file (default: params.yaml in the working directory)"
+# Where manifests/base's InferenceServices load their first model (a test keeps them equal).
+INITIAL_MODEL_URI = "s3://sign2text/models/initial/"
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -54,6 +58,21 @@ def _params(args: argparse.Namespace) -> dict:
     from components.params import load_params
 
     return load_params(args.params)
+
+
+def _check_params_file(args: argparse.Namespace) -> None:
+    """Fail before the slow imports, saying how to fix it: params.yaml is looked up in the
+    working directory, so the usual cause is running from outside the repository root."""
+    path = Path(args.params or PARAMS_FILE)
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" in {Path.cwd()}"
+        hint = (
+            " (given with --params)"
+            if args.params
+            else "; run sign2text from the repository root, or pass --params FILE"
+        )
+        raise FileNotFoundError(f"params file not found: {path}{where}{hint}")
+    args.params = str(path)
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -206,9 +225,12 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     )
 
 
-def _add_params_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+def _add_params_arg(p: argparse.ArgumentParser, quiet: bool = True) -> None:
+    # SUPPRESS: an absent subcommand --params must not overwrite the global one with a default.
+    p.add_argument("--params", default=argparse.SUPPRESS, help=PARAMS_HELP)
+    p.set_defaults(reads_params=True)
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -225,8 +247,17 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
     arguments = runner.parse_overrides(getattr(args, "arg", None) or [])
     if args.pipeline_command == "compile":
-        image = runner.DEFAULT_IMAGE if args.image is None else args.image
-        print(f"wrote {runner.compile_pipeline(Path(args.out), image)}")
+        out = Path(args.out)
+        # Recompiling keeps the image `make images` compiled in, so the spec stays runnable.
+        image = args.image if args.image is not None else runner.spec_image(out)
+        print(f"wrote {runner.compile_pipeline(out, image)} for image {image}")
+        if runner.is_placeholder(image):
+            warning = (
+                f"{out} names the placeholder image {image}; it runs with `pipeline run-local` "
+                "but no cluster can pull it: compile with --image "
+                "REGISTRY/sign2text-components:TAG before uploading"
+            )
+            print(f"sign2text: warning: {warning}", file=sys.stderr)
     elif args.pipeline_command == "submit":
         print(json.dumps(runner.submit(args.host, package=Path(args.package), arguments=arguments,
                                        experiment=args.experiment)))  # fmt: skip
@@ -277,6 +308,16 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     print(json.dumps({k: result.get(k) for k in ("outcome", "model_uri", "from", "steps")}))
 
 
+def _cmd_model_publish(args: argparse.Namespace) -> None:
+    from components.objstore import publish_dir
+    from model.package import load_model_dir
+
+    load_model_dir(args.model_dir)  # only a servable package goes where predictors load from
+    manifest = publish_dir(Path(args.model_dir), args.uri, overwrite=args.overwrite)
+    size = sum(f["size"] for f in manifest["files"])
+    print(f"published {len(manifest['files'])} files ({size} bytes) at {manifest['uri']}")
+
+
 def _cmd_images_stamp(args: argparse.Namespace) -> None:
     from components.images import stamp_overlays
 
@@ -286,6 +327,7 @@ def _cmd_images_stamp(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sign2text", description=__doc__.splitlines()[0])
+    p.add_argument("--params", default=None, help=PARAMS_HELP + "; also after a subcommand")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="dataset commands").add_subparsers(
@@ -393,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dvc exp run $(sign2text params wlasl)",
     )
     pr.add_argument("profile", help="profile name in params.yaml (e.g. wlasl)")
-    pr.add_argument("--params", default="params.yaml", help="params file")
+    _add_params_arg(pr, quiet=False)
     pr.set_defaults(func=_cmd_params)
 
     mdl = sub.add_parser("model", help="model commands").add_subparsers(
@@ -413,6 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--resize", type=int, default=256, help="short side before crop (256)")
     m.add_argument("--crop", type=int, default=224, help="centre crop size (default 224)")
     m.set_defaults(func=_cmd_import_i3d)
+    mp = mdl.add_parser(
+        "publish",
+        help="upload a model directory to s3:// (default: where the InferenceServices start)",
+        description="Publish a packaged model directory (`make demo`'s artifacts/model, or "
+        "`model import-i3d` output) to an s3:// prefix, verified, manifest last. The default "
+        f"is {INITIAL_MODEL_URI}, the storageUri the manifests' InferenceServices start from. "
+        "Endpoint and keys: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.",
+    )
+    mp.add_argument("model_dir", help="model directory (model.pt, config.json, labels.txt)")
+    mp.add_argument("--uri", default=INITIAL_MODEL_URI, help="target s3:// prefix")
+    mp.add_argument("--overwrite", action="store_true", help="replace another package at --uri")
+    mp.set_defaults(func=_cmd_model_publish)
 
     pl = sub.add_parser(
         "predict-local",
@@ -459,7 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pp = pipe.add_parser("compile", help="write the pipeline spec the Kubeflow UI uploads")
     pp.add_argument("--out", default="pipelines/sign2text.yaml", help="spec file to write")
-    pp.add_argument("--image", help="components image REGISTRY/NAME:TAG (default: DEFAULT_IMAGE)")
+    pp.add_argument(
+        "--image",
+        help="components image REGISTRY/NAME:TAG (default: the one the existing --out file "
+        "names, else the placeholder DEFAULT_IMAGE)",
+    )
     ps = pipe.add_parser("submit", help="upload a pipeline version and start a run")
     ps.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://...:8888")
     ps.add_argument("--package", default="pipelines/sign2text.yaml", help="compiled spec")
@@ -516,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "reads_params", False):
+            _check_params_file(args)
         args.func(args)
     except USER_ERRORS as e:
         print(f"sign2text: error: {e}", file=sys.stderr)

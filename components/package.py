@@ -28,17 +28,22 @@ def dvc_data_hash(pointer: str | os.PathLike = "data.dvc") -> str | None:
     return outs[0].get("md5")
 
 
+# Set in the components image by `make images` (build arg GIT_COMMIT): a pipeline pod has
+# neither git nor the repository, so the commit it was built from has to travel in the image.
+COMMIT_ENV = "SIGN2TEXT_GIT_COMMIT"
+
+
 def git_commit(cwd: str | os.PathLike = ".") -> str | None:
+    """HEAD of the checkout at `cwd` (+ "-dirty"), else the commit the image was built from."""
     git = shutil.which("git")
-    if git is None:
-        return None
-    r = subprocess.run([git, "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
-    if r.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        [git, "status", "--porcelain"], cwd=cwd, capture_output=True, text=True
-    ).stdout.strip()
-    return r.stdout.strip() + ("-dirty" if dirty else "")
+    if git:
+        r = subprocess.run([git, "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True)
+        if r.returncode == 0:
+            dirty = subprocess.run(
+                [git, "status", "--porcelain"], cwd=cwd, capture_output=True, text=True
+            ).stdout.strip()
+            return r.stdout.strip() + ("-dirty" if dirty else "")
+    return os.environ.get(COMMIT_ENV, "").strip() or None
 
 
 def package(

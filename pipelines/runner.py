@@ -45,6 +45,33 @@ def typed_arguments(raw: dict[str, str]) -> dict:
     return out
 
 
+def is_placeholder(image: str) -> bool:
+    """An image no cluster can pull: DEFAULT_IMAGE's documentation-only registry (example.com)."""
+    host = image.split("/", 1)[0] if "/" in image else ""
+    return host == "example.com" or host.endswith(".example.com")
+
+
+def spec_images(package: Path) -> set[str]:
+    """The container images a compiled spec's steps run in."""
+    import yaml
+
+    try:
+        pipeline = next(yaml.safe_load_all(Path(package).read_text()))
+        executors = pipeline["deploymentSpec"]["executors"]
+        return {e["container"]["image"] for e in executors.values() if "container" in e}
+    except (yaml.YAMLError, StopIteration, TypeError, KeyError) as e:
+        raise PipelineError(f"{package}: not a compiled pipeline spec ({e!r})") from e
+
+
+def spec_image(package: Path) -> str:
+    """The one image an existing spec was compiled for, else DEFAULT_IMAGE (no or odd spec)."""
+    try:
+        images = spec_images(package)
+    except (OSError, PipelineError):
+        return DEFAULT_IMAGE
+    return images.pop() if len(images) == 1 else DEFAULT_IMAGE
+
+
 def compile_pipeline(
     out: Path = COMPILED, image: str = DEFAULT_IMAGE, params_file: Path = PARAMS
 ) -> Path:
@@ -77,6 +104,13 @@ def submit(
     package = Path(package)
     if not package.is_file():
         raise FileNotFoundError(f"{package} not found: run `sign2text pipeline compile` first")
+    # A run of such a spec would only fail later, pod by pod, with ImagePullBackOff.
+    if placeholders := sorted(i for i in spec_images(package) if is_placeholder(i)):
+        raise PipelineError(
+            f"{package} names the placeholder image {placeholders[0]}, which no cluster can "
+            "pull: compile it for your pushed image first (make pipeline "
+            "IMAGE=REGISTRY/sign2text-components:TAG, or make images)"
+        )
     version = version or dt.datetime.now(dt.UTC).strftime("v%Y%m%d-%H%M%S")
     try:
         client = kfp.Client(host=host)

@@ -17,6 +17,7 @@ import pytest
 
 from components.cli import main
 from components.images import stamp_overlays
+from components.package import COMMIT_ENV, git_commit
 from tests.kustomize import BIN, OVERLAYS, ROOT, manifests_copy, one, render
 
 DOCKERFILES = (ROOT / "model" / "Dockerfile", ROOT / "components" / "Dockerfile")
@@ -162,3 +163,47 @@ def test_stamp_rejects_bad_references_and_changes_nothing(tmp_path, capsys, regi
     assert main(argv) == 2
     assert "sign2text: error:" in capsys.readouterr().err
     assert {p: p.read_text() for p in before} == before
+
+
+def test_components_image_knows_its_commit():
+    """`make images` passes the commit to the components build, whose final stage turns it into
+    the variable lineage reads (pipeline pods have no git checkout)."""
+    ops = instructions(ROOT / "components" / "Dockerfile")
+    final = ops[max(i for i, (op, _) in enumerate(ops) if op == "FROM") :]
+    assert ("ARG", 'GIT_COMMIT=""') in final
+    assert ("ENV", f'{COMMIT_ENV}="${{GIT_COMMIT}}"') in final
+    dry = subprocess.run(
+        ["make", "-n", "images", "REGISTRY=r.test/t", "TAG=1", "GIT_COMMIT=abc123-dirty"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    builds = re.sub(r"\\\n\s*", " ", dry.stdout).splitlines()
+    (components,) = [b for b in builds if "components/Dockerfile" in b and "docker build" in b]
+    assert "--build-arg GIT_COMMIT=abc123-dirty" in components
+    if (ROOT / ".git").exists():  # by default: this checkout's HEAD
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        dry = subprocess.run(["make", "-n", "images", "REGISTRY=r.test/t", "TAG=1"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert f"--build-arg GIT_COMMIT={head}" in dry.stdout
+
+
+def test_lineage_commit_comes_from_git_else_from_the_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # tmp_path/x: not in a repo
+    outside = tmp_path / "x"
+    outside.mkdir()
+    monkeypatch.delenv(COMMIT_ENV, raising=False)
+    assert git_commit(outside) is None
+    monkeypatch.setenv(COMMIT_ENV, "0123abc")
+    assert git_commit(outside) == "0123abc"
+    monkeypatch.setenv("PATH", str(tmp_path))  # as in the image: no git at all
+    assert git_commit(outside) == "0123abc"
+    monkeypatch.undo()
+    # In a checkout, its HEAD is the more exact answer, whatever the environment says.
+    monkeypatch.setenv(COMMIT_ENV, "0123abc")
+    repo = tmp_path / "repo"
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    assert git_commit(repo) == head.stdout.strip()

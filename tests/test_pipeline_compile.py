@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from components.cli import main
-from pipelines.runner import compile_pipeline, parse_overrides, submit
+from components.kfp_components import DEFAULT_IMAGE
+from pipelines.runner import compile_pipeline, parse_overrides, spec_image, spec_images, submit
 from pipelines.sign2text import COMPILED, NAME, S3_ENDPOINT, S3_KEYS, S3_SECRET
 from tests.fake_kfp import run_fake_kfp
 
@@ -19,9 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> tuple[dict, dict]:
-    out = compile_pipeline(tmp_path_factory.mktemp("spec") / "p.yaml", image="reg.test/s2t:9")
-    pipeline, platform = yaml.safe_load_all(out.read_text())
+def pushed_spec(tmp_path_factory) -> Path:
+    """The spec as `make images` leaves it: compiled for an image a cluster could pull."""
+    return compile_pipeline(tmp_path_factory.mktemp("spec") / "p.yaml", image="reg.test/s2t:9")
+
+
+@pytest.fixture(scope="module")
+def spec(pushed_spec) -> tuple[dict, dict]:
+    pipeline, platform = yaml.safe_load_all(pushed_spec.read_text())
     return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
@@ -30,9 +36,10 @@ def _tasks(pipeline: dict, component: str) -> dict:
 
 
 def test_committed_spec_is_current(tmp_path):
-    fresh = compile_pipeline(tmp_path / "fresh.yaml")
+    # For the image it names: the placeholder, or the one `make images` compiled in.
+    fresh = compile_pipeline(tmp_path / "fresh.yaml", image=spec_image(COMPILED))
     assert fresh.read_text() == COMPILED.read_text(), (
-        "pipelines/sign2text.yaml is stale: run `sign2text pipeline compile`"
+        "pipelines/sign2text.yaml is stale: run `make pipeline`"
     )
 
 
@@ -180,11 +187,12 @@ def test_cli_compile_with_image(tmp_path, capsys):
     assert not (tmp_path / "q.yaml").exists()
 
 
-def test_cli_submit_to_an_unreachable_host_fails_clearly(capsys):
+def test_cli_submit_to_an_unreachable_host_fails_clearly(capsys, pushed_spec):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, err = _cli(capsys, "submit", "--host", f"http://127.0.0.1:{port}", "--arg", "epochs=2")
+    code, err = _cli(capsys, "submit", "--host", f"http://127.0.0.1:{port}", "--arg", "epochs=2",
+                     "--package", str(pushed_spec))  # fmt: skip
     assert code == 2
     (line,) = [x for x in err.splitlines() if x.startswith("sign2text:")]  # kfp adds warnings
     assert line.startswith(f"sign2text: error: Kubeflow Pipelines at http://127.0.0.1:{port}")
@@ -205,15 +213,16 @@ def test_cli_run_local_checks_its_inputs_before_running(tmp_path, capsys, monkey
     assert not (tmp_path / "runs").exists()
 
 
-def test_submit_uploads_a_new_version_each_time_and_starts_a_run(tmp_path):
+def test_submit_uploads_a_new_version_each_time_and_starts_a_run(pushed_spec):
     """Against a FAKE Kubeflow Pipelines API on loopback (no cluster here): what kfp.Client
     sends for the first submit (create the pipeline) and the next (a new version)."""
     with run_fake_kfp() as kfp_api:
-        first = submit(kfp_api.url, arguments={"epochs": 2, "data_rev": "v1"}, version="a")
-        second = submit(kfp_api.url, arguments={}, version="b")
+        first = submit(kfp_api.url, package=pushed_spec, arguments={"epochs": 2, "data_rev": "v1"},
+                       version="a")  # fmt: skip
+        second = submit(kfp_api.url, package=pushed_spec, arguments={}, version="b")
     uploads = [r for r in kfp_api.requests if r["path"].endswith(("/upload", "/upload_version"))]
     assert [u["path"].rsplit("/", 1)[1] for u in uploads] == ["upload", "upload_version"]
-    assert all(COMPILED.read_bytes() in u["body"] for u in uploads)  # the committed spec
+    assert all(pushed_spec.read_bytes() in u["body"] for u in uploads)
     assert uploads[1]["query"]["name"] == ["b"] and uploads[1]["query"]["pipelineid"] == [NAME]
     assert first["version_id"] == f"{NAME}-v1" and second["version_id"] == f"{NAME}-b"
     run_a, run_b = kfp_api.runs()
@@ -225,3 +234,32 @@ def test_submit_uploads_a_new_version_each_time_and_starts_a_run(tmp_path):
     assert run_a["runtime_config"]["parameters"] == {"epochs": 2, "data_rev": "v1"}
     assert run_a["experiment_id"] == run_b["experiment_id"]  # one experiment, found again
     assert first["run_id"] != second["run_id"]
+
+
+def test_submit_refuses_the_placeholder_image_before_contacting_the_host(capsys):
+    """The committed spec names DEFAULT_IMAGE (example.com): uploading it as is would only fail
+    later, pod by pod, pulling the image. Nothing reaches the API."""
+    assert spec_images(COMPILED) == {DEFAULT_IMAGE}
+    with run_fake_kfp() as kfp_api:
+        code, err = _cli(capsys, "submit", "--host", kfp_api.url)
+    assert kfp_api.requests == []
+    assert code == 2
+    assert err == (
+        f"sign2text: error: {COMPILED.relative_to(ROOT)} names the placeholder image "
+        f"{DEFAULT_IMAGE}, which no cluster can pull: compile it for your pushed image first "
+        "(make pipeline IMAGE=REGISTRY/sign2text-components:TAG, or make images)\n"
+    )
+
+
+def test_compile_keeps_the_image_the_spec_names_and_warns_on_the_placeholder(
+    tmp_path, capsys, pushed_spec
+):
+    out = tmp_path / "p.yaml"
+    out.write_bytes(pushed_spec.read_bytes())
+    code, err = _cli(capsys, "compile", "--out", str(out))  # e.g. `make pipeline` after a change
+    assert code == 0 and "warning" not in err
+    assert out.read_bytes() == pushed_spec.read_bytes()
+    code, err = _cli(capsys, "compile", "--out", str(tmp_path / "new.yaml"))
+    assert code == 0 and spec_images(tmp_path / "new.yaml") == {DEFAULT_IMAGE}
+    assert f"warning: {tmp_path / 'new.yaml'} names the placeholder image {DEFAULT_IMAGE}" in err
+    assert "compile with --image REGISTRY/sign2text-components:TAG before uploading" in err
