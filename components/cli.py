@@ -123,11 +123,11 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from components.objstore import local_input
-    from components.params import preprocess_config, section
-    from components.train import TrainConfig, train
+    from components.params import preprocess_config, section, train_config
+    from components.train import train
 
     params = _params(args)
-    cfg = TrainConfig.from_dict(section(params, "train"))
+    cfg = train_config(params, args.params)  # a device this machine lacks fails here
     m = section(params, "model")
     with local_input(args.shards) as shards:
         final = train(

@@ -74,6 +74,8 @@ def test_passing_run_packages_reports_publishes_and_serves(runs, s3_server):
     assert len(rows) == CLASSES and sum(map(sum, rows)) == eval_metrics["test"]["n"] > 0
     assert "gate **pass**" in (run / "evaluate-model" / "summary").read_text()
     assert "<html" in (run / "validate-data" / "docs").read_text().lower()
+    curves = (run / "train-model" / "curves").read_text()  # 1 epoch + 1 context epoch
+    assert curves.count("<svg") == 2 and curves.count("<tr>") == 1 + 2
     assert _executor_output(run, "evaluate-model")["parameterValues"]["Output"] == "pass"
 
     deployed = json.loads(_executor_output(run, "deploy-model")["parameterValues"]["Output"])
