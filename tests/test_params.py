@@ -127,6 +127,15 @@ def test_cuda_is_checked_only_where_training_runs(tmp_path, no_cuda):
     assert train_config(load_params(_write(tmp_path, {}, "ok.yaml"))).device == "auto"
 
 
+def test_cuda_index_is_checked_against_the_devices_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for ok in ("cuda", "cuda:1", "cpu"):
+        assert train_config({"train": {"device": ok}}).device == ok
+    with pytest.raises(ValueError, match=r"auto, cpu, cuda or cuda:0\.\.cuda:1 here .*\"cuda:2\""):
+        train_config({"train": {"device": "cuda:2"}})
+
+
 def test_ints_are_accepted_where_floats_are_wanted(tmp_path):
     changes = {("train", "lr"): 1, ("model", "value_range"): [0, 1], ("model", "fps"): 30}
     params = load_params(_write(tmp_path, changes))
