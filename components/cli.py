@@ -142,18 +142,18 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from components.objstore import local_input
-    from components.params import arch_config, preprocess_config, section
-    from components.train import TrainConfig, train
+    from components.params import arch_config, preprocess_config, train_config
+    from components.train import train
 
     params = _params(args)
-    cfg = TrainConfig.from_dict(section(params, "train"))
+    cfg = train_config(params, args.params)  # a device this machine lacks fails here
     with local_input(args.shards) as shards:
         final = train(
             shards,
             Path(args.out),
             preprocess_config(params),
             cfg,
-            arch=arch_config(params, num_classes=0),
+            arch=arch_config(params),
             resume=args.resume,
             progress=not args.quiet,
         )

@@ -47,7 +47,7 @@ def run_one(params: dict, data: Path, shards: Path, out: Path, seed: int, thread
     t0 = time.perf_counter()
     cfg = TrainConfig.from_dict({**params["train"], "seed": seed})
     train(shards, out / "train", preprocess_config(params), cfg,
-          arch=arch_config(params, num_classes=0), progress=False)  # fmt: skip
+          arch=arch_config(params), progress=False)  # fmt: skip
     t_train = time.perf_counter() - t0
     ev = params["evaluate"]
     metrics = evaluate(out / "train" / "model", data, out / "eval", progress=False,

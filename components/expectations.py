@@ -24,20 +24,10 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column as Col
 
 from components.dataset import SPLITS, VIDEO_ID_PATTERN
+from components.params import Thresholds  # declared with the other params.yaml sections
 
 E = gx.expectations
 ROW = "row"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Per-video limits (params.yaml `validate:`)."""
-
-    min_frames: int = 8  # fewer frames (in the file or in the trimmed range) is too_few_frames
-    min_short_side: int = 64  # pixels
-    max_duration_s: float = 60.0
-    bbox_tolerance: float = 2.0  # pixels a bbox may reach past the frame edge
-    fps_tolerance: float = 0.5  # a file within this of the metadata's fps needs no rescaling
 
 
 def _row(expectation_cls, reason: str, why: str, **kwargs):

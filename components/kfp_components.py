@@ -110,8 +110,10 @@ def train_model(
     checkpoint_root: str,
     model: Output[Model],
     metrics: Output[Metrics],
+    curves: Output[HTML],
 ):
-    """I3D training; a retried attempt resumes from its checkpoint under checkpoint_root."""
+    """I3D training; a retried attempt resumes from its checkpoint under checkpoint_root. The
+    last epoch's values as Metrics, every epoch's as an HTML page of curves and a table."""
     from pathlib import Path
 
     from components.kfp_io import log_scalars, train_step
@@ -122,6 +124,7 @@ def train_model(
         params,
         Path(checkpoint_root),
         Path(model.path),
+        Path(curves.path),
     )
     log_scalars(metrics, final)
 

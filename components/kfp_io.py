@@ -44,6 +44,8 @@ def run_params(
 
     context_epochs 0 trains word mode only; > 0 adds that many context epochs (at the base's
     context_fraction, or one window per sign clip if the base has none)."""
+    from components.params import check_params
+
     for name, value in (
         ("frames", frames),
         ("image_size", image_size),
@@ -68,6 +70,7 @@ def run_params(
     )
     params["evaluate"].update(min_top1=min_top1, tolerance=tolerance)
     params.pop("profiles", None)
+    check_params(params)  # the first step fails on a bad value, not the step that reads it
     return json.dumps(params, sort_keys=True)
 
 
@@ -141,12 +144,18 @@ def checkpoint_dir(root: Path, shards_hash: str, params: str) -> Path:
 
 
 def train_step(
-    shards: Path, shards_hash: str, params: str, checkpoint_root: Path, model_out: Path
+    shards: Path,
+    shards_hash: str,
+    params: str,
+    checkpoint_root: Path,
+    model_out: Path,
+    curves_html: Path | None = None,
 ) -> dict:
     """Train (resuming from this recipe's checkpoint if an earlier attempt left one), then copy
-    the trained model to the step's output."""
-    from components.params import arch_config, preprocess_config, section
-    from components.train import MODEL_DIR, TrainConfig, train
+    the trained model to the step's output and, to `curves_html`, a page with the per-epoch
+    curves and table (history.json, complete on a retried attempt too: it comes from state.pt)."""
+    from components.params import arch_config, preprocess_config, train_config
+    from components.train import HISTORY, MODEL_DIR, train
 
     work = checkpoint_dir(checkpoint_root, shards_hash, params)
     params = _params(params)
@@ -154,12 +163,17 @@ def train_step(
         Path(shards),
         work,
         preprocess_config(params),
-        TrainConfig.from_dict(section(params, "train")),
-        arch=arch_config(params, num_classes=0),
+        train_config(params, "pipeline params"),
+        arch=arch_config(params),
         resume=True,
         progress=False,
     )
     shutil.copytree(work / MODEL_DIR, model_out, dirs_exist_ok=True)
+    if curves_html is not None:
+        from components.curves import curves_html as page
+
+        Path(curves_html).parent.mkdir(parents=True, exist_ok=True)
+        Path(curves_html).write_text(page(json.loads((work / HISTORY).read_text())))
     return final
 
 

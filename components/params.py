@@ -2,31 +2,151 @@
 
 params.yaml's top-level sections are the active values (the CPU demo profile); `profiles:` holds
 named overrides (e.g. `wlasl`) applied with `dvc exp run $(sign2text params wlasl)`.
+
+Every section is checked when the file is loaded (types, ranges, choices, unknown keys), so a bad
+value stops a command with one line such as `params.yaml: train.batch_size must be an integer
+>= 1, got 0` instead of a traceback hours into a run. What each key may be is declared once, with
+its config class: `model` in model/video.py and model/i3d.py (serving rebuilds those from
+config.json), `train` in TRAIN_RULES below, the other sections in the dataclasses below.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from model.config import Rule, check_fields, rule, strict_from_dict
 from model.i3d import I3DConfig
 from model.video import PreprocessConfig
+
+if TYPE_CHECKING:
+    from components.train import TrainConfig
 
 DEFAULT = Path("params.yaml")
 _ARCH_KEYS = ("width", "dropout", "centre_over_time")
 
+# What TrainConfig's fields (components/train.py) may be, beyond their types. Kept here rather
+# than on the fields so the training recipe can change without touching these, and vice versa.
+TRAIN_RULES = {
+    "epochs": Rule(ge=1),
+    "batch_size": Rule(ge=1),
+    "optimizer": Rule(choices=("adam", "adamw")),
+    "lr": Rule(gt=0),
+    "weight_decay": Rule(ge=0),
+    "warmup_epochs": Rule(ge=0),
+    "label_smoothing": Rule(ge=0, lt=1),  # 1 would make every target uniform
+    "color_jitter": Rule(ge=0, le=1),  # beyond 1 a contrast or gain factor can go negative
+    "context_fraction": Rule(ge=0),
+    "context_epochs": Rule(ge=0),
+    "context_lr": Rule(gt=0),
+    "context_window": Rule(ge=1),
+    "seed": Rule(ge=0),  # numpy refuses negative seeds
+    "num_workers": Rule(ge=0),
+    "device": Rule(pattern=r"auto|cpu|cuda(:\d+)?", means="auto, cpu, cuda or cuda:N"),
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-video limits (params.yaml `validate:`), applied by components/expectations.py."""
+
+    # fewer frames (in the file or in the trimmed range) is too_few_frames
+    min_frames: int = field(default=8, metadata=rule(ge=1))
+    min_short_side: int = field(default=64, metadata=rule(ge=1))  # pixels
+    max_duration_s: float = field(default=60.0, metadata=rule(gt=0))
+    # pixels a bbox may reach past the frame edge
+    bbox_tolerance: float = field(default=2.0, metadata=rule(ge=0))
+    # a file within this of the metadata's fps needs no rescaling
+    fps_tolerance: float = field(default=0.5, metadata=rule(ge=0))
+
+    def __post_init__(self):
+        check_fields(self, "validate")
+
+
+@dataclass(frozen=True)
+class ValidateParams(Thresholds):
+    # more quarantined samples than this fraction fails the dataset
+    max_bad_fraction: float = field(default=0.25, metadata=rule(ge=0, le=1))
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    shard_size: int = field(metadata=rule(ge=1))  # no default: the CLI has always required it
+    idle_clips: bool = False
+
+    def __post_init__(self):
+        check_fields(self, "convert")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    # above 1 the gate always fails, which tests use to exercise a failing gate
+    min_top1: float = field(metadata=rule(ge=0))
+    tolerance: float = field(default=0.0, metadata=rule(ge=0))
+    baseline: str = ""
+    batch_size: int = field(default=8, metadata=rule(ge=1))
+    sentences: int = field(default=0, metadata=rule(ge=0))
+
+    def __post_init__(self):
+        check_fields(self, "evaluate")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    dir: str = field(default="data", metadata=rule(pattern=r".+", means="a folder name"))
+
+    def __post_init__(self):
+        check_fields(self, "data")
+
+
+@contextmanager
+def _from(source: str | os.PathLike):
+    """Prefix config errors with where the values came from (the file, a profile)."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
 
 def load_params(path: str | os.PathLike = DEFAULT) -> dict:
+    """params.yaml as a dict (values as written), after checking every section in it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path}")
-    params = yaml.safe_load(path.read_text()) or {}
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(params, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
+    with _from(path):
+        check_params(params)
     return params
+
+
+def check_params(params: dict) -> None:
+    """Build the config of every section present, so that any bad value raises ValueError.
+    Sections absent are left to the step that needs them (KFP steps get only their own)."""
+    from components.train import TrainConfig  # here: train imports this module
+
+    builders = {
+        "data": lambda d: strict_from_dict(DataParams, d, "data"),
+        "model": lambda _: (preprocess_config(params), arch_config(params)),
+        "validate": lambda d: strict_from_dict(ValidateParams, d, "validate"),
+        "convert": lambda d: strict_from_dict(ConvertParams, d, "convert"),
+        "train": TrainConfig.from_dict,
+        "evaluate": lambda d: strict_from_dict(EvaluateParams, d, "evaluate"),
+    }
+    for name, build in builders.items():
+        if name in params:
+            build(section(params, name))
 
 
 def section(params: dict, name: str) -> dict:
@@ -41,17 +161,53 @@ def preprocess_config(params: dict) -> PreprocessConfig:
     return PreprocessConfig.from_dict({k: v for k, v in m.items() if k not in _ARCH_KEYS})
 
 
-def arch_config(params: dict, num_classes: int) -> I3DConfig:
+def arch_config(params: dict, num_classes: int | None = None) -> I3DConfig:
+    """The network from params' model section; training takes the class count from its data."""
     m = section(params, "model")
-    return I3DConfig(num_classes=num_classes, **{k: m[k] for k in _ARCH_KEYS if k in m})
+    arch = I3DConfig(**{k: m[k] for k in _ARCH_KEYS if k in m})
+    return arch if num_classes is None else replace(arch, num_classes=num_classes)
+
+
+def train_config(params: dict, source: str | os.PathLike = "params") -> TrainConfig:
+    """The train section as a TrainConfig, for training here: a device this machine lacks fails
+    now, before any data is read, rather than at the first tensor moved to it."""
+    from components.train import TrainConfig
+
+    with _from(source):
+        cfg = TrainConfig.from_dict(section(params, "train"))
+        check_device(cfg.device)
+    return cfg
+
+
+def check_device(name: str) -> None:
+    import torch
+
+    if not name.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(name.partition(":")[2] or 0)
+    if index >= count:
+        allowed = "auto or cpu" if count == 0 else f"auto, cpu, cuda or cuda:0..cuda:{count - 1}"
+        seen = "no CUDA device" if count == 0 else f"{count} CUDA device(s)"
+        raise ValueError(
+            f"train.device must be {allowed} here (torch sees {seen}), got {json.dumps(name)}"
+        )
 
 
 def profile_overrides(params: dict, name: str) -> list[str]:
-    """`dvc exp run` arguments (-S key=value) that switch the active values to a profile."""
+    """`dvc exp run` arguments (-S key=value) that switch the active values to a profile,
+    checked: the profile applied to params must pass the same checks as params.yaml."""
     profiles = params.get("profiles") or {}
     if name not in profiles:
         raise ValueError(f"unknown profile {name!r}; params.yaml has {sorted(profiles)}")
+    applied = copy.deepcopy(params)
     args = []
     for key, value in profiles[name].items():
+        head, _, tail = str(key).partition(".")
+        if not tail or not isinstance(applied.get(head), dict):
+            raise ValueError(f"profile {name}: {key!r} is not a section.key of params.yaml")
+        applied[head][tail] = value
         args += ["-S", f"{key}={json.dumps(value)}"]  # JSON is valid YAML for DVC
+    with _from(f"profile {name}"):
+        check_params(applied)
     return args

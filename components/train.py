@@ -30,8 +30,10 @@ from tqdm import tqdm
 
 from components.context import ContextWindows, rebuild_videos
 from components.convert import iter_samples, read_manifest
+from components.curves import write_curves
+from components.params import TRAIN_RULES
 from model.checkpoint import load_weights, read_state_dict
-from model.config import strict_from_dict
+from model.config import check_fields, strict_from_dict
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
 from model.video import PreprocessConfig, clip_from_frames
@@ -66,9 +68,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return strict_from_dict(cls, d, "train params")
+        return strict_from_dict(cls, d, "train")
 
     def __post_init__(self):
+        check_fields(self, "train", TRAIN_RULES)  # types, ranges, choices: one line each
         if self.context_fraction < 0 or self.context_epochs < 0:
             raise ValueError(
                 "train params: context_fraction and context_epochs must be >= 0, got "
@@ -462,6 +465,7 @@ def train(
             },
             state_path,
         )
+        write_curves(out / HISTORY, out / METRICS, history)  # live curves, after the checkpoint
 
     final = history[-1] if history else {}
     write_model_dir(
@@ -472,6 +476,5 @@ def train(
         extras={"train_config.json": asdict(cfg)},
         sentence_window=cfg.context_window if cfg.context else None,
     )
-    (out / METRICS).write_text(json.dumps(final, indent=2) + "\n")
-    (out / HISTORY).write_text(json.dumps(history, indent=2) + "\n")
+    write_curves(out / HISTORY, out / METRICS, history)  # also when resumed after the last epoch
     return final

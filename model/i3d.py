@@ -14,13 +14,13 @@ Two deliberate differences from the reference, both exact on its domain:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import strict_from_dict
+from model.config import check_fields, rule, strict_from_dict
 
 # name -> (b0, b1a, b1b, b2a, b2b, b3b) output channels, in forward order.
 _INCEPTION = {
@@ -40,12 +40,12 @@ _INCEPTION = {
 class I3DConfig:
     """Everything needed to rebuild the network; stored in checkpoints and config.json."""
 
-    num_classes: int = 400
-    in_channels: int = 3
+    num_classes: int = field(default=400, metadata=rule(ge=1))
+    in_channels: int = field(default=3, metadata=rule(ge=1))
     # Channel multiplier. 1.0 is the published architecture (the only width that loads public
     # weights); smaller widths make CPU-sized models with the same topology.
-    width: float = 1.0
-    dropout: float = 0.5
+    width: float = field(default=1.0, metadata=rule(gt=0))
+    dropout: float = field(default=0.5, metadata=rule(ge=0, lt=1))  # 1 would drop everything
     # Subtract each clip's mean frame (per channel and pixel) before the first layer, so the
     # network sees what moves and not who signs where. From scratch on few signers, appearance
     # (background, clothes, body) dominates the input and training sits at chance for epochs
@@ -53,12 +53,15 @@ class I3DConfig:
     # on raw frames: False keeps them exact.
     centre_over_time: bool = False
 
+    def __post_init__(self):
+        check_fields(self, "model")  # width and dropout come from params.yaml's model section
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> I3DConfig:
-        return strict_from_dict(cls, d, "I3D config")
+        return strict_from_dict(cls, d, "model")
 
 
 def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:

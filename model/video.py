@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from model.config import strict_from_dict
+from model.config import check_fields, rule, strict_from_dict
 
 
 class VideoError(ValueError):
@@ -41,31 +41,33 @@ class FrameRangeError(VideoError):
 class PreprocessConfig:
     """How the model wants its input. Stored in config.json so serving never guesses."""
 
-    num_frames: int = 64
-    resize: int = 256  # short side after resizing, before the crop
-    crop: int = 224
-    channel_order: str = "BGR"  # what the network was trained on (WLASL: OpenCV BGR)
+    num_frames: int = field(default=64, metadata=rule(ge=1))
+    resize: int = field(default=256, metadata=rule(ge=1))  # short side after resizing, pre-crop
+    crop: int = field(default=224, metadata=rule(ge=1))
+    # what the network was trained on (WLASL: OpenCV BGR)
+    channel_order: str = field(default="BGR", metadata=rule(choices=("BGR", "RGB")))
     value_range: tuple[float, float] = (-1.0, 1.0)  # uint8 [0, 255] maps linearly onto this
     bbox_crop: bool = False  # crop around the signer's box (needs a bbox, i.e. not at serving)
-    bbox_margin: float = 0.1  # fraction of the box size added on each side
-    fps: float = 25.0  # frame rate the frame indices and motion speed assume
+    # fraction of the box size added on each side
+    bbox_margin: float = field(default=0.1, metadata=rule(ge=0))
+    fps: float = field(default=25.0, metadata=rule(gt=0))  # rate frame indices and motion assume
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.channel_order not in ("BGR", "RGB"):
-            raise ValueError(f"channel_order must be BGR or RGB, got {self.channel_order!r}")
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"need 0 < crop <= resize, got crop={self.crop} resize={self.resize}")
-        if self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
-        object.__setattr__(self, "value_range", tuple(float(v) for v in self.value_range))
+        check_fields(self, "model")  # types, ranges, choices; value_range becomes a float tuple
+        if self.crop > self.resize:
+            raise ValueError(f"model.crop must be <= model.resize ({self.resize}), got {self.crop}")
+        lo, hi = self.value_range
+        if not lo < hi:
+            raise ValueError(f"model.value_range must be [low, high] with low < high, got "
+                             f"{list(self.value_range)}")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self) | {"value_range": list(self.value_range)}
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
-        return strict_from_dict(cls, d, "preprocess config")
+        return strict_from_dict(cls, d, "model")
 
 
 @dataclass(frozen=True)

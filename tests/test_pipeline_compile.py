@@ -131,7 +131,11 @@ def test_image_is_chosen_at_compile_time_and_artifacts_are_typed(spec):
     }
     assert outputs["comp-validate-data"] == {"docs": "system.HTML", "validation": "system.Dataset"}
     assert outputs["comp-fetch-data"] == {"dataset": "system.Dataset"}
-    assert outputs["comp-train-model"] == {"model": "system.Model", "metrics": "system.Metrics"}
+    assert outputs["comp-train-model"] == {
+        "model": "system.Model",
+        "metrics": "system.Metrics",
+        "curves": "system.HTML",
+    }
     assert outputs["comp-publish-model"] == {"package": "system.Model"}
 
 

@@ -76,6 +76,8 @@ def test_passing_run_packages_reports_publishes_and_serves(runs, s3_server):
     page = (run / "validate-data" / "docs").read_text()  # the UI's HTML: the offline report
     assert "<h1>Validation report</h1>" in page and "Dataset accepted" in page
     assert "://" not in page and "<script" not in page
+    curves = (run / "train-model" / "curves").read_text()  # 1 epoch + 1 context epoch
+    assert curves.count("<svg") == 2 and curves.count("<tr>") == 1 + 2
     assert _executor_output(run, "evaluate-model")["parameterValues"]["Output"] == "pass"
 
     deployed = json.loads(_executor_output(run, "deploy-model")["parameterValues"]["Output"])

@@ -165,7 +165,8 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
     proc = subprocess.Popen(_train_cmd(shard_dir, broken, params), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 240
-    while not (broken / "state.pt").exists() and proc.poll() is None:
+    # history.json is written right after each checkpoint: waiting for it waits for both
+    while not (broken / "history.json").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "training never wrote a checkpoint"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: like a node going away
@@ -173,6 +174,10 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
     state = torch.load(broken / "state.pt", weights_only=True)
     assert 1 <= state["epoch"] < 4, "the kill should land mid-run"
     assert not (broken / "model").exists()
+    # The curves a killed run leaves are the checkpoint's, never ahead of it.
+    partial = json.loads((broken / "history.json").read_text())
+    assert 1 <= len(partial) <= state["epoch"] and partial == state["history"][: len(partial)]
+    assert json.loads((broken / "metrics.json").read_text()) == partial[-1]
 
     r = subprocess.run(_train_cmd(shard_dir, broken, params, "--resume"), env=env,
                        timeout=300, capture_output=True, text=True)  # fmt: skip
@@ -189,6 +194,33 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
     assert curve(whole) == curve(broken)
+
+
+def test_curves_grow_on_disk_while_training_runs(shards, tmp_path, monkeypatch):
+    """history.json / metrics.json have a row per finished epoch during the run, for `dvc plots
+    show` and `dvc exp show` mid-run, not only once training ends."""
+    import components.train as train_module
+
+    _, shard_dir = shards
+    out, seen = tmp_path / "run", []
+    validate = train_module._validate
+
+    def spy(*args, **kwargs):  # called in every epoch, before that epoch's row exists
+        path = out / "history.json"
+        rows = json.loads(path.read_text()) if path.exists() else []
+        metrics = json.loads((out / "metrics.json").read_text()) if rows else None
+        seen.append(([r["epoch"] for r in rows], metrics == (rows[-1] if rows else None),
+                     (out / "model").exists()))  # fmt: skip
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_validate", spy)
+    params = tiny_params(tmp_path, epochs=2)  # + 1 context epoch
+    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params",
+                 str(params), "--quiet"]) == 0  # fmt: skip
+    # epoch N+1 runs with N rows on disk, metrics.json = the last, and no model yet
+    assert seen == [([], True, False), ([1], True, False), ([1, 2], True, False)]
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2, 3]
+    assert not list(out.glob(".*.tmp"))  # the temporary files were renamed, not left behind
 
 
 def test_resume_refuses_other_params(shards, tmp_path):

@@ -171,7 +171,7 @@ def test_config_round_trip_and_validation():
     assert PreprocessConfig.from_dict(CFG.to_dict()) == CFG
     with pytest.raises(ValueError, match="channel_order"):
         PreprocessConfig(channel_order="YUV")
-    with pytest.raises(ValueError, match="crop <= resize"):
+    with pytest.raises(ValueError, match=r"model.crop must be <= model.resize \(100\)"):
         PreprocessConfig(resize=100, crop=112)
     with pytest.raises(ValueError, match="unknown"):
         PreprocessConfig.from_dict({"frames": 3})
