@@ -51,7 +51,7 @@ def run_one(params: dict, data: Path, shards: Path, out: Path, seed: int, thread
     t_train = time.perf_counter() - t0
     ev = params["evaluate"]
     metrics = evaluate(out / "train" / "model", data, out / "eval", progress=False,
-                       batch_size=int(ev["batch_size"]), sentences=int(ev["sentences"]))  # fmt: skip
+                       batch_size=ev["batch_size"], sentences=ev["sentences"])  # fmt: skip
     history = json.loads((out / "train" / HISTORY).read_text())
     test, sentence = metrics["test"], metrics.get("sentence") or {}
     return {
@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 idle_clips=bool(conv["idle_clips"]), progress=False)  # fmt: skip
     # Widest runs first, so that narrower ones can share the cores at the end.
     runs = sorted(((s, t) for s in _ints(a.seeds) for t in _ints(a.threads)), key=lambda r: -r[1])
+    sets = [x for s in a.set for x in ("--set", s)]
     child = [sys.executable, "-m", "components.demo_matrix", "--params", a.params,
-             "--data", a.data, "--out", a.out, *(x for s in a.set for x in ("--set", s))]  # fmt: skip
+             "--data", a.data, "--out", a.out, *sets]  # fmt: skip
 
     def start(seed: int, threads: int) -> tuple[subprocess.Popen, int]:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
