@@ -28,8 +28,8 @@ with "/". A single .tar/.tar.gz/.zip object is unpacked (and the archive removed
 
 Credentials are resolved by boto3's *default session*, which caches them on first use: kserve
 lists the bucket with it in this process, while its download workers (a multiprocessing pool)
-build fresh sessions. Changing AWS_* variables after the first fetch in one process therefore
-reaches only the workers; set them before the first fetch.
+build fresh sessions. Each fetch therefore starts a new default session, so that both read the
+AWS_* variables as they are now (one process may fetch from two stores in turn).
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ def fetch(uri_or_path: str | os.PathLike, dest_dir: str | os.PathLike | None = N
         owned = False
 
     try:
+        import boto3
         from kserve_storage import Storage
 
+        boto3.setup_default_session()  # credentials as the environment has them now
         result = Path(Storage.download(uri, str(out)))
     except Exception as e:  # kserve raises RuntimeError, botocore/requests raise their own
         if owned:
