@@ -26,13 +26,15 @@ def _set(params: dict, assignments: list[str]) -> dict:
     """`section.key=value` overrides (value parsed as YAML), for trying a variant of the recipe."""
     import yaml
 
+    from components.params import overrides
+
+    values = {}
     for a in assignments:
-        key, _, value = a.partition("=")
-        section, _, name = key.partition(".")
-        if not name or section not in params:
-            raise ValueError(f"--set wants section.key=value with a params.yaml section, got {a!r}")
-        params[section][name] = yaml.safe_load(value)
-    return params
+        key, sep, value = a.partition("=")
+        if not sep:
+            raise ValueError(f"--set wants section.key=value, got {a!r}")
+        values[key] = yaml.safe_load(value)
+    return overrides(params, values, "--set")
 
 
 def run_one(params: dict, data: Path, shards: Path, out: Path, seed: int, threads: int) -> dict:
@@ -109,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.params import load_params, preprocess_config
 
-    params = _set(load_params(a.params), a.set)
+    try:
+        params = _set(load_params(a.params), a.set)
+    except (OSError, ValueError) as e:
+        print(f"demo-matrix: {e}", file=sys.stderr)
+        return 2
     data, out = Path(a.data), Path(a.out)
     shards = out / "shards"
     if a.one:  # a child: one run, its result as the last line

@@ -200,14 +200,19 @@ def profile_overrides(params: dict, name: str) -> list[str]:
     profiles = params.get("profiles") or {}
     if name not in profiles:
         raise ValueError(f"unknown profile {name!r}; params.yaml has {sorted(profiles)}")
+    overrides(params, profiles[name], f"profile {name}")
+    # JSON is valid YAML for DVC
+    return [x for k, v in profiles[name].items() for x in ("-S", f"{k}={json.dumps(v)}")]
+
+
+def overrides(params: dict, values: dict, source: str) -> dict:
+    """A copy of params with `section.key: value` overrides applied, checked like params.yaml."""
     applied = copy.deepcopy(params)
-    args = []
-    for key, value in profiles[name].items():
+    for key, value in values.items():
         head, _, tail = str(key).partition(".")
         if not tail or not isinstance(applied.get(head), dict):
-            raise ValueError(f"profile {name}: {key!r} is not a section.key of params.yaml")
+            raise ValueError(f"{source}: {key!r} is not a section.key of params.yaml")
         applied[head][tail] = value
-        args += ["-S", f"{key}={json.dumps(value)}"]  # JSON is valid YAML for DVC
-    with _from(f"profile {name}"):
+    with _from(source):
         check_params(applied)
-    return args
+    return applied
