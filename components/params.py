@@ -16,7 +16,7 @@ import copy
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,11 +161,10 @@ def preprocess_config(params: dict) -> PreprocessConfig:
     return PreprocessConfig.from_dict({k: v for k, v in m.items() if k not in _ARCH_KEYS})
 
 
-def arch_config(params: dict, num_classes: int | None = None) -> I3DConfig:
+def arch_config(params: dict) -> I3DConfig:
     """The network from params' model section; training takes the class count from its data."""
     m = section(params, "model")
-    arch = I3DConfig(**{k: m[k] for k in _ARCH_KEYS if k in m})
-    return arch if num_classes is None else replace(arch, num_classes=num_classes)
+    return I3DConfig(**{k: m[k] for k in _ARCH_KEYS if k in m})
 
 
 def train_config(params: dict, source: str | os.PathLike = "params") -> TrainConfig:
