@@ -47,6 +47,7 @@ TRAIN_RULES = {
     "context_epochs": Rule(ge=0),
     "context_lr": Rule(gt=0),
     "context_window": Rule(ge=1),
+    "bn_clips": Rule(ge=1),
     "seed": Rule(ge=0),  # numpy refuses negative seeds
     "num_workers": Rule(ge=0),
     "device": Rule(pattern=r"auto|cpu|cuda(:\d+)?", means="auto, cpu, cuda or cuda:N"),

@@ -59,6 +59,7 @@ class TrainConfig:
     context_epochs: int = 0  # epochs with context windows, after `epochs` without
     context_lr: float = 1e-3  # their peak learning rate (warm-up epoch, then cosine to zero)
     context_window: int = 30  # frames (at the model's fps) per context window: about one sign
+    bn_clips: int = 256  # training clips, evenly spread, that BatchNorm's statistics come from
     freeze_backbone: bool = False
     init: str = ""  # published I3D checkpoint to start from; "" = from scratch
     seed: int = 0
@@ -122,12 +123,13 @@ class ShardClips(IterableDataset):
         context_fraction: float = 0.0,
         context_window: int = 30,
         no_sign: int = -1,
+        max_items: int | None = None,
     ):
         self.shards, self.split, self.pre = Path(shards), split, pre
         self.train, self.seed, self.hflip, self.cache = train, seed, hflip, cache
         self.color_jitter = color_jitter
         self.context_fraction, self.context_window = context_fraction, context_window
-        self.no_sign = no_sign
+        self.no_sign, self.max_items = no_sign, max_items
         self.epoch, self.context = 0, context_fraction > 0
         self._cache: list[tuple[dict, np.ndarray]] | None = None
         self._context: ContextWindows | None = None
@@ -161,15 +163,18 @@ class ShardClips(IterableDataset):
     def epoch_items(self, signs: int) -> list[tuple[bool, int]]:
         """(is_context, index): every sign clip and, in a context epoch, context windows around
         randomly drawn videos (`context_per_epoch` of them). Shuffled when training; evaluation
-        interleaves the two evenly in a fixed order."""
+        interleaves the two evenly in a fixed order. At most `max_items`: the first ones when
+        shuffled, evenly spread ones otherwise (shards run in metadata order, not mixed)."""
         k = context_per_epoch(signs, self.context_fraction) if self.context else 0
         rng = np.random.default_rng(self._key())
         anchors = rng.integers(0, signs, size=k).tolist() if k else []
         items = [(False, i) for i in range(signs)] + [(True, a) for a in anchors]
+        cap = len(items) if self.max_items is None else min(self.max_items, len(items))
         if self.train:
-            return [items[i] for i in rng.permutation(len(items))]
+            return [items[i] for i in rng.permutation(len(items))[:cap]]
         place = [(i + 0.5) / signs for i in range(signs)] + [(j + 0.5) / k for j in range(k)]
-        return [items[i] for i in np.argsort(place, kind="stable")]
+        order = np.argsort(place, kind="stable")
+        return [items[order[i]] for i in np.linspace(0, len(items) - 1, cap).round().astype(int)]
 
     def __iter__(self):
         samples = list(self._samples())
@@ -287,8 +292,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def precise_bn(model: torch.nn.Module, loader, device, max_clips: int = 256) -> None:
-    """Recompute BatchNorm statistics as exact averages over training clips.
+def precise_bn(model: torch.nn.Module, loader, device) -> None:
+    """Recompute BatchNorm statistics as exact averages over the loader's training clips.
 
     I3D's BatchNorm momentum is 0.01 (kept: it is part of the published model), so after a
     short run from scratch the running statistics still mostly describe the initial network
@@ -301,12 +306,8 @@ def precise_bn(model: torch.nn.Module, loader, device, max_clips: int = 256) -> 
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    seen = 0
     for x, *_ in loader:
         model(x.to(device).contiguous(memory_format=torch.channels_last_3d))
-        seen += len(x)
-        if seen >= max_clips:
-            break
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
 
@@ -375,7 +376,7 @@ def train(
     )
     val_set = ShardClips(shards, "val", pre, train=False, cache=cfg.cache, **context)
     bn_set = ShardClips(  # statistics of what inference sees: signs and context windows
-        shards, "train", pre, train=False, cache=cfg.cache, **context
+        shards, "train", pre, train=False, cache=cfg.cache, max_items=cfg.bn_clips, **context
     )
     n_train = manifest["splits"].get("train", {}).get("samples", 0)
     if n_train == 0:

@@ -12,12 +12,15 @@ asks exactly that of every frame:
    interpolate them.
 2. Labels. A frame is signing where P(no sign) < 1 - `threshold`; it then gets the most probable
    gloss. Nothing else decides where signs are: no motion heuristics, no fixed segment length.
-3. Words. Runs of one gloss are words. A window straddling two signs is briefly unsure, so a run
-   shorter than `window // 3` frames right against another word joins it, and one alone shorter
-   than `window // 6` is dropped; two runs of one gloss with less than `window // 8` frames
-   between them are one word -- repeats suppressed, while the same sign made twice with a real
-   pause in between stays two words. A word's confidence is the mean probability of its gloss
-   over its frames.
+3. Words. Runs of one gloss are words. The window is about one sign long, so a real sign keeps
+   its gloss while the window's centre crosses most of it: a run shorter than `window // 2`
+   frames is a window straddling a sign and the rest or the next sign, briefly unsure. Right
+   against another word it joins that word; alone, one shorter than `window // 4` is dropped
+   (measured on the demo matrix's nine models: a third of a window let those transitions through
+   as extra words in up to 7 of 24 strings, half a window in at most 1). Two runs of one gloss
+   with less than `window // 8` frames between them are one word -- repeats suppressed, while
+   the same sign made twice with a real pause in between stays two words. A word's confidence
+   is the mean probability of its gloss over its frames.
 
 Defaults come from the model directory: window = the trained context window, stride =
 window // 15 (2 frames for the 30-frame default, finer than I3D's 8-frame time step).
@@ -164,5 +167,5 @@ def transcribe(
     labels = np.where(signing, probs[:, :glosses].argmax(axis=1), -1)
     return [
         Word(classifier.labels[lab], s, e, float(probs[s : e + 1, lab].mean()))
-        for lab, s, e in segment(labels, max(1, window // 3), max(1, window // 8))
+        for lab, s, e in segment(labels, max(1, window // 2), max(1, window // 8))
     ]

@@ -93,6 +93,19 @@ def test_short_runs_join_the_word_they_touch_or_go():
     assert segment(labels, min_len=10, max_gap=3) == [(0, 0, 27)]
 
 
+def test_a_run_under_half_a_window_against_a_word_is_that_words_edge():
+    # Through transcribe's own lengths (window 30): 12 frames of "a" before a "b" are a window
+    # straddling two signs, briefly unsure; 18 frames of "a" are a sign of their own.
+    words = transcribe(StubClassifier(), video((None, 20), (0, 12), (1, 30), (None, 20)))
+    assert [w.gloss for w in words] == ["b"] and iou(words[0], 20, 61) >= 0.9
+    words = transcribe(StubClassifier(), video((None, 20), (0, 18), (1, 30), (None, 20)))
+    assert [w.gloss for w in words] == ["a", "b"]
+    # Alone: a 4-frame run (under window // 4) is dropped, a 10-frame one stays.
+    assert transcribe(StubClassifier(), video((None, 20), (2, 4), (None, 20))) == []
+    words = transcribe(StubClassifier(), video((None, 20), (2, 10), (None, 20)))
+    assert [w.gloss for w in words] == ["c"]
+
+
 def test_rest_only_is_no_words_and_threshold_bounds_work():
     assert transcribe(StubClassifier(), video((None, 90))) == []
     frames = video((None, 20), (2, 30), (None, 20))

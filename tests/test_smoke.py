@@ -113,8 +113,9 @@ def test_a_bad_sample_video_counts_as_errors(server, videos):
     # Same videos on both tags: the canary's error rate is no worse than prev's (latency,
     # at 4 requests a tag on a shared machine, is left out of this one)...
     assert "error rate" not in (out["failed"] or "") and "succeeded" not in (out["failed"] or "")
-    # ...but next to a clean prev it is.
-    clean = SmokeStats(2 * ROUNDS, 0, got["sign2text", "prev"].p95_s)
+    # ...but next to a clean prev it is. The clean prev gets the canary's own p95, so that only
+    # the error rate can differ (two tags' latencies on a shared 2-core machine are noise).
+    clean = SmokeStats(2 * ROUNDS, 0, got["sign2text", "latest"].p95_s)
     reasons = compare(got["sign2text", "latest"], clean, Margins())
     assert reasons == ["error rate 50.0% vs 0.0% on prev (allowed +0.0%)"]
 

@@ -261,6 +261,30 @@ def test_context_windows_come_in_the_last_epochs(shards):
             TrainConfig(epochs=2, **bad)
 
 
+def test_batchnorm_clips_are_capped_and_spread_over_the_split(shards):
+    """bn_clips: the clips precise BN sees are at most that many, spread over the whole split
+    (shards hold samples in metadata order) and, in a context epoch, signs and windows both."""
+    _, shard_dir = shards
+    pre = PreprocessConfig(num_frames=8, resize=64, crop=56)
+    kw = {"context_fraction": 1.0, "context_window": 12, "no_sign": 4}
+    full = ShardClips(shard_dir, "val", pre, train=False, **kw)
+    capped = ShardClips(shard_dir, "val", pre, train=False, max_items=4, **kw)
+    for ds in (full, capped):
+        ds.set_epoch(0, context=True)
+    everything = full.epoch_items(8)  # 8 signs and 8 windows, interleaved
+    picked = capped.epoch_items(8)
+    assert len(everything) == 16 and len(picked) == 4
+    assert picked[0] == everything[0] and picked[-1] == everything[-1]  # first and last
+    assert {ctx for ctx, _ in picked} == {True, False}
+    assert len(list(capped)) == 4
+    shuffled = ShardClips(shard_dir, "val", pre, train=True, max_items=3, **kw)
+    shuffled.set_epoch(0, context=True)
+    assert len(shuffled.epoch_items(8)) == 3
+    assert TrainConfig().bn_clips == 256  # the WLASL recipe's; params.yaml's demo uses fewer
+    with pytest.raises(ValueError, match="bn_clips"):
+        TrainConfig(bn_clips=0)
+
+
 def test_learning_rate_phases():
     """Sign epochs warm up and decay from lr; context epochs restart from context_lr."""
     from components.train import _optimizer
