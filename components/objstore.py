@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from model.storage import _redact, display_uri
+from model.storage import _redact, display_uri, hash_file
 
 MANIFEST = "_published.json"
 FORMAT = "sign2text-published/1"
@@ -126,14 +126,6 @@ def _fail(uri: str, what: str, e: BaseException) -> ObjStoreError:
     return ObjStoreError(_redact(f"{display_uri(uri)}: {what} failed: {reason}"))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def local_manifest(local_dir: Path) -> dict:
     """The manifest `publish_dir` would write for `local_dir` (without uri/created)."""
     local_dir = Path(local_dir)
@@ -147,7 +139,7 @@ def local_manifest(local_dir: Path) -> dict:
         if p.is_file():
             if rel == MANIFEST:
                 raise ObjStoreError(f"{local_dir}: {MANIFEST} is a reserved name")
-            files.append({"path": rel, "size": p.stat().st_size, "sha256": _sha256_file(p)})
+            files.append({"path": rel, "size": p.stat().st_size, "sha256": hash_file(p)})
     if not files:
         raise ObjStoreError(f"{local_dir}: nothing to publish (no files)")
     return {"format": FORMAT, "files": files, "bytes": sum(f["size"] for f in files)}
@@ -359,7 +351,7 @@ def fetch_dir(uri: str, local_dir: Path) -> Path:
                 client.fget_object(bucket, prefix + str(rel), str(dest))
             except Exception as e:
                 raise _fail(f"s3://{bucket}/{prefix}{rel}", "download", e) from e
-            size, digest = dest.stat().st_size, _sha256_file(dest)
+            size, digest = dest.stat().st_size, hash_file(dest)
             if (size, digest) != (f.get("size"), f.get("sha256")):
                 raise ObjStoreError(
                     f"{display_uri(uri)}: {rel} is corrupted: {size} B sha256 {digest[:12]}..., "

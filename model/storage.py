@@ -34,6 +34,7 @@ AWS_* variables as they are now (one process may fetch from two stores in turn).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -41,7 +42,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["StorageError", "display_uri", "fetch", "is_uri"]
+__all__ = ["StorageError", "display_uri", "fetch", "hash_file", "is_uri"]
 
 # scheme://... with a scheme of 2+ characters, so a Windows drive ("C:\\x") is never a URI.
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
@@ -146,3 +147,9 @@ def _redact(text: str) -> str:
         if value and len(value) >= 6 and _SECRET_ENV_RE.search(name) and value in text:
             text = text.replace(value, "***")
     return text
+
+
+def hash_file(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes; read in chunks, as weights and shards run to gigabytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()

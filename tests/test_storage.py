@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.i3d import I3DConfig, InceptionI3d
-from model.storage import StorageError, display_uri, fetch, is_uri
+from model.storage import StorageError, display_uri, fetch, hash_file, is_uri
 from tests.conftest import published_state_dict
 from tests.s3 import _free_ports, s3_env_fixture, s3_server_fixture  # noqa: F401
 
@@ -46,6 +47,14 @@ def test_is_uri(s, expected):
 def test_display_uri_drops_userinfo_and_query():
     assert display_uri("https://user:pw@host/a/b.pt?X-Amz-Signature=abc") == "https://host/a/b.pt"
     assert display_uri("s3://bucket/key.pt") == "s3://bucket/key.pt"
+
+
+def test_hash_file_matches_hashlib_across_chunks(tmp_path):
+    f = tmp_path / "blob"
+    data = bytes(range(256)) * 9000  # > 2 MiB: more than one read
+    f.write_bytes(data)
+    assert hash_file(f) == hashlib.sha256(data).hexdigest()
+    assert hash_file(str(f), "md5") == hashlib.md5(data).hexdigest()  # noqa: S324
 
 
 def test_fetch_local_path(tmp_path):
