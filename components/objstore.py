@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from model.storage import _redact, display_uri, hash_file
+from model.storage import display_uri, hash_file, redact_secrets
 
 MANIFEST = "_published.json"
 FORMAT = "sign2text-published/1"
@@ -123,7 +123,7 @@ def _fail(uri: str, what: str, e: BaseException) -> ObjStoreError:
         if "Max retries" in reason or "Connection" in reason or "timed out" in reason:
             endpoint = os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
             reason = f"cannot reach {display_uri(endpoint)} ({reason})"
-    return ObjStoreError(_redact(f"{display_uri(uri)}: {what} failed: {reason}"))
+    return ObjStoreError(redact_secrets(f"{display_uri(uri)}: {what} failed: {reason}"))
 
 
 def local_manifest(local_dir: Path) -> dict:

@@ -42,7 +42,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["StorageError", "display_uri", "fetch", "hash_file", "is_uri"]
+__all__ = ["StorageError", "display_uri", "fetch", "hash_file", "is_uri", "redact_secrets"]
 
 # scheme://... with a scheme of 2+ characters, so a Windows drive ("C:\\x") is never a URI.
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
@@ -124,8 +124,13 @@ def _resolve(uri: str, result: Path) -> Path:
 
 
 def display_uri(uri: str) -> str:
-    """The URI without user info or query string (presigned URLs carry signatures there)."""
+    """The URI without user info or query string (presigned URLs carry signatures there).
+
+    Without a network location (a local path) it is returned as is: a "?" or "#" in a file
+    name is no secret."""
     p = urlsplit(uri)
+    if not p.netloc:
+        return uri
     netloc = p.netloc.rsplit("@", 1)[-1]
     return urlunsplit((p.scheme, netloc, p.path, "", ""))
 
@@ -139,10 +144,11 @@ def _reason(e: BaseException) -> str:
         first = text.splitlines()[0] if text else type(exc).__name__
         if first not in parts:
             parts.append(first)
-    return _redact("; ".join(parts))
+    return redact_secrets("; ".join(parts))
 
 
-def _redact(text: str) -> str:
+def redact_secrets(text: str) -> str:
+    """`text` with the value of every secret-named environment variable replaced by ***."""
     for name, value in os.environ.items():
         if value and len(value) >= 6 and _SECRET_ENV_RE.search(name) and value in text:
             text = text.replace(value, "***")

@@ -12,7 +12,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.i3d import I3DConfig, InceptionI3d
-from model.storage import StorageError, display_uri, fetch, hash_file, is_uri
+from model.storage import StorageError, display_uri, fetch, hash_file, is_uri, redact_secrets
 from tests.conftest import published_state_dict
 from tests.s3 import _free_ports, s3_env_fixture, s3_server_fixture  # noqa: F401
 
@@ -47,6 +47,15 @@ def test_is_uri(s, expected):
 def test_display_uri_drops_userinfo_and_query():
     assert display_uri("https://user:pw@host/a/b.pt?X-Amz-Signature=abc") == "https://host/a/b.pt"
     assert display_uri("s3://bucket/key.pt") == "s3://bucket/key.pt"
+    assert display_uri("/models/run?1#a") == "/models/run?1#a"
+
+
+def test_redact_secrets_hides_secret_env_values_only(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2-secret")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    text = "denied for AKIDEXAMPLE/hunter2-secret in eu-west-1"
+    assert redact_secrets(text) == "denied for ***/*** in eu-west-1"
 
 
 def test_hash_file_matches_hashlib_across_chunks(tmp_path):
