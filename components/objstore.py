@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from model.storage import display_uri, hash_file, redact_secrets
+from model.storage import display_uri, hash_file, redact_secrets, replace_dir
 
 MANIFEST = "_published.json"
 FORMAT = "sign2text-published/1"
@@ -357,9 +357,7 @@ def fetch_dir(uri: str, local_dir: Path) -> Path:
                     f"{display_uri(uri)}: {rel} is corrupted: {size} B sha256 {digest[:12]}..., "
                     f"manifest says {f.get('size')} B sha256 {str(f.get('sha256'))[:12]}..."
                 )
-        if local_dir.exists():
-            local_dir.rmdir()
-        work.rename(local_dir)
+        replace_dir(work, local_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

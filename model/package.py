@@ -22,7 +22,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.i3d import I3DConfig, InceptionI3d
-from model.storage import hash_file
+from model.storage import hash_file, replace_dir
 from model.video import PreprocessConfig
 
 FORMAT = "sign2text-model/1"
@@ -114,14 +114,7 @@ def write_model_dir(
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

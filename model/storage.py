@@ -42,7 +42,15 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["StorageError", "display_uri", "fetch", "hash_file", "is_uri", "redact_secrets"]
+__all__ = [
+    "StorageError",
+    "display_uri",
+    "fetch",
+    "hash_file",
+    "is_uri",
+    "redact_secrets",
+    "replace_dir",
+]
 
 # scheme://... with a scheme of 2+ characters, so a Windows drive ("C:\\x") is never a URI.
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
@@ -159,3 +167,19 @@ def hash_file(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes; read in chunks, as weights and shards run to gigabytes."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move the finished directory `new` to `dest` (a sibling), replacing whatever is there.
+
+    A reader sees the old tree or the new one, never a mix: a directory cannot be renamed over
+    a non-empty one, so the old one is renamed aside first and deleted after."""
+    new, dest = Path(new), Path(dest)
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+        new.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(dest)

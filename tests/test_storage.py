@@ -12,7 +12,15 @@ import torch
 
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.i3d import I3DConfig, InceptionI3d
-from model.storage import StorageError, display_uri, fetch, hash_file, is_uri, redact_secrets
+from model.storage import (
+    StorageError,
+    display_uri,
+    fetch,
+    hash_file,
+    is_uri,
+    redact_secrets,
+    replace_dir,
+)
 from tests.conftest import published_state_dict
 from tests.s3 import _free_ports, s3_env_fixture, s3_server_fixture  # noqa: F401
 
@@ -64,6 +72,21 @@ def test_hash_file_matches_hashlib_across_chunks(tmp_path):
     f.write_bytes(data)
     assert hash_file(f) == hashlib.sha256(data).hexdigest()
     assert hash_file(str(f), "md5") == hashlib.md5(data).hexdigest()  # noqa: S324
+
+
+def test_replace_dir_swaps_whole_trees(tmp_path):
+    dest = tmp_path / "out"
+    for version in ("1", "2"):
+        new = tmp_path / f".new{version}"
+        (new / "sub").mkdir(parents=True)
+        (new / "sub" / "f").write_text(version)
+        replace_dir(new, dest)
+        assert (dest / "sub" / "f").read_text() == version
+    (tmp_path / "old-only").mkdir()
+    (dest / "stale").write_text("x")  # not in the next tree, so it must go
+    replace_dir(tmp_path / "old-only", dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert list(dest.iterdir()) == []
 
 
 def test_fetch_local_path(tmp_path):
