@@ -39,7 +39,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "is_uri",
     "redact_secrets",
     "replace_dir",
+    "write_atomic",
 ]
 
 # scheme://... with a scheme of 2+ characters, so a Windows drive ("C:\\x") is never a URI.
@@ -183,3 +186,24 @@ def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         new.rename(dest)
+
+
+def write_atomic(
+    path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *, durable: bool = False
+) -> None:
+    """Write `data` (bytes, or a function that writes to the open file) to `path` via a temp
+    file beside it and os.replace, so a reader sees the old file or the new one, never half.
+
+    `durable` fsyncs before the rename: for a file a crash must not lose, not for one that is
+    rebuilt from such a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        if callable(data):
+            data(f)
+        else:
+            f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -20,6 +20,7 @@ from model.storage import (
     is_uri,
     redact_secrets,
     replace_dir,
+    write_atomic,
 )
 from tests.conftest import published_state_dict
 from tests.s3 import _free_ports, s3_env_fixture, s3_server_fixture  # noqa: F401
@@ -87,6 +88,14 @@ def test_replace_dir_swaps_whole_trees(tmp_path):
     replace_dir(tmp_path / "old-only", dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert list(dest.iterdir()) == []
+
+
+def test_write_atomic_takes_bytes_or_a_writer(tmp_path):
+    f = tmp_path / "state.pt"
+    write_atomic(f, b"old")
+    write_atomic(f, lambda fh: torch.save({"w": torch.ones(2)}, fh), durable=True)
+    assert torch.equal(torch.load(f, weights_only=True)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
 
 def test_fetch_local_path(tmp_path):
