@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.dataset import SPLITS, Sample, load_glosses, load_samples
+from model.storage import hash_file
 from model.video import (
     PreprocessConfig,
     VideoError,
@@ -179,8 +180,7 @@ def _commit(out: Path, name: str, write) -> str:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        with open(tmp, "rb") as f:
-            sha = hashlib.file_digest(f, "sha256").hexdigest()
+        sha = hash_file(tmp)
         os.replace(tmp, out / name)
         _fsync_dir(out)  # makes the rename itself durable
     finally:

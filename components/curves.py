@@ -10,25 +10,19 @@ Each file goes through a temporary file and os.replace, so a reader in the middl
 from __future__ import annotations
 
 import html
-import json
-import os
 from pathlib import Path
+
+from components.dataset import write_json
 
 ACCURACY = ("val_top1", "val_top5", "val_context_acc")  # plotted on a shared 0..1 axis
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 
 
-def write_json_atomic(path: Path, value) -> None:
-    # No fsync: state.pt is what survives a crash; these are rebuilt from it on resume.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def write_curves(history_path: Path, metrics_path: Path, history: list[dict]) -> None:
     """history.json: every epoch so far; metrics.json: the last one ({} before the first)."""
-    write_json_atomic(Path(history_path), history)
-    write_json_atomic(Path(metrics_path), history[-1] if history else {})
+    # Not durable: state.pt is what survives a crash; these are rebuilt from it on resume.
+    write_json(Path(history_path), history, indent=2)
+    write_json(Path(metrics_path), history[-1] if history else {}, indent=2)
 
 
 def _chart(title: str, epochs: list[int], series: dict[str, list], top: float) -> str:

@@ -11,6 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from model.storage import write_atomic
+
 METADATA = "WLASL_v0.3.json"
 VIDEOS = "videos"
 SPLITS = ("train", "val", "test")
@@ -112,11 +114,9 @@ def read_metadata(root: str | os.PathLike) -> list[dict]:
     return data
 
 
-def write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj, *, indent: int = 1) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=indent) + "\n").encode())
 
 
 def read_reversed_pairs(root: str | os.PathLike) -> list[tuple[str, str]]:

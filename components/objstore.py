@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from model.storage import _redact, display_uri
+from model.storage import display_uri, hash_file, redact_secrets, replace_dir
 
 MANIFEST = "_published.json"
 FORMAT = "sign2text-published/1"
@@ -123,15 +123,7 @@ def _fail(uri: str, what: str, e: BaseException) -> ObjStoreError:
         if "Max retries" in reason or "Connection" in reason or "timed out" in reason:
             endpoint = os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
             reason = f"cannot reach {display_uri(endpoint)} ({reason})"
-    return ObjStoreError(_redact(f"{display_uri(uri)}: {what} failed: {reason}"))
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+    return ObjStoreError(redact_secrets(f"{display_uri(uri)}: {what} failed: {reason}"))
 
 
 def local_manifest(local_dir: Path) -> dict:
@@ -147,7 +139,7 @@ def local_manifest(local_dir: Path) -> dict:
         if p.is_file():
             if rel == MANIFEST:
                 raise ObjStoreError(f"{local_dir}: {MANIFEST} is a reserved name")
-            files.append({"path": rel, "size": p.stat().st_size, "sha256": _sha256_file(p)})
+            files.append({"path": rel, "size": p.stat().st_size, "sha256": hash_file(p)})
     if not files:
         raise ObjStoreError(f"{local_dir}: nothing to publish (no files)")
     return {"format": FORMAT, "files": files, "bytes": sum(f["size"] for f in files)}
@@ -359,15 +351,13 @@ def fetch_dir(uri: str, local_dir: Path) -> Path:
                 client.fget_object(bucket, prefix + str(rel), str(dest))
             except Exception as e:
                 raise _fail(f"s3://{bucket}/{prefix}{rel}", "download", e) from e
-            size, digest = dest.stat().st_size, _sha256_file(dest)
+            size, digest = dest.stat().st_size, hash_file(dest)
             if (size, digest) != (f.get("size"), f.get("sha256")):
                 raise ObjStoreError(
                     f"{display_uri(uri)}: {rel} is corrupted: {size} B sha256 {digest[:12]}..., "
                     f"manifest says {f.get('size')} B sha256 {str(f.get('sha256'))[:12]}..."
                 )
-        if local_dir.exists():
-            local_dir.rmdir()
-        work.rename(local_dir)
+        replace_dir(work, local_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

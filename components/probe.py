@@ -9,7 +9,6 @@ would each import torch first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from model.storage import hash_file
 from model.video import VideoError, count_frames, probe
 
 # Bump when probe_video's output changes meaning: entries of another version are ignored.
@@ -43,9 +43,7 @@ def file_digest(path: str) -> dict:
     size = p.stat().st_size
     if size == 0:
         return {"exists": True, "bytes": 0, "sha256": None}
-    with open(p, "rb") as f:
-        sha = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"exists": True, "bytes": size, "sha256": sha}
+    return {"exists": True, "bytes": size, "sha256": hash_file(p)}
 
 
 def probe_video(path: str) -> dict:

@@ -20,6 +20,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from components.dataset import write_json
+from model.storage import write_atomic
+
 GENERATOR = "sign2text.synth"
 FPS = 25
 BASE_SIGN_FRAMES = 24
@@ -311,12 +314,6 @@ def _is_synth_output(out: Path) -> bool:
         return False
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_video(path: Path, frames: list[np.ndarray]) -> None:
     h, w = frames[0].shape[:2]
     tmp = path.with_name(f".{path.stem}.tmp.mp4")  # keeps .mp4 so OpenCV picks the container
@@ -398,7 +395,7 @@ def synthesize(
             for c in specs
         ],
     }
-    _write_atomic(out / "synth_classes.json", json.dumps(meta, indent=1) + "\n")
+    write_json(out / "synth_classes.json", meta)
 
     entries = [{"gloss": c.gloss, "instances": []} for c in specs]
     counts = {"train": 0, "val": 0, "test": 0}
@@ -444,10 +441,12 @@ def synthesize(
     for p in videos.glob("*.mp4"):
         if p.name not in written:
             p.unlink()
-    _write_atomic(out / "WLASL_v0.3.json", json.dumps(entries, indent=1) + "\n")
+    write_json(out / "WLASL_v0.3.json", entries)
     pairs = [[specs[c].gloss, specs[c + 1].gloss] for c in range(0, classes - 1, 2)]
-    _write_atomic(out / "reversed_pairs.json", json.dumps({"pairs": pairs}, indent=1) + "\n")
-    _write_atomic(out / "wlasl_class_list.txt", "".join(f"{c.label}\t{c.gloss}\n" for c in specs))
+    write_json(out / "reversed_pairs.json", {"pairs": pairs})
+    write_atomic(
+        out / "wlasl_class_list.txt", "".join(f"{c.label}\t{c.gloss}\n" for c in specs).encode()
+    )
     return {
         "out": str(out),
         "videos": sum(counts.values()),

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from model.checkpoint import load_weights, read_state_dict
 from model.config import check_fields, strict_from_dict
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
+from model.storage import write_atomic
 from model.video import PreprocessConfig, clip_from_frames
 
 STATE = "state.pt"  # resumable training state
@@ -268,15 +269,6 @@ def _optimizer(cfg: TrainConfig, model: torch.nn.Module, steps: list[int]):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
     if torch.cuda.is_available():
@@ -453,19 +445,18 @@ def train(
         }
         history.append(row)
         print(json.dumps(row))
-        _save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "rng": _rng_state(),
-                "train_config": asdict(cfg),
-                "arch": arch.to_dict(),
-            },
-            state_path,
-        )
+        snapshot = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch + 1,
+            "history": history,
+            "rng": _rng_state(),
+            "train_config": asdict(cfg),
+            "arch": arch.to_dict(),
+        }
+        # Durable: a resumed run starts from state.pt, so a crash must leave a whole one.
+        write_atomic(state_path, partial(torch.save, snapshot), durable=True)
         write_curves(out / HISTORY, out / METRICS, history)  # live curves, after the checkpoint
 
     final = history[-1] if history else {}

@@ -15,7 +15,6 @@ revision (a new commit that leaves data.dvc alone must not retrain):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from components.dataset import METADATA, VIDEOS
+from model.storage import hash_file
 
 DIR_SUFFIX = ".dir"
 
@@ -115,20 +115,13 @@ def fetch_from_remote(remote: str, md5: str, out: Path, keep=lambda rel: True) -
             dest = out.joinpath(*rel.parts)
             dest.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, _object_key(prefix, entry["md5"]), str(dest))
-            if _md5(dest) != entry["md5"]:
+            # md5: DVC's content address, not a security boundary
+            if hash_file(dest, "md5") != entry["md5"]:
                 raise DataVersionError(f"{rel}: content does not match its md5 in the remote")
             count += 1
     except (ClientError, BotoCoreError) as e:
         raise DataVersionError(f"cannot fetch data {md5} from {remote}: {e}") from e
     return count
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()  # noqa: S324 - DVC's content address, not a security boundary
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _subset_metadata(meta_path: Path, subset: int) -> set[str] | None:

@@ -22,6 +22,7 @@ import torch
 
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.i3d import I3DConfig, InceptionI3d
+from model.storage import hash_file, replace_dir
 from model.video import PreprocessConfig
 
 FORMAT = "sign2text-model/1"
@@ -113,14 +114,7 @@ def write_model_dir(
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -182,7 +176,7 @@ def import_i3d(
     lineage = {
         "source": "import-i3d",
         "weights_file": Path(weights).name,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": hash_file(weights),
         "checkpoint_classes": report.checkpoint_classes,
         "head_replaced": report.head_replaced,
     }
@@ -194,13 +188,3 @@ def import_i3d(
         extras={"lineage.json": lineage},
     )
     return path, report.describe()
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import struct
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import orjson
@@ -23,17 +22,9 @@ from kserve.protocol.infer_type import (
 )
 from kserve.utils.numpy_codec import to_np_dtype
 
+from model.storage import display_uri
+
 MIB = 1 << 20
-
-
-def redact(uri: str) -> str:
-    """A URI fit for logs: no user:password, no query (pre-signed URLs carry signatures there)."""
-    parts = urlsplit(uri)
-    if not parts.scheme or not parts.netloc:
-        return uri
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"***@{host}" if "@" in parts.netloc else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 def _binary_tensor(raw: bytes, name: str, datatype: str) -> np.ndarray:
@@ -173,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         max_frames=args.max_frames,
         device=args.device,
     )
-    logger.info("sign2text: loading model from %s", redact(args.model_dir))
+    logger.info("sign2text: loading model from %s", display_uri(args.model_dir))
     model.load()
     logger.info(
         "sign2text: %d classes; limits: video %d bytes, %g s, %d frames",

@@ -30,18 +30,34 @@ Credentials are resolved by boto3's *default session*, which caches them on firs
 lists the bucket with it in this process, while its download workers (a multiprocessing pool)
 build fresh sessions. Each fetch therefore starts a new default session, so that both read the
 AWS_* variables as they are now (one process may fetch from two stores in turn).
+
+The file helpers that model/ and components/ share live here too, each once: `hash_file`,
+`write_atomic`, `replace_dir`, and `redact_secrets` / `display_uri` for messages and logs
+(model/ must not import components/, and this module costs no heavy import).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["StorageError", "display_uri", "fetch", "is_uri"]
+__all__ = [
+    "StorageError",
+    "display_uri",
+    "fetch",
+    "hash_file",
+    "is_uri",
+    "redact_secrets",
+    "replace_dir",
+    "write_atomic",
+]
 
 # scheme://... with a scheme of 2+ characters, so a Windows drive ("C:\\x") is never a URI.
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
@@ -123,8 +139,13 @@ def _resolve(uri: str, result: Path) -> Path:
 
 
 def display_uri(uri: str) -> str:
-    """The URI without user info or query string (presigned URLs carry signatures there)."""
+    """The URI without user info or query string (presigned URLs carry signatures there).
+
+    Without a network location (a local path) it is returned as is: a "?" or "#" in a file
+    name is no secret."""
     p = urlsplit(uri)
+    if not p.netloc:
+        return uri
     netloc = p.netloc.rsplit("@", 1)[-1]
     return urlunsplit((p.scheme, netloc, p.path, "", ""))
 
@@ -138,11 +159,55 @@ def _reason(e: BaseException) -> str:
         first = text.splitlines()[0] if text else type(exc).__name__
         if first not in parts:
             parts.append(first)
-    return _redact("; ".join(parts))
+    return redact_secrets("; ".join(parts))
 
 
-def _redact(text: str) -> str:
+def redact_secrets(text: str) -> str:
+    """`text` with the value of every secret-named environment variable replaced by ***."""
     for name, value in os.environ.items():
         if value and len(value) >= 6 and _SECRET_ENV_RE.search(name) and value in text:
             text = text.replace(value, "***")
     return text
+
+
+def hash_file(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes; read in chunks, as weights and shards run to gigabytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move the finished directory `new` to `dest` (a sibling), replacing whatever is there.
+
+    A reader sees the old tree or the new one, never a mix: a directory cannot be renamed over
+    a non-empty one, so the old one is renamed aside first and deleted after."""
+    new, dest = Path(new), Path(dest)
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dest.rename(old)
+        new.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(dest)
+
+
+def write_atomic(
+    path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *, durable: bool = False
+) -> None:
+    """Write `data` (bytes, or a function that writes to the open file) to `path` via a temp
+    file beside it and os.replace, so a reader sees the old file or the new one, never half.
+
+    `durable` fsyncs before the rename: for a file a crash must not lose, not for one that is
+    rebuilt from such a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        if callable(data):
+            data(f)
+        else:
+            f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)

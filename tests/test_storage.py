@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -11,7 +12,16 @@ import torch
 
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.i3d import I3DConfig, InceptionI3d
-from model.storage import StorageError, display_uri, fetch, is_uri
+from model.storage import (
+    StorageError,
+    display_uri,
+    fetch,
+    hash_file,
+    is_uri,
+    redact_secrets,
+    replace_dir,
+    write_atomic,
+)
 from tests.conftest import published_state_dict
 from tests.s3 import _free_ports, s3_env_fixture, s3_server_fixture  # noqa: F401
 
@@ -46,6 +56,46 @@ def test_is_uri(s, expected):
 def test_display_uri_drops_userinfo_and_query():
     assert display_uri("https://user:pw@host/a/b.pt?X-Amz-Signature=abc") == "https://host/a/b.pt"
     assert display_uri("s3://bucket/key.pt") == "s3://bucket/key.pt"
+    assert display_uri("/models/run?1#a") == "/models/run?1#a"
+
+
+def test_redact_secrets_hides_secret_env_values_only(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2-secret")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    text = "denied for AKIDEXAMPLE/hunter2-secret in eu-west-1"
+    assert redact_secrets(text) == "denied for ***/*** in eu-west-1"
+
+
+def test_hash_file_matches_hashlib_across_chunks(tmp_path):
+    f = tmp_path / "blob"
+    data = bytes(range(256)) * 9000  # > 2 MiB: more than one read
+    f.write_bytes(data)
+    assert hash_file(f) == hashlib.sha256(data).hexdigest()
+    assert hash_file(str(f), "md5") == hashlib.md5(data).hexdigest()  # noqa: S324
+
+
+def test_replace_dir_swaps_whole_trees(tmp_path):
+    dest = tmp_path / "out"
+    for version in ("1", "2"):
+        new = tmp_path / f".new{version}"
+        (new / "sub").mkdir(parents=True)
+        (new / "sub" / "f").write_text(version)
+        replace_dir(new, dest)
+        assert (dest / "sub" / "f").read_text() == version
+    (tmp_path / "old-only").mkdir()
+    (dest / "stale").write_text("x")  # not in the next tree, so it must go
+    replace_dir(tmp_path / "old-only", dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert list(dest.iterdir()) == []
+
+
+def test_write_atomic_takes_bytes_or_a_writer(tmp_path):
+    f = tmp_path / "state.pt"
+    write_atomic(f, b"old")
+    write_atomic(f, lambda fh: torch.save({"w": torch.ones(2)}, fh), durable=True)
+    assert torch.equal(torch.load(f, weights_only=True)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
 
 def test_fetch_local_path(tmp_path):
