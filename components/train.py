@@ -125,6 +125,7 @@ class ShardClips(IterableDataset):
         context_window: int = 30,
         no_sign: int = -1,
         max_items: int | None = None,
+        decoded_by: ShardClips | None = None,
     ):
         self.shards, self.split, self.pre = Path(shards), split, pre
         self.train, self.seed, self.hflip, self.cache = train, seed, hflip, cache
@@ -134,6 +135,13 @@ class ShardClips(IterableDataset):
         self.epoch, self.context = 0, context_fraction > 0
         self._cache: list[tuple[dict, np.ndarray]] | None = None
         self._context: ContextWindows | None = None
+        # Another view of the same split (e.g. BatchNorm's beside training's) decodes it once.
+        self._decoded_by = decoded_by if cache and decoded_by is not None else None
+        if self._decoded_by is not None and (
+            (decoded_by.shards, decoded_by.split, decoded_by.pre, decoded_by.context_window,
+             decoded_by.no_sign) != (self.shards, split, pre, context_window, no_sign)
+        ):  # fmt: skip
+            raise ValueError("decoded_by must read the same split with the same preprocessing")
 
     def set_epoch(self, epoch: int, context: bool | None = None) -> None:
         self.epoch = epoch
@@ -143,6 +151,8 @@ class ShardClips(IterableDataset):
     def _samples(self) -> list[tuple[dict, np.ndarray]] | Iterator[tuple[dict, np.ndarray]]:
         if not self.cache:
             return iter_samples(self.shards, self.split)
+        if self._decoded_by is not None:
+            return self._decoded_by._samples()
         if self._cache is None:
             self._cache = list(iter_samples(self.shards, self.split))
         return self._cache
@@ -150,6 +160,8 @@ class ShardClips(IterableDataset):
     def _windows(self, samples: list[tuple[dict, np.ndarray]]) -> ContextWindows:
         """The whole videos context windows are cut from: rebuilt each epoch, or once with
         `cache` (the samples they are rebuilt from are cached then too)."""
+        if self._decoded_by is not None:
+            return self._decoded_by._windows(samples)
         if self._context is None or not self.cache:
             windows = ContextWindows(rebuild_videos(samples), self.context_window, self.no_sign)
             if not self.cache:
@@ -368,8 +380,9 @@ def train(
     )
     val_set = ShardClips(shards, "val", pre, train=False, cache=cfg.cache, **context)
     bn_set = ShardClips(  # statistics of what inference sees: signs and context windows
-        shards, "train", pre, train=False, cache=cfg.cache, max_items=cfg.bn_clips, **context
-    )
+        shards, "train", pre, train=False, cache=cfg.cache, max_items=cfg.bn_clips,
+        decoded_by=train_set, **context,
+    )  # fmt: skip
     n_train = manifest["splits"].get("train", {}).get("samples", 0)
     if n_train == 0:
         raise ValueError(f"{shards}: the train split has no samples")

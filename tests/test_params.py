@@ -72,7 +72,7 @@ BAD = [
     ("train", "device", "gpu", 'train.device must be auto, cpu, cuda or cuda:N, got "gpu"'),
     ("train", "device", "cuda:1",
      'train.device must be auto or cpu here (torch sees no CUDA device), got "cuda:1"'),
-    ("train", "batchsize", 8, "unknown train keys ['batchsize']; allowed: batch_size, bn_clips, cache,"),
+    ("train", "batchsize", 8, "unknown train keys ['batchsize']; allowed: batch_size, bn_clips,"),
     ("model", "channel_order", "RGBA", 'model.channel_order must be one of BGR, RGB, got "RGBA"'),
     ("model", "crop", 999, "model.crop must be <= model.resize (128), got 999"),
     ("model", "value_range", [1.0], "model.value_range must be a list of 2 numbers, got [1.0]"),

@@ -280,6 +280,16 @@ def test_batchnorm_clips_are_capped_and_spread_over_the_split(shards):
     shuffled = ShardClips(shard_dir, "val", pre, train=True, max_items=3, **kw)
     shuffled.set_epoch(0, context=True)
     assert len(shuffled.epoch_items(8)) == 3
+    # Training's view decodes the split once for both; the clips are the same as on its own.
+    source = ShardClips(shard_dir, "val", pre, train=True, cache=True, **kw)
+    shared = ShardClips(shard_dir, "val", pre, train=False, cache=True, max_items=4,
+                        decoded_by=source, **kw)  # fmt: skip
+    shared.set_epoch(0, context=True)
+    own = list(capped)
+    assert all(torch.equal(a[0], b[0]) and a[1:] == b[1:] for a, b in zip(own, shared, strict=True))
+    assert source._cache is not None and shared._cache is None
+    with pytest.raises(ValueError, match="same split"):
+        ShardClips(shard_dir, "train", pre, train=False, cache=True, decoded_by=source, **kw)
     assert TrainConfig().bn_clips == 256  # the WLASL recipe's; params.yaml's demo uses fewer
     with pytest.raises(ValueError, match="bn_clips"):
         TrainConfig(bn_clips=0)
