@@ -44,8 +44,8 @@ browser:
 	else echo "no chromium/chromedriver and not root with apt-get: the browser test will skip"; fi
 
 lint: setup
-	$(BIN)/ruff check model components pipelines tests
-	$(BIN)/ruff format --check model components pipelines tests
+	$(BIN)/ruff check model sign2text pipelines tools tests
+	$(BIN)/ruff format --check model sign2text pipelines tools tests
 
 # The bundled dataset: a deterministic synthetic stand-in for WLASL (see README).
 data: setup
@@ -54,19 +54,19 @@ data: setup
 # The main job end to end on the bundled dataset: validate -> convert -> train -> evaluate -> package.
 demo: setup data
 	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
-	$(BIN)/python -m components.demo
+	$(BIN)/python -m sign2text.demo
 
 # The demo recipe for seeds 0-4 with 1 and 2 threads, trained and evaluated (about an hour on 2
 # cores); prints a table and fails unless every run passes the gate. A benchmark, not a test.
 .PHONY: demo-matrix
 demo-matrix: setup data
-	$(BIN)/python -m components.demo_matrix
+	$(BIN)/python -m tools.demo_matrix
 
 bench: setup
-	$(BIN)/python -m tests.bench.bench_model
+	$(BIN)/python -m tools.bench.bench_model
 
 bench-serve: setup
-	$(BIN)/python -m tests.bench.bench_serve
+	$(BIN)/python -m tools.bench.bench_serve
 
 # Serves the demo model (run `make demo` first) on :8080 (REST) and :8081 (gRPC).
 serve: setup
@@ -99,7 +99,7 @@ data-pull: setup
 # A throwaway local S3 (SeaweedFS) on 127.0.0.1:$(S3_PORT) with bucket sign2text; prints the
 # variables to export. Runs in the foreground until Ctrl-C; its data is discarded on exit.
 s3-up: setup
-	S3_PORT=$(S3_PORT) $(BIN)/python -m tests.s3
+	S3_PORT=$(S3_PORT) $(BIN)/python -m tools.s3
 
 # Build and push both images, then point the manifests and the compiled pipeline at them.
 # Needs docker and a registry you are logged in to (not available in CI here).
@@ -114,7 +114,7 @@ images: setup
 	docker build -f model/Dockerfile -t $(REGISTRY)/sign2text-serving:$(TAG) .
 	docker build -f model/Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
 		-t $(REGISTRY)/sign2text-serving:$(TAG)-cuda .
-	docker build -f components/Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) \
+	docker build -f pipelines/Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) \
 		-t $(REGISTRY)/sign2text-components:$(TAG) .
 	docker push $(REGISTRY)/sign2text-serving:$(TAG)
 	docker push $(REGISTRY)/sign2text-serving:$(TAG)-cuda

@@ -1,6 +1,6 @@
 """sign2text model package: the I3D network, checkpoint I/O, video preprocessing, prediction.
 
-Shipped alone in the serving image; never imports `components`.
+Shipped alone in the serving image; never imports `sign2text` or `pipelines`.
 """
 
 import os

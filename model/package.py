@@ -90,7 +90,7 @@ def write_model_dir(
     """Write the directory atomically: a crash leaves the previous version or nothing.
 
     `sentence_window`: the model has one output past the labels, "no sign", trained on windows
-    of this many frames (see components/context.py)."""
+    of this many frames (see sign2text/learning/context.py)."""
     out = Path(out)
     no_sign = {"class": len(labels), "window": sentence_window} if sentence_window else None
     _check_classes(labels, model.config.num_classes, no_sign, "write_model_dir")

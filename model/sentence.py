@@ -1,6 +1,6 @@
 """Sentence mode: a video with several signs in a row -> the words, their frame spans, confidences.
 
-The model must have been trained with context windows (components/context.py): besides the
+The model must have been trained with context windows (sign2text/learning/context.py): besides the
 glosses it has a "no sign" output, and it was taught to name the sign under the *centre frame*
 of a window of `window` frames, or "no sign" when the signer is at rest there. Sentence mode
 asks exactly that of every frame:

@@ -31,9 +31,9 @@ lists the bucket with it in this process, while its download workers (a multipro
 build fresh sessions. Each fetch therefore starts a new default session, so that both read the
 AWS_* variables as they are now (one process may fetch from two stores in turn).
 
-The file helpers that model/ and components/ share live here too, each once: `hash_file`,
+The file helpers that model/ and sign2text/ share live here too, each once: `hash_file`,
 `write_atomic`, `replace_dir`, and `redact_secrets` / `display_uri` for messages and logs
-(model/ must not import components/, and this module costs no heavy import).
+(model/ must not import sign2text/, and this module costs no heavy import).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from kfp import dsl, kubernetes
 
-from components.kfp_components import DEFAULT_IMAGE, build
-from components.params import load_params
+from pipelines.components import DEFAULT_IMAGE, build
+from sign2text.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+
+from sign2text.data.synth import moving_square, write_video  # noqa: F401 (tests import them here)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CLASS_LIST = FIXTURES / "wlasl" / "wlasl_class_list.txt"
@@ -37,28 +38,6 @@ def published_state_dict(num_classes: int = 400, seed: int = 0) -> dict[str, tor
         else:  # biases and running means: small, so the input, not the biases, drives the output
             state[key] = 0.01 * torch.randn(shape, generator=g)
     return state
-
-
-def write_video(path: Path, frames: np.ndarray, fps: float = 25.0) -> Path:
-    """T x H x W x 3 uint8 BGR -> mp4 (MPEG-4 part 2, which OpenCV's wheel can encode)."""
-    h, w = frames.shape[1:3]
-    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    for f in frames:
-        out.write(np.ascontiguousarray(f))
-    out.release()
-    return path
-
-
-def moving_square(n: int = 40, h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
-    """A square moving left to right over a textured background; every frame is distinct."""
-    rng = np.random.default_rng(seed)
-    bg = rng.integers(40, 90, (h, w, 3), dtype=np.uint8)
-    frames = np.repeat(bg[None], n, axis=0)
-    for i in range(n):
-        x = 5 + i * (w - 30) // max(n - 1, 1)
-        cv2.rectangle(frames[i], (x, h // 3), (x + 20, h // 3 + 20), (30, 200, 240), -1)
-        cv2.putText(frames[i], str(i), (4, h - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255,) * 3)
-    return frames
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """FAKE Kubernetes API + KServe/Knative controller, in memory (no cluster can run here).
 
-Implements `components.kube.KubeApi`. Every create and merge patch is validated against the
+Implements `sign2text.release.kube.KubeApi`. Every create and merge patch is validated against the
 KServe CRD schema (tests/kserve_schema.py) before it is applied, and the object after it too.
 Patches are applied as RFC 7386 JSON merge patches. The controller moves status through the
 fields KServe does (knative ksvc_reconciler + PropagateStatus):

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.local_deploy import free_port, stop_process
 from model import video as V
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
+from sign2text.release.local_deploy import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["hello", "thanks", "book", "drink", "computer", "before", "go"]

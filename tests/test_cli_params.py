@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import main
+from sign2text.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
 STEP_MODULES = [
-    f"components.{m}"
-    for m in ("params", "validate", "convert", "train", "evaluate", "package", "objstore")
+    "sign2text.params",
+    *(f"sign2text.data.{m}" for m in ("validate", "convert")),
+    *(f"sign2text.learning.{m}" for m in ("train", "evaluate")),
+    *(f"sign2text.release.{m}" for m in ("package", "objstore")),
 ]
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-import components.convert as conv
-from components.convert import convert, iter_samples, read_manifest
-from components.dataset import load_glosses, load_samples
-from components.synth import synthesize
+import sign2text.data.convert as conv
 from model.video import PreprocessConfig, count_frames
+from sign2text.data.convert import convert, iter_samples, read_manifest
+from sign2text.data.dataset import load_glosses, load_samples
+from sign2text.data.synth import synthesize
 from tests.conftest import moving_square, write_video
 
 # Synth clips are 126-160 px on the short side: 112 shrinks them all, and a 16:9 one comes out

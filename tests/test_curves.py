@@ -6,7 +6,7 @@ import json
 import re
 from xml.etree import ElementTree
 
-from components.curves import curves_html, write_curves
+from sign2text.learning.curves import curves_html, write_curves
 
 HISTORY = [
     {"epoch": 1, "loss": 1.6, "lr": 0.002, "val_top1": 0.25, "val_top5": 0.75, "seconds": 3.0},

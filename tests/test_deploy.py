@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.deploy import (
+from sign2text.release.deploy import (
     ANN_COMMIT,
     ANN_DATA,
     ANN_MODEL,
@@ -19,8 +19,8 @@ from components.deploy import (
     RolloutFailed,
     deploy,
 )
-from components.objstore import fetch_dir, is_published
-from components.smoke import SmokeStats
+from sign2text.release.objstore import fetch_dir, is_published
+from sign2text.release.smoke import SmokeStats
 from tests.fake_kube import Crash, FakeKServe
 from tests.kserve_schema import validate, validate_patch
 from tests.s3 import s3_env_fixture, s3_server_fixture  # noqa: F401

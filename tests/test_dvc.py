@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.synth import synthesize
+from sign2text.data.synth import synthesize
 from tests.test_train import TINY_MODEL, TINY_TRAIN
 from tests.test_validate import plant
 
@@ -35,7 +35,7 @@ def _run(cmd: list[str], cwd: Path) -> str:
 def repo(tmp_path_factory) -> Path:
     """A copy of the project's pipeline files with tiny params and a tiny dataset."""
     root = tmp_path_factory.mktemp("repo")
-    for d in ("components", "model"):
+    for d in ("sign2text", "model"):
         shutil.copytree(ROOT / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

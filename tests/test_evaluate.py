@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from components import synth
-from components.dataset import Sample, load_glosses, load_samples, read_reversed_pairs
-from components.evaluate import evaluate, gate, write_gate
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
 from model.predict import Classifier
 from model.video import PreprocessConfig, load_clip
+from sign2text import synth
+from sign2text.data.dataset import Sample, load_glosses, load_samples, read_reversed_pairs
+from sign2text.learning.evaluate import evaluate, gate, write_gate
 
 SPLITS = ("val", "test")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import main
-from components.images import stamp_overlays
-from components.package import COMMIT_ENV, git_commit
+from sign2text.cli import main
+from sign2text.release.images import stamp_overlays
+from sign2text.release.package import COMMIT_ENV, git_commit
 from tests.kustomize import BIN, OVERLAYS, ROOT, manifests_copy, one, render
 
 DOCKERFILES = (ROOT / "model" / "Dockerfile", ROOT / "components" / "Dockerfile")
@@ -178,7 +178,7 @@ def test_components_image_knows_its_commit():
     )  # fmt: skip
     assert dry.returncode == 0, dry.stderr
     builds = re.sub(r"\\\n\s*", " ", dry.stdout).splitlines()
-    (components,) = [b for b in builds if "components/Dockerfile" in b and "docker build" in b]
+    (components,) = [b for b in builds if "pipelines/Dockerfile" in b and "docker build" in b]
     assert "--build-arg GIT_COMMIT=abc123-dirty" in components
     if (ROOT / ".git").exists():  # by default: this checkout's HEAD
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import main
-from components.dataset import load_glosses, load_samples, read_metadata
-from components.ingest import IngestError, ingest, read_class_list
-from components.validate import validate
+from sign2text.cli import main
+from sign2text.data.dataset import load_glosses, load_samples, read_metadata
+from sign2text.data.ingest import IngestError, ingest, read_class_list
+from sign2text.data.validate import validate
 from tests.conftest import FIXTURES, moving_square, write_video
 from tests.test_validate import _tree
 

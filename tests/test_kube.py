@@ -1,4 +1,4 @@
-"""components.kube.KubernetesApi (the real kubernetes client) and `sign2text deploy --dry-run`
+"""release.kube.KubernetesApi (the real kubernetes client) and `sign2text deploy --dry-run`
 against a FAKE Kubernetes API server on 127.0.0.1 (no cluster can run here): what goes over
 the wire — paths, merge-patch content type, nulls kept — and clear errors."""
 
@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from components.deploy import DEFAULT_TEMPLATES
-from components.kube import KubeError, KubernetesApi
+from sign2text.release.deploy import DEFAULT_TEMPLATES
+from sign2text.release.kube import KubeError, KubernetesApi
 from tests.fake_kube import merge_patch
 from tests.kserve_schema import validate
 
@@ -100,7 +100,7 @@ def test_unreachable_api_server_is_a_clear_error(apiserver, tmp_path):
 
 
 def test_cli_dry_run_prints_valid_objects_and_sends_nothing(apiserver, tmp_path, capsys):
-    from components.cli import main
+    from sign2text.cli import main
 
     srv, kubeconfig = apiserver
     pkg = tmp_path / "pkg"

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.convert import convert
-from components.params import arch_config, load_params, preprocess_config
-from components.synth import synthesize
-from components.train import ShardClips, TrainConfig, train
 from model.i3d import InceptionI3d
 from model.package import load_model_dir
+from sign2text.data.convert import convert
+from sign2text.data.synth import synthesize
+from sign2text.learning.train import ShardClips, TrainConfig, train
+from sign2text.params import arch_config, load_params, preprocess_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # up/down and right/left: the two pairs of exact time-reversals, so chance is 1/4 and a model

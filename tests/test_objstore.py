@@ -1,4 +1,4 @@
-"""components.objstore against a real S3 server (SeaweedFS on 127.0.0.1): atomic, verified."""
+"""release/objstore.py against a real S3 server (SeaweedFS on 127.0.0.1): atomic, verified."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from components import objstore
-from components.objstore import (
+from sign2text import objstore
+from sign2text.release.objstore import (
     MANIFEST,
     TMP_ROOT,
     AlreadyPublishedError,
@@ -113,7 +113,7 @@ def test_killed_process_leaves_no_manifest_and_next_publish_cleans_up(s3_env, tm
     script = textwrap.dedent(
         f"""
         import os, signal
-        from components import objstore
+        from sign2text import objstore
         real, n = objstore._place, [0]
         def place(*a):
             if n[0] == 2:
@@ -205,9 +205,9 @@ def test_unreachable_endpoint_fails_fast(s3_env, monkeypatch):
 
 def test_cli_steps_read_and_publish_s3(s3_env, tmp_path, capsys):
     """`data convert`, `train`, `evaluate`, `package` with s3:// in and out."""
-    from components.cli import main
-    from components.synth import synthesize
     from model.package import load_model_dir
+    from sign2text.cli import main
+    from sign2text.data.synth import synthesize
     from tests.test_train import tiny_params
 
     bucket = s3_env.make_bucket()

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from components.cli import main
 from model.package import ModelDirError, load_model_dir, read_labels, write_model_dir
 from model.predict import Classifier
 from model.video import PreprocessConfig
+from sign2text.cli import main
 from tests.conftest import CLASS_LIST, published_state_dict
 
 SMALL = ["--frames", "16", "--resize", "128", "--crop", "112"]
@@ -164,7 +164,7 @@ def test_incomplete_model_directory_is_refused(imported):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "components.cli", *args],
+        [sys.executable, "-m", "sign2text.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from components.cli import main
-from components.params import TRAIN_RULES, load_params, train_config
-from components.train import TrainConfig, _optimizer
+from sign2text.cli import main
+from sign2text.learning.train import TrainConfig, _optimizer
+from sign2text.params import TRAIN_RULES, load_params, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIVE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -108,7 +108,7 @@ def test_console_script_reports_a_bad_value_in_one_line(tmp_path):
     """The same through a real process: what a user (or DVC running a stage) sees."""
     params = _write(tmp_path, {("train", "batch_size"): 0})
     r = subprocess.run(
-        [sys.executable, "-m", "components.cli", *_command("train", tmp_path, params)],
+        [sys.executable, "-m", "sign2text.cli", *_command("train", tmp_path, params)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert r.returncode == 2
@@ -141,7 +141,7 @@ def test_ints_are_accepted_where_floats_are_wanted(tmp_path):
     params = load_params(_write(tmp_path, changes))
     cfg = train_config(params)
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
-    from components.params import preprocess_config
+    from sign2text.params import preprocess_config
 
     pre = preprocess_config(params)
     assert pre.value_range == (0.0, 1.0) and isinstance(pre.fps, float)

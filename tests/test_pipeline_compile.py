@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.cli import main
-from components.kfp_components import DEFAULT_IMAGE
+from pipelines.components import DEFAULT_IMAGE
 from pipelines.runner import compile_pipeline, parse_overrides, spec_image, spec_images, submit
 from pipelines.sign2text import COMPILED, NAME, S3_ENDPOINT, S3_KEYS, S3_SECRET
+from sign2text.cli import main
 from tests.fake_kfp import run_fake_kfp
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The KFP glue (components/kfp_io.py) on its own: params from pipeline parameters, cache-key
+"""The KFP glue (pipelines/glue.py) on its own: params from pipeline parameters, cache-key
 sections, the canary plan, and metrics / confusion matrix in KFP's real artifact classes."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from kfp import dsl
 
-from components import kfp_io
-from components.evaluate import confusion, write_confusion_csv
-from components.params import load_params
+from sign2text import kfp_io
+from sign2text.learning.evaluate import confusion, write_confusion_csv
+from sign2text.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = json.dumps(load_params(ROOT / "params.yaml"))

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("components.validate", reason="validate() comes with the data branch")
+pytest.importorskip("sign2text.data.validate", reason="validate() comes with the data branch")
 
-from components import kfp_io  # noqa: E402
-from components.dataset import load_glosses  # noqa: E402
-from components.synth import synthesize  # noqa: E402
-from components.version import local_hash  # noqa: E402
 from pipelines.runner import run_local  # noqa: E402
+from sign2text import kfp_io  # noqa: E402
+from sign2text.data.dataset import load_glosses  # noqa: E402
+from sign2text.data.synth import synthesize  # noqa: E402
+from sign2text.data.version import local_hash  # noqa: E402
 from tests.s3 import s3_server_fixture  # noqa: E402, F401
 
 CLASSES = 3

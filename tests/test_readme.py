@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from components.cli import build_parser
+from sign2text.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from components.context import load_videos, score, sign_strings
-from components.dataset import load_samples
-from components.synth import synthesize
 from model.predict import Classifier
 from model.sentence import transcribe
 from model.video import count_frames, decode
+from sign2text.data.dataset import load_samples
+from sign2text.data.synth import synthesize
+from sign2text.learning.context import load_videos, score, sign_strings
 from tests.model_server import ENV, ROOT, serve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sentence_model"
@@ -88,7 +88,7 @@ def test_served_sentence_mode_matches_in_process(clf, strings, tmp_path):
                 ["--url", f"http://127.0.0.1:{srv.http}"],
                 ["--grpc", f"127.0.0.1:{srv.grpc}"],
             ):
-                cmd = [sys.executable, "-m", "components.cli", "predict", str(path), *where]
+                cmd = [sys.executable, "-m", "sign2text.cli", "predict", str(path), *where]
                 r = subprocess.run([*cmd, "--mode", "sentence", "--json"], cwd=ROOT, env=ENV,
                                    capture_output=True, text=True, timeout=120)  # fmt: skip
                 assert r.returncode == 0, r.stderr
@@ -106,7 +106,7 @@ def test_served_sentence_mode_matches_in_process(clf, strings, tmp_path):
             ["--url", f"http://127.0.0.1:{srv.http}"],
             ["--grpc", f"127.0.0.1:{srv.grpc}"],
         ):
-            cmd = [sys.executable, "-m", "components.cli", "predict", str(path), *where,
+            cmd = [sys.executable, "-m", "sign2text.cli", "predict", str(path), *where,
                    "--mode", "sentence", "--window", "24", "--stride", "3", "--threshold", "0.5",
                    "--json"]  # fmt: skip
             r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)

@@ -185,7 +185,7 @@ def test_load_from_uri_downloads_with_kserve_storage(model_dir, tmp_path, monkey
 
 
 def test_cli_serve_forwards_to_model_server(monkeypatch):
-    from components import cli
+    from sign2text import cli
 
     got = []
     monkeypatch.setattr("model.server.main", lambda argv=None: got.append(argv) or 0)
@@ -328,7 +328,7 @@ def test_stage_metrics(server):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "components.cli", *args]
+    cmd = [sys.executable, "-m", "sign2text.cli", *args]
     return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
 
 
@@ -363,7 +363,7 @@ def test_predict_cli_reports_server_errors_in_one_line(server, files):
 
 
 def test_client_needs_neither_torch_nor_kserve():
-    code = ("import sys, components.cli, components.client; "
+    code = ("import sys, sign2text.cli, sign2text.client; "
             "assert not {'torch', 'kserve'} & set(sys.modules), sorted(sys.modules)")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
@@ -371,8 +371,8 @@ def test_client_needs_neither_torch_nor_kserve():
 
 def test_evaluation_and_serving_feed_identical_tensors(model_dir, files, tmp_path, monkeypatch):
     """Same video, same config: the tensor evaluation scores is the tensor serving scores."""
-    from components.dataset import Sample
-    from components.evaluate import evaluate
+    from sign2text.data.dataset import Sample
+    from sign2text.learning.evaluate import evaluate
 
     seen: list = []
     real = Classifier.probabilities

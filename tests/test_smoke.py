@@ -1,4 +1,4 @@
-"""The canary smoke check (components/smoke.py) against the real KServe ModelServer: VideoSmoke
+"""The canary smoke check (release/smoke.py) against the real KServe ModelServer: VideoSmoke
 over REST and gRPC through deploy's own smoke step, failing canaries caught, and p95()."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.smoke import Margins, SmokeStats, compare, p95
+from sign2text.release.smoke import Margins, SmokeStats, compare, p95
 from tests.conftest import moving_square, write_video
 from tests.model_server import ENV, ROOT, free_port, serve, small_model_dir
 

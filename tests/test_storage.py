@@ -211,7 +211,7 @@ def test_fetch_refuses_a_non_empty_dest_dir(s3_env, tmp_path):
 
 def test_train_init_from_s3_uri(s3_env, tmp_path):
     """The train step's `init: s3://...` goes through the same loader."""
-    from components.train import TrainConfig, build_model
+    from sign2text.learning.train import TrainConfig, build_model
 
     bucket = s3_env.make_bucket()
     state = published_state_dict(num_classes=400, seed=4)

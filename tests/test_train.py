@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from components.cli import main
-from components.convert import convert
-from components.synth import synthesize
-from components.train import ShardClips, TrainConfig
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import load_model_dir
 from model.video import PreprocessConfig
+from sign2text.cli import main
+from sign2text.data.convert import convert
+from sign2text.data.synth import synthesize
+from sign2text.learning.train import ShardClips, TrainConfig
 
 TINY_MODEL = {"width": 0.25, "dropout": 0.0, "num_frames": 8, "resize": 64, "crop": 56,
               "channel_order": "BGR", "value_range": [-1.0, 1.0], "bbox_crop": False,
@@ -150,7 +150,7 @@ def test_overfits_one_batch(shards):
 
 
 def _train_cmd(shard_dir: Path, out: Path, params: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "components.cli", "train", "--shards", str(shard_dir),
+    return [sys.executable, "-m", "sign2text.cli", "train", "--shards", str(shard_dir),
             "--out", str(out), "--params", str(params), "--quiet", *extra]  # fmt: skip
 
 
@@ -199,7 +199,7 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
 def test_curves_grow_on_disk_while_training_runs(shards, tmp_path, monkeypatch):
     """history.json / metrics.json have a row per finished epoch during the run, for `dvc plots
     show` and `dvc exp show` mid-run, not only once training ends."""
-    import components.train as train_module
+    import sign2text.learning.train as train_module
 
     _, shard_dir = shards
     out, seen = tmp_path / "run", []
@@ -297,7 +297,7 @@ def test_batchnorm_clips_are_capped_and_spread_over_the_split(shards):
 
 def test_learning_rate_phases():
     """Sign epochs warm up and decay from lr; context epochs restart from context_lr."""
-    from components.train import _optimizer
+    from sign2text.learning.train import _optimizer
 
     cfg = TrainConfig(epochs=2, warmup_epochs=1, lr=0.01, context_fraction=1.0,
                       context_epochs=2, context_lr=0.001)  # fmt: skip

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import kfp_io
-from components.cli import main
-from components.convert import iter_samples, read_manifest
-from components.dataset import Sample, load_samples
-from components.synth import synthesize
-from components.validate import REASONS, DatasetInvalid, validate
 from model.video import count_frames
+from sign2text import kfp_io
+from sign2text.cli import main
+from sign2text.data.convert import iter_samples, read_manifest
+from sign2text.data.dataset import Sample, load_samples
+from sign2text.data.synth import synthesize
+from sign2text.data.validate import REASONS, DatasetInvalid, validate
 from tests.browser import external_requests, offline_chromium, open_page
 from tests.conftest import moving_square, write_video
 from tests.test_train import tiny_params
@@ -187,7 +187,9 @@ def test_report_page_shows_the_quarantine_in_a_browser_with_no_network(
     # puts in the HTML artifact. The UI shows an artifact as HTML whatever its name; a browser
     # opening a file goes by the suffix.
     calls = []
-    monkeypatch.setattr("components.validate.validate", lambda *a, **k: calls.append(k) or report)
+    monkeypatch.setattr(
+        "sign2text.data.validate.validate", lambda *a, **k: calls.append(k) or report
+    )
     artifact = tmp_path / "kfp-html-artifact.html"
     params = json.dumps({"validate": {"max_bad_fraction": 0.5}})
     assert kfp_io.validate_step(planted, params, tmp_path / "validation", artifact) is report

@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from html.parser import HTMLParser
 
-from components.validate_report import render, write_report_html
+from sign2text.data.validate_report import render, write_report_html
 from tests.browser import external_requests, offline_chromium, open_page
 
 TITLE = "sign2text validation report"

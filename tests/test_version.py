@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from components.dataset import METADATA, load_glosses, load_samples
-from components.synth import synthesize
-from components.version import (
+from sign2text.data.dataset import METADATA, load_glosses, load_samples
+from sign2text.data.synth import synthesize
+from sign2text.data.version import (
     DataVersionError,
     local_hash,
     materialise,

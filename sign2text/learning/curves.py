@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from components.dataset import write_json
+from sign2text.data.dataset import write_json
 
 ACCURACY = ("val_top1", "val_top5", "val_context_acc")  # plotted on a shared 0..1 axis
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")

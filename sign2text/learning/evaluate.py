@@ -27,11 +27,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from components.context import load_videos, score, sign_strings
-from components.dataset import Sample, load_samples, read_reversed_pairs
 from model.predict import Classifier
 from model.sentence import transcribe
 from model.video import VideoError, load_clip
+from sign2text.data.dataset import Sample, load_samples, read_reversed_pairs
+from sign2text.learning.context import load_videos, score, sign_strings
 
 TOP_K = (1, 5, 10)
 MAX_ANNOTATED = 30  # beyond this many classes, numbers in the cells are unreadable

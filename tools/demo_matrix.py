@@ -26,7 +26,7 @@ def _set(params: dict, assignments: list[str]) -> dict:
     """`section.key=value` overrides (value parsed as YAML), for trying a variant of the recipe."""
     import yaml
 
-    from components.params import overrides
+    from sign2text.params import overrides
 
     values = {}
     for a in assignments:
@@ -42,9 +42,9 @@ def run_one(params: dict, data: Path, shards: Path, out: Path, seed: int, thread
     import torch
 
     torch.set_num_threads(threads)
-    from components.evaluate import evaluate
-    from components.params import arch_config, preprocess_config
-    from components.train import HISTORY, TrainConfig, train
+    from sign2text.learning.evaluate import evaluate
+    from sign2text.learning.train import HISTORY, TrainConfig, train
+    from sign2text.params import arch_config, preprocess_config
 
     t0 = time.perf_counter()
     cfg = TrainConfig.from_dict({**params["train"], "seed": seed})
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", nargs=2, type=int, metavar=("SEED", "THREADS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
-    from components.params import load_params, preprocess_config
+    from sign2text.params import load_params, preprocess_config
 
     try:
         params = _set(load_params(a.params), a.set)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     if not (shards / "manifest.json").is_file():
-        from components.convert import convert
+        from sign2text.data.convert import convert
 
         conv = params["convert"]
         convert(data, shards, preprocess_config(params), shard_size=int(conv["shard_size"]),
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     # Widest runs first, so that narrower ones can share the cores at the end.
     runs = sorted(((s, t) for s in _ints(a.seeds) for t in _ints(a.threads)), key=lambda r: -r[1])
     sets = [x for s in a.set for x in ("--set", s)]
-    child = [sys.executable, "-m", "components.demo_matrix", "--params", a.params,
+    child = [sys.executable, "-m", "tools.demo_matrix", "--params", a.params,
              "--data", a.data, "--out", a.out, *sets]  # fmt: skip
 
     def start(seed: int, threads: int) -> tuple[subprocess.Popen, int]:

@@ -1,6 +1,6 @@
 """The Great Expectations suites of validation, declared in code, and how they are run.
 
-Two suites, each over a pandas table built by components/validate.py:
+Two suites, each over a pandas table built by sign2text/data/validate.py:
 
 - `metadata`: one row per metadata instance (raw values as found, plus typed copies the
   numeric checks read: a value of the wrong type is null there and fails its type check).
@@ -23,8 +23,8 @@ import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column as Col
 
-from components.dataset import SPLITS, VIDEO_ID_PATTERN
-from components.params import Thresholds  # declared with the other params.yaml sections
+from sign2text.data.dataset import SPLITS, VIDEO_ID_PATTERN
+from sign2text.params import Thresholds  # declared with the other params.yaml sections
 
 E = gx.expectations
 ROW = "row"

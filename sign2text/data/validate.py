@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.dataset import (
+from sign2text.data.dataset import (
     METADATA,
     OPTIONAL_KEYS,
     REQUIRED_KEYS,
@@ -40,8 +40,8 @@ from components.dataset import (
     sample_from_instance,
     write_json,
 )
-from components.probe import default_cache_dir, probe_files
-from components.validate_report import REPORT_HTML, write_report_html
+from sign2text.data.probe import default_cache_dir, probe_files
+from sign2text.data.validate_report import REPORT_HTML, write_report_html
 
 # The fixed vocabulary of report reasons, in the order a sample's reasons are listed.
 REASONS = (
@@ -263,10 +263,10 @@ def validate(
     """Validate data_dir; write report.json, report.html, valid.json and docs/ to out_dir;
     return the report.
 
-    thresholds: the fields of components.expectations.Thresholds. cache_dir: where probe
+    thresholds: the fields of sign2text.data.expectations.Thresholds. cache_dir: where probe
     results are kept by content hash (default probe.default_cache_dir()).
     """
-    from components.expectations import Thresholds, metadata_suite, probe_suite, run_suites
+    from sign2text.data.expectations import Thresholds, metadata_suite, probe_suite, run_suites
 
     names = {f.name for f in fields(Thresholds)}
     if unknown := sorted(set(thresholds) - names):

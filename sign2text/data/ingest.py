@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from components.dataset import METADATA, VIDEO_ID_PATTERN, VIDEOS, write_json
+from sign2text.data.dataset import METADATA, VIDEO_ID_PATTERN, VIDEOS, write_json
 
 SUMMARY = "ingest.json"
 CLASS_LIST = "wlasl_class_list.txt"

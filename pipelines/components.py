@@ -1,7 +1,7 @@
 """Kubeflow Pipelines (v2) lightweight components, one per pipeline step.
 
 Each body unpacks its typed artifacts and calls one step function (directly, or through
-components/kfp_io.py, where the testable glue lives); no step logic is written here. KFP ships a
+pipelines/glue.py, where the testable glue lives); no step logic is written here. KFP ships a
 component's source into its container, so the imports sit inside the bodies and the container
 image (`--image`, default DEFAULT_IMAGE) must hold this package: `build(image)` makes the
 components for one image, so the image is chosen when the pipeline is compiled.
@@ -40,7 +40,7 @@ def configure(
     """The run's params as JSON (a KFP dict parameter would turn every int into a float); each
     step gets only the sections it reads, so its cache key changes only when they do (new
     epochs must not re-convert the data)."""
-    from components.kfp_io import run_params, step_sections
+    from pipelines.glue import run_params, step_sections
 
     p = run_params(
         base,
@@ -58,7 +58,7 @@ def configure(
 
 def resolve_data(data_repo: str, data_rev: str, data_path: str) -> str:
     """The DVC md5 of the dataset this run uses (never cached: a revision can move)."""
-    from components.version import resolve
+    from sign2text.data.version import resolve
 
     return resolve(local_path=data_path, repo=data_repo, rev=data_rev)
 
@@ -69,7 +69,7 @@ def fetch_data(
     """The dataset with that md5 (first `subset` glosses; 0 = all) as a Dataset artifact."""
     from pathlib import Path
 
-    from components.version import materialise
+    from sign2text.data.version import materialise
 
     summary = materialise(
         data_md5, Path(dataset.path), subset=subset, local_path=data_path, remote=data_remote
@@ -83,7 +83,7 @@ def validate_data(
     """Great Expectations validation: valid samples + report + Data Docs."""
     from pathlib import Path
 
-    from components.kfp_io import validate_step
+    from pipelines.glue import validate_step
 
     report = validate_step(Path(dataset.path), params, Path(validation.path), Path(docs.path))
     validation.metadata.update({k: v for k, v in report.items() if isinstance(v, int | float)})
@@ -95,7 +95,7 @@ def convert_data(
     """Valid samples -> WebDataset shards."""
     from pathlib import Path
 
-    from components.kfp_io import convert_step
+    from pipelines.glue import convert_step
 
     manifest = convert_step(Path(dataset.path), Path(validation.path), params, Path(shards.path))
     shards.metadata.update(
@@ -116,7 +116,7 @@ def train_model(
     last epoch's values as Metrics, every epoch's as an HTML page of curves and a table."""
     from pathlib import Path
 
-    from components.kfp_io import log_scalars, train_step
+    from pipelines.glue import log_scalars, train_step
 
     final = train_step(
         Path(shards.path),
@@ -144,7 +144,7 @@ def evaluate_model(
     """top-1/5/10, confusion matrix and the gate ("pass" / "fail") against production."""
     from pathlib import Path
 
-    from components.kfp_io import evaluate_step, model_root, report_evaluation
+    from pipelines.glue import evaluate_step, model_root, report_evaluation
 
     out = Path(evaluation.path)
     decision = evaluate_step(
@@ -172,7 +172,7 @@ def publish_model(
     """Package the release candidate and upload it to the model bucket; returns its URI."""
     from pathlib import Path
 
-    from components.kfp_io import model_root, publish_step
+    from pipelines.glue import model_root, publish_step
 
     uri = model_root(model_bucket, isvc_name) + run_id + "/"
     lineage = publish_step(
@@ -203,7 +203,7 @@ def deploy_model(
     import json
     from pathlib import Path
 
-    from components.kfp_io import deploy_step, model_root, smoke_video
+    from pipelines.glue import deploy_step, model_root, smoke_video
 
     result = deploy_step(
         Path(package.path),
@@ -224,7 +224,7 @@ def record_outcome(status: dsl.PipelineTaskFinalStatus, isvc_name: str, outcome:
     import json
     from pathlib import Path
 
-    from components.kfp_io import outcome as make_outcome
+    from pipelines.glue import outcome as make_outcome
 
     record = make_outcome(status, isvc_name=isvc_name)
     Path(outcome.path).write_text(json.dumps(record, indent=2) + "\n")

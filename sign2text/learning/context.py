@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.dataset import Sample
 from model.sentence import Word, centred_window
 from model.video import count_frames, decode, trim_range
+from sign2text.data.dataset import Sample
 
 SPEED_JITTER = (0.8, 1.25)  # training windows vary in length: people sign at different speeds
 MIN_IOU = 0.5  # a word's span must overlap its sign's true span this much to count

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from components.dataset import write_json
 from model.storage import write_atomic
+from sign2text.data.dataset import write_json
 
 GENERATOR = "sign2text.synth"
 FPS = 25
@@ -314,18 +314,34 @@ def _is_synth_output(out: Path) -> bool:
         return False
 
 
-def _write_video(path: Path, frames: list[np.ndarray]) -> None:
+def write_video(path: Path, frames, fps: float = FPS) -> Path:
+    """T x H x W x 3 uint8 BGR -> a video file (MPEG-4 part 2, which OpenCV's wheel can encode),
+    in the container `path`'s suffix names; written beside it and renamed, so it is whole."""
     h, w = frames[0].shape[:2]
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")  # keeps .mp4 so OpenCV picks the container
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (w, h))
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # same suffix: OpenCV picks by it
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     if not writer.isOpened():
         raise RuntimeError(f"cv2.VideoWriter cannot write {tmp}")
     try:
         for f in frames:
-            writer.write(f)
+            writer.write(np.ascontiguousarray(f))
     finally:
         writer.release()
     os.replace(tmp, path)
+    return path
+
+
+def moving_square(n: int = 40, h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
+    """A square moving left to right over a textured background; every frame is distinct (tests
+    and benchmarks use it where any real video will do)."""
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(40, 90, (h, w, 3), dtype=np.uint8)
+    frames = np.repeat(bg[None], n, axis=0)
+    for i in range(n):
+        x = 5 + i * (w - 30) // max(n - 1, 1)
+        cv2.rectangle(frames[i], (x, h // 3), (x + 20, h // 3 + 20), (30, 200, 240), -1)
+        cv2.putText(frames[i], str(i), (4, h - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255,) * 3)
+    return frames
 
 
 def _check_args(out: Path, classes: int, per_class: int, signers: int, seed: int) -> None:
@@ -417,7 +433,7 @@ def synthesize(
                 n_post = 0 if open_end else int(rng.integers(3, 13))
                 frames, bbox = render_clip(spec, looks[signer], size, n_sign, n_pre, n_post, rng)
                 vid = f"{idx:05d}"
-                _write_video(videos / f"{vid}.mp4", frames)
+                write_video(videos / f"{vid}.mp4", frames)
                 written.add(f"{vid}.mp4")
                 counts[split] += 1
                 entries[spec.label]["instances"].append(

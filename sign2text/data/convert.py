@@ -10,7 +10,7 @@ which redoes them every epoch. Output under `out/`:
 With `idle_clips`, the frames before frame_start and after frame_end (the signer at rest) are
 stored too, as extra samples `<key>~idle0` (before) and `<key>~idle1` (after) with label -1,
 `"idle": true` and `"position"` (no sign's key contains `~`). Put back around their sign they
-rebuild the whole video, from which training cuts context windows (components/context.py) that
+rebuild the whole video, from which training cuts context windows (learning/context.py) that
 teach the model where signs start and stop -- what sentence mode needs.
 
 Same input -> byte-identical shards, so DVC caches them by content.
@@ -36,7 +36,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from components.dataset import SPLITS, Sample, load_glosses, load_samples
 from model.storage import hash_file
 from model.video import (
     PreprocessConfig,
@@ -46,6 +45,7 @@ from model.video import (
     probe,
     resize_frames,
 )
+from sign2text.data.dataset import SPLITS, Sample, load_glosses, load_samples
 
 FORMAT = "sign2text-shards/1"
 MANIFEST = "manifest.json"

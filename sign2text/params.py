@@ -27,12 +27,12 @@ from model.i3d import I3DConfig
 from model.video import PreprocessConfig
 
 if TYPE_CHECKING:
-    from components.train import TrainConfig
+    from sign2text.learning.train import TrainConfig
 
 DEFAULT = Path("params.yaml")
 _ARCH_KEYS = ("width", "dropout", "centre_over_time")
 
-# What TrainConfig's fields (components/train.py) may be, beyond their types. Kept here rather
+# What TrainConfig's fields (learning/train.py) may be, beyond their types. Kept here rather
 # than on the fields so the training recipe can change without touching these, and vice versa.
 TRAIN_RULES = {
     "epochs": Rule(ge=1),
@@ -56,7 +56,7 @@ TRAIN_RULES = {
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Per-video limits (params.yaml `validate:`), applied by components/expectations.py."""
+    """Per-video limits (params.yaml `validate:`), applied by sign2text/data/expectations.py."""
 
     # fewer frames (in the file or in the trimmed range) is too_few_frames
     min_frames: int = field(default=8, metadata=rule(ge=1))
@@ -135,7 +135,7 @@ def load_params(path: str | os.PathLike = DEFAULT) -> dict:
 def check_params(params: dict) -> None:
     """Build the config of every section present, so that any bad value raises ValueError.
     Sections absent are left to the step that needs them (KFP steps get only their own)."""
-    from components.train import TrainConfig  # here: train imports this module
+    from sign2text.learning.train import TrainConfig  # here: train imports this module
 
     builders = {
         "data": lambda d: strict_from_dict(DataParams, d, "data"),
@@ -171,7 +171,7 @@ def arch_config(params: dict) -> I3DConfig:
 def train_config(params: dict, source: str | os.PathLike = "params") -> TrainConfig:
     """The train section as a TrainConfig, for training here: a device this machine lacks fails
     now, before any data is read, rather than at the first tensor moved to it."""
-    from components.train import TrainConfig
+    from sign2text.learning.train import TrainConfig
 
     with _from(source):
         cfg = TrainConfig.from_dict(section(params, "train"))

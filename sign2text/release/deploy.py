@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from components.kube import KIND, KubeApi
-from components.smoke import Endpoint, Margins, SmokeCheck, compare
+from sign2text.release.kube import KIND, KubeApi
+from sign2text.release.smoke import Endpoint, Margins, SmokeCheck, compare
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEMPLATES = (
@@ -327,7 +327,7 @@ def deploy(
     for bad arguments. `dry_run` reads the live objects and returns the requests it would send
     (`actions`, plus `on_failure` for the rollback) without publishing or changing anything.
     """
-    from components.objstore import is_s3, publish_dir
+    from sign2text.release.objstore import is_s3, publish_dir
 
     steps = _check_steps(steps)
     if not is_s3(model_uri):
@@ -338,7 +338,7 @@ def deploy(
         raise ValueError("a smoke check is required (sample videos) unless dry_run")
     margins = Margins(max_error_rate_increase, max_p95_increase)
     if api is None:
-        from components.kube import KubernetesApi
+        from sign2text.release.kube import KubernetesApi
 
         api = KubernetesApi()
     ro = _Rollout(api, namespace, names, model_uri, timeout_s, soak_s, poll_s, clock, sleep, log)

@@ -5,7 +5,7 @@ generator seeded by (seed, epoch[, sample]), and the torch RNG (dropout) is save
 checkpoint, so a run killed after any epoch and resumed ends where an uninterrupted run ends.
 
 With `context_fraction` > 0 the model gets one more output, "no sign", and after the `epochs`
-on trimmed sign clips come `context_epochs` more that add context windows (components/context.py),
+on trimmed sign clips come `context_epochs` more that add context windows (learning/context.py),
 with a learning rate schedule of their own from `context_lr`: first the signs are learnt (from
 scratch, context windows from the start keep the network from getting off the ground), then
 where they start and stop.
@@ -28,16 +28,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from components.context import ContextWindows, rebuild_videos
-from components.convert import iter_samples, read_manifest
-from components.curves import write_curves
-from components.params import TRAIN_RULES
 from model.checkpoint import load_weights, read_state_dict
 from model.config import check_fields, strict_from_dict
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
 from model.storage import write_atomic
 from model.video import PreprocessConfig, clip_from_frames
+from sign2text.data.convert import iter_samples, read_manifest
+from sign2text.learning.context import ContextWindows, rebuild_videos
+from sign2text.learning.curves import write_curves
+from sign2text.params import TRAIN_RULES
 
 STATE = "state.pt"  # resumable training state
 MODEL_DIR = "model"  # the trained model, in the serving format

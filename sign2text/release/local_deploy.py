@@ -58,7 +58,7 @@ def _ready(port: int) -> bool:
 
 
 def _predict(video: Path, where: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "components.cli", "predict", str(video), *where, "--json"]
+    cmd = [sys.executable, "-m", "sign2text.cli", "predict", str(video), *where, "--json"]
     cmd += ["--top-k", "1"]  # any model has at least one class
     r = subprocess.run(
         cmd, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S, env=os.environ | _NO_PROXY
@@ -71,7 +71,7 @@ def _predict(video: Path, where: list[str]) -> dict:
 def serve_and_smoke_test(model_uri: str, video: Path) -> dict:
     """Start a local server for `model_uri`, smoke-test it over REST and gRPC, stop it."""
     http, grpc = free_port(), free_port()
-    cmd = [sys.executable, "-m", "components.cli", "serve", "--model-dir", model_uri]
+    cmd = [sys.executable, "-m", "sign2text.cli", "serve", "--model-dir", model_uri]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc)]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(

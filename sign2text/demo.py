@@ -7,11 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
-from components.context import load_videos, sign_strings
-from components.dataset import load_samples
-from components.evaluate import sentence_summary
 from model.predict import Classifier
 from model.sentence import transcribe
+from sign2text.data.dataset import load_samples
+from sign2text.learning.context import load_videos, sign_strings
+from sign2text.learning.evaluate import sentence_summary
 
 
 def show(model_dir: Path, data: Path, metrics: Path, top_k: int = 5) -> None:

@@ -1,6 +1,6 @@
 """The three InferenceService calls the rollout needs, and their implementation on a cluster.
 
-`KubeApi` is what `components.deploy` talks to; `KubernetesApi` implements it with the
+`KubeApi` is what `sign2text.release.deploy` talks to; `KubernetesApi` implements it with the
 `kubernetes` client's CustomObjectsApi (kubernetes 30.1 sends its patches as
 `application/merge-patch+json`, RFC 7386: a null removes a field). KServeClient is not used: it
 breaks with newer kubernetes clients (see DESIGN.md).

@@ -82,7 +82,7 @@ def compare(canary: SmokeStats, prev: SmokeStats | None, margins: Margins) -> li
 
 
 class VideoSmoke:
-    """The real check: sample videos through the v2 client (`components.client`), REST or gRPC.
+    """The real check: sample videos through the v2 client (`sign2text.client`), REST or gRPC.
 
     A request counts as an error when the server refuses it, cannot be reached, or answers
     without any gloss. gRPC goes to the tag URL's host on its port (80 for http, 443 for https).
@@ -96,7 +96,7 @@ class VideoSmoke:
         self.rounds, self.timeout_s = rounds, timeout_s
 
     def __call__(self, ep: Endpoint) -> SmokeStats:
-        from components.client import ClientError, predict
+        from sign2text.client import ClientError, predict
 
         where: dict[str, str] = {"url": ep.url}
         if ep.protocol == "grpc":

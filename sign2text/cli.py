@@ -19,7 +19,7 @@ INITIAL_MODEL_URI = "s3://sign2text/models/initial/"
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from components.synth import synthesize
+    from sign2text.data.synth import synthesize
 
     summary = synthesize(
         Path(args.out),
@@ -55,7 +55,7 @@ def _cmd_predict_local(args: argparse.Namespace) -> None:
 
 
 def _params(args: argparse.Namespace) -> dict:
-    from components.params import load_params
+    from sign2text.params import load_params
 
     return load_params(args.params)
 
@@ -76,9 +76,9 @@ def _check_params_file(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from components.convert import convert
-    from components.objstore import local_output
-    from components.params import preprocess_config, section
+    from sign2text.data.convert import convert
+    from sign2text.params import preprocess_config, section
+    from sign2text.release.objstore import local_output
 
     params = _params(args)
     samples = _read_samples(args.samples)
@@ -97,7 +97,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _read_samples(path: str | None) -> list | None:
-    from components.dataset import Sample
+    from sign2text.data.dataset import Sample
 
     if not path:
         return None
@@ -105,7 +105,7 @@ def _read_samples(path: str | None) -> list | None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
-    from components.ingest import ingest
+    from sign2text.data.ingest import ingest
 
     summary = ingest(
         Path(args.source),
@@ -120,8 +120,8 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
-    from components.params import section
-    from components.validate import validate
+    from sign2text.data.validate import validate
+    from sign2text.params import section
 
     th = dict(section(_params(args), "validate"))
     report = validate(
@@ -141,9 +141,9 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from components.objstore import local_input
-    from components.params import arch_config, preprocess_config, train_config
-    from components.train import train
+    from sign2text.learning.train import train
+    from sign2text.params import arch_config, preprocess_config, train_config
+    from sign2text.release.objstore import local_input
 
     params = _params(args)
     cfg = train_config(params, args.params)  # a device this machine lacks fails here
@@ -161,9 +161,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from components.evaluate import evaluate, gate, sentence_summary, write_gate
-    from components.objstore import local_input
-    from components.params import section
+    from sign2text.learning.evaluate import evaluate, gate, sentence_summary, write_gate
+    from sign2text.params import section
+    from sign2text.release.objstore import local_input
 
     ev = section(_params(args), "evaluate")
     with local_input(args.model) as model_dir:
@@ -195,8 +195,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
-    from components.objstore import local_output
-    from components.package import package
+    from sign2text.release.objstore import local_output
+    from sign2text.release.package import package
 
     with local_output(args.out) as out:
         lineage = package(
@@ -210,7 +210,7 @@ def _cmd_package(args: argparse.Namespace) -> None:
 
 
 def _cmd_params(args: argparse.Namespace) -> None:
-    from components.params import profile_overrides
+    from sign2text.params import profile_overrides
 
     print(" ".join(profile_overrides(_params(args), args.profile)))
 
@@ -234,7 +234,7 @@ def _add_params_arg(p: argparse.ArgumentParser, quiet: bool = True) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from components.client import format_table, predict, to_json
+    from sign2text.client import format_table, predict, to_json
 
     sentence = {"window": args.window, "stride": args.stride, "threshold": args.threshold}
     result = predict(args.video, url=args.url, grpc=args.grpc, mode=args.mode, top_k=args.top_k,
@@ -268,15 +268,15 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 def _cmd_deploy(args: argparse.Namespace) -> None:
     import yaml
 
-    from components.deploy import (
+    from sign2text.release.deploy import (
         DEFAULT_NAMES,
         DEFAULT_TEMPLATES,
         RolloutFailed,
         deploy,
         load_templates,
     )
-    from components.kube import KubernetesApi
-    from components.smoke import VideoSmoke
+    from sign2text.release.kube import KubernetesApi
+    from sign2text.release.smoke import VideoSmoke
 
     try:
         steps = [int(s) for s in args.steps.split(",")]
@@ -309,8 +309,8 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
 
 
 def _cmd_model_publish(args: argparse.Namespace) -> None:
-    from components.objstore import publish_dir
     from model.package import load_model_dir
+    from sign2text.release.objstore import publish_dir
 
     load_model_dir(args.model_dir)  # only a servable package goes where predictors load from
     manifest = publish_dir(Path(args.model_dir), args.uri, overwrite=args.overwrite)
@@ -319,7 +319,7 @@ def _cmd_model_publish(args: argparse.Namespace) -> None:
 
 
 def _cmd_images_stamp(args: argparse.Namespace) -> None:
-    from components.images import stamp_overlays
+    from sign2text.release.images import stamp_overlays
 
     for overlay, image in stamp_overlays(Path(args.manifests), args.registry, args.tag).items():
         print(f"{overlay}: {image}")

@@ -23,7 +23,7 @@ import torch
 from model.i3d import InceptionI3d
 from model.predict import fast_inference
 from model.video import PreprocessConfig, load_clip
-from tests.conftest import moving_square, write_video
+from sign2text.data.synth import moving_square, write_video
 
 WLASL = PreprocessConfig(num_frames=64, resize=256, crop=224)
 

@@ -23,8 +23,8 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from components.dataset import METADATA, VIDEOS
 from model.storage import hash_file
+from sign2text.data.dataset import METADATA, VIDEOS
 
 DIR_SUFFIX = ".dir"
 

@@ -1,6 +1,6 @@
 """Glue between Kubeflow Pipelines components and the step functions.
 
-The component bodies in components/kfp_components.py only unpack their artifacts and call one
+The component bodies in pipelines/components.py only unpack their artifacts and call one
 function here, which calls the same step functions the CLI and the DVC stages call. Everything
 KFP-specific that is worth testing (params from pipeline parameters, metrics and confusion
 matrices in the UI's artifact formats, the gate's baseline, where models are published) lives
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.evaluate import TOP_K
+from sign2text.learning.evaluate import TOP_K
 
 # Object store layout under s3://<model bucket>/models/<InferenceService name>/:
 #   <run id>/      one packaged model per pipeline run that passed the gate
@@ -44,7 +44,7 @@ def run_params(
 
     context_epochs 0 trains word mode only; > 0 adds that many context epochs (at the base's
     context_fraction, or one window per sign clip if the base has none)."""
-    from components.params import check_params
+    from sign2text.params import check_params
 
     for name, value in (
         ("frames", frames),
@@ -105,8 +105,8 @@ def validate_step(data_dir: Path, params: str, out: Path, report_html: Path) -> 
     """Validation into `out` (report.json, report.html, valid.json, docs/); the UI's HTML
     artifact `report_html` is the self-contained report, not the Data Docs' index: the UI shows
     that one file alone, and the index's styles and links would point off it."""
-    from components.validate import validate
-    from components.validate_report import write_report_html
+    from sign2text.data.validate import validate
+    from sign2text.data.validate_report import write_report_html
 
     thresholds = dict(_params(params).get("validate") or {})
     report = validate(Path(data_dir), Path(out), progress=False, **thresholds)
@@ -115,8 +115,8 @@ def validate_step(data_dir: Path, params: str, out: Path, report_html: Path) -> 
 
 
 def convert_step(data_dir: Path, validation: Path, params: str, out: Path) -> dict:
-    from components.convert import convert
-    from components.params import preprocess_config, section
+    from sign2text.data.convert import convert
+    from sign2text.params import preprocess_config, section
 
     params = _params(params)
     return convert(
@@ -131,7 +131,7 @@ def convert_step(data_dir: Path, validation: Path, params: str, out: Path) -> di
 
 def _samples(validation: Path) -> list:
     """The samples validation kept (its valid.json)."""
-    from components.dataset import Sample
+    from sign2text.data.dataset import Sample
 
     return [Sample.from_dict(d) for d in json.loads((Path(validation) / VALID).read_text())]
 
@@ -154,8 +154,8 @@ def train_step(
     """Train (resuming from this recipe's checkpoint if an earlier attempt left one), then copy
     the trained model to the step's output and, to `curves_html`, a page with the per-epoch
     curves and table (history.json, complete on a retried attempt too: it comes from state.pt)."""
-    from components.params import arch_config, preprocess_config, train_config
-    from components.train import HISTORY, MODEL_DIR, train
+    from sign2text.learning.train import HISTORY, MODEL_DIR, train
+    from sign2text.params import arch_config, preprocess_config, train_config
 
     work = checkpoint_dir(checkpoint_root, shards_hash, params)
     params = _params(params)
@@ -170,7 +170,7 @@ def train_step(
     )
     shutil.copytree(work / MODEL_DIR, model_out, dirs_exist_ok=True)
     if curves_html is not None:
-        from components.curves import curves_html as page
+        from sign2text.learning.curves import curves_html as page
 
         Path(curves_html).parent.mkdir(parents=True, exist_ok=True)
         Path(curves_html).write_text(page(json.loads((work / HISTORY).read_text())))
@@ -179,7 +179,7 @@ def train_step(
 
 def fetch_baseline(root: str, dest: Path) -> Path | None:
     """Production's metrics.json when a model has been rolled out before, else None."""
-    from components.objstore import fetch_dir, is_published
+    from sign2text.release.objstore import fetch_dir, is_published
 
     uri = root + PRODUCTION + "/"
     if not is_published(uri):
@@ -196,8 +196,8 @@ def evaluate_step(
     baseline_root: str,
 ) -> dict:
     """Evaluate + gate against params' threshold and production's metrics; writes out/."""
-    from components.evaluate import evaluate, gate, write_gate
-    from components.params import section
+    from sign2text.learning.evaluate import evaluate, gate, write_gate
+    from sign2text.params import section
 
     ev = section(_params(params), "evaluate")
     metrics = evaluate(
@@ -298,8 +298,8 @@ def publish_step(
     model_dir: Path, eval_dir: Path, params: str, data_md5: str, out: Path, model_uri: str
 ) -> dict:
     """Package the release candidate into `out`, then upload it to `model_uri`."""
-    from components.objstore import publish_dir
-    from components.package import package
+    from sign2text.release.objstore import publish_dir
+    from sign2text.release.package import package
 
     with tempfile.TemporaryDirectory() as tmp:
         pointer = _write_pointer(data_md5, Path(tmp) / "data.dvc")
@@ -333,14 +333,14 @@ def deploy_step(
 ) -> dict:
     """Roll `model_uri` out (cluster: KServe canary; local: the local stand-in), then copy it to
     `root`/production/, the baseline the next run's gate compares against."""
-    from components.objstore import publish_dir
+    from sign2text.release.objstore import publish_dir
 
     plan = canary_plan(canary_percent, canary_steps)
     if smoke_video is None:
         raise ValueError("the deploy step needs a video to smoke-test the model with")
     if target == "cluster":
-        from components.deploy import deploy
-        from components.smoke import VideoSmoke
+        from sign2text.release.deploy import deploy
+        from sign2text.release.smoke import VideoSmoke
 
         result = deploy(
             Path(package_dir),
@@ -353,7 +353,7 @@ def deploy_step(
             smoke=VideoSmoke([smoke_video]),
         )
     elif target == "local":
-        from components.local_deploy import serve_and_smoke_test
+        from sign2text.release.local_deploy import serve_and_smoke_test
 
         result = serve_and_smoke_test(model_uri, smoke_video)
     else:

@@ -31,7 +31,7 @@ from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
 from model.predict import Classifier
 from model.video import PreprocessConfig
-from tests.conftest import moving_square, write_video
+from sign2text.data.synth import moving_square, write_video
 
 LABELS = [f"g{i}" for i in range(10)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,1 @@
+"""Data steps: the dataset layout, synthesis, ingest, validation, conversion to shards, versions."""

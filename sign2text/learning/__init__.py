@@ -1,0 +1,1 @@
+"""Learning steps: training (with context windows), its curves, and evaluation with the gate."""

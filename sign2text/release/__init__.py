@@ -1,0 +1,1 @@
+"""Release steps: packaging, the object store, rollout to KServe (canary, smoke checks)."""
