@@ -37,22 +37,14 @@ def configure(
     min_top1: float,
     tolerance: float,
 ) -> NamedTuple("Params", full=str, data=str, train=str, evaluate=str):
-    """The run's params as JSON (a KFP dict parameter would turn every int into a float); each
+    """The run's params as JSON (a KFP dict parameter would turn every int into a float): the
+    recipe parameters (pipelines/parameters.py's RECIPE) applied to params.yaml's values. Each
     step gets only the sections it reads, so its cache key changes only when they do (new
     epochs must not re-convert the data)."""
+    recipe = {k: v for k, v in locals().items() if k != "base"}  # every parameter, by name
     from pipelines.glue import run_params, step_sections
 
-    p = run_params(
-        base,
-        frames=frames,
-        image_size=image_size,
-        epochs=epochs,
-        context_epochs=context_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        min_top1=min_top1,
-        tolerance=tolerance,
-    )
+    p = run_params(base, **recipe)
     return (p, step_sections(p, "data"), step_sections(p, "train"), step_sections(p, "evaluate"))
 
 

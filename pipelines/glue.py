@@ -17,69 +17,31 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipelines.parameters import apply_recipe
+from sign2text import steps
 from sign2text.learning.evaluate import TOP_K
+from sign2text.params import Params
+from sign2text.steps import VALID
 
 # Object store layout under s3://<model bucket>/models/<InferenceService name>/:
 #   <run id>/      one packaged model per pipeline run that passed the gate
 #   production/    the model the deploy step last rolled out: the gate's baseline
 PRODUCTION = "production"
-VALID = "valid.json"  # written by validate: the samples every later step uses
 DEPLOY_SOAK_S = 60.0  # each canary step serves this long before the next one
 DEPLOY_TIMEOUT_S = 900.0  # one rollout step must become ready within this
 
 
-def run_params(
-    base: str,
-    *,
-    frames: int,
-    image_size: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    min_top1: float,
-    tolerance: float,
-    context_epochs: int = 0,
-) -> str:
-    """params.yaml's content (JSON) with the pipeline's parameters applied, as JSON.
-
-    context_epochs 0 trains word mode only; > 0 adds that many context epochs (at the base's
-    context_fraction, or one window per sign clip if the base has none)."""
-    from sign2text.params import check_params
-
-    for name, value in (
-        ("frames", frames),
-        ("image_size", image_size),
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-    ):
-        if int(value) < 1:
-            raise ValueError(f"pipeline parameter {name} must be >= 1, got {value}")
-    if int(context_epochs) < 0:
-        raise ValueError(f"pipeline parameter context_epochs must be >= 0, got {context_epochs}")
-    if not 0 < lr < 1:
-        raise ValueError(f"pipeline parameter lr must be in (0, 1), got {lr}")
-    params = _params(base)
-    for name in ("model", "train", "evaluate"):
-        params.setdefault(name, {})
-    # Same crop / resize ratio as I3D's 224 / 256: the crop is what the network sees.
-    params["model"].update(num_frames=frames, crop=image_size, resize=image_size * 8 // 7)
-    params["train"].update(epochs=epochs, batch_size=batch_size, lr=lr)
-    fraction = float(params["train"].get("context_fraction", 0.0)) or 1.0
-    params["train"].update(
-        context_epochs=int(context_epochs), context_fraction=fraction if context_epochs else 0.0
-    )
-    params["evaluate"].update(min_top1=min_top1, tolerance=tolerance)
+def run_params(base: str, **values) -> str:
+    """params.yaml's content (JSON) with a run's pipeline parameters applied (RECIPE), as JSON,
+    checked: the first step fails on a bad value, not the step that reads it."""
+    params = apply_recipe(Params.from_json(base, "base_params").values, values)
     params.pop("profiles", None)
-    check_params(params)  # the first step fails on a bad value, not the step that reads it
-    return json.dumps(params, sort_keys=True)
+    return Params.from_json(json.dumps(params, sort_keys=True), "pipeline parameters").to_json()
 
 
-def _params(text: str) -> dict:
+def _params(text: str) -> Params:
     """Params travel between components as JSON text: exact ints and floats, unlike KFP dicts."""
-    params = json.loads(text)
-    if not isinstance(params, dict):
-        raise ValueError("params must be a JSON object")
-    return params
+    return Params.from_json(text)
 
 
 def model_root(bucket: str, isvc_name: str) -> str:
@@ -97,43 +59,27 @@ SECTIONS = {
 
 
 def step_sections(params: str, step: str) -> str:
-    p = _params(params)
-    return json.dumps({k: p[k] for k in SECTIONS[step] if k in p}, sort_keys=True)
+    return _params(params).to_json(*SECTIONS[step])
 
 
 def validate_step(data_dir: Path, params: str, out: Path, report_html: Path) -> dict:
     """Validation into `out` (report.json, report.html, valid.json, docs/); the UI's HTML
     artifact `report_html` is the self-contained report, not the Data Docs' index: the UI shows
     that one file alone, and the index's styles and links would point off it."""
-    from sign2text.data.validate import validate
     from sign2text.data.validate_report import write_report_html
 
-    thresholds = dict(_params(params).get("validate") or {})
-    report = validate(Path(data_dir), Path(out), progress=False, **thresholds)
+    report = steps.validate(_params(params), Path(data_dir), Path(out))
     write_report_html(Path(report_html), report, docs=None)  # docs/ are in `out`, not beside it
     return report
 
 
 def convert_step(data_dir: Path, validation: Path, params: str, out: Path) -> dict:
-    from sign2text.data.convert import convert
-    from sign2text.params import preprocess_config, section
-
-    params = _params(params)
-    return convert(
-        Path(data_dir),
-        Path(out),
-        preprocess_config(params),
-        shard_size=int(section(params, "convert")["shard_size"]),
-        samples=_samples(validation),
-        progress=False,
-    )
+    return steps.convert(_params(params), Path(data_dir), Path(validation) / VALID, Path(out))
 
 
 def _samples(validation: Path) -> list:
     """The samples validation kept (its valid.json)."""
-    from sign2text.data.dataset import Sample
-
-    return [Sample.from_dict(d) for d in json.loads((Path(validation) / VALID).read_text())]
+    return steps.read_samples(Path(validation) / VALID)
 
 
 def checkpoint_dir(root: Path, shards_hash: str, params: str) -> Path:
@@ -154,20 +100,10 @@ def train_step(
     """Train (resuming from this recipe's checkpoint if an earlier attempt left one), then copy
     the trained model to the step's output and, to `curves_html`, a page with the per-epoch
     curves and table (history.json, complete on a retried attempt too: it comes from state.pt)."""
-    from sign2text.learning.train import HISTORY, MODEL_DIR, train
-    from sign2text.params import arch_config, preprocess_config, train_config
+    from sign2text.learning.train import HISTORY, MODEL_DIR
 
     work = checkpoint_dir(checkpoint_root, shards_hash, params)
-    params = _params(params)
-    final = train(
-        Path(shards),
-        work,
-        preprocess_config(params),
-        train_config(params, "pipeline params"),
-        arch=arch_config(params),
-        resume=True,
-        progress=False,
-    )
+    final = steps.train(_params(params), Path(shards), work, resume=True)
     shutil.copytree(work / MODEL_DIR, model_out, dirs_exist_ok=True)
     if curves_html is not None:
         from sign2text.learning.curves import curves_html as page
@@ -196,28 +132,12 @@ def evaluate_step(
     baseline_root: str,
 ) -> dict:
     """Evaluate + gate against params' threshold and production's metrics; writes out/."""
-    from sign2text.learning.evaluate import evaluate, gate, write_gate
-    from sign2text.params import section
-
-    ev = section(_params(params), "evaluate")
-    metrics = evaluate(
-        Path(model_dir),
-        Path(data_dir),
-        Path(out),
-        samples=_samples(validation),
-        batch_size=int(ev.get("batch_size", 8)),
-        progress=False,
-        sentences=int(ev.get("sentences", 0)),
-    )
     with tempfile.TemporaryDirectory() as tmp:
         baseline = fetch_baseline(baseline_root, Path(tmp)) if baseline_root else None
-        decision = gate(
-            metrics,
-            min_top1=float(ev["min_top1"]),
-            tolerance=float(ev.get("tolerance", 0.0)),
-            baseline=baseline,
-        )
-    write_gate(Path(out), decision)
+        _, decision = steps.evaluate(
+            _params(params), Path(model_dir), Path(data_dir), Path(validation) / VALID,
+            Path(out), baseline=baseline,
+        )  # fmt: skip
     return decision
 
 
@@ -298,15 +218,12 @@ def publish_step(
     model_dir: Path, eval_dir: Path, params: str, data_md5: str, out: Path, model_uri: str
 ) -> dict:
     """Package the release candidate into `out`, then upload it to `model_uri`."""
-    from sign2text.release.objstore import publish_dir
-    from sign2text.release.package import package
-
     with tempfile.TemporaryDirectory() as tmp:
         pointer = _write_pointer(data_md5, Path(tmp) / "data.dvc")
-        lineage = package(
-            Path(model_dir), Path(eval_dir), Path(out), params=_params(params), data_pointer=pointer
+        lineage = steps.package(
+            _params(params), Path(model_dir), Path(eval_dir), Path(out), data_pointer=pointer
         )
-    publish_dir(Path(out), model_uri)
+    steps.publish(Path(out), model_uri)
     return lineage
 
 
@@ -339,18 +256,15 @@ def deploy_step(
     if smoke_video is None:
         raise ValueError("the deploy step needs a video to smoke-test the model with")
     if target == "cluster":
-        from sign2text.release.deploy import deploy
-        from sign2text.release.smoke import VideoSmoke
-
-        result = deploy(
+        result = steps.deploy(
             Path(package_dir),
-            model_uri=model_uri,
+            model_uri,
+            smoke_videos=[smoke_video],
             namespace=namespace,
             names=(isvc_name, f"{isvc_name}-grpc"),  # REST and gRPC InferenceServices
             steps=plan,
             soak_s=DEPLOY_SOAK_S,
             timeout_s=DEPLOY_TIMEOUT_S,
-            smoke=VideoSmoke([smoke_video]),
         )
     elif target == "local":
         from sign2text.release.local_deploy import serve_and_smoke_test

@@ -1,8 +1,10 @@
 """The sign2text Kubeflow pipeline: version -> validate -> convert -> train -> evaluate -> (gate)
 -> publish -> deploy, inside an exit handler that records how the run ended.
 
-Parameter defaults are the active values of params.yaml at compile time (so the committed
-sign2text.yaml changes when they do); params.yaml's other values travel as `base_params`.
+The recipe parameters' defaults are params.yaml's active values at compile time, through
+pipelines/parameters.py's table (so the committed sign2text.yaml changes when they do, and a run
+with the defaults trains what `dvc repro` trains); params.yaml's other values travel as
+`base_params`.
 Object store credentials come from the Kubernetes Secret S3_SECRET, never from parameters.
 """
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from kfp import dsl, kubernetes
 
 from pipelines.components import DEFAULT_IMAGE, build
+from pipelines.parameters import RECIPE, recipe_defaults
 from sign2text.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +44,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
     c = build(image)
     base = load_params(params_file)
     base.pop("profiles", None)
-    m, t, e = base["model"], base["train"], base["evaluate"]
+    d = recipe_defaults(base)
 
     @dsl.pipeline(name=NAME, description=__doc__.splitlines()[0])
     def sign2text(
@@ -50,14 +53,14 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         data_remote: str = "s3://sign2text/dvc",
         data_path: str = "",
         subset: int = 0,
-        frames: int = int(m["num_frames"]),
-        image_size: int = int(m["crop"]),
-        epochs: int = int(t["epochs"]),
-        context_epochs: int = int(t.get("context_epochs", 0)),
-        batch_size: int = int(t["batch_size"]),
-        lr: float = float(t["lr"]),
-        min_top1: float = float(e["min_top1"]),
-        tolerance: float = float(e["tolerance"]),
+        frames: int = int(d["frames"]),
+        image_size: int = int(d["image_size"]),
+        epochs: int = int(d["epochs"]),
+        context_epochs: int = int(d["context_epochs"]),
+        batch_size: int = int(d["batch_size"]),
+        lr: float = float(d["lr"]),
+        min_top1: float = float(d["min_top1"]),
+        tolerance: float = float(d["tolerance"]),
         canary_percent: int = 10,
         canary_steps: int = 3,
         namespace: str = "sign2text",
@@ -73,19 +76,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         training recipe; context_epochs: epochs with context windows after those (0 = no
         sentence mode); min_top1, tolerance: the gate; canary_percent, canary_steps: the
         rollout; deploy_target: cluster (KServe) or local (a local server, for local runs)."""
+        arguments = dict(locals())  # the parameters, before any other name is bound
         outcome = c.record_outcome(isvc_name=isvc_name).set_caching_options(False)
         with dsl.ExitHandler(outcome, name="run"):
-            cfg = c.configure(
-                base=base_params,
-                frames=frames,
-                image_size=image_size,
-                epochs=epochs,
-                context_epochs=context_epochs,
-                batch_size=batch_size,
-                lr=lr,
-                min_top1=min_top1,
-                tolerance=tolerance,
-            ).set_caching_options(True)
+            recipe = {k: v for k, v in arguments.items() if k in RECIPE}
+            cfg = c.configure(base=base_params, **recipe).set_caching_options(True)
             # Never cached: the same revision name can point at new data.
             resolved = c.resolve_data(
                 data_repo=data_repo, data_rev=data_rev, data_path=data_path

@@ -54,10 +54,10 @@ def _cmd_predict_local(args: argparse.Namespace) -> None:
         print(f"{i:>4}  {g:<20} {s:.4f}")
 
 
-def _params(args: argparse.Namespace) -> dict:
-    from sign2text.params import load_params
+def _params(args: argparse.Namespace):
+    from sign2text.params import Params
 
-    return load_params(args.params)
+    return Params.load(args.params)
 
 
 def _check_params_file(args: argparse.Namespace) -> None:
@@ -76,32 +76,19 @@ def _check_params_file(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from sign2text.data.convert import convert
-    from sign2text.params import preprocess_config, section
+    from sign2text import steps
     from sign2text.release.objstore import local_output
 
-    params = _params(args)
-    samples = _read_samples(args.samples)
     with local_output(args.out) as out:
-        manifest = convert(
-            Path(args.data),
-            out,
-            preprocess_config(params),
-            shard_size=int(section(params, "convert")["shard_size"]),
-            idle_clips=bool(section(params, "convert").get("idle_clips", False)),
-            samples=samples,
-            progress=not args.quiet,
+        manifest = steps.convert(
+            _params(args), Path(args.data), _path(args.samples), out, progress=not args.quiet
         )
     counts = {k: v["samples"] for k, v in manifest["splits"].items()}
     print(f"wrote {args.out}: {counts}, skipped {len(manifest['skipped'])}")
 
 
-def _read_samples(path: str | None) -> list | None:
-    from sign2text.data.dataset import Sample
-
-    if not path:
-        return None
-    return [Sample.from_dict(d) for d in json.loads(Path(path).read_text())]
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
@@ -120,19 +107,12 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
-    from sign2text.data.validate import validate
-    from sign2text.params import section
+    from sign2text import steps
 
-    th = dict(section(_params(args), "validate"))
-    report = validate(
-        Path(args.dataset),
-        Path(args.out),
-        max_bad_fraction=float(th.pop("max_bad_fraction", 0.25)),
-        workers=args.workers,
-        progress=not args.quiet,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        **th,
-    )
+    report = steps.validate(
+        _params(args), Path(args.dataset), Path(args.out), workers=args.workers,
+        cache_dir=_path(args.cache_dir), progress=not args.quiet,
+    )  # fmt: skip
     print(
         f"{report['total']} samples: {report['valid']} valid, {len(report['quarantined'])} "
         f"quarantined {report['reasons']}, {len(report['warnings'])} warnings; "
@@ -141,49 +121,28 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from sign2text.learning.train import train
-    from sign2text.params import arch_config, preprocess_config, train_config
+    from sign2text import steps
     from sign2text.release.objstore import local_input
 
     params = _params(args)
-    cfg = train_config(params, args.params)  # a device this machine lacks fails here
+    params.train  # noqa: B018 - a bad recipe or a device this machine lacks fails before a fetch
     with local_input(args.shards) as shards:
-        final = train(
-            shards,
-            Path(args.out),
-            preprocess_config(params),
-            cfg,
-            arch=arch_config(params),
-            resume=args.resume,
-            progress=not args.quiet,
+        final = steps.train(
+            params, shards, Path(args.out), resume=args.resume, progress=not args.quiet
         )
     print(json.dumps(final))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from sign2text.learning.evaluate import evaluate, gate, sentence_summary, write_gate
-    from sign2text.params import section
+    from sign2text import steps
+    from sign2text.learning.evaluate import sentence_summary
     from sign2text.release.objstore import local_input
 
-    ev = section(_params(args), "evaluate")
     with local_input(args.model) as model_dir:
-        metrics = evaluate(
-            model_dir,
-            Path(args.data),
-            Path(args.out),
-            samples=_read_samples(args.samples),
-            batch_size=int(ev.get("batch_size", 8)),
-            progress=not args.quiet,
-            sentences=int(ev.get("sentences", 0)),
-        )
-    baseline = args.baseline if args.baseline is not None else ev.get("baseline") or None
-    decision = gate(
-        metrics,
-        min_top1=float(ev["min_top1"]),
-        tolerance=float(ev.get("tolerance", 0.0)),
-        baseline=Path(baseline) if baseline else None,
-    )
-    write_gate(Path(args.out), decision)
+        metrics, decision = steps.evaluate(
+            _params(args), model_dir, Path(args.data), _path(args.samples), Path(args.out),
+            baseline=_path(args.baseline), progress=not args.quiet,
+        )  # fmt: skip
     test = metrics.get("test") or {}
     print(
         f"test top1={test.get('top1')} top5={test.get('top5')} top10={test.get('top10')} "
@@ -195,24 +154,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
+    from sign2text import steps
     from sign2text.release.objstore import local_output
-    from sign2text.release.package import package
 
     with local_output(args.out) as out:
-        lineage = package(
-            Path(args.model),
-            Path(args.eval),
-            out,
-            params=_params(args),
+        lineage = steps.package(
+            _params(args), Path(args.model), Path(args.eval), out,
             allow_failed_gate=args.allow_failed_gate,
-        )
+        )  # fmt: skip
     print(f"packaged {args.out} (gate {lineage['gate']}, data {lineage['data_md5']})")
 
 
 def _cmd_params(args: argparse.Namespace) -> None:
     from sign2text.params import profile_overrides
 
-    print(" ".join(profile_overrides(_params(args), args.profile)))
+    print(" ".join(profile_overrides(_params(args).values, args.profile)))
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -268,31 +224,30 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 def _cmd_deploy(args: argparse.Namespace) -> None:
     import yaml
 
+    from sign2text import steps
     from sign2text.release.deploy import (
         DEFAULT_NAMES,
         DEFAULT_TEMPLATES,
         RolloutFailed,
-        deploy,
         load_templates,
     )
     from sign2text.release.kube import KubernetesApi
-    from sign2text.release.smoke import VideoSmoke
 
     try:
         steps = [int(s) for s in args.steps.split(",")]
     except ValueError:
         raise ValueError(f"--steps wants comma-separated percents, got {args.steps!r}") from None
-    if not args.dry_run and not args.smoke_video:
+    if not args.dry_run and not args.smoke_video:  # said in the CLI's words
         raise ValueError("--smoke-video is required (sample videos for the smoke checks)")
     templates = [Path(t) for t in args.template] or list(DEFAULT_TEMPLATES)
     names = list(load_templates(templates)) if args.template else list(DEFAULT_NAMES)
     try:
-        result = deploy(
-            Path(args.model_dir), model_uri=args.model_uri, namespace=args.namespace,
+        result = steps.deploy(
+            Path(args.model_dir), args.model_uri, namespace=args.namespace,
             names=names, steps=steps, soak_s=args.soak_s, timeout_s=args.timeout_s,
             max_error_rate_increase=args.max_error_rate_increase,
             max_p95_increase=args.max_p95_increase,
-            smoke=None if args.dry_run else VideoSmoke(args.smoke_video),
+            smoke_videos=args.smoke_video,
             api=KubernetesApi(args.kubeconfig, args.context), templates=templates,
             dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True),
         )  # fmt: skip
@@ -309,11 +264,9 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
 
 
 def _cmd_model_publish(args: argparse.Namespace) -> None:
-    from model.package import load_model_dir
-    from sign2text.release.objstore import publish_dir
+    from sign2text import steps
 
-    load_model_dir(args.model_dir)  # only a servable package goes where predictors load from
-    manifest = publish_dir(Path(args.model_dir), args.uri, overwrite=args.overwrite)
+    manifest = steps.publish(Path(args.model_dir), args.uri, overwrite=args.overwrite)
     size = sum(f["size"] for f in manifest["files"])
     print(f"published {len(manifest['files'])} files ({size} bytes) at {manifest['uri']}")
 

@@ -18,16 +18,12 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from model.config import Rule, check_fields, rule, strict_from_dict
 from model.i3d import I3DConfig
 from model.video import PreprocessConfig
-
-if TYPE_CHECKING:
-    from sign2text.learning.train import TrainConfig
 
 DEFAULT = Path("params.yaml")
 _ARCH_KEYS = ("width", "dropout", "centre_over_time")
@@ -55,6 +51,67 @@ TRAIN_RULES = {
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """params.yaml `train:`. No defaults: params.yaml (and its profiles) is the one place the
+    recipe's values are written."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str  # "adam" is the WLASL recipe
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    label_smoothing: float
+    hflip: bool  # handedness can carry meaning: off unless asked for
+    color_jitter: float  # per-clip brightness / contrast / per-channel gain, +- this
+    context_fraction: float  # context windows per epoch, as a fraction of the sign clips
+    context_epochs: int  # epochs with context windows, after `epochs` without
+    context_lr: float  # their peak learning rate (warm-up epoch, then cosine to zero)
+    context_window: int  # frames (at the model's fps) per context window: about one sign
+    bn_clips: int  # training clips, evenly spread, that BatchNorm's statistics come from
+    freeze_backbone: bool
+    init: str  # published I3D checkpoint to start from; "" = from scratch
+    seed: int
+    num_workers: int
+    cache: bool  # keep decoded clips in memory across epochs (small datasets)
+    device: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return strict_from_dict(cls, d, "train")
+
+    def __post_init__(self):
+        check_fields(self, "train", TRAIN_RULES)  # types, ranges, choices: one line each
+        if self.context_fraction < 0 or self.context_epochs < 0:
+            raise ValueError(
+                "train params: context_fraction and context_epochs must be >= 0, got "
+                f"{self.context_fraction}, {self.context_epochs}"
+            )
+        if (self.context_fraction > 0) != (self.context_epochs > 0):
+            raise ValueError(
+                "train params: context_fraction and context_epochs go together (both > 0 to "
+                f"learn where signs are, both 0 not to), got {self.context_fraction}, "
+                f"{self.context_epochs}"
+            )
+        if self.context_window < 1:
+            raise ValueError(
+                f"train params: context_window must be >= 1, got {self.context_window}"
+            )
+
+    @property
+    def context(self) -> bool:
+        """Whether the model learns where signs are (a no-sign output, context windows)."""
+        return self.context_fraction > 0
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + (self.context_epochs if self.context else 0)
+
+    def context_in(self, epoch: int) -> bool:
+        return self.context and epoch >= self.epochs
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """Per-video limits (params.yaml `validate:`), applied by sign2text/data/expectations.py."""
 
@@ -79,8 +136,8 @@ class ValidateParams(Thresholds):
 
 @dataclass(frozen=True)
 class ConvertParams:
-    shard_size: int = field(metadata=rule(ge=1))  # no default: the CLI has always required it
-    idle_clips: bool = False
+    shard_size: int = field(metadata=rule(ge=1))
+    idle_clips: bool  # also the rest before/after each sign: context windows need it
 
     def __post_init__(self):
         check_fields(self, "convert")
@@ -90,10 +147,10 @@ class ConvertParams:
 class EvaluateParams:
     # above 1 the gate always fails, which tests use to exercise a failing gate
     min_top1: float = field(metadata=rule(ge=0))
-    tolerance: float = field(default=0.0, metadata=rule(ge=0))
-    baseline: str = ""
-    batch_size: int = field(default=8, metadata=rule(ge=1))
-    sentences: int = field(default=0, metadata=rule(ge=0))
+    tolerance: float = field(metadata=rule(ge=0))
+    baseline: str  # production's metrics.json; "" = no baseline
+    batch_size: int = field(metadata=rule(ge=1))
+    sentences: int = field(metadata=rule(ge=0))
 
     def __post_init__(self):
         check_fields(self, "evaluate")
@@ -135,11 +192,9 @@ def load_params(path: str | os.PathLike = DEFAULT) -> dict:
 def check_params(params: dict) -> None:
     """Build the config of every section present, so that any bad value raises ValueError.
     Sections absent are left to the step that needs them (KFP steps get only their own)."""
-    from sign2text.learning.train import TrainConfig  # here: train imports this module
-
     builders = {
         "data": lambda d: strict_from_dict(DataParams, d, "data"),
-        "model": lambda _: (preprocess_config(params), arch_config(params)),
+        "model": lambda m: (_preprocess(m), _arch(m)),
         "validate": lambda d: strict_from_dict(ValidateParams, d, "validate"),
         "convert": lambda d: strict_from_dict(ConvertParams, d, "convert"),
         "train": TrainConfig.from_dict,
@@ -157,26 +212,80 @@ def section(params: dict, name: str) -> dict:
     return value
 
 
-def preprocess_config(params: dict) -> PreprocessConfig:
-    m = section(params, "model")
-    return PreprocessConfig.from_dict({k: v for k, v in m.items() if k not in _ARCH_KEYS})
+def _preprocess(model: dict) -> PreprocessConfig:
+    return PreprocessConfig.from_dict({k: v for k, v in model.items() if k not in _ARCH_KEYS})
 
 
-def arch_config(params: dict) -> I3DConfig:
-    """The network from params' model section; training takes the class count from its data."""
-    m = section(params, "model")
-    return I3DConfig(**{k: m[k] for k in _ARCH_KEYS if k in m})
+def _arch(model: dict) -> I3DConfig:
+    return I3DConfig(**{k: model[k] for k in _ARCH_KEYS if k in model})
 
 
-def train_config(params: dict, source: str | os.PathLike = "params") -> TrainConfig:
-    """The train section as a TrainConfig, for training here: a device this machine lacks fails
-    now, before any data is read, rather than at the first tensor moved to it."""
-    from sign2text.learning.train import TrainConfig
+@dataclass(frozen=True)
+class Params:
+    """What every step takes (sign2text/steps.py): params.yaml's values, or a pipeline run's, as
+    typed sections. A step reads the sections it needs here, so no caller picks keys out of it
+    and no key can be dropped on the way (the Kubeflow path once lost `convert.idle_clips`)."""
 
-    with _from(source):
-        cfg = TrainConfig.from_dict(section(params, "train"))
-        check_device(cfg.device)
-    return cfg
+    values: dict
+    source: str = "params"  # where the values came from, prefixed to every error
+
+    @classmethod
+    def load(cls, path: str | os.PathLike = DEFAULT) -> Params:
+        return cls(load_params(path), str(path))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "pipeline params") -> Params:
+        """Params as they travel between pipeline steps: JSON text, exact ints and floats."""
+        values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a JSON object")
+        with _from(source):
+            check_params(values)
+        return cls(values, source)
+
+    def to_json(self, *sections: str) -> str:
+        """The named sections (all but `profiles` if none are named) as JSON text."""
+        names = sections or [k for k in self.values if k != "profiles"]
+        return json.dumps({k: self.values[k] for k in names if k in self.values}, sort_keys=True)
+
+    def _section(self, name: str) -> dict:
+        with _from(self.source):
+            return section(self.values, name)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """How videos become clips: params.yaml `model:` without the architecture keys."""
+        with _from(self.source):
+            return _preprocess(self._section("model"))
+
+    @property
+    def arch(self) -> I3DConfig:
+        """The network; training takes the class count from its data."""
+        with _from(self.source):
+            return _arch(self._section("model"))
+
+    @property
+    def validate(self) -> ValidateParams:
+        with _from(self.source):
+            return strict_from_dict(ValidateParams, self._section("validate"), "validate")
+
+    @property
+    def convert(self) -> ConvertParams:
+        with _from(self.source):
+            return strict_from_dict(ConvertParams, self._section("convert"), "convert")
+
+    @property
+    def train(self) -> TrainConfig:
+        """For training here: a device this machine lacks fails now, before any data is read."""
+        with _from(self.source):
+            cfg = TrainConfig.from_dict(self._section("train"))
+            check_device(cfg.device)
+        return cfg
+
+    @property
+    def evaluate(self) -> EvaluateParams:
+        with _from(self.source):
+            return strict_from_dict(EvaluateParams, self._section("evaluate"), "evaluate")
 
 
 def check_device(name: str) -> None:

@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from sign2text.data.synth import moving_square, write_video  # noqa: F401 (tests import them here)
+from sign2text.params import TrainConfig, load_params
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo_recipe(**changes) -> TrainConfig:
+    """params.yaml's training recipe with `changes`: TrainConfig has no defaults of its own."""
+    return TrainConfig.from_dict({**load_params(ROOT / "params.yaml")["train"], **changes})
+
+
 CLASS_LIST = FIXTURES / "wlasl" / "wlasl_class_list.txt"
 
 

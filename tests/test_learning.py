@@ -17,10 +17,10 @@ import torch
 
 from model.i3d import InceptionI3d
 from model.package import load_model_dir
-from sign2text.data.convert import convert
+from sign2text import steps
 from sign2text.data.synth import synthesize
-from sign2text.learning.train import ShardClips, TrainConfig, train
-from sign2text.params import arch_config, load_params, preprocess_config
+from sign2text.learning.train import ShardClips
+from sign2text.params import Params, load_params, overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 # up/down and right/left: the two pairs of exact time-reversals, so chance is 1/4 and a model
@@ -38,8 +38,8 @@ def recipe(tmp_path_factory) -> tuple[dict, Path]:
     root = tmp_path_factory.mktemp("learning")
     synthesize(root / "data", classes=CLASSES, per_class=PER_CLASS, signers=SIGNERS, seed=5,
                progress=False)  # fmt: skip
-    convert(root / "data", root / "shards", preprocess_config(params), shard_size=32,
-            progress=False)  # fmt: skip
+    small = overrides(params, {"convert.shard_size": 32, "convert.idle_clips": False}, "test")
+    steps.convert(Params(small), root / "data", None, root / "shards")
     return params, root / "shards"
 
 
@@ -59,10 +59,9 @@ def held_out_top1(model_dir: Path, shards: Path) -> float:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_from_scratch_training_learns_motion_direction(recipe, tmp_path, seed):
     params, shards = recipe
-    train_params = {**params["train"], "context_fraction": 0.0, "context_epochs": 0,
-                    "batch_size": 4, "epochs": STEPS // 10, "seed": seed}  # fmt: skip
-    train(shards, tmp_path, preprocess_config(params), TrainConfig.from_dict(train_params),
-          arch=arch_config(params), progress=False)  # fmt: skip
+    changes = {"train.context_fraction": 0.0, "train.context_epochs": 0,
+               "train.batch_size": 4, "train.epochs": STEPS // 10, "train.seed": seed}  # fmt: skip
+    steps.train(Params(overrides(params, changes, "test")), shards, tmp_path)
     history = (tmp_path / "history.json").read_text()
     top1 = held_out_top1(tmp_path / "model", shards)
     assert top1 >= MIN_TOP1, f"seed {seed}: held-out top-1 {top1} (chance 0.25)\n{history}"

@@ -14,8 +14,9 @@ import torch
 import yaml
 
 from sign2text.cli import main
-from sign2text.learning.train import TrainConfig, _optimizer
-from sign2text.params import TRAIN_RULES, load_params, train_config
+from sign2text.learning.train import _optimizer
+from sign2text.params import TRAIN_RULES, Params, TrainConfig, load_params
+from tests.conftest import demo_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIVE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -123,27 +124,25 @@ def test_cuda_is_checked_only_where_training_runs(tmp_path, no_cuda):
     params = load_params(_write(tmp_path, {("train", "device"): "cuda:0"}))
     assert TrainConfig.from_dict(params["train"]).device == "cuda:0"
     with pytest.raises(ValueError, match=r"^params\.yaml: train\.device must be auto or cpu"):
-        train_config(params, "params.yaml")
-    assert train_config(load_params(_write(tmp_path, {}, "ok.yaml"))).device == "auto"
+        _ = Params(params, "params.yaml").train
+    assert Params.load(_write(tmp_path, {}, "ok.yaml")).train.device == "auto"
 
 
 def test_cuda_index_is_checked_against_the_devices_present(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     for ok in ("cuda", "cuda:1", "cpu"):
-        assert train_config({"train": {"device": ok}}).device == ok
+        assert Params({"train": {**ACTIVE["train"], "device": ok}}).train.device == ok
     with pytest.raises(ValueError, match=r"auto, cpu, cuda or cuda:0\.\.cuda:1 here .*\"cuda:2\""):
-        train_config({"train": {"device": "cuda:2"}})
+        _ = Params({"train": {**ACTIVE["train"], "device": "cuda:2"}}).train
 
 
 def test_ints_are_accepted_where_floats_are_wanted(tmp_path):
     changes = {("train", "lr"): 1, ("model", "value_range"): [0, 1], ("model", "fps"): 30}
     params = load_params(_write(tmp_path, changes))
-    cfg = train_config(params)
+    cfg = Params(params).train
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
-    from sign2text.params import preprocess_config
-
-    pre = preprocess_config(params)
+    pre = Params(params).preprocess
     assert pre.value_range == (0.0, 1.0) and isinstance(pre.fps, float)
 
 
@@ -166,8 +165,8 @@ def test_train_rules_match_the_config_and_the_code():
     real fields, and every optimizer they allow must be one training can build."""
     assert set(TRAIN_RULES) <= set(TrainConfig.__dataclass_fields__)
     for name in TRAIN_RULES["optimizer"].choices:
-        cfg = TrainConfig(optimizer=name)
+        cfg = demo_recipe(optimizer=name)
         opt, _ = _optimizer(cfg, torch.nn.Linear(1, 1), [1] * cfg.total_epochs)
         assert type(opt).__name__.lower() == name
     with pytest.raises(ValueError, match="train.warmup_epochs must be an integer >= 0"):
-        TrainConfig(warmup_epochs=-1)  # direct construction is checked as well
+        TrainConfig(**{**vars(demo_recipe()), "warmup_epochs": -1})  # checked directly too

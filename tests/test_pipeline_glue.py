@@ -10,14 +10,23 @@ import numpy as np
 import pytest
 from kfp import dsl
 
-from sign2text import kfp_io
+from pipelines import glue as kfp_io
+from pipelines.parameters import RECIPE as TABLE
+from pipelines.parameters import recipe_defaults
 from sign2text.learning.evaluate import confusion, write_confusion_csv
 from sign2text.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = json.dumps(load_params(ROOT / "params.yaml"))
 RECIPE = dict(
-    frames=8, image_size=224, epochs=3, batch_size=4, lr=0.01, min_top1=0.5, tolerance=0.0
+    frames=8,
+    image_size=224,
+    epochs=3,
+    context_epochs=0,
+    batch_size=4,
+    lr=0.01,
+    min_top1=0.5,
+    tolerance=0.0,
 )
 
 
@@ -29,15 +38,42 @@ def test_run_params_apply_pipeline_parameters_and_keep_types():
     assert p["train"]["lr"] == 0.01 and p["evaluate"]["min_top1"] == 0.5
     assert p["model"]["value_range"] == [-1.0, 1.0] and isinstance(p["model"]["fps"], float)
     assert "profiles" not in p
-    with pytest.raises(ValueError, match="epochs must be >= 1"):
+    # The same rules as params.yaml's, worded the same way.
+    with pytest.raises(ValueError, match=r"train\.epochs must be an integer >= 1, got 0"):
         kfp_io.run_params(BASE, **RECIPE | {"epochs": 0})
-    with pytest.raises(ValueError, match="lr must be in"):
-        kfp_io.run_params(BASE, **RECIPE | {"lr": 2.0})
+    with pytest.raises(ValueError, match=r"train\.lr must be a number > 0"):
+        kfp_io.run_params(BASE, **RECIPE | {"lr": 0.0})
     assert (p["train"]["context_epochs"], p["train"]["context_fraction"]) == (0, 0.0)
-    ctx = json.loads(kfp_io.run_params(BASE, **RECIPE, context_epochs=2))["train"]
+    ctx = json.loads(kfp_io.run_params(BASE, **RECIPE | {"context_epochs": 2}))["train"]
     assert ctx["context_epochs"] == 2 and ctx["context_fraction"] > 0
-    with pytest.raises(ValueError, match="context_epochs must be >= 0"):
-        kfp_io.run_params(BASE, **RECIPE, context_epochs=-1)
+    with pytest.raises(ValueError, match="context_epochs must be an integer >= 0"):
+        kfp_io.run_params(BASE, **RECIPE | {"context_epochs": -1})
+    with pytest.raises(ValueError, match=r"unknown \['frame'\]"):
+        kfp_io.run_params(BASE, **RECIPE | {"frame": 8})
+
+
+def test_a_run_with_the_default_parameters_has_params_yaml_values():
+    """What the Kubeflow path trains by default is what `dvc repro` trains."""
+    base = load_params(ROOT / "params.yaml")
+    ran = json.loads(kfp_io.run_params(BASE, **recipe_defaults(base)))
+    assert ran == {k: v for k, v in base.items() if k != "profiles"}
+
+
+def test_the_table_names_every_recipe_parameter_of_the_pipeline_and_configure():
+    from pipelines.components import configure
+    from pipelines.sign2text import build_pipeline
+
+    spec = build_pipeline().pipeline_spec
+    pipeline = set(spec.root.input_definitions.parameters)
+    assert set(TABLE) <= pipeline
+    configure_inputs = set(spec.components["comp-configure"].input_definitions.parameters)
+    assert configure_inputs == set(TABLE) | {"base"}
+    assert set(configure.__code__.co_varnames[: configure.__code__.co_argcount]) == configure_inputs
+    # and the pipeline wires each one to configure's input of the same name
+    (inner,) = [c.dag.tasks["configure"].inputs.parameters
+                for c in spec.components.values() if "configure" in c.dag.tasks]  # fmt: skip
+    for name in TABLE:
+        assert inner[name].component_input_parameter == f"pipelinechannel--{name}", name
 
 
 def test_sections_and_checkpoints_change_only_with_what_a_step_reads():

@@ -211,13 +211,14 @@ def test_fetch_refuses_a_non_empty_dest_dir(s3_env, tmp_path):
 
 def test_train_init_from_s3_uri(s3_env, tmp_path):
     """The train step's `init: s3://...` goes through the same loader."""
-    from sign2text.learning.train import TrainConfig, build_model
+    from sign2text.learning.train import build_model
+    from tests.conftest import demo_recipe
 
     bucket = s3_env.make_bucket()
     state = published_state_dict(num_classes=400, seed=4)
     torch.save(state, tmp_path / "rgb_imagenet.pt")
     s3_env.put_file(bucket, "i3d/rgb_imagenet.pt", tmp_path / "rgb_imagenet.pt")
-    cfg = TrainConfig(init=f"s3://{bucket}/i3d/rgb_imagenet.pt", freeze_backbone=True)
+    cfg = demo_recipe(init=f"s3://{bucket}/i3d/rgb_imagenet.pt", freeze_backbone=True)
     model = build_model(cfg, I3DConfig(num_classes=7))
     assert torch.equal(model.Mixed_5c.b1b.conv3d.weight, state["Mixed_5c.b1b.conv3d.weight"])
     assert model.logits.conv3d.weight.shape[0] == 7

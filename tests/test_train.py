@@ -21,7 +21,8 @@ from model.video import PreprocessConfig
 from sign2text.cli import main
 from sign2text.data.convert import convert
 from sign2text.data.synth import synthesize
-from sign2text.learning.train import ShardClips, TrainConfig
+from sign2text.learning.train import ShardClips
+from tests.conftest import demo_recipe
 
 TINY_MODEL = {"width": 0.25, "dropout": 0.0, "num_frames": 8, "resize": 64, "crop": 56,
               "channel_order": "BGR", "value_range": [-1.0, 1.0], "bbox_crop": False,
@@ -252,13 +253,14 @@ def test_context_windows_come_in_the_last_epochs(shards):
     assert all(
         torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(windows, again, strict=True)
     )
-    cfg = TrainConfig(epochs=3, context_fraction=0.5, context_epochs=2)
+    cfg = demo_recipe(epochs=3, context_fraction=0.5, context_epochs=2)
     assert cfg.total_epochs == 5
     assert [cfg.context_in(e) for e in range(5)] == [False, False, False, True, True]
-    assert not any(TrainConfig(epochs=3).context_in(e) for e in range(3))
+    plain = demo_recipe(epochs=3, context_fraction=0.0, context_epochs=0)
+    assert not any(plain.context_in(e) for e in range(3))
     for bad in ({"context_fraction": 1.0}, {"context_epochs": 2}, {"context_fraction": -1.0}):
         with pytest.raises(ValueError, match="context_"):
-            TrainConfig(epochs=2, **bad)
+            demo_recipe(epochs=2, context_fraction=0.0, context_epochs=0, **bad)
 
 
 def test_batchnorm_clips_are_capped_and_spread_over_the_split(shards):
@@ -290,16 +292,15 @@ def test_batchnorm_clips_are_capped_and_spread_over_the_split(shards):
     assert source._cache is not None and shared._cache is None
     with pytest.raises(ValueError, match="same split"):
         ShardClips(shard_dir, "train", pre, train=False, cache=True, decoded_by=source, **kw)
-    assert TrainConfig().bn_clips == 256  # the WLASL recipe's; params.yaml's demo uses fewer
     with pytest.raises(ValueError, match="bn_clips"):
-        TrainConfig(bn_clips=0)
+        demo_recipe(bn_clips=0)
 
 
 def test_learning_rate_phases():
     """Sign epochs warm up and decay from lr; context epochs restart from context_lr."""
     from sign2text.learning.train import _optimizer
 
-    cfg = TrainConfig(epochs=2, warmup_epochs=1, lr=0.01, context_fraction=1.0,
+    cfg = demo_recipe(epochs=2, warmup_epochs=1, lr=0.01, context_fraction=1.0,
                       context_epochs=2, context_lr=0.001)  # fmt: skip
     opt, sched = _optimizer(cfg, torch.nn.Linear(1, 1), [4, 4, 8, 8])
     lrs = []

@@ -42,18 +42,15 @@ def run_one(params: dict, data: Path, shards: Path, out: Path, seed: int, thread
     import torch
 
     torch.set_num_threads(threads)
-    from sign2text.learning.evaluate import evaluate
-    from sign2text.learning.train import HISTORY, TrainConfig, train
-    from sign2text.params import arch_config, preprocess_config
+    from sign2text import steps
+    from sign2text.learning.train import HISTORY
+    from sign2text.params import Params, overrides
 
     t0 = time.perf_counter()
-    cfg = TrainConfig.from_dict({**params["train"], "seed": seed})
-    train(shards, out / "train", preprocess_config(params), cfg,
-          arch=arch_config(params), progress=False)  # fmt: skip
+    run = Params(overrides(params, {"train.seed": seed}, "--one"))
+    steps.train(run, shards, out / "train")
     t_train = time.perf_counter() - t0
-    ev = params["evaluate"]
-    metrics = evaluate(out / "train" / "model", data, out / "eval", progress=False,
-                       batch_size=ev["batch_size"], sentences=ev["sentences"])  # fmt: skip
+    metrics, _ = steps.evaluate(run, out / "train" / "model", data, None, out / "eval")
     history = json.loads((out / "train" / HISTORY).read_text())
     test, sentence = metrics["test"], metrics.get("sentence") or {}
     return {
@@ -109,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", nargs=2, type=int, metavar=("SEED", "THREADS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
-    from sign2text.params import load_params, preprocess_config
+    from sign2text.params import load_params
 
     try:
         params = _set(load_params(a.params), a.set)
@@ -126,11 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     if not (shards / "manifest.json").is_file():
-        from sign2text.data.convert import convert
+        from sign2text import steps
+        from sign2text.params import Params
 
-        conv = params["convert"]
-        convert(data, shards, preprocess_config(params), shard_size=int(conv["shard_size"]),
-                idle_clips=bool(conv["idle_clips"]), progress=False)  # fmt: skip
+        steps.convert(Params(params), data, None, shards)
     # Widest runs first, so that narrower ones can share the cores at the end.
     runs = sorted(((s, t) for s in _ints(a.seeds) for t in _ints(a.threads)), key=lambda r: -r[1])
     sets = [x for s in a.set for x in ("--set", s)]

@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from model.checkpoint import load_weights, read_state_dict
-from model.config import check_fields, strict_from_dict
 from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
 from model.storage import write_atomic
@@ -37,70 +36,12 @@ from model.video import PreprocessConfig, clip_from_frames
 from sign2text.data.convert import iter_samples, read_manifest
 from sign2text.learning.context import ContextWindows, rebuild_videos
 from sign2text.learning.curves import write_curves
-from sign2text.params import TRAIN_RULES
+from sign2text.params import TrainConfig
 
 STATE = "state.pt"  # resumable training state
 MODEL_DIR = "model"  # the trained model, in the serving format
 METRICS = "metrics.json"  # last epoch, for `dvc metrics`
 HISTORY = "history.json"  # one row per epoch, for `dvc plots`
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 15
-    batch_size: int = 8
-    optimizer: str = "adamw"  # "adam" is the WLASL recipe
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.1
-    hflip: bool = False  # handedness can carry meaning: off unless asked for
-    color_jitter: float = 0.0  # per-clip brightness / contrast / per-channel gain, +- this
-    context_fraction: float = 0.0  # context windows per epoch, as a fraction of the sign clips
-    context_epochs: int = 0  # epochs with context windows, after `epochs` without
-    context_lr: float = 1e-3  # their peak learning rate (warm-up epoch, then cosine to zero)
-    context_window: int = 30  # frames (at the model's fps) per context window: about one sign
-    bn_clips: int = 256  # training clips, evenly spread, that BatchNorm's statistics come from
-    freeze_backbone: bool = False
-    init: str = ""  # published I3D checkpoint to start from; "" = from scratch
-    seed: int = 0
-    num_workers: int = 0
-    cache: bool = True  # keep decoded clips in memory across epochs (small datasets)
-    device: str = "auto"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return strict_from_dict(cls, d, "train")
-
-    def __post_init__(self):
-        check_fields(self, "train", TRAIN_RULES)  # types, ranges, choices: one line each
-        if self.context_fraction < 0 or self.context_epochs < 0:
-            raise ValueError(
-                "train params: context_fraction and context_epochs must be >= 0, got "
-                f"{self.context_fraction}, {self.context_epochs}"
-            )
-        if (self.context_fraction > 0) != (self.context_epochs > 0):
-            raise ValueError(
-                "train params: context_fraction and context_epochs go together (both > 0 to "
-                f"learn where signs are, both 0 not to), got {self.context_fraction}, "
-                f"{self.context_epochs}"
-            )
-        if self.context_window < 1:
-            raise ValueError(
-                f"train params: context_window must be >= 1, got {self.context_window}"
-            )
-
-    @property
-    def context(self) -> bool:
-        """Whether the model learns where signs are (a no-sign output, context windows)."""
-        return self.context_fraction > 0
-
-    @property
-    def total_epochs(self) -> int:
-        return self.epochs + (self.context_epochs if self.context else 0)
-
-    def context_in(self, epoch: int) -> bool:
-        return self.context and epoch >= self.epochs
 
 
 class ShardClips(IterableDataset):

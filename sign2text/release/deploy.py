@@ -34,7 +34,7 @@ import yaml
 from sign2text.release.kube import KIND, KubeApi
 from sign2text.release.smoke import Endpoint, Margins, SmokeCheck, compare
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATES = (
     ROOT / "manifests" / "base" / "inferenceservice-rest.yaml",
     ROOT / "manifests" / "base" / "inferenceservice-grpc.yaml",
