@@ -197,12 +197,16 @@ def write_atomic(
 ) -> None:
     """Write `data` (bytes, or a function that writes to the open file) to `path` via a temp
     file beside it and os.replace, so a reader sees the old file or the new one, never half.
+    Never through a symlink: the temp file is created exclusively, and os.replace swaps a link
+    at `path` itself instead of its target.
 
     `durable` fsyncs before the rename: for a file a crash must not lose, not for one that is
     rebuilt from such a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    tmp.unlink(missing_ok=True)  # a leftover of a crashed write, or a planted link
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
         if callable(data):
             data(f)
         else:

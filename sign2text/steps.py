@@ -81,10 +81,8 @@ def train(
     from sign2text.learning.train import train as run
 
     cfg = params.train  # a device this machine lacks fails here, before any data is read
-    return run(
-        Path(shards), Path(out), params.preprocess, cfg, arch=params.arch, resume=resume,
-        progress=progress,
-    )  # fmt: skip
+    return run(Path(shards), Path(out), params.preprocess, cfg, params.arch, resume=resume,
+               progress=progress)  # fmt: skip
 
 
 def evaluate(

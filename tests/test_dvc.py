@@ -1,10 +1,12 @@
 """`dvc repro` on the project's own dvc.yaml, on a dataset with planted defects: validate
 quarantines them and the other stages run on valid.json; a second repro is a no-op; a train
 param change re-runs only train and what follows; a validate threshold change that quarantines
-nothing new re-runs validate alone (from its probe cache)."""
+nothing new re-runs validate (from its probe cache) and package (its lineage records params),
+not convert, train or evaluate."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -86,7 +88,7 @@ def test_repro_runs_all_then_nothing_then_only_what_a_param_touches(repo):
     params["validate"]["max_duration_s"] = 30.0  # every clip is far shorter
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     fourth = _run([dvc, "repro"], repo)
-    assert _ran(fourth) == {"validate"}
+    assert _ran(fourth) == {"validate", "package"}  # the same samples; the lineage's params
     report = json.loads((repo / "artifacts/validate/report.json").read_text())
     assert report["probe"]["decoded"] == 0 and report["thresholds"]["max_duration_s"] == 30.0
 
@@ -95,3 +97,93 @@ def test_repro_runs_all_then_nothing_then_only_what_a_param_touches(repo):
     assert "val_top1" in shown and "top10" in shown and "decision" in shown
     plots = _run([dvc, "plots", "show", "--json"], repo)
     assert "history.json" in plots and "confusion_test.png" in plots
+
+
+# The CLI and sign2text/steps.py import each step's code inside the function that runs it, so
+# for them the import closure is taken per function; every other module counts whole.
+DISPATCHERS = {"sign2text.cli", "sign2text.steps"}
+# Params properties (sign2text/params.py) -> the params.yaml section each reads.
+SECTIONS = {"preprocess": "model", "arch": "model", "validate": "validate", "convert": "convert",
+            "train": "train", "evaluate": "evaluate"}  # fmt: skip
+
+
+def _file(module: str) -> Path | None:
+    p = ROOT.joinpath(*module.split("."))
+    for f in (p / "__init__.py", p.with_suffix(".py")):
+        if f.is_file() and module.split(".")[0] in ("sign2text", "model"):
+            return f
+    return None
+
+
+def _imports(node: ast.AST) -> set[str]:
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Import):
+            out |= {a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+            out |= {n.module} | {f"{n.module}.{a.name}" for a in n.names}  # a.name may be a module
+    return out
+
+
+def _function_closure(module: str, name: str, mods: set[str], seen: set) -> None:
+    """What calling `module.name` imports: the module's top level, the function's own imports,
+    and those of the dispatcher functions it calls (`helper(...)`, `steps.train(...)`)."""
+    if (module, name) in seen:
+        return
+    seen.add((module, name))
+    tree = ast.parse(_file(module).read_text())
+    funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    mods |= _imports(ast.Module([s for s in tree.body if not isinstance(s, ast.FunctionDef)], []))
+    mods |= _imports(funcs[name])
+    for call in ast.walk(funcs[name]):
+        if not isinstance(call, ast.Call):
+            continue
+        if isinstance(call.func, ast.Name) and call.func.id in funcs:
+            _function_closure(module, call.func.id, mods, seen)
+        elif isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name):
+            target = f"sign2text.{call.func.value.id}"
+            if target in DISPATCHERS:
+                _function_closure(target, call.func.attr, mods, seen)
+
+
+def _code_closure(cli_function: str) -> set[str]:
+    mods, seen = set(), set()
+    _function_closure("sign2text.cli", cli_function, mods, seen)
+    files = {_file(m) for m, _ in seen}
+    todo = sorted(m for m in mods if m not in DISPATCHERS)
+    while todo:
+        parts = todo.pop().split(".")
+        for i in range(1, len(parts) + 1):  # a module's parent packages are imported first
+            f = _file(".".join(parts[:i]))
+            if f and f not in files:
+                files.add(f)
+                todo += _imports(ast.parse(f.read_text()))
+    return {str(f.relative_to(ROOT)) for f in files if f}
+
+
+def _step_sections(step: str) -> set[str]:
+    tree = ast.parse((ROOT / "sign2text" / "steps.py").read_text())
+    (func,) = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == step]
+    used = {n.attr for n in ast.walk(func) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "params"}  # fmt: skip
+    if "to_json" in used:  # records every section
+        return set(yaml.safe_load((ROOT / "params.yaml").read_text())) - {"profiles"}
+    return {SECTIONS[a] for a in used}
+
+
+def test_each_stage_depends_on_the_code_it_runs_and_the_params_it_reads():
+    """DVC re-runs a stage only when a dep changes: a module the stage imports but does not
+    list would let a code change keep a stale model (train once missed convert, package,
+    checkpoint and params code). Deps are compared with the import closure of the stage's
+    command; params sections with those the step reads (sign2text/steps.py)."""
+    from sign2text.cli import build_parser
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        argv = stage["cmd"].replace("${data.dir}", "data").split()
+        assert argv[0] == "sign2text", name
+        command = build_parser().parse_args(argv[1:]).func.__name__
+        code = {d for d in stage["deps"] if d.endswith(".py")}
+        assert code == _code_closure(command), f"{name}: deps differ from its import closure"
+        params = {p.split(".")[0] for p in stage["params"]}
+        assert params == _step_sections(name), f"{name}: params differ from what it reads"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from kfp import dsl
 
-from pipelines import glue as kfp_io
+from pipelines import glue
 from pipelines.parameters import RECIPE as TABLE
 from pipelines.parameters import recipe_defaults
 from sign2text.learning.evaluate import confusion, write_confusion_csv
@@ -31,7 +31,7 @@ RECIPE = dict(
 
 
 def test_run_params_apply_pipeline_parameters_and_keep_types():
-    p = json.loads(kfp_io.run_params(BASE, **RECIPE))
+    p = json.loads(glue.run_params(BASE, **RECIPE))
     assert p["model"]["num_frames"] == 8
     assert (p["model"]["crop"], p["model"]["resize"]) == (224, 256)  # I3D's 224 / 256
     assert p["train"]["epochs"] == 3 and isinstance(p["train"]["epochs"], int)
@@ -40,22 +40,22 @@ def test_run_params_apply_pipeline_parameters_and_keep_types():
     assert "profiles" not in p
     # The same rules as params.yaml's, worded the same way.
     with pytest.raises(ValueError, match=r"train\.epochs must be an integer >= 1, got 0"):
-        kfp_io.run_params(BASE, **RECIPE | {"epochs": 0})
+        glue.run_params(BASE, **RECIPE | {"epochs": 0})
     with pytest.raises(ValueError, match=r"train\.lr must be a number > 0"):
-        kfp_io.run_params(BASE, **RECIPE | {"lr": 0.0})
+        glue.run_params(BASE, **RECIPE | {"lr": 0.0})
     assert (p["train"]["context_epochs"], p["train"]["context_fraction"]) == (0, 0.0)
-    ctx = json.loads(kfp_io.run_params(BASE, **RECIPE | {"context_epochs": 2}))["train"]
+    ctx = json.loads(glue.run_params(BASE, **RECIPE | {"context_epochs": 2}))["train"]
     assert ctx["context_epochs"] == 2 and ctx["context_fraction"] > 0
     with pytest.raises(ValueError, match="context_epochs must be an integer >= 0"):
-        kfp_io.run_params(BASE, **RECIPE | {"context_epochs": -1})
+        glue.run_params(BASE, **RECIPE | {"context_epochs": -1})
     with pytest.raises(ValueError, match=r"unknown \['frame'\]"):
-        kfp_io.run_params(BASE, **RECIPE | {"frame": 8})
+        glue.run_params(BASE, **RECIPE | {"frame": 8})
 
 
 def test_a_run_with_the_default_parameters_has_params_yaml_values():
     """What the Kubeflow path trains by default is what `dvc repro` trains."""
     base = load_params(ROOT / "params.yaml")
-    ran = json.loads(kfp_io.run_params(BASE, **recipe_defaults(base)))
+    ran = json.loads(glue.run_params(BASE, **recipe_defaults(base)))
     assert ran == {k: v for k, v in base.items() if k != "profiles"}
 
 
@@ -77,29 +77,29 @@ def test_the_table_names_every_recipe_parameter_of_the_pipeline_and_configure():
 
 
 def test_sections_and_checkpoints_change_only_with_what_a_step_reads():
-    a = kfp_io.run_params(BASE, **RECIPE)
-    more_epochs = kfp_io.run_params(BASE, **RECIPE | {"epochs": 9})
-    stricter = kfp_io.run_params(BASE, **RECIPE | {"min_top1": 0.9})
-    assert kfp_io.step_sections(a, "data") == kfp_io.step_sections(more_epochs, "data")
-    assert kfp_io.step_sections(a, "train") != kfp_io.step_sections(more_epochs, "train")
-    assert set(json.loads(kfp_io.step_sections(a, "train"))) == {"model", "train"}
+    a = glue.run_params(BASE, **RECIPE)
+    more_epochs = glue.run_params(BASE, **RECIPE | {"epochs": 9})
+    stricter = glue.run_params(BASE, **RECIPE | {"min_top1": 0.9})
+    assert glue.step_sections(a, "data") == glue.step_sections(more_epochs, "data")
+    assert glue.step_sections(a, "train") != glue.step_sections(more_epochs, "train")
+    assert set(json.loads(glue.step_sections(a, "train"))) == {"model", "train"}
     root = Path("/ckpt")
-    same = kfp_io.checkpoint_dir(root, "h1", a)
-    assert same == kfp_io.checkpoint_dir(root, "h1", stricter)  # a retry finds its state
+    same = glue.checkpoint_dir(root, "h1", a)
+    assert same == glue.checkpoint_dir(root, "h1", stricter)  # a retry finds its state
     assert same.parent == root
-    assert same != kfp_io.checkpoint_dir(root, "h1", more_epochs)
-    assert same != kfp_io.checkpoint_dir(root, "h2", a)  # other shards, other state
+    assert same != glue.checkpoint_dir(root, "h1", more_epochs)
+    assert same != glue.checkpoint_dir(root, "h2", a)  # other shards, other state
 
 
 def test_canary_plan_and_model_root():
-    assert kfp_io.canary_plan(10, 3) == [10, 40, 70]
-    assert kfp_io.canary_plan(25, 1) == [25]
+    assert glue.canary_plan(10, 3) == [10, 40, 70]
+    assert glue.canary_plan(25, 1) == [25]
     for bad in ((0, 3), (100, 2), (10, 0)):
         with pytest.raises(ValueError):
-            kfp_io.canary_plan(*bad)
-    assert kfp_io.model_root("models", "sign2text") == "s3://models/models/sign2text/"
+            glue.canary_plan(*bad)
+    assert glue.model_root("models", "sign2text") == "s3://models/models/sign2text/"
     with pytest.raises(ValueError, match="bucket name"):
-        kfp_io.model_root("s3://models", "sign2text")
+        glue.model_root("s3://models", "sign2text")
 
 
 def test_confusion_and_metrics_land_in_kfp_artifacts(tmp_path):
@@ -107,7 +107,7 @@ def test_confusion_and_metrics_land_in_kfp_artifacts(tmp_path):
     true, pred = np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 0])
     write_confusion_csv(tmp_path / "confusion_test.csv", confusion(true, pred, 3), labels)
     cm = dsl.ClassificationMetrics(name="confusion", uri=str(tmp_path / "cm"))
-    kfp_io.log_confusion(cm, tmp_path / "confusion_test.csv")
+    glue.log_confusion(cm, tmp_path / "confusion_test.csv")
     spec = cm.metadata["confusionMatrix"]
     assert [a["displayName"] for a in spec["annotationSpecs"]] == labels
     assert [r["row"] for r in spec["rows"]] == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
@@ -118,7 +118,7 @@ def test_confusion_and_metrics_land_in_kfp_artifacts(tmp_path):
         "skipped": [],
     }
     m = dsl.Metrics(name="metrics", uri=str(tmp_path / "m"))
-    kfp_io.log_metrics(m, metrics)
+    glue.log_metrics(m, metrics)
     assert m.metadata == {
         "test_top1": 0.6,
         "test_top5": 1.0,
@@ -130,7 +130,7 @@ def test_confusion_and_metrics_land_in_kfp_artifacts(tmp_path):
         "reasons": ["test top1 0.6000 is below the minimum 0.9000"],
         "checks": [{"check": "min_top1", "passed": False}],
     }
-    md = kfp_io.summary_markdown(metrics, decision)
+    md = glue.summary_markdown(metrics, decision)
     assert "gate **fail**" in md and "| test | 5 | 0.6 | 1.0 | 1.0 | 0.67" in md
     assert "min_top1: FAILED" in md and "below the minimum" in md
 
@@ -143,6 +143,6 @@ def test_outcome_reads_kfp_final_status():
         error_code=1,
         error_message="train-model failed",
     )
-    rec = kfp_io.outcome(status, isvc_name="sign2text")
+    rec = glue.outcome(status, isvc_name="sign2text")
     assert rec["state"] == "FAILED" and rec["error_message"] == "train-model failed"
     assert rec["inference_service"] == "sign2text"

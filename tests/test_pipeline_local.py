@@ -1,6 +1,10 @@
 """The whole Kubeflow pipeline run by kfp.local (SubprocessRunner) on a tiny real dataset, with a
 real S3 server for the model bucket and a real KServe ModelServer as the deploy target.
 
+Both runs use params.yaml's values with a few changed (BASE), and the first is held to what
+`dvc repro` computes from the same params: the same shards, byte for byte the same model and
+the same metrics (test_the_kubeflow_path_and_dvc_repro_compute_the_same_model).
+
 Run 1 (min_top1 0) passes the gate: package, metrics, confusion matrix, the validation report,
 the model published and served (REST and gRPC agree). Run 2 (min_top1 above 1) fails it: publish
 and deploy are skipped, the run still succeeds, the data steps and training come from the cache,
@@ -11,22 +15,35 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("sign2text.data.validate", reason="validate() comes with the data branch")
 
+from pipelines import glue  # noqa: E402
 from pipelines.runner import run_local  # noqa: E402
-from sign2text import kfp_io  # noqa: E402
 from sign2text.data.dataset import load_glosses  # noqa: E402
 from sign2text.data.synth import synthesize  # noqa: E402
 from sign2text.data.version import local_hash  # noqa: E402
+from sign2text.params import load_params, overrides  # noqa: E402
 from tests.s3 import s3_server_fixture  # noqa: E402, F401
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CLASSES = 3
 TINY = {"epochs": 1, "context_epochs": 1, "frames": 8, "image_size": 56, "batch_size": 4}
+# params.yaml's values with some changed, each read by a different step: a step that dropped
+# one of them on either path would compute something else than the other path.
+CHANGED = {"validate.min_frames": 9, "convert.shard_size": 16, "train.color_jitter": 0.05,
+           "train.bn_clips": 12, "train.weight_decay": 0.001, "evaluate.sentences": 4}  # fmt: skip
+BASE = overrides(load_params(ROOT / "params.yaml"), CHANGED, "test")
+BASE.pop("profiles")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +56,7 @@ def runs(s3_server, tmp_path_factory) -> dict:
         mp.setenv("PATH", os.environ["PATH"])  # run_local prepends the venv; undo afterwards
         for var, value in s3_server.env().items():
             mp.setenv(var, value)
-        args = TINY | {"model_bucket": bucket, "min_top1": 0.0}
+        args = TINY | {"model_bucket": bucket, "min_top1": 0.0, "base_params": json.dumps(BASE)}
         first = run_local(data, tmp / "out", args)
         second = run_local(data, tmp / "out", args | {"min_top1": 1.01})
     return {"data": data, "bucket": bucket, "out": tmp / "out", "first": first, "second": second}
@@ -118,10 +135,10 @@ def test_a_retried_training_attempt_resumes_from_its_checkpoint(runs, tmp_path, 
     params = _executor_output(run, "configure")["parameterValues"]["train"]
     shards_hash = _artifact(run, "convert-data", "shards")["metadata"]["content_hash"]
     root = runs["out"] / "checkpoints"
-    state = kfp_io.checkpoint_dir(root, shards_hash, params) / "state.pt"
+    state = glue.checkpoint_dir(root, shards_hash, params) / "state.pt"
     assert state.is_file()
     stamp = state.stat().st_mtime_ns
-    final = kfp_io.train_step(run / "convert-data" / "shards", shards_hash, params, root,
+    final = glue.train_step(run / "convert-data" / "shards", shards_hash, params, root,
                               tmp_path / "model")  # fmt: skip
     assert "resumed from" in capsys.readouterr().out
     assert state.stat().st_mtime_ns == stamp  # no epoch was trained again
@@ -129,3 +146,53 @@ def test_a_retried_training_attempt_resumes_from_its_checkpoint(runs, tmp_path, 
     first = torch.load(run / "train-model" / "model" / "model.pt", weights_only=True)
     again = torch.load(tmp_path / "model" / "model.pt", weights_only=True)
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+
+def _dvc_repro(params: dict, data: Path, repo: Path) -> None:
+    """`dvc repro` of the project's dvc.yaml with these params, in a fresh repository."""
+    for d in ("sign2text", "model"):  # the stages' code deps
+        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(data, repo / "data")
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "data"],
+                ["dvc", "repro", "-q"]):  # fmt: skip
+        r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
+
+
+def test_the_kubeflow_path_and_dvc_repro_compute_the_same_model(runs, tmp_path):
+    """One definition of every step: from the same params and data (same machine, same
+    threads), the pipeline's steps and `dvc repro`'s stages keep the same samples, write the
+    same shards, train byte for byte the same model and measure the same metrics."""
+    run = runs["first"]
+    params = json.loads(_executor_output(run, "configure")["parameterValues"]["full"])
+    assert all(params[k.split(".")[0]][k.split(".")[1]] == v for k, v in CHANGED.items())
+    repo = tmp_path / "repo"
+    _dvc_repro(params, runs["data"], repo)
+    art = repo / "artifacts"
+
+    def valid(path: Path) -> list:
+        return sorted(s["video_id"] for s in json.loads(path.read_text()))
+
+    assert valid(art / "validate" / "valid.json") == valid(
+        run / "validate-data" / "validation" / "valid.json"
+    )
+    manifest = json.loads((art / "shards" / "manifest.json").read_text())
+    shards = _artifact(run, "convert-data", "shards")["metadata"]
+    assert manifest["content_hash"] == shards["content_hash"]
+    assert {k: v["samples"] for k, v in manifest["splits"].items()} == shards["samples"]
+    ours = (art / "train" / "model" / "model.pt").read_bytes()
+    assert ours == (run / "train-model" / "model" / "model.pt").read_bytes()
+    for name in ("config.json", "labels.txt"):
+        assert (art / "train" / "model" / name).read_text() == (
+            run / "train-model" / "model" / name
+        ).read_text()
+    metrics = json.loads((art / "eval" / "metrics.json").read_text())
+    assert metrics == json.loads(
+        (run / "evaluate-model" / "evaluation" / "metrics.json").read_text()
+    )
+    assert metrics["sentence"]["n"] == CHANGED["evaluate.sentences"]

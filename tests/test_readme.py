@@ -154,3 +154,14 @@ def test_run_blocks_succeed_in_a_fresh_shell(tmp_path):
         timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, f"a README block failed:\n{done.stdout[-6000:]}"
+
+
+def test_every_project_path_the_readme_names_exists():
+    """The README's tree and "Follow one video" table point newcomers at files: a move that
+    forgets them leaves readers lost."""
+    text = (ROOT / "README.md").read_text()
+    tops = "sign2text|model|pipelines|tools|tests|manifests"
+    paths = set(re.findall(rf"`((?:{tops})/[\w./-]*?)(?::\w+)?`", text))
+    assert len(paths) > 20
+    missing = sorted(p for p in paths if not (ROOT / p).exists() and "<" not in p)
+    assert not missing, missing

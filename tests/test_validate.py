@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from model.video import count_frames
-from sign2text import kfp_io
+from pipelines import glue
 from sign2text.cli import main
 from sign2text.data.convert import iter_samples, read_manifest
 from sign2text.data.dataset import Sample, load_samples
@@ -192,7 +192,7 @@ def test_report_page_shows_the_quarantine_in_a_browser_with_no_network(
     )
     artifact = tmp_path / "kfp-html-artifact.html"
     params = json.dumps({"validate": {"max_bad_fraction": 0.5}})
-    assert kfp_io.validate_step(planted, params, tmp_path / "validation", artifact) is report
+    assert glue.validate_step(planted, params, tmp_path / "validation", artifact) is report
     assert calls == [{"progress": False, "max_bad_fraction": 0.5}]
     gx_index = out / "docs" / "index.html"
     want_rows = sorted(

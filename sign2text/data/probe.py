@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
-from model.storage import hash_file
+from model.storage import hash_file, write_atomic
 from model.video import VideoError, count_frames, probe
 
 # Bump when probe_video's output changes meaning: entries of another version are ignored.
@@ -89,10 +88,7 @@ class ProbeCache:
         text = json.dumps({"version": PROBE_VERSION, "probes": self.entries}, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".probes.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, text.encode("utf-8"))
         except OSError as e:
             # A cache that cannot be written (read-only home in a container) only costs time.
             print(f"sign2text: warning: probe cache not saved: {e}", file=sys.stderr)

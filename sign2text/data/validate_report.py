@@ -9,8 +9,9 @@ page. Everything taken from the dataset (ids, glosses, details) is escaped: it i
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
+
+from model.storage import write_atomic
 
 REPORT_HTML = "report.html"
 
@@ -172,13 +173,7 @@ def render(report: dict, docs: str | None) -> str:
 
 
 def write_report_html(path: Path, report: dict, docs: str | None) -> Path:
-    """Write the page to `path` atomically, never through a symlink: the temporary file is
-    created exclusively, and os.replace swaps a link at `path` itself instead of its target."""
+    """Write the page to `path` atomically, never through a symlink (write_atomic)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(render(report, docs))
-    os.replace(tmp, path)
+    write_atomic(path, render(report, docs).encode("utf-8"))
     return path

@@ -287,8 +287,8 @@ def train(
     out: Path,
     pre: PreprocessConfig,
     cfg: TrainConfig,
+    arch: I3DConfig,
     *,
-    arch: I3DConfig | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -301,7 +301,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     no_sign = len(labels)  # the extra output of a context-trained model
-    arch = replace(arch or I3DConfig(), num_classes=len(labels) + cfg.context)
+    arch = replace(arch, num_classes=len(labels) + cfg.context)
     model = build_model(cfg, arch).to(device, memory_format=torch.channels_last_3d)
     context = {
         "context_fraction": cfg.context_fraction,
