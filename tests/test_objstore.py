@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sign2text import objstore
+from sign2text.release import objstore
 from sign2text.release.objstore import (
     MANIFEST,
     TMP_ROOT,
@@ -51,8 +51,7 @@ def _package(root: Path, seed: int = 0) -> Path:
 
 
 def _keys(server, bucket: str, prefix: str = "") -> list[str]:
-    objs = server.client().list_objects(bucket, prefix=prefix, recursive=True)
-    return sorted(o.object_name for o in objs)
+    return server.keys(bucket, prefix)
 
 
 def test_round_trip_is_byte_identical(s3_env, tmp_path):
@@ -113,7 +112,7 @@ def test_killed_process_leaves_no_manifest_and_next_publish_cleans_up(s3_env, tm
     script = textwrap.dedent(
         f"""
         import os, signal
-        from sign2text import objstore
+        from sign2text.release import objstore
         real, n = objstore._place, [0]
         def place(*a):
             if n[0] == 2:

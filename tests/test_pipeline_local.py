@@ -105,7 +105,7 @@ def test_passing_run_packages_reports_publishes_and_serves(runs, s3_server):
 
     uri = deployed["model_uri"]
     assert uri.startswith(f"s3://{runs['bucket']}/models/sign2text/")
-    keys = {o.object_name for o in s3_server.client().list_objects(runs["bucket"], recursive=True)}
+    keys = set(s3_server.keys(runs["bucket"]))
     prefix = uri.removeprefix(f"s3://{runs['bucket']}/")
     assert f"{prefix}model.pt" in keys and "models/sign2text/production/metrics.json" in keys
 

@@ -5,6 +5,7 @@ the DVC remote (byte-identical, each file's md5 checked), and clear errors."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -12,13 +13,14 @@ from sign2text.data.dataset import METADATA, load_glosses, load_samples
 from sign2text.data.synth import synthesize
 from sign2text.data.version import (
     DataVersionError,
+    fetch_from_remote,
     local_hash,
     materialise,
     pointer_hash,
     resolve,
     resolve_revision,
 )
-from tests.s3 import s3_server_fixture  # noqa: F401
+from tests.s3 import _free_ports, s3_server_fixture  # noqa: F401
 from tests.test_dvc_remote import DVC, _hashes, _remote_repo, _run
 
 
@@ -89,12 +91,10 @@ def test_fetch_by_hash_from_the_dvc_remote(versioned, s3_boto_env, tmp_path):
 def test_fetch_refuses_a_corrupted_object(versioned, s3_boto_env, s3_server, tmp_path):
     md5 = resolve_revision(str(versioned["repo"]), "v1")
     bucket, _, prefix = versioned["remote"].removeprefix("s3://").partition("/")
-    listing = json.loads(
-        s3_server.client().get_object(bucket, f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}").read()
-    )
+    listing = json.loads(s3_server.get_bytes(bucket, f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}"))
     victim = next(e for e in listing if e["relpath"] == METADATA)
     key = f"{prefix}/files/md5/{victim['md5'][:2]}/{victim['md5'][2:]}"
-    original = s3_server.client().get_object(bucket, key).read()
+    original = s3_server.get_bytes(bucket, key)
     s3_server.put_bytes(bucket, key, b"[]")
     try:
         with pytest.raises(DataVersionError, match="does not match its md5"):
@@ -105,6 +105,42 @@ def test_fetch_refuses_a_corrupted_object(versioned, s3_boto_env, s3_server, tmp
         materialise(
             "0123456789abcdef0123456789abcdef.dir", tmp_path / "x", remote=versioned["remote"]
         )
+
+
+def test_remote_reader_takes_the_s3_settings(monkeypatch, tmp_path):
+    """The DVC-remote reader builds its client as objstore does: S3_* timeouts/retries apply."""
+    from sign2text.release import objstore
+
+    (port,) = _free_ports(1)
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",  # nothing listens there
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "S3_MAX_ATTEMPTS": "2",
+        "S3_CONNECT_TIMEOUT": "3",
+        "S3_READ_TIMEOUT": "7",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    real, clients, sent = objstore.s3_client, [], []
+
+    def spy():
+        c = real()
+        c.meta.events.register("before-send.s3", lambda request, **_: sent.append(request.url))
+        clients.append(c)
+        return c
+
+    monkeypatch.setattr(objstore, "s3_client", spy)
+    with pytest.raises(DataVersionError, match="cannot fetch data"):
+        fetch_from_remote("s3://bucket/dvc", "0123456789abcdef0123456789abcdef.dir", tmp_path)
+    (client,) = clients
+    assert client.meta.endpoint_url == env["AWS_ENDPOINT_URL"]
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (3, 7)
+    assert len(sent) == 2  # S3_MAX_ATTEMPTS counts the first try
 
 
 def test_local_source_must_still_have_the_resolved_hash(tmp_path):

@@ -11,7 +11,6 @@ kills it (the data directory is a throwaway temp dir).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import secrets
@@ -89,31 +88,49 @@ class S3Server:
         }
 
     def client(self, access_key: str | None = None, secret_key: str | None = None):
-        """A `minio.Minio` client for this server (optionally with other keys)."""
-        import minio
+        """A boto3 S3 client for this server (optionally with other keys)."""
+        import boto3
+        from botocore.config import Config
 
-        return minio.Minio(
-            self.host_port,
-            access_key=access_key or self.access_key,
-            secret_key=secret_key or self.secret_key,
-            secure=False,
-            region=self.region,
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            region_name=self.region,
+            config=Config(
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"total_max_attempts": 3, "mode": "standard"},
+            ),
         )
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every key under `prefix` in `bucket`, sorted (all pages)."""
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        )
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        return self.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def make_bucket(self, name: str | None = None) -> str:
         """Create a bucket (a fresh random name unless given) and return its name."""
         name = name or f"test-{secrets.token_hex(6)}"
         c = self.client()
-        if not c.bucket_exists(name):
-            c.make_bucket(name)
+        try:
+            c.head_bucket(Bucket=name)
+        except c.exceptions.ClientError:
+            c.create_bucket(Bucket=name)
         self._buckets.add(name)
         return name
 
     def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
-        self.client().put_object(bucket, key, io.BytesIO(data), len(data))
+        self.client().put_object(Bucket=bucket, Key=key, Body=data)
 
     def put_file(self, bucket: str, key: str, path: str | os.PathLike) -> None:
-        self.client().fput_object(bucket, key, str(path))
+        self.client().upload_file(str(path), bucket, key)
 
 
 def _log_tail(path: Path | None, n: int = 15) -> str:

@@ -94,16 +94,17 @@ def fetch_from_remote(remote: str, md5: str, out: Path, keep=lambda rel: True) -
     """Download the folder `md5` from a DVC 3 S3 remote (s3://bucket/prefix) into `out`.
 
     Only files for which keep(relpath) is true are fetched; each is checked against its md5.
-    Endpoint and keys come from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).
+    Endpoint, keys, timeouts and retries come from the environment (AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, ..., S3_VERIFY_SSL, S3_MAX_ATTEMPTS, ...), read by `objstore.s3_client`.
     """
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from sign2text.release.objstore import s3_client
 
     if not remote.startswith("s3://"):
         raise DataVersionError(f"data remote must be s3://bucket/prefix, got {remote!r}")
     bucket, _, prefix = remote[len("s3://") :].partition("/")
-    # A new session reads the environment now; boto3's default session caches credentials.
-    s3 = boto3.session.Session().client("s3")
+    s3 = s3_client()
     try:
         body = s3.get_object(Bucket=bucket, Key=_object_key(prefix, md5))["Body"].read()
         entries = json.loads(body)

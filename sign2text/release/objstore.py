@@ -18,7 +18,8 @@ URI removes what it left. One writer per URI at a time.
 Endpoint and keys come from the environment, the variables `model/storage.py` documents:
 `AWS_ENDPOINT_URL` (full URL; https unless it says http), `AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `S3_VERIFY_SSL`, `S3_CONNECT_TIMEOUT`,
-`S3_READ_TIMEOUT`, `S3_MAX_ATTEMPTS`.
+`S3_READ_TIMEOUT`, `S3_MAX_ATTEMPTS`. `s3_client` turns them into a boto3 client; it is the one
+place our code builds S3 clients (the DVC-remote reader in sign2text/data/version.py uses it too).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import secrets
@@ -43,6 +43,8 @@ FORMAT = "sign2text-published/1"
 TMP_ROOT = ".sign2text-tmp/"
 _CHUNK = 1 << 20
 _PART_SIZE = 64 << 20  # multipart above this; memory per upload stays at one part
+_COPY_MAX = 5 << 30  # the most one CopyObject request copies
+_DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 
 
 class ObjStoreError(ValueError):
@@ -74,53 +76,82 @@ def split_uri(uri: str) -> tuple[str, str]:
     return parts.netloc, prefix + "/"
 
 
-def _client():
-    import minio
-    import urllib3
+def s3_client():
+    """A boto3 S3 client for the store the environment names; every S3 client of ours is built here.
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
-    ep = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-    access, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if not access or not secret:
+    `AWS_ENDPOINT_URL` (a bare `host:port` means https), `AWS_DEFAULT_REGION`, keys through
+    boto3's chain (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`), and the `S3_*` settings that
+    kserve_storage reads too: `S3_VERIFY_SSL` ("0"/"false" turns TLS verification off; else
+    `AWS_CA_BUNDLE` may name a CA file), `S3_CONNECT_TIMEOUT` (15 s), `S3_READ_TIMEOUT` (60 s) and
+    `S3_MAX_ATTEMPTS` (3, the first try included), so an unreachable endpoint fails in seconds.
+    A new session each time: it reads the environment as it is now (boto3's default session
+    caches credentials on first use).
+    """
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    if endpoint and "://" not in endpoint:
+        endpoint = f"https://{endpoint}"
+    verify: bool | str | None = None  # boto3's default: verify, AWS_CA_BUNDLE if set
+    if os.environ.get("S3_VERIFY_SSL", "1").lower() in ("0", "false"):
+        verify = False
+    config = Config(
+        connect_timeout=float(os.environ.get("S3_CONNECT_TIMEOUT", "15")),
+        read_timeout=float(os.environ.get("S3_READ_TIMEOUT", "60")),
+        retries={
+            "total_max_attempts": max(1, int(os.environ.get("S3_MAX_ATTEMPTS", "3"))),
+            "mode": "standard",
+        },
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=os.environ.get("AWS_DEFAULT_REGION") or None,
+        verify=verify,
+        config=config,
+    )
+
+
+def _client():
+    if not os.environ.get("AWS_ACCESS_KEY_ID") or not os.environ.get("AWS_SECRET_ACCESS_KEY"):
         raise ObjStoreError("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the object store")
-    verify = os.environ.get("S3_VERIFY_SSL", "1").lower() not in ("0", "false")
-    attempts = max(1, int(os.environ.get("S3_MAX_ATTEMPTS", "3")))
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(
-            connect=float(os.environ.get("S3_CONNECT_TIMEOUT", "15")),
-            read=float(os.environ.get("S3_READ_TIMEOUT", "60")),
-        ),
-        # Bounded retries, so an unreachable endpoint fails in seconds instead of minio's minutes.
-        retries=urllib3.Retry(
-            total=attempts - 1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
-        ),
-        cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE",
-        ca_certs=os.environ.get("AWS_CA_BUNDLE") or None,
-    )
-    return minio.Minio(
-        ep.netloc,
-        access_key=access,
-        secret_key=secret,
-        secure=ep.scheme == "https",
-        region=os.environ.get("AWS_DEFAULT_REGION") or None,
-        http_client=http,
-    )
+    return s3_client()
+
+
+def _code(e: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ("" for anything else).
+
+    HEAD requests carry no body, so their errors only have the HTTP status: named here."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
+        return ""
+    code = str(e.response.get("Error", {}).get("Code", ""))
+    return {"403": "AccessDenied", "404": "NotFound"}.get(code, code)
 
 
 def _fail(uri: str, what: str, e: BaseException) -> ObjStoreError:
     """One clear line for a failed call: the URI, what was being done, the server's reason."""
-    from minio.error import S3Error
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(e, ObjStoreError):
         return e
-    if isinstance(e, S3Error):
-        reason = f"{e.code}: {e.message}"
-        if e.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+    if isinstance(e, ClientError):
+        code = _code(e)
+        message = e.response.get("Error", {}).get("Message") or ""
+        reason = f"{code}: {message}" if message else code
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             reason += " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
     else:
         text = str(e).strip().splitlines()
         reason = f"{type(e).__name__}: {text[0] if text else ''}"
-        if "Max retries" in reason or "Connection" in reason or "timed out" in reason:
+        if (
+            isinstance(e, (BotoConnectionError, HTTPClientError))
+            or "Connection" in reason
+            or "timed out" in reason
+        ):
             endpoint = os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
             reason = f"cannot reach {display_uri(endpoint)} ({reason})"
     return ObjStoreError(redact_secrets(f"{display_uri(uri)}: {what} failed: {reason}"))
@@ -151,52 +182,63 @@ def _same_files(a: dict, b: dict) -> bool:
 
 
 def _read_object(client, bucket: str, key: str) -> bytes:
-    resp = client.get_object(bucket, key)
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
     try:
-        return resp.read()
+        return body.read()
     finally:
-        resp.close()
-        resp.release_conn()
+        body.close()
+
+
+def _read_if_exists(client, bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None when there is no such key."""
+    try:
+        return _read_object(client, bucket, key)
+    except Exception as e:
+        if _code(e) in ("NoSuchKey", "NotFound"):
+            return None
+        raise
 
 
 def _object_sha256(client, bucket: str, key: str) -> tuple[str, int]:
-    resp = client.get_object(bucket, key)
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
     h, n = hashlib.sha256(), 0
     try:
-        for block in resp.stream(_CHUNK):
+        for block in body.iter_chunks(_CHUNK):
             h.update(block)
             n += len(block)
     finally:
-        resp.close()
-        resp.release_conn()
+        body.close()
     return h.hexdigest(), n
 
 
-def _exists(client, bucket: str, key: str) -> bool:
-    from minio.error import S3Error
-
+def _bucket_exists(client, bucket: str) -> bool:
     try:
-        client.stat_object(bucket, key)
+        client.head_bucket(Bucket=bucket)
         return True
-    except S3Error as e:
-        if e.code in ("NoSuchKey", "NotFound", "ResourceNotFound"):
+    except Exception as e:
+        if _code(e) in ("NoSuchBucket", "NotFound"):
             return False
         raise
 
 
+def _list_keys(client, bucket: str, prefix: str) -> Iterator[str]:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield obj["Key"]
+
+
 def _remove_prefix(client, bucket: str, prefix: str, keep: Iterable[str] = ()) -> int:
     """Delete every object under `prefix` except the keys in `keep`; returns how many."""
-    from minio.deleteobjects import DeleteObject
-
     keep = set(keep)
-    doomed = [
-        o.object_name
-        for o in client.list_objects(bucket, prefix=prefix, recursive=True)
-        if o.object_name not in keep
-    ]
-    errors = list(client.remove_objects(bucket, (DeleteObject(k) for k in doomed)))
-    if errors:
-        raise ObjStoreError(f"s3://{bucket}/{prefix}: could not delete {errors[0].name}")
+    doomed = [k for k in _list_keys(client, bucket, prefix) if k not in keep]
+    for i in range(0, len(doomed), _DELETE_BATCH):
+        batch = [{"Key": k} for k in doomed[i : i + _DELETE_BATCH]]
+        resp = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        if resp.get("Errors"):
+            err = resp["Errors"][0]
+            raise ObjStoreError(
+                f"s3://{bucket}/{prefix}: could not delete {err.get('Key')} ({err.get('Code')})"
+            )
     return len(doomed)
 
 
@@ -204,13 +246,13 @@ def read_published(uri: str) -> dict:
     """The manifest of a published prefix; NotPublishedError if there is none."""
     bucket, prefix = split_uri(uri)
     try:
-        client = _client()
-        if not _exists(client, bucket, prefix + MANIFEST):
+        body = _read_if_exists(_client(), bucket, prefix + MANIFEST)
+        if body is None:
             raise NotPublishedError(
                 f"{display_uri(uri)} is not a published package: no {MANIFEST} there "
                 "(nothing was published, or the upload did not finish)"
             )
-        manifest = json.loads(_read_object(client, bucket, prefix + MANIFEST))
+        manifest = json.loads(body)
     except json.JSONDecodeError as e:
         raise ObjStoreError(f"{display_uri(uri)}: {MANIFEST} is not valid JSON ({e})") from e
     except Exception as e:
@@ -231,21 +273,33 @@ def is_published(uri: str) -> bool:
 
 def _place(client, bucket: str, tmp_key: str, final_key: str, entry: dict) -> None:
     """Server-side copy of one verified temporary object to its final key, checked there."""
-    from minio.commonconfig import CopySource
-
-    client.copy_object(bucket, final_key, CopySource(bucket, tmp_key))
-    src, dst = client.stat_object(bucket, tmp_key), client.stat_object(bucket, final_key)
-    if dst.size == entry["size"] and dst.etag == src.etag:
+    source = {"Bucket": bucket, "Key": tmp_key}
+    if entry["size"] <= _COPY_MAX:
+        client.copy_object(Bucket=bucket, Key=final_key, CopySource=source)
+    else:  # one CopyObject takes up to 5 GiB; beyond, a multipart copy (still server-side)
+        client.copy(source, bucket, final_key, Config=_transfer())
+    src = client.head_object(Bucket=bucket, Key=tmp_key)
+    dst = client.head_object(Bucket=bucket, Key=final_key)
+    if dst["ContentLength"] == entry["size"] and dst["ETag"] == src["ETag"]:
         return
     digest, size = _object_sha256(client, bucket, final_key)  # ETags differ (e.g. multipart)
     if (digest, size) != (entry["sha256"], entry["size"]):
         raise ObjStoreError(f"s3://{bucket}/{final_key}: copy does not match the upload")
 
 
+def _transfer():
+    """Multipart above _PART_SIZE, one part at a time: memory per transfer stays at one part."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=_PART_SIZE, multipart_chunksize=_PART_SIZE, use_threads=False
+    )
+
+
 def _upload(client, bucket: str, key: str, path: Path, entry: dict) -> None:
     """Upload one file and read it back: the stored bytes must hash to the local sha256."""
-    client.fput_object(bucket, key, str(path), part_size=_PART_SIZE,
-                       metadata={"sha256": entry["sha256"]})  # fmt: skip
+    client.upload_file(str(path), bucket, key, Config=_transfer(),
+                       ExtraArgs={"Metadata": {"sha256": entry["sha256"]}})  # fmt: skip
     digest, size = _object_sha256(client, bucket, key)
     if (digest, size) != (entry["sha256"], entry["size"]):
         raise ObjStoreError(
@@ -268,10 +322,11 @@ def publish_dir(local_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
     tmp = f"{TMP_ROOT}{prefix}{secrets.token_hex(8)}/"
     placing = False
     try:
-        if not client.bucket_exists(bucket):
+        if not _bucket_exists(client, bucket):
             raise ObjStoreError(f"{shown}: bucket {bucket!r} does not exist")
-        if _exists(client, bucket, prefix + MANIFEST):
-            old = json.loads(_read_object(client, bucket, prefix + MANIFEST))
+        old_body = _read_if_exists(client, bucket, prefix + MANIFEST)
+        if old_body is not None:
+            old = json.loads(old_body)
             if _same_files(old, manifest):
                 return old
             if not overwrite:
@@ -279,7 +334,7 @@ def publish_dir(local_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
                     f"{shown} already holds another published package; publish under a new "
                     "version, or overwrite explicitly"
                 )
-            client.remove_object(bucket, prefix + MANIFEST)  # invisible while it is replaced
+            client.delete_object(Bucket=bucket, Key=prefix + MANIFEST)  # hidden while replaced
         # Leftovers of an earlier attempt at this URI that was killed before cleaning up.
         _remove_prefix(client, bucket, f"{TMP_ROOT}{prefix}")
         for entry in manifest["files"]:
@@ -295,8 +350,9 @@ def publish_dir(local_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         body = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-        client.put_object(bucket, prefix + MANIFEST, io.BytesIO(body), len(body),
-                          content_type="application/json")  # fmt: skip
+        client.put_object(
+            Bucket=bucket, Key=prefix + MANIFEST, Body=body, ContentType="application/json"
+        )
         return manifest
     except Exception as e:
         if placing:  # no manifest was written: take back what was placed, too
@@ -348,7 +404,7 @@ def fetch_dir(uri: str, local_dir: Path) -> Path:
             dest = work / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
-                client.fget_object(bucket, prefix + str(rel), str(dest))
+                _download(client, bucket, prefix + str(rel), dest)
             except Exception as e:
                 raise _fail(f"s3://{bucket}/{prefix}{rel}", "download", e) from e
             size, digest = dest.stat().st_size, hash_file(dest)
@@ -362,6 +418,16 @@ def fetch_dir(uri: str, local_dir: Path) -> Path:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return local_dir
+
+
+def _download(client, bucket: str, key: str, dest: Path) -> None:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        with open(dest, "wb") as f:
+            for block in body.iter_chunks(_CHUNK):
+                f.write(block)
+    finally:
+        body.close()
 
 
 @contextlib.contextmanager
