@@ -170,3 +170,16 @@ def test_train_rules_match_the_config_and_the_code():
         assert type(opt).__name__.lower() == name
     with pytest.raises(ValueError, match="train.warmup_epochs must be an integer >= 0"):
         TrainConfig(**{**vars(demo_recipe()), "warmup_epochs": -1})  # checked directly too
+
+
+def test_params_yaml_is_the_one_place_for_defaults():
+    """The recipe's config classes have no defaults of their own; the only section class that
+    keeps some (validate's, which data/validate.py also applies without params) must agree."""
+    from dataclasses import MISSING, fields
+
+    from sign2text.params import ConvertParams, EvaluateParams, ValidateParams
+
+    for cls in (TrainConfig, ConvertParams, EvaluateParams):
+        assert all(f.default is MISSING for f in fields(cls)), cls.__name__
+    defaults = {f.name: f.default for f in fields(ValidateParams)}
+    assert defaults == ACTIVE["validate"]
