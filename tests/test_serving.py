@@ -109,7 +109,7 @@ def test_in_process_sentence_mode_wiring(model_dir, files, monkeypatch):
             word(gloss="go", start=10, end=20, confidence=0.75),
         ]
 
-    monkeypatch.setitem(sys.modules, "model.sentence", types.SimpleNamespace(transcribe=transcribe))
+    monkeypatch.setattr("model.sentence.transcribe", transcribe)
     m = Sign2TextModel(model_dir)
     m.load()
     rgb = moving_square(6)[..., ::-1].copy()
@@ -184,16 +184,100 @@ def test_load_from_uri_downloads_with_kserve_storage(model_dir, tmp_path, monkey
     assert m.ready and m.classifier.labels == LABELS
 
 
+class _Counting:
+    """A cv2.VideoCapture that counts the frames read from it."""
+
+    def __init__(self, cap, counts: dict):
+        self._cap, self._counts = cap, counts
+
+    def grab(self):
+        self._counts["frames"] += 1
+        return self._cap.grab()
+
+    def read(self):
+        self._counts["frames"] += 1
+        return self._cap.read()
+
+    def __getattr__(self, name):
+        return getattr(self._cap, name)
+
+
+@pytest.fixture
+def video_reads(monkeypatch) -> dict:
+    """How often a request opens the video, probes it, and reads a frame out of it."""
+    counts = {"opens": 0, "probes": 0, "frames": 0}
+    real_open, real_probe = V._open, V.probe
+
+    def counted_open(path):
+        counts["opens"] += 1
+        return _Counting(real_open(path), counts)
+
+    def counted_probe(path):
+        counts["probes"] += 1
+        return real_probe(path)
+
+    monkeypatch.setattr(V, "_open", counted_open)
+    monkeypatch.setattr(V, "probe", counted_probe)
+    return counts
+
+
+def test_a_request_probes_once_and_reads_each_frame_once(model_dir, files, video_reads):
+    m = Sign2TextModel(model_dir)
+    m.load()
+    video = (files / "good.mp4").read_bytes()  # 40 frames
+    asyncio.run(m.predict(_video_request(video, top_k=3)))
+    # word mode: the probe, then one pass that stops after the last frame it samples
+    assert video_reads["probes"] == 1 and video_reads["opens"] == 2, video_reads
+    assert video_reads["frames"] <= 41, video_reads
+
+    fixture = Path(__file__).parent / "fixtures" / "sentence_model"
+    m = Sign2TextModel(fixture)
+    m.load()
+    video_reads.update(opens=0, probes=0, frames=0)
+    out = _outputs(asyncio.run(m.predict(_video_request(video, mode="sentence"))))
+    assert "words" in out
+    # sentence mode: the probe, then every frame decoded once (+1: the read that finds the end)
+    assert video_reads == {"opens": 2, "probes": 1, "frames": 41}
+
+
+def test_sentence_mode_frame_limit_reads_no_further(model_dir, files, video_reads):
+    m = Sign2TextModel(model_dir, max_frames=10)
+    m.load()
+    video = (files / "good.mp4").read_bytes()
+    with pytest.raises(InvalidInput, match="more than 10 frames; the limit is 10"):
+        asyncio.run(m.predict(_video_request(video, mode="sentence")))
+    assert video_reads["frames"] == 11
+
+
 def test_cli_serve_forwards_to_model_server(monkeypatch):
     from components import cli
 
     got = []
-    monkeypatch.setattr("model.server.main", lambda argv=None: got.append(argv) or 0)
-    assert cli.main(["serve", "--model-dir", "s3://b/m", "--max-duration-s", "3"]) == 0
-    argv = got[0]
-    assert argv[argv.index("--model-dir") + 1] == "s3://b/m"
-    assert argv[argv.index("--max-duration-s") + 1] == "3.0"
-    assert argv[argv.index("--http-port") + 1] == "8080"
+    monkeypatch.setattr("model.server.main", lambda argv=None, prog=None: got.append(argv) or 0)
+    argv = ["--model-dir", "s3://b/m", "--max-duration-s", "3", "--workers", "2", "--device=cpu"]
+    assert cli.main(["serve", *argv]) == 0
+    assert got == [argv]  # unread: model/server.py's parser is the only one
+
+
+def test_cli_serve_help_is_the_servers(capsys):
+    from components import cli
+    from model.server import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: sign2text serve")
+    for flag in ("--device", "--workers", "--max-frames", "--http_port", "--grpc_port",
+                 "--model-dir", "--http-port", "--grpc-port", "--max-video-mb",
+                 "--max-duration-s"):  # fmt: skip
+        assert flag in out, flag
+    # every flag the repository's own callers pass still parses
+    args = build_parser().parse_args(
+        ["--model-dir", "d", "--http-port", "1", "--grpc-port", "2", "--max-video-mb", "3",
+         "--max-duration-s", "4", "--max-frames", "5", "--workers", "2", "--device", "cpu"]
+    )  # fmt: skip
+    assert (args.http_port, args.grpc_port, args.workers, args.model_name) == (1, 2, 2, "sign2text")
 
 
 # --- the real server ----------------------------------------------------------------------
