@@ -218,7 +218,7 @@ def _cmd_params(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from model import server
 
-    server.main(args.server_argv, prog="sign2text serve")
+    server.serve(args.server)
 
 
 def _add_params_arg(p: argparse.ArgumentParser, quiet: bool = True) -> None:
@@ -475,10 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_predict_local)
 
-    # `serve` declares no flags: its arguments, --help included, go unread to model/server.py's
-    # own parser (kserve's flags and ours), which only `serve` pays the kserve import for.
+    # `serve` declares no flags: parse_args hands its arguments, --help included, to
+    # model/server.py's own parser (kserve's flags and the server's), so only `serve` pays for
+    # importing kserve.
     sv = sub.add_parser("serve", add_help=False, help="serve a model over KServe v2 REST + gRPC")
-    sv.set_defaults(func=_cmd_serve, forwards_argv=True)
+    sv.set_defaults(func=_cmd_serve)
 
     pc = sub.add_parser(
         "predict",
@@ -560,13 +561,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """build_parser's parse, with `serve`'s arguments parsed by the server (into args.server)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if getattr(args, "forwards_argv", False):
-        args.server_argv = rest
+    if args.command == "serve":
+        from model.server import build_parser as server_parser
+
+        args.server = server_parser(prog="sign2text serve").parse_args(rest)
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         if getattr(args, "reads_params", False):
             _check_params_file(args)

@@ -79,8 +79,12 @@ def build_parser(prog: str = "python -m model.server", add_help: bool = True):
     return p
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m model.server") -> int:
-    args = build_parser(prog).parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    return serve(build_parser().parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server with build_parser's arguments until it is stopped."""
     from fastapi.exceptions import RequestValidationError
     from kserve.logging import logger
 

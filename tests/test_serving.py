@@ -249,14 +249,18 @@ def test_sentence_mode_frame_limit_reads_no_further(model_dir, files, video_read
     assert video_reads["frames"] == 11
 
 
-def test_cli_serve_forwards_to_model_server(monkeypatch):
+def test_cli_serve_runs_the_server_with_its_own_parser(monkeypatch):
     from components import cli
 
     got = []
-    monkeypatch.setattr("model.server.main", lambda argv=None, prog=None: got.append(argv) or 0)
+    monkeypatch.setattr("model.server.serve", lambda args: got.append(args) or 0)
     argv = ["--model-dir", "s3://b/m", "--max-duration-s", "3", "--workers", "2", "--device=cpu"]
     assert cli.main(["serve", *argv]) == 0
-    assert got == [argv]  # unread: model/server.py's parser is the only one
+    (args,) = got
+    assert (args.model_dir, args.max_duration_s, args.workers) == ("s3://b/m", 3.0, 2)
+    assert (args.http_port, args.grpc_port, args.max_video_mb) == (8080, 8081, 32)
+    assert cli.main(["serve", "--model-dir", "m", "--http_port", "9", "--max-frames", "7"]) == 0
+    assert (got[1].http_port, got[1].max_frames) == (9, 7)
 
 
 def test_cli_serve_help_is_the_servers(capsys):
