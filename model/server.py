@@ -1,5 +1,5 @@
 """Serving entry point: `python -m model.server --model-dir DIR_OR_URI` (the serving image's CMD;
-`sign2text serve` runs the same parser and main).
+`sign2text serve` parses with the same build_parser and runs serve()).
 
 Starts kserve's ModelServer (REST on --http-port, gRPC on --grpc-port) with the `sign2text`
 predictor from model/serving.py. KServe's own flags (--workers, --max_threads, ...) are here
@@ -48,7 +48,9 @@ async def _not_a_v2_request(request, exc):
     )
 
 
-def build_parser(prog: str = "python -m model.server", add_help: bool = True):
+def build_parser(
+    prog: str = "python -m model.server", add_help: bool = True
+) -> argparse.ArgumentParser:
     """This server's flags on top of kserve's own (--http_port, --grpc_port, --workers, ...)."""
     # A copy, so that our defaults below do not change kserve's parser for anyone else.
     kserve_flags = copy.deepcopy(model_server.parser)

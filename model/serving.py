@@ -87,7 +87,9 @@ class Sign2TextModel(kserve.Model):
 
     async def predict(self, payload, headers=None, response_headers=None) -> InferResponse:
         if not isinstance(payload, InferRequest):
-            raise InvalidInput("sign2text speaks the v2 protocol: POST /v2/models/sign2text/infer")
+            raise InvalidInput(
+                f"sign2text speaks the v2 protocol: POST /v2/models/{self.name}/infer"
+            )
         if self.classifier is None:  # kserve checks readiness first; this is for direct callers
             raise ModelNotReady(self.name)
         request = parse(
