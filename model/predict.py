@@ -1,15 +1,35 @@
-"""In-process prediction: a model directory + a clip -> top-k glosses. Serving wraps this."""
+"""In-process prediction: a model directory + a video -> top-k glosses (word mode) or the signed
+words with their frame spans (sentence mode). `sign2text predict-local` and serving both call
+Classifier.word / Classifier.sentence, so a served answer is the in-process answer.
+
+A video is a file path (probed once; word mode then decodes only the frames it samples,
+sentence mode decodes every frame once) or T x H x W x 3 uint8 BGR frames already decoded.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from model import sentence as S
+from model import video as V
 from model.package import ModelBundle, load_model_dir
-from model.video import load_clip
+
+Video = str | os.PathLike | np.ndarray  # a file, or T x H x W x 3 uint8 BGR frames
+# Called with "decode", "preprocess" or "inference" around each stage (serving times them).
+Timer = Callable[[str], AbstractContextManager]
+
+
+def untimed(stage: str) -> AbstractContextManager:
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -18,13 +38,22 @@ class Prediction:
     scores: list[float]  # softmax probabilities, descending
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one video may cost. Checked on the probe, before any frame is decoded; sentence
+    mode, which holds every frame, also stops decoding past max_frames."""
+
+    max_duration_s: float = math.inf
+    max_frames: int | None = None
+
+
 def fast_inference(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode with channels_last_3d weights: oneDNN / cuDNN's preferred 3D conv layout."""
     return model.eval().to(memory_format=torch.channels_last_3d)
 
 
 class Classifier:
-    """Loads a model directory once; predicts clips or video files."""
+    """Loads a model directory once; answers word mode and sentence mode."""
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu"):
         self.bundle: ModelBundle = load_model_dir(Path(model_dir), device)
@@ -34,6 +63,60 @@ class Classifier:
     @property
     def labels(self) -> list[str]:
         return self.bundle.labels
+
+    def word(
+        self, video: Video, top_k: int = 5, *, limits: Limits = Limits(), timer: Timer = untimed
+    ) -> Prediction:
+        """The video as one sign: its top_k glosses."""
+        self.check_top_k(top_k)
+        cfg = self.bundle.preprocess
+        if isinstance(video, np.ndarray):
+            with timer("preprocess"):
+                clip = V.clip_from_frames(video, cfg)
+        else:
+            with timer("decode"):
+                info = V.probe(video)
+                total = V.frame_total(video, info)
+                self._check(total, info.fps, limits)
+            with timer("preprocess"):
+                clip = V.load_clip(video, cfg, total=total)
+        with timer("inference"):
+            probs = self.probabilities(clip)[0]
+        return self.top_k(probs, top_k)
+
+    def sentence(
+        self,
+        video: Video,
+        *,
+        window: int | None = None,
+        stride: int | None = None,
+        threshold: float | None = None,
+        limits: Limits = Limits(),
+        timer: Timer = untimed,
+    ) -> list[S.Word]:
+        """The video as several signs in a row: the words, in order (model/sentence.py)."""
+        if not isinstance(video, np.ndarray):
+            with timer("decode"):
+                info = V.probe(video)
+                if info.frames > 0:  # a claim that breaks a limit needs no decoding to refuse
+                    self._check(info.frames, info.fps, limits)
+                frames = V.decode_all(video, limits.max_frames)
+                self._check(len(frames), info.fps, limits)
+            video = frames
+        # Windowing, preprocessing and the forward passes interleave: one stage for all of it.
+        with timer("inference"):
+            return S.transcribe(self, video, window=window, stride=stride, threshold=threshold)
+
+    def _check(self, total: int, fps: float, limits: Limits) -> None:
+        if total <= 0:
+            raise V.NoFrames("the video has no decodable frames")
+        if total == 1:  # FFmpeg opens PNG/JPEG/WebP... as one-frame "videos"
+            raise V.VideoError("not a video: a single still image (1 frame); send a video file")
+        seconds = total / (fps if fps > 0 else self.bundle.preprocess.fps)
+        if seconds > limits.max_duration_s:
+            raise V.VideoError(
+                f"video is {seconds:.1f} s long; the limit is {limits.max_duration_s:g} s"
+            )
 
     def check_top_k(self, top_k: int) -> int:
         if not 1 <= top_k <= len(self.labels):
@@ -60,8 +143,3 @@ class Classifier:
     def top_k(self, probs: torch.Tensor, top_k: int) -> Prediction:
         values, idx = probs.topk(self.check_top_k(top_k))
         return Prediction([self.labels[i] for i in idx.tolist()], values.tolist())
-
-    def predict_video(self, path: str | os.PathLike, top_k: int = 5) -> Prediction:
-        self.check_top_k(top_k)
-        clip = load_clip(path, self.bundle.preprocess)
-        return self.top_k(self.probabilities(clip)[0], top_k)

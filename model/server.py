@@ -1,98 +1,27 @@
-"""Serving entry point: `python -m model.server --model-dir DIR_OR_URI` (the serving image's CMD).
+"""Serving entry point: `python -m model.server --model-dir DIR_OR_URI` (the serving image's CMD;
+`sign2text serve` parses with the same build_parser and runs serve()).
 
 Starts kserve's ModelServer (REST on --http-port, gRPC on --grpc-port) with the `sign2text`
-predictor from model/serving.py.
+predictor from model/serving.py. KServe's own flags (--workers, --max_threads, ...) are here
+too: the parser is built on kserve.model_server.parser, as KServe's own model servers are.
 """
 
 from __future__ import annotations
 
 import argparse
-import struct
+import copy
+import inspect
 import sys
 
-import numpy as np
-import orjson
+import kserve
+from kserve import model_server
 from kserve.errors import InvalidInput
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.infer_type import (
-    InferInput,
-    InferRequest,
-    RequestedOutput,
-    deserialize_bytes_tensor,
-)
-from kserve.utils.numpy_codec import to_np_dtype
 
+from model.request import NAME, request_from_binary
 from model.storage import display_uri
 
 MIB = 1 << 20
-
-
-def _binary_tensor(raw: bytes, name: str, datatype: str) -> np.ndarray:
-    if datatype == "BYTES":
-        try:
-            return deserialize_bytes_tensor(raw)
-        except struct.error:
-            raise InvalidInput(
-                f"input {name}: malformed BYTES data (4-byte length prefixes)"
-            ) from None
-    dtype = to_np_dtype(datatype)
-    if dtype is None:
-        raise InvalidInput(f"input {name}: unknown datatype {datatype}")
-    try:
-        return np.frombuffer(raw, dtype=dtype)
-    except ValueError as e:
-        raise InvalidInput(f"input {name}: {len(raw)} bytes are not whole {datatype}s") from e
-
-
-def request_from_binary(body: bytes, json_length: str, model_name: str) -> InferRequest:
-    """A REST binary-data-extension request -> InferRequest, keeping BYTES tensors as bytes.
-
-    kserve 0.21's InferRequest.from_bytes turns binary BYTES tensors into UTF-8 str (JSON
-    semantics), so an encoded video fails there with a 500 before any model code runs, and
-    models get no hook ahead of that decoding. This is the same parse minus that conversion
-    (binary tensors stay numpy arrays, which also skips a per-element Python list for frames).
-    """
-    try:
-        n = int(json_length)
-        header = orjson.loads(body[:n])
-    except (ValueError, orjson.JSONDecodeError) as e:
-        raise InvalidInput(f"unreadable binary request header: {e}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise InvalidInput('the request header must be a JSON object with an "inputs" list')
-    offset, inputs = n, []
-    for spec in header["inputs"]:
-        try:
-            name, shape, datatype = spec["name"], list(spec["shape"]), spec["datatype"].upper()
-            params = dict(spec.get("parameters") or {})
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise InvalidInput("each input needs name, shape, datatype") from None
-        if "data" in spec:
-            data = spec["data"]
-        elif "binary_data_size" in params:
-            size = params.pop("binary_data_size")
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidInput(f"input {name}: bad binary_data_size {size!r}")
-            raw = body[offset : offset + size]
-            if len(raw) != size:
-                raise InvalidInput(f"input {name}: binary_data_size {size} runs past the body")
-            offset += size
-            data = _binary_tensor(raw, name, datatype)
-        else:
-            raise InvalidInput(f"input {name}: no data and no binary_data_size")
-        inputs.append(InferInput(name, shape, datatype, data=data, parameters=params))
-    try:
-        outputs = [
-            RequestedOutput(o["name"], o.get("parameters")) for o in header.get("outputs") or []
-        ]
-    except (KeyError, TypeError, AttributeError):
-        raise InvalidInput("each requested output needs a name") from None
-    return InferRequest(
-        model_name,
-        inputs,
-        request_id=header.get("id"),
-        parameters=header.get("parameters"),
-        request_outputs=outputs or None,
-    )
 
 
 class BinaryBytesDataPlane(DataPlane):
@@ -119,39 +48,62 @@ async def _not_a_v2_request(request, exc):
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "python -m model.server", add_help: bool = True
+) -> argparse.ArgumentParser:
+    """This server's flags on top of kserve's own (--http_port, --grpc_port, --workers, ...)."""
+    # A copy, so that our defaults below do not change kserve's parser for anyone else.
+    kserve_flags = copy.deepcopy(model_server.parser)
     p = argparse.ArgumentParser(
-        prog="python -m model.server", description="Serve sign2text over KServe v2 REST + gRPC."
+        prog=prog,
+        description="Serve sign2text over KServe v2 REST + gRPC.",
+        parents=[kserve_flags],
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model-dir", required=True, help="model directory or s3:// gs:// ... URI")
-    p.add_argument("--http-port", type=int, default=8080, help="REST port (default 8080)")
-    p.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
-    p.add_argument("--max-video-mb", type=float, default=32, help="largest video (default 32)")
-    p.add_argument("--max-duration-s", type=float, default=60, help="longest video (default 60)")
-    p.add_argument("--max-frames", type=int, default=1500, help="most `frames` (default 1500)")
-    p.add_argument("--workers", type=int, default=1, help="REST worker processes (default 1)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--model-dir", "--model_dir", required=True, default=argparse.SUPPRESS,
+                   help="model directory or s3:// gs:// ... URI")  # fmt: skip
+    # The spellings our manifests, Makefile and README use, for kserve's --http_port/--grpc_port.
+    p.add_argument("--http-port", dest="http_port", type=int, default=argparse.SUPPRESS,
+                   help="REST port (as --http_port)")  # fmt: skip
+    p.add_argument("--grpc-port", dest="grpc_port", type=int, default=argparse.SUPPRESS,
+                   help="gRPC port (as --grpc_port)")  # fmt: skip
+    p.add_argument("--max-video-mb", type=float, default=32,
+                   help="largest video; the gRPC message limits follow it unless "
+                   "--grpc_max_*_message_length are given")  # fmt: skip
+    p.add_argument("--max-duration-s", type=float, default=60, help="longest video")
+    p.add_argument("--max-frames", type=int, default=1500,
+                   help="most frames: `frames` input, or a video in sentence mode")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.set_defaults(
+        model_name=NAME, grpc_max_send_message_length=None, grpc_max_receive_message_length=None
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import kserve
+    return serve(build_parser().parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server with build_parser's arguments until it is stopped."""
     from fastapi.exceptions import RequestValidationError
-    from kserve import model_server
     from kserve.logging import logger
 
     from model.serving import Sign2TextModel
 
     max_bytes = int(args.max_video_mb * MIB)
-    # GRPCServer reads its channel options from kserve's own parsed CLI namespace
-    # (model_server.args, passed as vars(args)); setting them there is how a caller that owns
-    # argv configures them. A video up to the limit, plus the rest of the message, must fit.
-    model_server.args.grpc_max_receive_message_length = max_bytes + MIB
-    model_server.args.grpc_max_send_message_length = max_bytes + MIB
-    server = kserve.ModelServer(
-        http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers
-    )
+    # A video up to the limit, plus the rest of the message, must fit in one gRPC message.
+    for name in ("grpc_max_send_message_length", "grpc_max_receive_message_length"):
+        if getattr(args, name) is None:
+            setattr(args, name, max_bytes + MIB)
+    # kserve reads part of its settings (logging; gRPC options: GRPCServer gets
+    # vars(model_server.args)) from the namespace it parsed out of sys.argv at import, which
+    # `sign2text serve` does not share: that namespace takes ours.
+    vars(model_server.args).update({k: getattr(args, k) for k in vars(model_server.args)})
+    # ModelServer's defaults were bound from that namespace at import, so each is passed.
+    wanted = inspect.signature(kserve.ModelServer).parameters
+    server = kserve.ModelServer(**{k: v for k, v in vars(args).items() if k in wanted})
     server.dataplane = BinaryBytesDataPlane(model_registry=server.registered_models)
     # A body that is not a v2 request (malformed JSON, no "inputs") is the client's fault too:
     # 400 with the reason, like every other bad input, rather than FastAPI's 422.
@@ -163,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         max_duration_s=args.max_duration_s,
         max_frames=args.max_frames,
         device=args.device,
+        name=args.model_name,
     )
     logger.info("sign2text: loading model from %s", display_uri(args.model_dir))
     model.load()

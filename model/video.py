@@ -189,6 +189,31 @@ def count_frames(path: str | os.PathLike) -> int:
     return n
 
 
+def decode_all(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
+    """Every frame that decodes -> T x H x W x 3 uint8 BGR, in one pass over the file.
+
+    The count is the true one, not the container's claim. A video with more than `max_frames`
+    fails as soon as frame max_frames + 1 decodes, so memory stays bounded whatever it claims.
+    """
+    cap = _open(path)
+    frames: list[np.ndarray] = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if max_frames is not None and len(frames) >= max_frames:
+                raise VideoError(
+                    f"video has more than {max_frames} frames; the limit is {max_frames}"
+                )
+            frames.append(frame)
+    finally:
+        cap.release()
+    if not frames:
+        raise NoFrames(f"no decodable frames in {path}")
+    return np.stack(frames)
+
+
 def bbox_window(
     bbox: Sequence[float], margin: float, width: int, height: int
 ) -> tuple[int, int, int, int]:
@@ -254,17 +279,23 @@ def clip_from_frames(
     return to_tensor(resize_frames(frames[idx], cfg, bbox), cfg, rng=rng)
 
 
+def frame_total(path: str | os.PathLike, info: VideoInfo | None = None) -> int:
+    """The container's frame count, or the decoded count where it claims none."""
+    claimed = (info or probe(path)).frames
+    return claimed if claimed > 0 else count_frames(path)
+
+
 def decode_trimmed(
-    path: str | os.PathLike, frame_start: int, frame_end: int, pick
+    path: str | os.PathLike, frame_start: int, frame_end: int, pick, total: int | None = None
 ) -> tuple[np.ndarray, int, int]:
     """Decode the frames `pick(n)` selects (offsets into the n-frame trimmed range).
 
-    Returns (frames, lo, hi) with [lo, hi) the 0-based trimmed range. Containers can claim more
-    frames than decode; for frame_end = -1 the range is then recounted and picked again.
+    Returns (frames, lo, hi) with [lo, hi) the 0-based trimmed range. `total` is frame_total's
+    answer when the caller already has it. Containers can claim more frames than decode; for
+    frame_end = -1 the range is then recounted and picked again.
     """
-    total = probe(path).frames
-    if total <= 0:
-        total = count_frames(path)
+    if total is None:
+        total = frame_total(path)
 
     def attempt(total: int) -> tuple[np.ndarray, int, int]:
         if total <= 0:
@@ -288,9 +319,12 @@ def load_clip(
     frame_end: int = -1,
     bbox: Sequence[float] | None = None,
     rng: np.random.Generator | None = None,
+    total: int | None = None,
 ) -> torch.Tensor:
-    """A video file -> model input C x T x H x W, decoding only the sampled frames."""
+    """A video file -> model input C x T x H x W, decoding only the sampled frames.
+
+    `total`: the video's frame_total, for a caller that probed it already."""
     frames, _, _ = decode_trimmed(
-        path, frame_start, frame_end, lambda n: sample_indices(n, cfg.num_frames, rng=rng)
+        path, frame_start, frame_end, lambda n: sample_indices(n, cfg.num_frames, rng=rng), total
     )
     return to_tensor(resize_frames(frames, cfg, bbox), cfg, rng=rng)

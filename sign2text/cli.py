@@ -45,7 +45,7 @@ def _cmd_predict_local(args: argparse.Namespace) -> None:
     from model.predict import Classifier
 
     clf = Classifier(args.model_dir)
-    pred = clf.predict_video(args.video, top_k=args.top_k)
+    pred = clf.word(args.video, top_k=args.top_k)
     if args.json:
         print(json.dumps({"glosses": pred.glosses, "scores": pred.scores}))
         return
@@ -172,13 +172,9 @@ def _cmd_params(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from model.server import main as serve
+    from model import server
 
-    serve(
-        ["--model-dir", args.model_dir, "--http-port", str(args.http_port)]
-        + ["--grpc-port", str(args.grpc_port), "--max-video-mb", str(args.max_video_mb)]
-        + ["--max-duration-s", str(args.max_duration_s)]
-    )
+    server.serve(args.server)
 
 
 def _add_params_arg(p: argparse.ArgumentParser, quiet: bool = True) -> None:
@@ -432,16 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_predict_local)
 
-    sv = sub.add_parser(
-        "serve",
-        help="serve a model over KServe v2 REST + gRPC",
-        description="Run the KServe model server (model `sign2text`) as the serving image does.",
-    )
-    sv.add_argument("--model-dir", required=True, help="model directory or s3:// gs:// URI")
-    sv.add_argument("--http-port", type=int, default=8080, help="REST port (default 8080)")
-    sv.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
-    sv.add_argument("--max-video-mb", type=float, default=32, help="largest video (default 32)")
-    sv.add_argument("--max-duration-s", type=float, default=60, help="longest video (default 60)")
+    # `serve` declares no flags: parse_args hands its arguments, --help included, to
+    # model/server.py's own parser (kserve's flags and the server's), so only `serve` pays for
+    # importing kserve.
+    sv = sub.add_parser("serve", add_help=False, help="serve a model over KServe v2 REST + gRPC")
     sv.set_defaults(func=_cmd_serve)
 
     pc = sub.add_parser(
@@ -524,8 +514,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """build_parser's parse, with `serve`'s arguments parsed by the server (into args.server)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        from model.server import build_parser as server_parser
+
+        args.server = server_parser(prog="sign2text serve").parse_args(rest)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if getattr(args, "reads_params", False):
             _check_params_file(args)

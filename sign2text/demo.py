@@ -26,7 +26,7 @@ def show(model_dir: Path, data: Path, metrics: Path, top_k: int = 5) -> None:
     clf = Classifier(model_dir)
     samples = load_samples(data, ("test",))
     sample = samples[0]
-    pred = clf.predict_video(sample.video_path(data), top_k=top_k)
+    pred = clf.word(sample.video_path(data), top_k)
     print(f"\n{sample.video_path(data)}  true gloss: {sample.gloss}")
     for i, (g, p) in enumerate(zip(pred.glosses, pred.scores, strict=True), 1):
         mark = "  <- true" if g == sample.gloss else ""

@@ -176,13 +176,13 @@ def test_each_stage_depends_on_the_code_it_runs_and_the_params_it_reads():
     list would let a code change keep a stale model (train once missed convert, package,
     checkpoint and params code). Deps are compared with the import closure of the stage's
     command; params sections with those the step reads (sign2text/steps.py)."""
-    from sign2text.cli import build_parser
+    from sign2text.cli import parse_args
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         argv = stage["cmd"].replace("${data.dir}", "data").split()
         assert argv[0] == "sign2text", name
-        command = build_parser().parse_args(argv[1:]).func.__name__
+        command = parse_args(argv[1:]).func.__name__
         code = {d for d in stage["deps"] if d.endswith(".py")}
         assert code == _code_closure(command), f"{name}: deps differ from its import closure"
         params = {p.split(".")[0] for p in stage["params"]}

@@ -79,7 +79,7 @@ def test_predict_local_prints_top_k_from_the_class_list(imported, video_file, ca
 
 def test_predict_matches_the_network_on_the_same_clip(imported, video_file):
     clf = Classifier(imported)
-    pred = clf.predict_video(video_file, top_k=100)
+    pred = clf.word(video_file, 100)
     from model.video import load_clip
 
     clip = load_clip(video_file, clf.bundle.preprocess)

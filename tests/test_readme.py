@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sign2text.cli import build_parser
+from sign2text.cli import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -100,7 +100,7 @@ def test_every_sign2text_line_parses_and_every_make_target_exists():
             err = io.StringIO()
             try:
                 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                    build_parser().parse_args(argv)
+                    parse_args(argv)
             except SystemExit as e:
                 if e.code:
                     bad.append(f"README.md:{line}: {err.getvalue().strip().splitlines()[-1]}")

@@ -77,7 +77,7 @@ def test_in_process_word_mode_matches_classifier(model_dir, files):
     assert len(glosses) == 5 and set(glosses) <= set(LABELS)
     assert out["scores"].dtype == np.float32 and np.all(np.diff(out["scores"]) <= 0)
     # The served path is the in-process path: same preprocessing, same numbers.
-    expected = Classifier(model_dir).predict_video(files / "good.mp4", top_k=5)
+    expected = Classifier(model_dir).word(files / "good.mp4", 5)
     assert glosses == expected.glosses
     np.testing.assert_allclose(out["scores"], expected.scores, rtol=1e-5)
 
@@ -109,7 +109,7 @@ def test_in_process_sentence_mode_wiring(model_dir, files, monkeypatch):
             word(gloss="go", start=10, end=20, confidence=0.75),
         ]
 
-    monkeypatch.setitem(sys.modules, "model.sentence", types.SimpleNamespace(transcribe=transcribe))
+    monkeypatch.setattr("model.sentence.transcribe", transcribe)
     m = Sign2TextModel(model_dir)
     m.load()
     rgb = moving_square(6)[..., ::-1].copy()
@@ -184,16 +184,104 @@ def test_load_from_uri_downloads_with_kserve_storage(model_dir, tmp_path, monkey
     assert m.ready and m.classifier.labels == LABELS
 
 
-def test_cli_serve_forwards_to_model_server(monkeypatch):
+class _Counting:
+    """A cv2.VideoCapture that counts the frames read from it."""
+
+    def __init__(self, cap, counts: dict):
+        self._cap, self._counts = cap, counts
+
+    def grab(self):
+        self._counts["frames"] += 1
+        return self._cap.grab()
+
+    def read(self):
+        self._counts["frames"] += 1
+        return self._cap.read()
+
+    def __getattr__(self, name):
+        return getattr(self._cap, name)
+
+
+@pytest.fixture
+def video_reads(monkeypatch) -> dict:
+    """How often a request opens the video, probes it, and reads a frame out of it."""
+    counts = {"opens": 0, "probes": 0, "frames": 0}
+    real_open, real_probe = V._open, V.probe
+
+    def counted_open(path):
+        counts["opens"] += 1
+        return _Counting(real_open(path), counts)
+
+    def counted_probe(path):
+        counts["probes"] += 1
+        return real_probe(path)
+
+    monkeypatch.setattr(V, "_open", counted_open)
+    monkeypatch.setattr(V, "probe", counted_probe)
+    return counts
+
+
+def test_a_request_probes_once_and_reads_each_frame_once(model_dir, files, video_reads):
+    m = Sign2TextModel(model_dir)
+    m.load()
+    video = (files / "good.mp4").read_bytes()  # 40 frames
+    asyncio.run(m.predict(_video_request(video, top_k=3)))
+    # word mode: the probe, then one pass that stops after the last frame it samples
+    assert video_reads["probes"] == 1 and video_reads["opens"] == 2, video_reads
+    assert video_reads["frames"] <= 41, video_reads
+
+    fixture = Path(__file__).parent / "fixtures" / "sentence_model"
+    m = Sign2TextModel(fixture)
+    m.load()
+    video_reads.update(opens=0, probes=0, frames=0)
+    out = _outputs(asyncio.run(m.predict(_video_request(video, mode="sentence"))))
+    assert "words" in out
+    # sentence mode: the probe, then every frame decoded once (+1: the read that finds the end)
+    assert video_reads == {"opens": 2, "probes": 1, "frames": 41}
+
+
+def test_sentence_mode_frame_limit_reads_no_further(model_dir, files, video_reads):
+    m = Sign2TextModel(model_dir, max_frames=10)
+    m.load()
+    video = (files / "good.mp4").read_bytes()
+    with pytest.raises(InvalidInput, match="more than 10 frames; the limit is 10"):
+        asyncio.run(m.predict(_video_request(video, mode="sentence")))
+    assert video_reads["frames"] == 11
+
+
+def test_cli_serve_runs_the_server_with_its_own_parser(monkeypatch):
     from sign2text import cli
 
     got = []
-    monkeypatch.setattr("model.server.main", lambda argv=None: got.append(argv) or 0)
-    assert cli.main(["serve", "--model-dir", "s3://b/m", "--max-duration-s", "3"]) == 0
-    argv = got[0]
-    assert argv[argv.index("--model-dir") + 1] == "s3://b/m"
-    assert argv[argv.index("--max-duration-s") + 1] == "3.0"
-    assert argv[argv.index("--http-port") + 1] == "8080"
+    monkeypatch.setattr("model.server.serve", lambda args: got.append(args) or 0)
+    argv = ["--model-dir", "s3://b/m", "--max-duration-s", "3", "--workers", "2", "--device=cpu"]
+    assert cli.main(["serve", *argv]) == 0
+    (args,) = got
+    assert (args.model_dir, args.max_duration_s, args.workers) == ("s3://b/m", 3.0, 2)
+    assert (args.http_port, args.grpc_port, args.max_video_mb) == (8080, 8081, 32)
+    assert cli.main(["serve", "--model-dir", "m", "--http_port", "9", "--max-frames", "7"]) == 0
+    assert (got[1].http_port, got[1].max_frames) == (9, 7)
+
+
+def test_cli_serve_help_is_the_servers(capsys):
+    from model.server import build_parser
+    from sign2text import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: sign2text serve")
+    for flag in ("--device", "--workers", "--max-frames", "--http_port", "--grpc_port",
+                 "--model-dir", "--http-port", "--grpc-port", "--max-video-mb",
+                 "--max-duration-s"):  # fmt: skip
+        assert flag in out, flag
+    # every flag the repository's own callers pass still parses
+    args = build_parser().parse_args(
+        ["--model-dir", "d", "--http-port", "1", "--grpc-port", "2", "--max-video-mb", "3",
+         "--max-duration-s", "4", "--max-frames", "5", "--workers", "2", "--device", "cpu"]
+    )  # fmt: skip
+    assert (args.http_port, args.grpc_port, args.workers, args.model_name) == (1, 2, 2, "sign2text")
 
 
 # --- the real server ----------------------------------------------------------------------
@@ -228,7 +316,7 @@ def test_tritonclient_rest_binary_rest_json_and_grpc(server, files, model_dir):
     assert r["grpc_raw"]["raw_output_contents"] == 2
     assert r["rest_json_frames"]["status"] == 200
     _assert_ranked(r["rest_json_frames"])
-    expected = Classifier(model_dir).predict_video(files / "good.mp4", top_k=3)
+    expected = Classifier(model_dir).word(files / "good.mp4", 3)
     for transport in ("http_binary", "grpc_raw"):
         assert r[transport]["glosses"] == expected.glosses
         np.testing.assert_allclose(r[transport]["scores"], expected.scores, rtol=1e-5)
@@ -336,7 +424,7 @@ def test_predict_cli_over_rest_and_grpc(server, files, model_dir):
     from model.predict import Classifier
 
     video = str(files / "good.mp4")
-    expected = Classifier(model_dir).predict_video(video, top_k=3)
+    expected = Classifier(model_dir).word(video, 3)
     for where in (
         ["--url", f"http://127.0.0.1:{server.http}"],
         ["--grpc", f"127.0.0.1:{server.grpc}"],

@@ -121,7 +121,7 @@ def latency(root: Path, video: Path, repeats: int = 9) -> None:
         rest = httpclient.InferenceServerClient(f"127.0.0.1:{srv.http}", network_timeout=300)
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc}")
         runs = {
-            "in-process": lambda: clf.predict_video(video, top_k=3),
+            "in-process": lambda: clf.word(video, 3),
             "REST binary": lambda: _infer(httpclient, rest, data),
             "gRPC": lambda: _infer(grpcclient, grpc, data),
         }

@@ -1,0 +1,213 @@
+"""Decoding a KServe v2 inference request into what the classifier is asked.
+
+    parse(InferRequest, classes=..., max_video_bytes=..., max_frames=...) -> Request
+    request_from_binary(body, json_length, model_name) -> InferRequest   (REST binary extension)
+
+Input: `video` (BYTES [1], an encoded file) or `frames` (UINT8 [T, H, W, 3], RGB).
+Parameters: `top_k` (int, default 5), `mode` (`word` | `sentence`); sentence mode also takes
+`window`, `stride` (int, frames) and `threshold` (float), whose ranges transcribe checks.
+
+Everything wrong with a request raises kserve's InvalidInput (HTTP 400 / gRPC INVALID_ARGUMENT)
+with a message for the client, before any decoding work is spent on it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import (
+    InferInput,
+    InferRequest,
+    RequestedOutput,
+    deserialize_bytes_tensor,
+)
+from kserve.utils.numpy_codec import to_np_dtype
+
+NAME = "sign2text"  # the model's name in the v2 paths, /v2/models/sign2text/...
+MODES = ("word", "sentence")
+INPUTS = ("video", "frames")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One checked request: the mode, and exactly one of video / frames."""
+
+    mode: str  # one of MODES, decided here and nowhere else
+    top_k: int
+    sentence: dict = field(default_factory=dict)  # window / stride / threshold as given
+    video: bytes | None = None  # an encoded file, within max_video_bytes
+    frames: np.ndarray | None = None  # T x H x W x 3 uint8 RGB as sent, within max_frames
+
+
+def parse(req: InferRequest, *, classes: int, max_video_bytes: int, max_frames: int) -> Request:
+    """Check an InferRequest against the contract above; `classes` bounds top_k."""
+    params = {k: _plain(v) for k, v in (req.parameters or {}).items()}
+    top_k = _int_param(params, "top_k", 5)
+    if not 1 <= top_k <= classes:
+        raise InvalidInput(f"top_k must be between 1 and {classes}, got {top_k}")
+    mode = params.get("mode", "word")
+    if mode not in MODES:
+        raise InvalidInput(f"parameter mode must be one of {list(MODES)}, got {mode!r}")
+    sentence = _sentence_params(params)
+
+    names = [i.name for i in req.inputs]
+    if not names:
+        raise InvalidInput("no input: send `video` (BYTES [1]) or `frames` (UINT8 [T,H,W,3])")
+    unknown = sorted(set(names) - set(INPUTS))
+    if unknown:
+        raise InvalidInput(f"unknown input(s) {unknown}: expected `video` or `frames`")
+    if len(names) > 1:
+        raise InvalidInput(f"send exactly one of `video` or `frames`, got {names}")
+    inp = req.inputs[0]
+    if inp.name == "video":
+        return Request(mode, top_k, sentence, video=_video_bytes(inp, max_video_bytes))
+    return Request(mode, top_k, sentence, frames=_frames(inp, max_frames))
+
+
+def _plain(value):
+    """gRPC parameters arrive as InferParameter messages; REST ones as plain JSON values."""
+    if hasattr(value, "WhichOneof"):
+        which = value.WhichOneof("parameter_choice")
+        return getattr(value, which) if which else None
+    return value
+
+
+def _int_param(params: dict, name: str, default: int) -> int:
+    value = params.get(name, default)
+    # JSON clients send 5.0 or "5" as readily as 5
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"parameter {name} must be an integer, got {value!r}")
+    return value
+
+
+def _sentence_params(params: dict) -> dict:
+    opts = {name: _int_param(params, name, 0) for name in ("window", "stride") if name in params}
+    if "threshold" in params:
+        value = params["threshold"]
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            opts["threshold"] = float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"parameter threshold must be a number, got {value!r}") from None
+    return opts
+
+
+def _as_numpy(inp) -> np.ndarray:
+    try:
+        return inp.as_numpy()
+    except InvalidInput:
+        raise
+    except Exception as e:  # whatever the client's data fails with, it is the client's data
+        msg = f"input {inp.name}: data does not match its datatype/shape: {e}"
+        raise InvalidInput(msg) from None
+
+
+def _video_bytes(inp, max_bytes: int) -> bytes:
+    if inp.datatype != "BYTES":
+        raise InvalidInput(f"input video must be BYTES, got {inp.datatype}")
+    if [int(d) for d in inp.shape] != [1]:
+        raise InvalidInput(f"input video must have shape [1] (one file), got {list(inp.shape)}")
+    arr = _as_numpy(inp)
+    if arr.size != 1:
+        raise InvalidInput(f"input video must hold one element, got {arr.size}")
+    data = arr.reshape(-1)[0]
+    if isinstance(data, str):  # REST JSON carries BYTES as text
+        data = data.encode("utf-8", "surrogateescape")
+    if not isinstance(data, bytes | bytearray):
+        raise InvalidInput(f"input video must be bytes, got {type(data).__name__}")
+    if not data:
+        raise InvalidInput("input video is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise InvalidInput(f"input video is {len(data)} bytes; the limit is {max_bytes} bytes")
+    return bytes(data)
+
+
+def _frames(inp, max_frames: int) -> np.ndarray:
+    if inp.datatype != "UINT8":
+        raise InvalidInput(f"input frames must be UINT8, got {inp.datatype}")
+    shape = [int(d) for d in inp.shape]
+    if len(shape) != 4 or shape[3] != 3:
+        raise InvalidInput(f"input frames must be [T, H, W, 3] RGB, got shape {shape}")
+    if min(shape) < 1:
+        raise InvalidInput(f"input frames has an empty dimension: shape {shape}")
+    # checked on the declared shape, before the data is turned into an array
+    if shape[0] > max_frames:
+        raise InvalidInput(f"input frames has {shape[0]} frames; the limit is {max_frames}")
+    return _as_numpy(inp)
+
+
+def request_from_binary(body: bytes, json_length: str, model_name: str) -> InferRequest:
+    """A REST binary-data-extension request -> InferRequest, keeping BYTES tensors as bytes.
+
+    kserve 0.21's InferRequest.from_bytes turns binary BYTES tensors into UTF-8 str (JSON
+    semantics), so an encoded video fails there with a 500 before any model code runs, and
+    models get no hook ahead of that decoding. This is the same parse minus that conversion
+    (binary tensors stay numpy arrays, which also skips a per-element Python list for frames).
+    """
+    try:
+        n = int(json_length)
+        header = orjson.loads(body[:n])
+    except (ValueError, orjson.JSONDecodeError) as e:
+        raise InvalidInput(f"unreadable binary request header: {e}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput('the request header must be a JSON object with an "inputs" list')
+    offset, inputs = n, []
+    for spec in header["inputs"]:
+        try:
+            name, shape, datatype = spec["name"], list(spec["shape"]), spec["datatype"].upper()
+            params = dict(spec.get("parameters") or {})
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise InvalidInput("each input needs name, shape, datatype") from None
+        if "data" in spec:
+            data = spec["data"]
+        elif "binary_data_size" in params:
+            size = params.pop("binary_data_size")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise InvalidInput(f"input {name}: bad binary_data_size {size!r}")
+            raw = body[offset : offset + size]
+            if len(raw) != size:
+                raise InvalidInput(f"input {name}: binary_data_size {size} runs past the body")
+            offset += size
+            data = _binary_tensor(raw, name, datatype)
+        else:
+            raise InvalidInput(f"input {name}: no data and no binary_data_size")
+        inputs.append(InferInput(name, shape, datatype, data=data, parameters=params))
+    try:
+        outputs = [
+            RequestedOutput(o["name"], o.get("parameters")) for o in header.get("outputs") or []
+        ]
+    except (KeyError, TypeError, AttributeError):
+        raise InvalidInput("each requested output needs a name") from None
+    return InferRequest(
+        model_name,
+        inputs,
+        request_id=header.get("id"),
+        parameters=header.get("parameters"),
+        request_outputs=outputs or None,
+    )
+
+
+def _binary_tensor(raw: bytes, name: str, datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        try:
+            return deserialize_bytes_tensor(raw)
+        except struct.error:
+            raise InvalidInput(
+                f"input {name}: malformed BYTES data (4-byte length prefixes)"
+            ) from None
+    dtype = to_np_dtype(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input {name}: unknown datatype {datatype}")
+    try:
+        return np.frombuffer(raw, dtype=dtype)
+    except ValueError as e:
+        raise InvalidInput(f"input {name}: {len(raw)} bytes are not whole {datatype}s") from e
