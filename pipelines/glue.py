@@ -50,11 +50,12 @@ def model_root(bucket: str, isvc_name: str) -> str:
     return f"s3://{bucket}/models/{isvc_name}/"
 
 
-# The params.yaml sections each step reads: a step's cache key changes only when they do.
+# What each group of steps gets of the run's params: only the sections they read (steps.READS),
+# so a step's cache key changes only when they do (new epochs must not re-convert the data).
 SECTIONS = {
-    "data": ("model", "convert", "validate"),
-    "train": ("model", "train"),
-    "evaluate": ("evaluate",),
+    "data": sorted({*steps.READS["validate"], *steps.READS["convert"]}),
+    "train": steps.READS["train"],
+    "evaluate": steps.READS["evaluate"],
 }
 
 

@@ -16,6 +16,16 @@ from pathlib import Path
 from sign2text.params import Params
 
 VALID = "valid.json"  # validate's list of the samples every later step uses
+# The params.yaml sections each step reads: what its DVC stage declares (dvc.yaml `params:`) and
+# what its Kubeflow cache key covers (pipelines/glue.py). tests/test_dvc.py checks both, and
+# that each step below reads exactly these. package records them all in its lineage.
+READS = {
+    "validate": ("validate",),
+    "convert": ("model", "convert"),
+    "train": ("model", "train"),
+    "evaluate": ("evaluate",),
+    "package": ("data", "model", "validate", "convert", "train", "evaluate"),
+}
 
 
 def read_samples(valid_json: Path | None) -> list | None:
@@ -131,8 +141,9 @@ def package(
     version, commit, params) -> out/; returns the lineage."""
     from sign2text.release.package import package as run
 
+    recorded = json.loads(params.to_json(*READS["package"]))
     return run(
-        Path(model), Path(eval_dir), Path(out), params=json.loads(params.to_json()),
+        Path(model), Path(eval_dir), Path(out), params=recorded,
         data_pointer=Path(data_pointer), allow_failed_gate=allow_failed_gate,
     )  # fmt: skip
 

@@ -162,12 +162,17 @@ def _code_closure(cli_function: str) -> set[str]:
 
 
 def _step_sections(step: str) -> set[str]:
+    """The sections a step function reads, from its code: its `params.<property>` uses, or
+    the sections it names in `params.to_json(...)`."""
+    from sign2text.steps import READS
+
     tree = ast.parse((ROOT / "sign2text" / "steps.py").read_text())
     (func,) = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == step]
     used = {n.attr for n in ast.walk(func) if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Name) and n.value.id == "params"}  # fmt: skip
-    if "to_json" in used:  # records every section
-        return set(yaml.safe_load((ROOT / "params.yaml").read_text())) - {"profiles"}
+    if "to_json" in used:
+        assert "to_json(*READS[" in ast.unparse(func).replace(" ", ""), step
+        return set(READS[step])
     return {SECTIONS[a] for a in used}
 
 
@@ -177,6 +182,7 @@ def test_each_stage_depends_on_the_code_it_runs_and_the_params_it_reads():
     checkpoint and params code). Deps are compared with the import closure of the stage's
     command; params sections with those the step reads (sign2text/steps.py)."""
     from sign2text.cli import parse_args
+    from sign2text.steps import READS
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
@@ -187,3 +193,5 @@ def test_each_stage_depends_on_the_code_it_runs_and_the_params_it_reads():
         assert code == _code_closure(command), f"{name}: deps differ from its import closure"
         params = {p.split(".")[0] for p in stage["params"]}
         assert params == _step_sections(name), f"{name}: params differ from what it reads"
+        assert params == set(READS[name]), f"{name}: dvc.yaml and steps.READS differ"
+    assert set(READS) == set(stages)
