@@ -20,7 +20,7 @@ from sign2text.release.images import stamp_overlays
 from sign2text.release.package import COMMIT_ENV, git_commit
 from tests.kustomize import BIN, OVERLAYS, ROOT, manifests_copy, one, render
 
-DOCKERFILES = (ROOT / "model" / "Dockerfile", ROOT / "components" / "Dockerfile")
+DOCKERFILES = (ROOT / "model" / "Dockerfile", ROOT / "pipelines" / "Dockerfile")
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -168,7 +168,7 @@ def test_stamp_rejects_bad_references_and_changes_nothing(tmp_path, capsys, regi
 def test_components_image_knows_its_commit():
     """`make images` passes the commit to the components build, whose final stage turns it into
     the variable lineage reads (pipeline pods have no git checkout)."""
-    ops = instructions(ROOT / "components" / "Dockerfile")
+    ops = instructions(ROOT / "pipelines" / "Dockerfile")
     final = ops[max(i for i, (op, _) in enumerate(ops) if op == "FROM") :]
     assert ("ARG", 'GIT_COMMIT=""') in final
     assert ("ENV", f'{COMMIT_ENV}="${{GIT_COMMIT}}"') in final
