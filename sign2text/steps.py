@@ -5,7 +5,7 @@ Each entry takes the run's `Params` (params.yaml, or a pipeline run's values) an
 returns its outputs. The CLI (sign2text/cli.py, which the DVC stages in dvc.yaml run) and the
 Kubeflow components (pipelines/glue.py) are thin callers: they turn paths and artifacts into
 these arguments and never pick a value out of params themselves, so both paths compute the same
-thing from the same params (tests/test_equivalence.py holds them to the same bytes).
+thing from the same params (tests/test_pipeline_local.py holds them to the same bytes).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sign2text import deploy as D  # noqa: E402
+from sign2text.release import deploy as D  # noqa: E402
 from sign2text.release.smoke import Margins, VideoSmoke  # noqa: E402
 
 

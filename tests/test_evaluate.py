@@ -11,7 +11,7 @@ from model.i3d import I3DConfig, InceptionI3d
 from model.package import write_model_dir
 from model.predict import Classifier
 from model.video import PreprocessConfig, load_clip
-from sign2text import synth
+from sign2text.data import synth
 from sign2text.data.dataset import Sample, load_glosses, load_samples, read_reversed_pairs
 from sign2text.learning.evaluate import evaluate, gate, write_gate
 
