@@ -230,7 +230,7 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     from sign2text.release.kube import KubernetesApi
 
     try:
-        steps = [int(s) for s in args.steps.split(",")]
+        percents = [int(s) for s in args.steps.split(",")]
     except ValueError:
         raise ValueError(f"--steps wants comma-separated percents, got {args.steps!r}") from None
     if not args.dry_run and not args.smoke_video:  # said in the CLI's words
@@ -240,7 +240,7 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     try:
         result = steps.deploy(
             Path(args.model_dir), args.model_uri, namespace=args.namespace,
-            names=names, steps=steps, soak_s=args.soak_s, timeout_s=args.timeout_s,
+            names=names, steps=percents, soak_s=args.soak_s, timeout_s=args.timeout_s,
             max_error_rate_increase=args.max_error_rate_increase,
             max_p95_increase=args.max_p95_increase,
             smoke_videos=args.smoke_video,

@@ -30,7 +30,7 @@ TINY_MODEL = {"width": 0.25, "dropout": 0.0, "num_frames": 8, "resize": 64, "cro
 TINY_TRAIN = {"epochs": 3, "batch_size": 4, "optimizer": "adamw", "lr": 0.002,
               "weight_decay": 0.0001, "warmup_epochs": 1, "label_smoothing": 0.1,
               "hflip": True, "color_jitter": 0.2, "context_fraction": 0.5,
-              "context_epochs": 1, "context_window": 12,
+              "context_epochs": 1, "context_lr": 0.001, "context_window": 12, "bn_clips": 256,
               "freeze_backbone": False, "init": "",
               "seed": 0, "num_workers": 0, "cache": True, "device": "cpu"}  # fmt: skip
 
@@ -39,7 +39,7 @@ def tiny_params(tmp: Path, **train) -> Path:
     params = {
         "data": {"dir": "data"},
         "model": TINY_MODEL,
-        "convert": {"shard_size": 8},
+        "convert": {"shard_size": 8, "idle_clips": False},
         "train": {**TINY_TRAIN, **train},
         "evaluate": {
             "min_top1": 0.0,
@@ -260,7 +260,7 @@ def test_context_windows_come_in_the_last_epochs(shards):
     assert not any(plain.context_in(e) for e in range(3))
     for bad in ({"context_fraction": 1.0}, {"context_epochs": 2}, {"context_fraction": -1.0}):
         with pytest.raises(ValueError, match="context_"):
-            demo_recipe(epochs=2, context_fraction=0.0, context_epochs=0, **bad)
+            demo_recipe(**{"epochs": 2, "context_fraction": 0.0, "context_epochs": 0, **bad})
 
 
 def test_batchnorm_clips_are_capped_and_spread_over_the_split(shards):
