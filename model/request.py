@@ -68,12 +68,26 @@ def parse(req: InferRequest, *, classes: int, max_video_bytes: int, max_frames: 
     return Request(mode, top_k, sentence, frames=_frames(inp, max_frames))
 
 
+# InferParameter fields of the v2 gRPC protocol that kserve 0.21's copy of the proto lacks
+# (Triton's clients send a float parameter as double_param): field number -> its decoding.
+_UNKNOWN_CHOICES = {
+    4: lambda raw: struct.unpack("<d", struct.pack("<Q", raw))[0],  # double_param (fixed64)
+    5: lambda raw: raw,  # uint64_param (varint)
+}
+
+
 def _plain(value):
     """gRPC parameters arrive as InferParameter messages; REST ones as plain JSON values."""
-    if hasattr(value, "WhichOneof"):
-        which = value.WhichOneof("parameter_choice")
-        return getattr(value, which) if which else None
-    return value
+    if not hasattr(value, "WhichOneof"):
+        return value
+    if which := value.WhichOneof("parameter_choice"):
+        return getattr(value, which)
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    for unknown in UnknownFieldSet(value):
+        if unknown.field_number in _UNKNOWN_CHOICES:
+            return _UNKNOWN_CHOICES[unknown.field_number](unknown.data)
+    return None
 
 
 def _int_param(params: dict, name: str, default: int) -> int:

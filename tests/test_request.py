@@ -39,6 +39,23 @@ def test_a_sentence_request_keeps_only_the_parameters_given():
     assert got.video is None and got.frames.shape == (2, 4, 4, 3)
 
 
+def test_grpc_parameters_of_every_v2_kind_including_double():
+    """Triton's gRPC clients send a float as double_param, which kserve's copy of the v2 proto
+    does not know: it arrives as an unknown field, and is read all the same."""
+    import struct
+
+    from kserve.protocol.grpc.grpc_predict_v2_pb2 import InferParameter
+
+    grpc = {
+        "mode": InferParameter(string_param="sentence"),
+        "window": InferParameter(int64_param=12),
+        "threshold": InferParameter.FromString(b"\x21" + struct.pack("<d", 0.25)),  # double
+        "stride": InferParameter.FromString(b"\x28\x03"),  # uint64_param 3
+    }
+    got = parse(_frames(**grpc), **LIMITS)
+    assert got.sentence == {"window": 12, "threshold": 0.25, "stride": 3}
+
+
 def _input(name, shape, datatype, data):
     return InferRequest("sign2text", [InferInput(name, shape, datatype, data=data)])
 

@@ -309,3 +309,44 @@ def test_convert_runs_on_valid_json(result, planted, tmp_path):
     assert counts == Counter(d["split"] for d in valid)
     fixed = next(m for m, _ in iter_samples(shards, "train") if m["video_id"] == FIXED)
     assert (fixed["frame_start"], fixed["frame_end"], fixed["source_fps"]) == (1, 60, 30.0)
+
+
+def test_validate_deletes_only_its_own_docs_and_writes_through_no_link(cache, tmp_path, capsys):
+    """--out may hold the user's files: a docs/ folder validate did not write, or a link in its
+    place, stops the run with nothing touched; its own earlier docs are replaced; a link where a
+    report goes is replaced by the report, never written through."""
+    bad = tmp_path / "bad"  # metadata unreadable: the run fails fast, after clearing docs/
+    bad.mkdir()
+    (bad / "WLASL_v0.3.json").write_text("{not json")
+    args = ["--params", str(_params(tmp_path)), "--quiet", "--cache-dir", str(cache)]
+    out = tmp_path / "out"
+    run = ["data", "validate", str(bad), "--out", str(out), *args]
+    docs = out / "docs"
+    docs.mkdir(parents=True)
+    (docs / "notes.txt").write_text("mine")
+    assert main(run) == 2
+    assert "was not written by `sign2text data validate`" in capsys.readouterr().err
+    assert (docs / "notes.txt").read_text() == "mine"
+
+    shutil.rmtree(docs)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    docs.symlink_to(elsewhere, target_is_directory=True)
+    assert main(run) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
+
+    docs.unlink()
+    docs.mkdir()
+    (docs / ".sign2text-validate").write_text("")
+    (docs / "old.html").write_text("stale")
+    victim = tmp_path / "victim.json"
+    victim.write_text("precious")
+    (out / "report.json").symlink_to(victim)
+    assert main(run) == 2
+    assert "metadata unreadable" in capsys.readouterr().err
+    assert not docs.exists()  # its own stale docs: gone (no new ones: the metadata failed)
+    assert victim.read_text() == "precious"
+    assert not (out / "report.json").is_symlink()
+    assert "not valid JSON" in json.loads((out / "report.json").read_text())["failure"]

@@ -60,6 +60,7 @@ REASONS = (
 )
 DEFAULT_FPS = 25.0  # WLASL's frame indices assume 25 fps when an instance does not say
 REPORT, VALID, DOCS = "report.json", "valid.json", "docs"
+DOCS_MARK = ".sign2text-validate"  # in docs/: validate wrote it, so a later run may replace it
 
 
 class DatasetInvalid(DatasetError):
@@ -234,6 +235,20 @@ def _suite_summary(outcomes) -> dict:
     return out
 
 
+def _clear_docs(docs: Path) -> None:
+    """Remove the Data Docs an earlier run wrote, and nothing else: a docs/ folder without
+    validate's mark (or a link in its place) is the user's, and stops the run untouched."""
+    if docs.is_symlink():
+        raise ValueError(f"{docs} is a symbolic link; validate writes its Data Docs only into a "
+                         "folder of its own: remove the link or choose another --out")  # fmt: skip
+    if not docs.exists():
+        return
+    if not docs.is_dir() or (any(docs.iterdir()) and not (docs / DOCS_MARK).is_file()):
+        raise ValueError(f"{docs} exists and was not written by `sign2text data validate`; it "
+                         "is left as it is: move it away or choose another --out")  # fmt: skip
+    shutil.rmtree(docs)
+
+
 def _write_report(out_dir: Path, report: dict) -> None:
     write_json(out_dir / REPORT, report)
     index = out_dir / DOCS / "index.html"
@@ -281,7 +296,7 @@ def validate(
         raise ValueError(f"--out {out_dir} is inside the dataset {data_dir}; it is only read")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / VALID).unlink(missing_ok=True)  # a stale list must not outlive a failed run
-    shutil.rmtree(out_dir / DOCS, ignore_errors=True)  # nor stale docs, which report.html links
+    _clear_docs(out_dir / DOCS)  # nor stale docs, which report.html links
     report = {"dataset": str(data_dir), "total": 0, "valid": 0, "quarantined": [], "warnings": []}
     report |= {"thresholds": asdict(th), "max_bad_fraction": max_bad_fraction, "failure": None}
 
@@ -308,6 +323,8 @@ def validate(
         ],
         out_dir / DOCS,
     )
+    if (out_dir / DOCS).is_dir():
+        (out_dir / DOCS / DOCS_MARK).write_text("written by sign2text data validate\n")
 
     found: dict[int, list[tuple[str, str]]] = {}
     for o in outcomes:
