@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import tarfile
@@ -207,3 +208,48 @@ def test_idle_clips_are_the_rest_around_each_sign(dataset, shards, tmp_path):
         total = count_frames(s.video_path(dataset))
         expected += (s.frame_start > 1) + (s.frame_end != -1 and total > s.frame_end)
     assert n_idle == expected
+
+
+def test_hostile_shards_are_refused_naming_the_shard(shards, tmp_path):
+    """Shards come from an object store too: a manifest naming a file outside the folder, a
+    compressed shard (a small file that inflates), a link member or a sample missing a part
+    each stop reading with a ValueError that names the shard, not a KeyError or a huge read."""
+    import gzip
+
+    def tampered(name: str) -> Path:
+        out = tmp_path / name
+        shutil.copytree(shards, out)
+        return out
+
+    def first_shard(out: Path) -> Path:
+        return out / read_manifest(out)["splits"]["train"]["shards"][0]["name"]
+
+    escape = tampered("escape")
+    manifest = json.loads((escape / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["name"] = "../escape.tar"
+    (escape / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"'\.\./escape\.tar' is not a shard name"):
+        next(iter_samples(escape, "train"))
+
+    packed = tampered("packed")
+    shard = first_shard(packed)
+    shard.write_bytes(gzip.compress(shard.read_bytes()))
+    with pytest.raises(ValueError, match=f"{shard.name}: not an uncompressed tar shard"):
+        next(iter_samples(packed, "train"))
+
+    for case, member in (("link", "link"), ("partial", "part")):
+        out = tampered(case)
+        shard = first_shard(out)
+        with tarfile.open(shard) as tar:
+            members = [(m, tar.extractfile(m).read()) for m in tar]
+        with tarfile.open(shard, "w") as tar:
+            m, data = members[0]  # the first sample's json
+            if member == "link":
+                link = tarfile.TarInfo(m.name)
+                link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(link)
+            else:
+                tar.addfile(m, io.BytesIO(data))  # its mp4 left out
+        expected = "is not a regular file" if member == "link" else "expected json and mp4"
+        with pytest.raises(ValueError, match=f"{shard.name}: .*{expected}"):
+            next(iter_samples(out, "train"))

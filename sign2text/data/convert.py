@@ -296,18 +296,33 @@ def read_manifest(shard_dir: Path) -> dict:
     return manifest
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[dict[str, bytes]]:
+def _members(tar: tarfile.TarFile, where: Path) -> Iterator[dict[str, bytes]]:
     """Group consecutive members by key, as WebDataset does: {extension: bytes} per sample."""
     key, parts = None, {}
     for m in tar:
+        if not m.isfile():  # a link or a device would read what is not in the shard
+            raise ValueError(f"{where}: member {m.name!r} is not a regular file")
         k, _, ext = m.name.partition(".")
         if k != key and parts:
-            yield parts
+            yield _sample(parts, key, where)
             parts = {}
         key = k
         parts[ext] = tar.extractfile(m).read()
     if parts:
-        yield parts
+        yield _sample(parts, key, where)
+
+
+def _sample(parts: dict[str, bytes], key: str, where: Path) -> dict[str, bytes]:
+    if set(parts) != {"json", "mp4"}:
+        raise ValueError(f"{where}: sample {key!r} has {sorted(parts)}, expected json and mp4")
+    return parts
+
+
+def _shard_path(shard_dir: Path, name: object) -> Path:
+    """A shard named by manifest.json: a file directly in shard_dir, nowhere else."""
+    if not isinstance(name, str) or not SHARD_RE.fullmatch(name):
+        raise ValueError(f"{shard_dir / MANIFEST}: {name!r} is not a shard name (SPLIT-NNNNNN.tar)")
+    return shard_dir / name
 
 
 def iter_samples(shard_dir: Path, split: str) -> Iterator[tuple[dict, np.ndarray]]:
@@ -319,9 +334,20 @@ def iter_samples(shard_dir: Path, split: str) -> Iterator[tuple[dict, np.ndarray
     with tempfile.TemporaryDirectory(dir=_tmpdir()) as d:
         clip = os.path.join(d, "clip.mp4")
         for shard in splits[split]["shards"]:
-            with tarfile.open(shard_dir / shard["name"]) as tar:
-                for parts in _members(tar):
-                    meta = json.loads(parts["json"])
+            path = _shard_path(shard_dir, shard.get("name"))
+            try:  # "r:": uncompressed only, so a small shard cannot inflate into a huge one
+                tar = tarfile.open(path, mode="r:")
+            except tarfile.ReadError as e:
+                raise ValueError(f"{path}: not an uncompressed tar shard ({e})") from None
+            with tar:
+                for parts in _members(tar, path):
+                    try:
+                        meta = json.loads(parts["json"])
+                        n, h, w = (int(meta[k]) for k in ("num_frames", "height", "width"))
+                    except (ValueError, KeyError, TypeError) as e:
+                        raise ValueError(
+                            f"{path}: a sample's metadata is malformed ({e!r})"
+                        ) from None
                     Path(clip).write_bytes(parts["mp4"])
-                    frames = decode(clip, range(meta["num_frames"]))
-                    yield meta, np.ascontiguousarray(frames[:, : meta["height"], : meta["width"]])
+                    frames = decode(clip, range(n))
+                    yield meta, np.ascontiguousarray(frames[:, :h, :w])
