@@ -35,8 +35,7 @@ def run_params(base: str, **values) -> str:
     """params.yaml's content (JSON) with a run's pipeline parameters applied (RECIPE), as JSON,
     checked: the first step fails on a bad value, not the step that reads it."""
     params = apply_recipe(Params.from_json(base, "base_params").values, values)
-    params.pop("profiles", None)
-    return Params.from_json(json.dumps(params, sort_keys=True), "pipeline parameters").to_json()
+    return Params.checked(params, "pipeline parameters").to_json()  # `profiles` left behind
 
 
 def _params(text: str) -> Params:

@@ -82,20 +82,11 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self, "train", TRAIN_RULES)  # types, ranges, choices: one line each
-        if self.context_fraction < 0 or self.context_epochs < 0:
-            raise ValueError(
-                "train params: context_fraction and context_epochs must be >= 0, got "
-                f"{self.context_fraction}, {self.context_epochs}"
-            )
         if (self.context_fraction > 0) != (self.context_epochs > 0):
             raise ValueError(
                 "train params: context_fraction and context_epochs go together (both > 0 to "
                 f"learn where signs are, both 0 not to), got {self.context_fraction}, "
                 f"{self.context_epochs}"
-            )
-        if self.context_window < 1:
-            raise ValueError(
-                f"train params: context_window must be >= 1, got {self.context_window}"
             )
 
     @property
@@ -192,15 +183,7 @@ def load_params(path: str | os.PathLike = DEFAULT) -> dict:
 def check_params(params: dict) -> None:
     """Build the config of every section present, so that any bad value raises ValueError.
     Sections absent are left to the step that needs them (KFP steps get only their own)."""
-    builders = {
-        "data": lambda d: strict_from_dict(DataParams, d, "data"),
-        "model": lambda m: (_preprocess(m), _arch(m)),
-        "validate": lambda d: strict_from_dict(ValidateParams, d, "validate"),
-        "convert": lambda d: strict_from_dict(ConvertParams, d, "convert"),
-        "train": TrainConfig.from_dict,
-        "evaluate": lambda d: strict_from_dict(EvaluateParams, d, "evaluate"),
-    }
-    for name, build in builders.items():
+    for name, build in _BUILDERS.items():
         if name in params:
             build(section(params, name))
 
@@ -220,6 +203,17 @@ def _arch(model: dict) -> I3DConfig:
     return I3DConfig(**{k: model[k] for k in _ARCH_KEYS if k in model})
 
 
+# Each section's typed config, built one way for checking a file and for a step reading it.
+_BUILDERS = {
+    "data": lambda d: strict_from_dict(DataParams, d, "data"),
+    "model": lambda m: (_preprocess(m), _arch(m)),
+    "validate": lambda d: strict_from_dict(ValidateParams, d, "validate"),
+    "convert": lambda d: strict_from_dict(ConvertParams, d, "convert"),
+    "train": TrainConfig.from_dict,
+    "evaluate": lambda d: strict_from_dict(EvaluateParams, d, "evaluate"),
+}
+
+
 @dataclass(frozen=True)
 class Params:
     """What every step takes (sign2text/steps.py): params.yaml's values, or a pipeline run's, as
@@ -234,58 +228,62 @@ class Params:
         return cls(load_params(path), str(path))
 
     @classmethod
+    def checked(cls, values: dict, source: str) -> Params:
+        """Values from anywhere but a params file (a pipeline run's), checked like one."""
+        with _from(source):
+            check_params(values)
+        return cls(values, source)
+
+    @classmethod
     def from_json(cls, text: str, source: str = "pipeline params") -> Params:
         """Params as they travel between pipeline steps: JSON text, exact ints and floats."""
         values = json.loads(text)
         if not isinstance(values, dict):
             raise ValueError(f"{source}: expected a JSON object")
-        with _from(source):
-            check_params(values)
-        return cls(values, source)
+        return cls.checked(values, source)
 
-    def to_json(self, *sections: str) -> str:
-        """The named sections (all but `profiles` if none are named) as JSON text."""
-        names = sections or [k for k in self.values if k != "profiles"]
-        return json.dumps({k: self.values[k] for k in names if k in self.values}, sort_keys=True)
+    def sections(self, *names: str) -> dict:
+        """The named sections (all but `profiles` if none are named), as written."""
+        names = names or tuple(k for k in self.values if k != "profiles")
+        return {k: self.values[k] for k in names if k in self.values}
 
-    def _section(self, name: str) -> dict:
+    def to_json(self, *names: str) -> str:
+        """sections(*names) as JSON text: what travels between pipeline steps."""
+        return json.dumps(self.sections(*names), sort_keys=True)
+
+    def _build(self, name: str):
         with _from(self.source):
-            return section(self.values, name)
+            return _BUILDERS[name](section(self.values, name))
 
     @property
     def preprocess(self) -> PreprocessConfig:
         """How videos become clips: params.yaml `model:` without the architecture keys."""
-        with _from(self.source):
-            return _preprocess(self._section("model"))
+        return self._build("model")[0]
 
     @property
     def arch(self) -> I3DConfig:
         """The network; training takes the class count from its data."""
-        with _from(self.source):
-            return _arch(self._section("model"))
+        return self._build("model")[1]
 
     @property
     def validate(self) -> ValidateParams:
-        with _from(self.source):
-            return strict_from_dict(ValidateParams, self._section("validate"), "validate")
+        return self._build("validate")
 
     @property
     def convert(self) -> ConvertParams:
-        with _from(self.source):
-            return strict_from_dict(ConvertParams, self._section("convert"), "convert")
+        return self._build("convert")
 
     @property
     def train(self) -> TrainConfig:
         """For training here: a device this machine lacks fails now, before any data is read."""
+        cfg = self._build("train")
         with _from(self.source):
-            cfg = TrainConfig.from_dict(self._section("train"))
             check_device(cfg.device)
         return cfg
 
     @property
     def evaluate(self) -> EvaluateParams:
-        with _from(self.source):
-            return strict_from_dict(EvaluateParams, self._section("evaluate"), "evaluate")
+        return self._build("evaluate")
 
 
 def check_device(name: str) -> None:

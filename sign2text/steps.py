@@ -141,9 +141,8 @@ def package(
     version, commit, params) -> out/; returns the lineage."""
     from sign2text.release.package import package as run
 
-    recorded = json.loads(params.to_json(*READS["package"]))
     return run(
-        Path(model), Path(eval_dir), Path(out), params=recorded,
+        Path(model), Path(eval_dir), Path(out), params=params.sections(*READS["package"]),
         data_pointer=Path(data_pointer), allow_failed_gate=allow_failed_gate,
     )  # fmt: skip
 

@@ -163,15 +163,15 @@ def _code_closure(cli_function: str) -> set[str]:
 
 def _step_sections(step: str) -> set[str]:
     """The sections a step function reads, from its code: its `params.<property>` uses, or
-    the sections it names in `params.to_json(...)`."""
+    the sections it names in `params.sections(...)`."""
     from sign2text.steps import READS
 
     tree = ast.parse((ROOT / "sign2text" / "steps.py").read_text())
     (func,) = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == step]
     used = {n.attr for n in ast.walk(func) if isinstance(n, ast.Attribute)
             and isinstance(n.value, ast.Name) and n.value.id == "params"}  # fmt: skip
-    if "to_json" in used:
-        assert "to_json(*READS[" in ast.unparse(func).replace(" ", ""), step
+    if "sections" in used:
+        assert "sections(*READS[" in ast.unparse(func).replace(" ", ""), step
         return set(READS[step])
     return {SECTIONS[a] for a in used}
 
