@@ -9,7 +9,6 @@ sentence mode decodes every frame once) or T x H x W x 3 uint8 BGR frames alread
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -24,6 +23,11 @@ from model import video as V
 from model.package import ModelBundle, load_model_dir
 
 Video = str | os.PathLike | np.ndarray  # a file, or T x H x W x 3 uint8 BGR frames
+Limits = V.Limits
+NO_LIMITS = Limits()  # in-process use: the caller trusts its own files
+# (path, mode, cfg, limits) -> the mode's resized frames: V.read_video in-process, or
+# model/decoder.py's child process when the video is untrusted (serving).
+Reader = Callable[[str | os.PathLike, str, V.PreprocessConfig, V.Limits], np.ndarray]
 # Called with "decode", "preprocess" or "inference" around each stage (serving times them).
 Timer = Callable[[str], AbstractContextManager]
 
@@ -36,15 +40,6 @@ def untimed(stage: str) -> AbstractContextManager:
 class Prediction:
     glosses: list[str]
     scores: list[float]  # softmax probabilities, descending
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one video may cost. Checked on the probe, before any frame is decoded; sentence
-    mode, which holds every frame, also stops decoding past max_frames."""
-
-    max_duration_s: float = math.inf
-    max_frames: int | None = None
 
 
 def fast_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -65,21 +60,26 @@ class Classifier:
         return self.bundle.labels
 
     def word(
-        self, video: Video, top_k: int = 5, *, limits: Limits = Limits(), timer: Timer = untimed
+        self,
+        video: Video,
+        top_k: int = 5,
+        *,
+        limits: Limits = NO_LIMITS,
+        timer: Timer = untimed,
+        reader: Reader = V.read_video,
     ) -> Prediction:
         """The video as one sign: its top_k glosses."""
         self.check_top_k(top_k)
         cfg = self.bundle.preprocess
         if isinstance(video, np.ndarray):
+            V.check_frames(video, limits)
             with timer("preprocess"):
                 clip = V.clip_from_frames(video, cfg)
         else:
             with timer("decode"):
-                info = V.probe(video)
-                total = V.frame_total(video, info)
-                self._check(total, info.fps, limits)
+                frames = reader(video, "word", cfg, limits)  # sampled and resized: load_clip's
             with timer("preprocess"):
-                clip = V.load_clip(video, cfg, total=total)
+                clip = V.to_tensor(frames, cfg)
         with timer("inference"):
             probs = self.probabilities(clip)[0]
         return self.top_k(probs, top_k)
@@ -91,32 +91,28 @@ class Classifier:
         window: int | None = None,
         stride: int | None = None,
         threshold: float | None = None,
-        limits: Limits = Limits(),
+        limits: Limits = NO_LIMITS,
         timer: Timer = untimed,
+        reader: Reader = V.read_video,
+        stop: S.Stop = S.never,
     ) -> list[S.Word]:
-        """The video as several signs in a row: the words, in order (model/sentence.py)."""
-        if not isinstance(video, np.ndarray):
-            with timer("decode"):
-                info = V.probe(video)
-                if info.frames > 0:  # a claim that breaks a limit needs no decoding to refuse
-                    self._check(info.frames, info.fps, limits)
-                frames = V.decode_all(video, limits.max_frames)
-                self._check(len(frames), info.fps, limits)
-            video = frames
+        """The video as several signs in a row: the words, in order (model/sentence.py).
+
+        Its cost is capped at what the default window and stride cost on the longest video
+        the limits allow; `stop` is called between batches of windows (cancellation)."""
+        cfg = self.bundle.preprocess
+        with timer("decode"):
+            if isinstance(video, np.ndarray):
+                V.check_frames(video, limits)
+                frames = V.resize_frames(video, cfg)  # once, not once per window
+            else:
+                frames = reader(video, "sentence", cfg, limits)
         # Windowing, preprocessing and the forward passes interleave: one stage for all of it.
         with timer("inference"):
-            return S.transcribe(self, video, window=window, stride=stride, threshold=threshold)
-
-    def _check(self, total: int, fps: float, limits: Limits) -> None:
-        if total <= 0:
-            raise V.NoFrames("the video has no decodable frames")
-        if total == 1:  # FFmpeg opens PNG/JPEG/WebP... as one-frame "videos"
-            raise V.VideoError("not a video: a single still image (1 frame); send a video file")
-        seconds = total / (fps if fps > 0 else self.bundle.preprocess.fps)
-        if seconds > limits.max_duration_s:
-            raise V.VideoError(
-                f"video is {seconds:.1f} s long; the limit is {limits.max_duration_s:g} s"
-            )
+            return S.transcribe(
+                self, frames, window=window, stride=stride, threshold=threshold,
+                max_windows=S.max_windows(self, limits.max_frames), stop=stop,
+            )  # fmt: skip
 
     def check_top_k(self, top_k: int) -> int:
         if not 1 <= top_k <= len(self.labels):

@@ -13,6 +13,7 @@ with a message for the client, before any decoding work is spent on it.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from kserve.utils.numpy_codec import to_np_dtype
 NAME = "sign2text"  # the model's name in the v2 paths, /v2/models/sign2text/...
 MODES = ("word", "sentence")
 INPUTS = ("video", "frames")
+MAX_BYTES_ELEMENTS = 16  # a BYTES input is one video; a few more still get a clear message
 
 
 @dataclass(frozen=True)
@@ -176,11 +178,7 @@ def request_from_binary(body: bytes, json_length: str, model_name: str) -> Infer
         raise InvalidInput('the request header must be a JSON object with an "inputs" list')
     offset, inputs = n, []
     for spec in header["inputs"]:
-        try:
-            name, shape, datatype = spec["name"], list(spec["shape"]), spec["datatype"].upper()
-            params = dict(spec.get("parameters") or {})
-        except (KeyError, TypeError, AttributeError, ValueError):
-            raise InvalidInput("each input needs name, shape, datatype") from None
+        name, shape, datatype, params = _input_spec(spec)
         if "data" in spec:
             data = spec["data"]
         elif "binary_data_size" in params:
@@ -191,23 +189,59 @@ def request_from_binary(body: bytes, json_length: str, model_name: str) -> Infer
             if len(raw) != size:
                 raise InvalidInput(f"input {name}: binary_data_size {size} runs past the body")
             offset += size
+            if datatype == "BYTES" and math.prod(shape) > MAX_BYTES_ELEMENTS:
+                # refused on the declared shape: splitting millions of length prefixes in
+                # Python would hold the event loop for seconds
+                raise InvalidInput(
+                    f"input {name}: {math.prod(shape)} BYTES elements; the limit is "
+                    f"{MAX_BYTES_ELEMENTS} (one video)"
+                )
             data = _binary_tensor(raw, name, datatype)
         else:
             raise InvalidInput(f"input {name}: no data and no binary_data_size")
         inputs.append(InferInput(name, shape, datatype, data=data, parameters=params))
     try:
         outputs = [
-            RequestedOutput(o["name"], o.get("parameters")) for o in header.get("outputs") or []
+            RequestedOutput(_text(o["name"]), o.get("parameters"))
+            for o in header.get("outputs") or []
         ]
     except (KeyError, TypeError, AttributeError):
         raise InvalidInput("each requested output needs a name") from None
+    request_id, parameters = header.get("id"), header.get("parameters")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f"the request id must be a string, got {request_id!r:.40}")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidInput("the request parameters must be a JSON object")
     return InferRequest(
         model_name,
         inputs,
-        request_id=header.get("id"),
-        parameters=header.get("parameters"),
+        request_id=request_id,
+        parameters=parameters,
         request_outputs=outputs or None,
     )
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _input_spec(spec) -> tuple[str, list[int], str, dict]:
+    """One input's name, shape, datatype and parameters, each of the type the protocol says."""
+    if not isinstance(spec, dict):
+        raise InvalidInput("each input must be a JSON object with name, shape, datatype")
+    name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
+    params = spec.get("parameters") or {}
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise InvalidInput("each input needs name, shape, datatype (name and datatype strings)")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"input {name:.40}: shape must be a list of integers >= 0")
+    if not isinstance(params, dict):
+        raise InvalidInput(f"input {name:.40}: parameters must be a JSON object")
+    return name, shape, datatype.upper(), dict(params)
 
 
 def _binary_tensor(raw: bytes, name: str, datatype: str) -> np.ndarray:

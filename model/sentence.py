@@ -29,14 +29,20 @@ window // 15 (2 frames for the 30-frame default, finer than I3D's 8-frame time s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from model.video import clip_from_frames
+from model.video import OverLimit, clip_from_frames, sample_indices
 
 DEFAULT_THRESHOLD = 0.5  # P(some sign) a frame needs to belong to a word
+Stop = Callable[[], None]  # called between batches of windows; raises to stop the work
+
+
+def never() -> None:
+    return None
 
 
 class SentenceUnsupported(ValueError):
@@ -68,19 +74,38 @@ def centred_window(n: int, centre: int, window: int) -> np.ndarray:
     return np.clip(np.arange(first, first + window), 0, n - 1)
 
 
+def window_centres(n: int, stride: int) -> np.ndarray:
+    """Every stride-th frame of n, and the last one."""
+    centres = np.arange(0, n, stride)
+    return centres if centres[-1] == n - 1 else np.append(centres, n - 1)
+
+
+def max_windows(classifier, max_frames: int | None) -> int | None:
+    """The most windows one request may cost: what the default window and stride cost on the
+    longest video the server takes. Each window is one clip of num_frames whatever its length
+    (frame_probabilities gathers only the frames it samples), so this bounds the work."""
+    trained = classifier.bundle.sentence_window
+    if trained is None or max_frames is None:
+        return None
+    return len(window_centres(max_frames, max(1, trained // 15)))
+
+
 def frame_probabilities(
-    classifier, frames: np.ndarray, window: int, stride: int, batch_size: int = 8
-) -> np.ndarray:
+    classifier, frames: np.ndarray, window: int, stride: int, batch_size: int = 8,
+    stop: Stop = never,
+) -> np.ndarray:  # fmt: skip
     """Step 1: T x H x W x 3 uint8 BGR frames -> T x (glosses + 1) per-frame probabilities."""
     cfg = classifier.bundle.preprocess
     n = len(frames)
-    centres = np.arange(0, n, stride)
-    if centres[-1] != n - 1:
-        centres = np.append(centres, n - 1)
+    centres = window_centres(n, stride)
+    # The num_frames positions clip_from_frames samples from a window, gathered directly: a
+    # window is num_frames frames of work however long it is.
+    sample = sample_indices(window, cfg.num_frames)
     probs = []
     for i in range(0, len(centres), batch_size):
+        stop()
         clips = [
-            clip_from_frames(frames[centred_window(n, int(c), window)], cfg)
+            clip_from_frames(frames[centred_window(n, int(c), window)[sample]], cfg)
             for c in centres[i : i + batch_size]
         ]
         probs.append(classifier.logits(torch.stack(clips)).softmax(dim=1).numpy())
@@ -141,8 +166,13 @@ def transcribe(
     stride: int | None = None,
     threshold: float | None = None,
     batch_size: int = 8,
+    max_windows: int | None = None,
+    stop: Stop = never,
 ) -> list[Word]:
-    """A video's T x H x W x 3 uint8 BGR frames -> the signed words, in order."""
+    """A video's T x H x W x 3 uint8 BGR frames -> the signed words, in order.
+
+    `max_windows` caps the request's cost (OverLimit beyond it); `stop` is frame_probabilities'.
+    """
     trained = classifier.bundle.sentence_window
     if trained is None:
         raise SentenceUnsupported(
@@ -160,8 +190,14 @@ def transcribe(
         "threshold", DEFAULT_THRESHOLD if threshold is None else threshold, 0.0, 1.0, False
     )
     batch_size = _check("batch_size", batch_size, 1)
+    windows = len(window_centres(len(frames), stride))
+    if max_windows is not None and windows > max_windows:
+        raise OverLimit(
+            f"window {window} and stride {stride} ask for {windows} windows on this video; the "
+            f"limit is {max_windows} (use a larger stride)"
+        )
 
-    probs = frame_probabilities(classifier, frames, window, stride, batch_size)
+    probs = frame_probabilities(classifier, frames, window, stride, batch_size, stop)
     glosses = len(classifier.labels)
     signing = 1.0 - probs[:, glosses] >= threshold
     labels = np.where(signing, probs[:, :glosses].argmax(axis=1), -1)

@@ -11,15 +11,20 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import logging
 import sys
+from concurrent import futures
 
 import kserve
 from kserve import model_server
 from kserve.errors import InvalidInput
 from kserve.protocol.dataplane import DataPlane
 
+from model import guard
+from model.guard import DEFAULT_LIMITS
 from model.request import NAME, request_from_binary
 from model.storage import display_uri
+from model.video import Limits
 
 MIB = 1 << 20
 
@@ -68,12 +73,76 @@ def build_parser(
                    help="REST port (as --http_port)")  # fmt: skip
     p.add_argument("--grpc-port", dest="grpc_port", type=int, default=argparse.SUPPRESS,
                    help="gRPC port (as --grpc_port)")  # fmt: skip
-    p.add_argument("--max-video-mb", type=float, default=32,
-                   help="largest video; the gRPC message limits follow it unless "
-                   "--grpc_max_*_message_length are given")  # fmt: skip
-    p.add_argument("--max-duration-s", type=float, default=60, help="longest video")
-    p.add_argument("--max-frames", type=int, default=1500,
-                   help="most frames: `frames` input, or a video in sentence mode")  # fmt: skip
+    p.add_argument("--host", default="0.0.0.0",  # noqa: S104  (a container listens on all)
+                   help="address to listen on (REST and gRPC), e.g. 127.0.0.1")  # fmt: skip
+    limits = p.add_argument_group(
+        "limits", "what one request may cost; every one is checked before the work is spent"
+    )
+    d = DEFAULT_LIMITS
+    limits.add_argument(
+        "--max-video-mb",
+        type=float,
+        default=32,
+        help="largest video; the gRPC message limits follow it unless "
+        "--grpc_max_*_message_length are given",
+    )
+    limits.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=None,
+        help="largest REST body (413 beyond it); default: twice the video limit plus 1 MiB",
+    )
+    limits.add_argument(
+        "--max-duration-s", type=float, default=d.max_duration_s, help="longest video"
+    )
+    limits.add_argument(
+        "--max-frames",
+        type=int,
+        default=d.max_frames,
+        help="most frames a video (or the `frames` input) may have",
+    )
+    limits.add_argument(
+        "--max-pixels",
+        type=int,
+        default=d.max_pixels,
+        help="most pixels per frame (width x height)",
+    )
+    limits.add_argument(
+        "--max-aspect",
+        type=float,
+        default=d.max_aspect,
+        help="largest long side / short side of a frame",
+    )
+    limits.add_argument(
+        "--max-kept-mb",
+        type=float,
+        default=d.max_kept_bytes / MIB,
+        help="resized frames sentence mode may hold",
+    )
+    limits.add_argument(
+        "--decoder-memory-mb",
+        type=float,
+        default=768,
+        help="memory ceiling of the video decoder process",
+    )
+    limits.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=60,
+        help="longest a request may take, waiting included (503 beyond)",
+    )
+    limits.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=4,
+        help="requests waiting or running at once (503 + Retry-After beyond)",
+    )
+    limits.add_argument(
+        "--client-timeout-s",
+        type=float,
+        default=30,
+        help="longest wait for a client's headers, or between body chunks",
+    )
     p.add_argument("--device", default="cpu", help="torch device")
     p.set_defaults(
         model_name=NAME, grpc_max_send_message_length=None, grpc_max_receive_message_length=None
@@ -107,27 +176,84 @@ def serve(args: argparse.Namespace) -> int:
     server.dataplane = BinaryBytesDataPlane(model_registry=server.registered_models)
     # A body that is not a v2 request (malformed JSON, no "inputs") is the client's fault too:
     # 400 with the reason, like every other bad input, rather than FastAPI's 422.
-    model_server.app.add_exception_handler(RequestValidationError, _not_a_v2_request)
+    app = model_server.app
+    app.add_exception_handler(RequestValidationError, _not_a_v2_request)
+    for exc, handler in guard.HANDLERS.items():
+        app.add_exception_handler(exc, handler)
+    max_body = int((args.max_body_mb * MIB) if args.max_body_mb else 2 * max_bytes + MIB)
+    app.add_middleware(guard.RequestGuard, max_body_bytes=max_body,
+                       body_timeout_s=args.client_timeout_s)  # fmt: skip
+    logging.getLogger("kserve").addFilter(guard.OneLineClientErrors())
+    _listen(args.host, args.client_timeout_s)
 
+    limits = Limits(
+        max_duration_s=args.max_duration_s,
+        max_frames=args.max_frames,
+        max_pixels=args.max_pixels,
+        max_aspect=args.max_aspect,
+        max_kept_bytes=int(args.max_kept_mb * MIB),
+    )
     model = Sign2TextModel(
         args.model_dir,
         max_video_bytes=max_bytes,
-        max_duration_s=args.max_duration_s,
-        max_frames=args.max_frames,
+        limits=limits,
+        decoder_memory_bytes=int(args.decoder_memory_mb * MIB),
+        time_budget_s=args.time_budget_s,
+        max_in_flight=args.max_in_flight,
         device=args.device,
         name=args.model_name,
     )
     logger.info("sign2text: loading model from %s", display_uri(args.model_dir))
     model.load()
-    logger.info(
-        "sign2text: %d classes; limits: video %d bytes, %g s, %d frames",
-        len(model.classifier.labels),
-        max_bytes,
-        args.max_duration_s,
-        args.max_frames,
-    )
-    server.start([model])
+    logger.info("sign2text: %d classes; limits: video %d bytes, body %d bytes, %s; decoder "
+                "%g MiB; %g s per request, %d in flight", len(model.classifier.labels),
+                max_bytes, max_body, limits, args.decoder_memory_mb, args.time_budget_s,
+                args.max_in_flight)  # fmt: skip
+    try:
+        server.start([model])
+    finally:
+        model.stop()  # kserve stops models on SIGTERM/SIGINT; this covers any other way out
     return 0
+
+
+def _listen(host: str, client_timeout_s: float) -> None:  # noqa: C901
+    """REST and gRPC on `host`, REST with a time limit on request headers.
+
+    kserve 0.21 hard-codes 0.0.0.0 / [::] and uvicorn's default protocol; both servers are
+    built inside ModelServer.start(), so the classes it builds them from are swapped here."""
+    from kserve.logging import logger
+    from kserve.protocol.grpc import server as grpc_server
+
+    class Headers(guard.SlowHeaders):
+        header_timeout_s = client_timeout_s
+
+    class RESTServer(model_server.RESTServer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.config.host, self.config.http = host, Headers
+
+    class GRPCServer(grpc_server.GRPCServer):
+        async def start(self, max_workers):  # kserve 0.21's, with the address as a parameter
+            self._server = grpc_server.aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(grpc_server.LoggingInterceptor(),
+                              grpc_server.ExceptionToStatusInterceptor()),
+                options=[(f"grpc.{k}", self._kwargs.get(f"grpc_{k}"))
+                         for k in ("max_send_message_length", "max_receive_message_length")],
+            )  # fmt: skip
+            servicer = grpc_server.InferenceServicer(
+                self._data_plane, self._model_repository_extension
+            )
+            grpc_server.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                servicer, self._server
+            )
+            address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
+            self._server.add_insecure_port(address)
+            logger.info("Starting gRPC server on %s", address)
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    model_server.RESTServer, model_server.GRPCServer = RESTServer, GRPCServer
 
 
 if __name__ == "__main__":

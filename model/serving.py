@@ -13,23 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import shutil
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import kserve
 import numpy as np
 from kserve.errors import InvalidInput, ModelNotReady
+from kserve.logging import logger
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
-from model.predict import Classifier, Limits, Prediction
+from model.decoder import Cancelled, Decoder
+from model.guard import DEFAULT_LIMITS, Overloaded
+from model.predict import Classifier, Prediction
 from model.request import NAME, Request, parse
 from model.sentence import Word
-from model.storage import fetch
+from model.storage import fetch, is_uri
+from model.video import Limits
 
 STAGE_SECONDS = Histogram(
     "sign2text_stage_seconds",
@@ -60,24 +68,49 @@ class Sign2TextModel(kserve.Model):
         model_dir: str | os.PathLike,
         *,
         max_video_bytes: int = 32 << 20,
-        max_duration_s: float = 60.0,
-        max_frames: int = 1500,
+        limits: Limits = DEFAULT_LIMITS,
+        decoder_memory_bytes: int = 768 << 20,
+        time_budget_s: float = 60.0,
+        max_in_flight: int = 4,
         device: str = "cpu",
         name: str = NAME,
     ):
         super().__init__(name)
         self.model_dir = str(model_dir)
         self.max_video_bytes = int(max_video_bytes)
-        self.limits = Limits(max_duration_s=float(max_duration_s), max_frames=int(max_frames))
+        self.limits = limits
+        self.decoder_memory_bytes = int(decoder_memory_bytes)
+        self.time_budget_s = float(time_budget_s)
+        self.max_in_flight = int(max_in_flight)
         self.device = device
         self.classifier: Classifier | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._decoder: Decoder | None = None
+        self._fetched: Path | None = None  # a download this model owns and removes at stop()
+        self._in_flight = 0
+        self._seconds = 1.0  # running mean of a request's time, for Retry-After
 
     def load(self) -> bool:
-        # A local path is used as is; s3:// gs:// https:// ... go through kserve_storage.
-        self.classifier = Classifier(fetch(self.model_dir), self.device)
+        sweep_orphans()
+        # A local path is used as is; s3:// gs:// https:// ... are downloaded (model/storage.py).
+        path = fetch(self.model_dir)
+        if is_uri(self.model_dir):
+            self._fetched = path
+        self.classifier = Classifier(path, self.device)
         self.ready = True
         return self.ready
+
+    def stop(self) -> None:
+        """At shutdown: the decoder process, the worker thread and any download go."""
+        if self._decoder is not None:
+            self._decoder.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._fetched is not None:
+            shutil.rmtree(self._fetched if self._fetched.is_dir() else self._fetched.parent,
+                          ignore_errors=True)  # fmt: skip
+            self._fetched = None
+        self.ready = False
 
     def get_input_types(self) -> list[dict]:
         return [dict(t) for t in INPUTS]
@@ -98,14 +131,8 @@ class Sign2TextModel(kserve.Model):
             max_video_bytes=self.max_video_bytes,
             max_frames=self.limits.max_frames,
         )
-        # Decoding and the forward pass block for long; a worker thread keeps the event loop
-        # (health checks, other requests, gRPC) responsive meanwhile. One thread, not the
-        # default pool: torch already uses every core per forward, and each extra thread would
-        # grow its own malloc arena (measured: +25% RSS over 300 requests with the default pool).
-        if self._pool is None:  # created lazily: kserve pickles the model for --workers N
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sign2text-infer")
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._pool, self._answer, request)
+        with self._admitted():
+            outputs = await self._run(request)
         return InferResponse(
             response_id=payload.id or str(uuid.uuid4()),
             model_name=self.name,
@@ -116,18 +143,81 @@ class Sign2TextModel(kserve.Model):
             requested_outputs=payload.request_outputs,
         )
 
-    def _answer(self, request: Request) -> list[InferOutput]:
-        clf, kw = self.classifier, {"limits": self.limits, "timer": _stage}
+    @contextlib.contextmanager
+    def _admitted(self):
+        """At most max_in_flight requests wait for or hold the worker; the rest get a 503
+        at once, rather than a queue whose wait nobody bounds."""
+        if self._in_flight >= self.max_in_flight:
+            raise Overloaded(
+                f"the server is busy ({self._in_flight} requests in flight); retry later",
+                retry_after_s=self._seconds * self._in_flight,
+            )
+        self._in_flight += 1
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - start)
+
+    async def _run(self, request: Request) -> list[InferOutput]:
+        # Decoding and the forward pass block for long; a worker thread keeps the event loop
+        # (health checks, other requests, gRPC) responsive meanwhile. One thread, not the
+        # default pool: torch already uses every core per forward, and each extra thread would
+        # grow its own malloc arena (measured: +25% RSS over 300 requests with the default pool).
+        if self._pool is None:  # created lazily: kserve pickles the model for --workers N
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sign2text-infer")
+            self._decoder = Decoder(self.decoder_memory_bytes)
+        # The budget runs from arrival: time spent waiting for the worker counts.
+        work = Work(time.monotonic() + self.time_budget_s, threading.Event())
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, self._answer, request, work)
+        except asyncio.CancelledError:  # the client left (REST disconnect, gRPC cancel)
+            work.cancelled.set()  # the worker stops at its next check instead of finishing
+            raise
+        except Cancelled as e:
+            raise Overloaded(f"{e} of {self.time_budget_s:g} s; send a shorter video, or "
+                             "in sentence mode a larger stride") from None  # fmt: skip
+
+    def _answer(self, request: Request, work: Work) -> list[InferOutput]:
+        try:
+            return self._work(request, work)
+        except Cancelled as e:  # the caller may be gone: say in the log that the work stopped
+            logger.info("sign2text: stopped a request's work: %s", e)
+            raise
+
+    def _work(self, request: Request, work: Work) -> list[InferOutput]:
+        work.stop()  # waited past its budget, or its client left, before its turn came
+        reader = functools.partial(
+            self._decoder.read, deadline=work.deadline, cancelled=work.cancelled
+        )
+        clf, kw = self.classifier, {"limits": self.limits, "timer": _stage, "reader": reader}
         with _video(request) as video:
             try:
                 if request.mode == "sentence":
-                    return _sentence_outputs(clf.sentence(video, **request.sentence, **kw))
+                    out = clf.sentence(video, **request.sentence, **kw, stop=work.stop)
+                    return _sentence_outputs(out)
                 return _word_outputs(clf.word(video, request.top_k, **kw))
             except ValueError as e:  # the classifier's ValueErrors are about its input
                 msg = str(e)
                 if isinstance(video, Path):  # the client never saw our scratch file's name
                     msg = msg.replace(str(video), "the uploaded video")
                 raise InvalidInput(msg) from None
+
+
+@dataclass(frozen=True)
+class Work:
+    """One request's claim on the worker: when its time is up, and whether its client left."""
+
+    deadline: float  # time.monotonic()
+    cancelled: threading.Event
+
+    def stop(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("the client went away")
+        if time.monotonic() > self.deadline:
+            raise Cancelled("the request ran past its time budget")
 
 
 @contextlib.contextmanager
@@ -142,14 +232,22 @@ def _video(request: Request):
     yield bgr
 
 
+SHM = "/dev/shm"  # noqa: S108
+SPOOL_PREFIX = "sign2text-input-"
+
+
+def _spool_dirs() -> list[str | None]:
+    return [SHM, None] if os.access(SHM, os.W_OK) else [None]
+
+
 @contextlib.contextmanager
 def _spooled(data: bytes):
     """The bytes in a private file, in RAM-backed /dev/shm when they fit."""
-    # mkdtemp inside it: a private 0700 directory, so the shared /dev/shm is safe to use.
-    shm = "/dev/shm"  # noqa: S108
-    dirs = [shm, None] if os.access(shm, os.W_OK) else [None]
+    # mkdtemp inside it: a private 0700 directory, so the shared /dev/shm is safe to use. The
+    # pid in its name lets the next server remove it if this one is killed mid-request.
+    dirs = _spool_dirs()
     for i, d in enumerate(dirs):
-        tmp = tempfile.TemporaryDirectory(dir=d, prefix="sign2text-")
+        tmp = tempfile.TemporaryDirectory(dir=d, prefix=f"{SPOOL_PREFIX}{os.getpid()}-")
         path = Path(tmp.name) / "input.video"
         try:
             path.write_bytes(data)
@@ -161,6 +259,33 @@ def _spooled(data: bytes):
         with tmp:
             yield path
         return
+
+
+def sweep_orphans() -> list[Path]:
+    """Remove spooled inputs left by servers of this user that died mid-request (their pid is
+    gone); never anything of another user's, nor of a live process."""
+    removed = []
+    for d in _spool_dirs():
+        for path in Path(d or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*"):
+            pid = path.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
+            try:
+                mine = path.is_dir() and not path.is_symlink() and path.stat().st_uid == os.getuid()
+            except OSError:
+                continue
+            if mine and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

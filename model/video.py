@@ -9,16 +9,20 @@ model's channel order and range in one vectorised float32 pass.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from model.config import check_fields, rule, strict_from_dict
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the decoder process never needs it
+    import torch
 
 
 class VideoError(ValueError):
@@ -35,6 +39,14 @@ class NoFrames(VideoError):
 
 class FrameRangeError(VideoError):
     pass
+
+
+class Truncated(VideoError):
+    """Fewer frames decode than the container promises: a cut-off or partly corrupt file."""
+
+
+class OverLimit(VideoError):
+    """A video that would cost more than the server's limits allow."""
 
 
 @dataclass(frozen=True)
@@ -78,13 +90,17 @@ class VideoInfo:
     height: int
 
 
+FFMPEG_THREADS: int | None = None  # FFmpeg's choice (one per core); model/decoder.py sets 1
+
+
 def _open(path: str | os.PathLike) -> cv2.VideoCapture:
     path = Path(path)
     if not path.is_file():
         raise UnreadableVideo(f"video not found: {path}")
     if path.stat().st_size == 0:
         raise UnreadableVideo(f"video is empty (0 bytes): {path}")
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    params = [] if FFMPEG_THREADS is None else [cv2.CAP_PROP_N_THREADS, FFMPEG_THREADS]
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         raise UnreadableVideo(f"not a readable video: {path}")
     return cap
@@ -140,11 +156,17 @@ def sample_indices(
     return np.concatenate([np.zeros(front, np.int64), np.arange(n), np.full(pad - front, n - 1)])
 
 
-def decode(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
+Frame = Callable[[np.ndarray], np.ndarray]  # applied to each frame as it decodes
+
+
+def decode(
+    path: str | os.PathLike, indices: Sequence[int], each: Frame | None = None
+) -> np.ndarray:
     """Decode the frames at sorted-or-not 0-based `indices` -> T x H x W x 3 uint8 BGR.
 
     Frames that are not needed are only grabbed (no colour conversion, no copy), and decoding
-    stops after the last needed frame.
+    stops after the last needed frame. `each` (e.g. a resize) runs on every kept frame as it
+    decodes, so only its results are held.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
@@ -163,7 +185,7 @@ def decode(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
             frame = cap.retrieve()[1] if ok else None
             if frame is None:
                 break
-            got[int(idx)] = frame
+            got[int(idx)] = frame if each is None else each(frame)
             pos += 1
     finally:
         cap.release()
@@ -177,23 +199,31 @@ def decode(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
     return np.stack([got[int(i)] for i in indices])
 
 
-def count_frames(path: str | os.PathLike) -> int:
-    """Frames that actually decode (containers can claim more than they hold)."""
+def count_frames(path: str | os.PathLike, max_frames: int | None = None) -> int:
+    """Frames that actually decode (containers can claim more than they hold); past
+    `max_frames` an OverLimit, so counting a video that claims nothing stays bounded too."""
     cap = _open(path)
     n = 0
     try:
         while cap.grab():
             n += 1
+            if max_frames is not None and n > max_frames:
+                raise OverLimit(
+                    f"video has more than {max_frames} frames; the limit is {max_frames}"
+                )
     finally:
         cap.release()
     return n
 
 
-def decode_all(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
+def decode_all(
+    path: str | os.PathLike, max_frames: int | None = None, each: Frame | None = None
+) -> np.ndarray:
     """Every frame that decodes -> T x H x W x 3 uint8 BGR, in one pass over the file.
 
     The count is the true one, not the container's claim. A video with more than `max_frames`
     fails as soon as frame max_frames + 1 decodes, so memory stays bounded whatever it claims.
+    `each` runs on every frame as it decodes (decode's).
     """
     cap = _open(path)
     frames: list[np.ndarray] = []
@@ -203,10 +233,10 @@ def decode_all(path: str | os.PathLike, max_frames: int | None = None) -> np.nda
             if not ok:
                 break
             if max_frames is not None and len(frames) >= max_frames:
-                raise VideoError(
+                raise OverLimit(
                     f"video has more than {max_frames} frames; the limit is {max_frames}"
                 )
-            frames.append(frame)
+            frames.append(frame if each is None else each(frame))
     finally:
         cap.release()
     if not frames:
@@ -237,11 +267,16 @@ def resize_frames(
         x0, y0, x1, y1 = bbox_window(bbox, cfg.bbox_margin, frames.shape[2], frames.shape[1])
         frames = frames[:, y0:y1, x0:x1]
     h, w = frames.shape[1:3]
-    scale = cfg.resize / min(h, w)
-    size = (max(cfg.crop, round(w * scale)), max(cfg.crop, round(h * scale)))
+    size = resized_size(w, h, cfg)
     if size == (w, h):
         return np.ascontiguousarray(frames)
     return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
+
+
+def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(width, height) of a width x height frame after resize_frames: short side cfg.resize."""
+    scale = cfg.resize / min(height, width)
+    return max(cfg.crop, round(width * scale)), max(cfg.crop, round(height * scale))
 
 
 def to_tensor(
@@ -257,6 +292,8 @@ def to_tensor(
         j = (cfg.resize - c) // 2
         y = int(np.clip(y + rng.integers(-j, j + 1), 0, h - c))
         x = int(np.clip(x + rng.integers(-j, j + 1), 0, w - c))
+    import torch
+
     clip = torch.from_numpy(frames)[:, y : y + c, x : x + c]
     if cfg.channel_order == "RGB":
         clip = clip.flip(-1)
@@ -328,3 +365,139 @@ def load_clip(
         path, frame_start, frame_end, lambda n: sample_indices(n, cfg.num_frames, rng=rng), total
     )
     return to_tensor(resize_frames(frames, cfg, bbox), cfg, rng=rng)
+
+
+# Reading an untrusted video (serving): every cost bounded before and during decoding.
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one video may cost. Checked on the container's header before any frame decodes,
+    and again on what decodes, so a header that lies gains nothing: OpenCV hands every frame
+    over at the header's size, and the memory FFmpeg spends inside one frame is bounded by the
+    process it runs in (model/decoder.py). None / inf = no limit (in-process use)."""
+
+    max_duration_s: float = math.inf
+    max_frames: int | None = None  # frames a video may have (and the `frames` input)
+    max_pixels: int | None = None  # width x height of a frame
+    max_aspect: float | None = None  # long side / short side of a frame
+    max_kept_bytes: int | None = None  # resized frames held at once (sentence mode)
+
+
+def check_size(width: int, height: int, limits: Limits) -> None:
+    """A frame size within the limits; a long thin frame would resize to a huge one."""
+    if width < 1 or height < 1:
+        raise NoFrames(f"no decodable frames: the video has no picture size ({width}x{height})")
+    if limits.max_pixels is not None and width * height > limits.max_pixels:
+        raise OverLimit(
+            f"frames are {width}x{height} = {width * height} pixels; the limit is "
+            f"{limits.max_pixels} pixels per frame"
+        )
+    aspect = max(width, height) / min(width, height)
+    if limits.max_aspect is not None and aspect > limits.max_aspect:
+        raise OverLimit(
+            f"frames are {width}x{height}, an aspect ratio of {aspect:.1f}; the limit is "
+            f"{limits.max_aspect:g}"
+        )
+
+
+def check_length(frames: int, fps: float, cfg: PreprocessConfig, limits: Limits) -> None:
+    """A frame count (claimed or decoded) within the limits, and a video, not a still."""
+    if frames <= 0:
+        raise NoFrames("the video has no decodable frames")
+    if frames == 1:  # FFmpeg opens PNG/JPEG/WebP... as one-frame "videos"
+        raise VideoError("not a video: a single still image (1 frame); send a video file")
+    if limits.max_frames is not None and frames > limits.max_frames:
+        raise OverLimit(f"video has {frames} frames; the limit is {limits.max_frames}")
+    seconds = frames / (fps if fps > 0 else cfg.fps)
+    if seconds > limits.max_duration_s:
+        raise OverLimit(f"video is {seconds:.1f} s long; the limit is {limits.max_duration_s:g} s")
+
+
+def check_complete(claimed: int, decoded: int) -> None:
+    """Refuse a file that decodes to clearly fewer frames than its container promises (cut
+    off, or corrupt part-way). Containers misstate counts by a frame or two, hence the slack."""
+    if claimed > 0 and claimed - decoded > max(2, claimed // 20):
+        raise Truncated(
+            f"the video is cut off or corrupt: its container promises {claimed} frames, "
+            f"only {decoded} decode"
+        )
+
+
+def _resizer(info: VideoInfo, cfg: PreprocessConfig) -> Frame:
+    """Each frame straight to the model's size as it decodes, checked against the header."""
+    size = resized_size(info.width, info.height, cfg)
+    shape = (info.height, info.width, 3)
+
+    def resize(frame: np.ndarray) -> np.ndarray:
+        if frame.shape != shape:  # OpenCV converts at the header's size; never trust it blindly
+            raise VideoError(f"frame size changes mid-video: {frame.shape} after {shape}")
+        if size == (info.width, info.height):
+            return frame
+        return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+
+    return resize
+
+
+def read_word(path: str | os.PathLike, cfg: PreprocessConfig, limits: Limits) -> np.ndarray:
+    """Word mode's frames: the num_frames sampled ones, resized -> num_frames x h x w x 3.
+
+    to_tensor of the result equals load_clip(path, cfg): resizing a frame as it decodes or
+    after sampling is the same per-frame operation."""
+    info = probe(path)
+    check_size(info.width, info.height, limits)
+    claimed = info.frames
+    total = claimed if claimed > 0 else count_frames(path, limits.max_frames)
+    check_length(total, info.fps, cfg, limits)
+    resize = _resizer(info, cfg)
+    try:
+        return decode(path, sample_indices(total, cfg.num_frames), resize)
+    except FrameRangeError:  # fewer frames than claimed: refuse a cut-off file, else recount
+        n = count_frames(path, limits.max_frames)
+        check_complete(claimed, n)
+        check_length(n, info.fps, cfg, limits)
+        return decode(path, sample_indices(n, cfg.num_frames), resize)
+
+
+def read_sentence(path: str | os.PathLike, cfg: PreprocessConfig, limits: Limits) -> np.ndarray:
+    """Sentence mode's frames: every frame, resized as it decodes -> T x h x w x 3.
+
+    Only resized frames are held, at most max_kept_bytes of them (sampling windows from them
+    later is the same as sampling from full-size frames and resizing)."""
+    info = probe(path)
+    check_size(info.width, info.height, limits)
+    if info.frames > 0:  # a claim that breaks a limit needs no decoding to refuse
+        check_length(info.frames, info.fps, cfg, limits)
+    w, h = resized_size(info.width, info.height, cfg)
+    cap = limits.max_frames
+    if limits.max_kept_bytes is not None:
+        fit = max(1, limits.max_kept_bytes // (w * h * 3))
+        if info.frames > fit:
+            raise OverLimit(
+                f"video has {info.frames} frames of {info.width}x{info.height}; at most {fit} "
+                f"frames of that size fit the limit of {limits.max_kept_bytes} bytes"
+            )
+        cap = fit if cap is None else min(cap, fit)
+    frames = decode_all(path, cap, _resizer(info, cfg))
+    check_complete(info.frames, len(frames))
+    check_length(len(frames), info.fps, cfg, limits)
+    return frames
+
+
+READERS = {"word": read_word, "sentence": read_sentence}
+
+
+def read_video(
+    path: str | os.PathLike, mode: str, cfg: PreprocessConfig, limits: Limits
+) -> np.ndarray:
+    """The frames a mode needs from a video file, resized to the model's size, within limits."""
+    return READERS[mode](path, cfg, limits)
+
+
+def check_frames(frames: np.ndarray, limits: Limits) -> None:
+    """Frames sent already decoded: the same size and count limits as a video's."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
+        raise VideoError(f"frames must be T x H x W x 3 with T >= 1, got {list(frames.shape)}")
+    check_size(frames.shape[2], frames.shape[1], limits)
+    if limits.max_frames is not None and len(frames) > limits.max_frames:
+        raise OverLimit(f"{len(frames)} frames; the limit is {limits.max_frames}")

@@ -120,6 +120,15 @@ def _sized(datatype: str, shape: list[int], size: int) -> dict:
         (_sized("UINT8", [4], 9), b"1234", "runs past the body"),
         (_sized("FP32", [1], 3), b"123", "not whole FP32s"),
         (_sized("BYTES", [1], 3), b"123", "malformed BYTES"),
+        # headers that used to reach kserve's own code and come back as 500s
+        ({"inputs": [{"name": "v", "shape": ["x"], "datatype": "UINT8"}]}, b"", "integers"),
+        ({"inputs": [{"name": ["v"], "shape": [1], "datatype": "UINT8"}]}, b"", "strings"),
+        ({"inputs": ["video"]}, b"", "JSON object"),
+        ({**_sized("UINT8", [1], 1), "id": 5}, b"1", "id must be a string"),
+        ({**_sized("UINT8", [1], 1), "parameters": [1]}, b"1", "parameters must be"),
+        ({**_sized("UINT8", [1], 1), "outputs": [{"name": 3}]}, b"1", "needs a name"),
+        # refused on the declared shape, before millions of length prefixes are split
+        (_sized("BYTES", [30_000_000], 4), b"\0" * 4, "the limit is 16"),
     ],
 )
 def test_bad_binary_requests_are_invalid_input(header, body, phrase):

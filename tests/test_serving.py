@@ -5,11 +5,13 @@ cannot share one) over REST binary, REST JSON and gRPC, plus the bad-input matri
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import types
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from model import video as V
+from model.guard import DEFAULT_LIMITS
 from model.predict import Classifier
 from model.serving import Sign2TextModel
 from tests.conftest import moving_square, write_video
@@ -101,7 +104,7 @@ def test_in_process_sentence_mode_wiring(model_dir, files, monkeypatch):
     """Outputs and the transcribe() call, against a stand-in for model.sentence."""
     calls = []
 
-    def transcribe(classifier, frames_bgr, *, window=None, stride=None, threshold=None):
+    def transcribe(classifier, frames_bgr, *, window=None, stride=None, threshold=None, **cost):
         calls.append((classifier, frames_bgr))
         word = types.SimpleNamespace
         return [
@@ -118,11 +121,13 @@ def test_in_process_sentence_mode_wiring(model_dir, files, monkeypatch):
     assert out["spans"].dtype == np.int32 and out["spans"].tolist() == [[0, 9], [10, 20]]
     np.testing.assert_allclose(out["confidences"], [0.9, 0.75])
     assert calls[0][0] is m.classifier
-    np.testing.assert_array_equal(calls[0][1], rgb[..., ::-1])  # BGR, as everywhere inside
+    cfg = m.classifier.bundle.preprocess  # frames arrive resized to the model's size, once
+    np.testing.assert_array_equal(calls[0][1], V.resize_frames(rgb[..., ::-1], cfg))  # BGR
 
     video = (files / "good.mp4").read_bytes()
     asyncio.run(m.predict(_video_request(video, mode="sentence")))
-    np.testing.assert_array_equal(calls[1][1], V.decode(files / "good.mp4", np.arange(40)))
+    every = V.decode(files / "good.mp4", np.arange(40))
+    np.testing.assert_array_equal(calls[1][1], V.resize_frames(every, cfg))
 
     with pytest.raises(InvalidInput, match="mode"):
         asyncio.run(m.predict(_video_request(video, mode="paragraph")))
@@ -221,32 +226,32 @@ def video_reads(monkeypatch) -> dict:
     return counts
 
 
-def test_a_request_probes_once_and_reads_each_frame_once(model_dir, files, video_reads):
-    m = Sign2TextModel(model_dir)
-    m.load()
-    video = (files / "good.mp4").read_bytes()  # 40 frames
-    asyncio.run(m.predict(_video_request(video, top_k=3)))
+def test_a_request_probes_once_and_reads_each_frame_once(files, video_reads):
+    """What the decoder process runs per request (V.read_video), counted in-process."""
+    cfg = V.PreprocessConfig(num_frames=8, resize=64, crop=56)
+    V.read_video(files / "good.mp4", "word", cfg, DEFAULT_LIMITS)  # 40 frames
     # word mode: the probe, then one pass that stops after the last frame it samples
     assert video_reads["probes"] == 1 and video_reads["opens"] == 2, video_reads
     assert video_reads["frames"] <= 41, video_reads
 
-    fixture = Path(__file__).parent / "fixtures" / "sentence_model"
-    m = Sign2TextModel(fixture)
-    m.load()
     video_reads.update(opens=0, probes=0, frames=0)
-    out = _outputs(asyncio.run(m.predict(_video_request(video, mode="sentence"))))
-    assert "words" in out
+    V.read_video(files / "good.mp4", "sentence", cfg, DEFAULT_LIMITS)
     # sentence mode: the probe, then every frame decoded once (+1: the read that finds the end)
     assert video_reads == {"opens": 2, "probes": 1, "frames": 41}
 
 
-def test_sentence_mode_frame_limit_reads_no_further(model_dir, files, video_reads):
-    m = Sign2TextModel(model_dir, max_frames=10)
+def test_frame_limit_refuses_on_the_claim_and_reads_no_further(model_dir, files, video_reads):
+    limits = dataclasses.replace(DEFAULT_LIMITS, max_frames=10)
+    cfg = V.PreprocessConfig(num_frames=8, resize=64, crop=56)
+    with pytest.raises(V.OverLimit, match="video has 40 frames; the limit is 10"):
+        V.read_video(files / "good.mp4", "sentence", cfg, limits)
+    assert video_reads["frames"] == 0  # the container's claim is enough to refuse
+    m = Sign2TextModel(model_dir, limits=limits)
     m.load()
     video = (files / "good.mp4").read_bytes()
-    with pytest.raises(InvalidInput, match="more than 10 frames; the limit is 10"):
+    with pytest.raises(InvalidInput, match="video has 40 frames; the limit is 10"):
         asyncio.run(m.predict(_video_request(video, mode="sentence")))
-    assert video_reads["frames"] == 11
+    m.stop()
 
 
 def test_cli_serve_runs_the_server_with_its_own_parser(monkeypatch):
@@ -481,3 +486,85 @@ def test_evaluation_and_serving_feed_identical_tensors(model_dir, files, tmp_pat
     assert len(seen) == 2
     evaluated, serving = (t.reshape(-1, *t.shape[-4:]) for t in seen)
     assert torch.equal(evaluated, serving)
+
+
+SENTENCE_FIXTURE = Path(__file__).parent / "fixtures" / "sentence_model"
+
+
+def test_over_max_in_flight_is_refused_at_once_with_a_retry_time():
+    from model.guard import Overloaded, overloaded_handler
+
+    m = Sign2TextModel(SENTENCE_FIXTURE, max_in_flight=2)
+    m.load()
+    m._in_flight = 2  # two requests already waiting or running
+    rgb = moving_square(20)[..., ::-1].copy()
+    with pytest.raises(Overloaded, match="busy") as e:
+        asyncio.run(m.predict(_frames_request(rgb)))
+    response = asyncio.run(overloaded_handler(None, e.value))
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+    m._in_flight = 0
+    assert _outputs(asyncio.run(m.predict(_frames_request(rgb))))["glosses"].size == 5
+    m.stop()
+
+
+def _counting_forwards(m, monkeypatch, delay_s: float = 0.0) -> list:
+    calls, real = [], m.classifier.logits
+
+    def logits(clips):
+        calls.append(len(clips))
+        time.sleep(delay_s)
+        return real(clips)
+
+    monkeypatch.setattr(m.classifier, "logits", logits)
+    return calls
+
+
+def test_a_request_past_its_time_budget_stops_between_windows(monkeypatch):
+    from model.guard import Overloaded
+
+    m = Sign2TextModel(SENTENCE_FIXTURE, time_budget_s=0.5)
+    m.load()
+    calls = _counting_forwards(m, monkeypatch, delay_s=0.2)
+    rgb = moving_square(200, 60, 80)[..., ::-1].copy()  # 101 windows at stride 2: 13 batches
+    with pytest.raises(Overloaded, match="time budget of 0.5 s"):
+        asyncio.run(m.predict(_frames_request(rgb, mode="sentence", stride=2)))
+    assert 1 <= len(calls) <= 4, calls  # stopped within a batch of the budget, not at 13
+    m.stop()
+
+
+def test_a_cancelled_request_stops_its_work(monkeypatch, caplog):
+    m = Sign2TextModel(SENTENCE_FIXTURE)
+    m.load()
+    calls = _counting_forwards(m, monkeypatch, delay_s=0.2)
+    rgb = moving_square(200, 60, 80)[..., ::-1].copy()
+
+    async def leave_early():
+        task = asyncio.ensure_future(m.predict(_frames_request(rgb, mode="sentence", stride=2)))
+        while not calls:
+            await asyncio.sleep(0.01)
+        task.cancel()  # what a REST disconnect (RequestGuard) or a gRPC cancel does
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level("INFO"):
+        asyncio.run(leave_early())
+        m._pool.submit(lambda: None).result()  # the worker is free again
+    assert len(calls) <= 3, calls  # of 13 batches
+    assert "stopped a request's work: the client went away" in caplog.text
+    m.stop()
+
+
+def test_stop_removes_a_downloaded_model_and_the_decoder(tmp_path, monkeypatch):
+    import model.serving as serving
+
+    download = tmp_path / "sign2text-fetch-x"
+    shutil.copytree(SENTENCE_FIXTURE, download)
+    monkeypatch.setattr(serving, "fetch", lambda uri: download)
+    m = Sign2TextModel("s3://bucket/models/v1/")
+    m.load()
+    video = write_video(tmp_path / "v.mp4", moving_square(20)).read_bytes()
+    asyncio.run(m.predict(_video_request(video)))
+    child = m._decoder._proc
+    assert child.poll() is None
+    m.stop()
+    assert not download.exists() and child.poll() is not None
