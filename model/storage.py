@@ -1,11 +1,14 @@
 """Local paths and object-storage URIs (s3://, gs://, https://, ...) as one kind of input.
 
-`fetch()` returns a local path for either: a local path as is, a URI downloaded with
-`kserve_storage.Storage.download` (the same code the KServe storage initializer runs, so a URI that
-works here works for serving too).
+`fetch()` returns a local path for either: a local path as is, an s3:// URI downloaded by this
+module's own boto3 code (`_fetch_s3`), any other URI with `kserve_storage.Storage.download` (the
+code the KServe storage initializer runs). The s3:// download keeps kserve_storage 0.21's
+semantics and environment, listed below, but never writes outside the target folder: kserve joins
+each object key onto the folder unchecked, and AWS S3 stores keys such as `../x` (MinIO and
+SeaweedFS refuse them).
 
-What kserve_storage 0.21 reads for s3:// (checked in its source, `_get_s3_client_kwargs` and
-`get_S3_config`):
+What s3:// reads (kserve_storage 0.21's `_get_s3_client_kwargs`, `get_S3_config` and
+`_update_with_storage_spec` build the client here too, so these are checked in its source):
 
 - `AWS_ENDPOINT_URL`: the endpoint as a full URL, e.g. `http://minio.kubeflow:9000`; the scheme
   decides http vs https. `S3_ENDPOINT` and `S3_USE_HTTPS` are NOT read in-process (KServe's
@@ -19,17 +22,28 @@ What kserve_storage 0.21 reads for s3:// (checked in its source, `_get_s3_client
   an explicit botocore Config, so they win over `AWS_MAX_ATTEMPTS`.
 - `awsAnonymousCredential=true`, `S3_USER_VIRTUAL_BUCKET=true`, `S3_USE_ACCELERATE=true`;
   `STORAGE_CONFIG` / `STORAGE_OVERRIDE_CONFIG` (JSON, type "s3") overwrite the AWS_* variables.
-- `S3_MAX_FILE_CONCURRENCY` (4): objects are downloaded by a multiprocessing pool.
+- `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` (JSON list or comma-separated fnmatch
+  patterns, matched against the path relative to the key; not applied to an exact object).
+- `S3_MAX_FILE_CONCURRENCY` (4): how many objects are downloaded at once (threads here; kserve
+  uses processes).
 
 Download semantics (kserve's, for s3://bucket/key): every non-empty object whose key starts with
 `key` is fetched, relative to `key`; if an object is exactly `key`, only that one. Prefix matching
 is plain string matching, so `s3://b/models/m1` also takes `models/m10/...`: end directory URIs
-with "/". A single .tar/.tar.gz/.zip object is unpacked (and the archive removed).
+with "/". Keys ending in "/" (directory markers) and empty objects are skipped, as kserve does.
+A single .tar/.tar.gz/.tgz/.zip object is unpacked (and the archive removed).
 
-Credentials are resolved by boto3's *default session*, which caches them on first use: kserve
-lists the bucket with it in this process, while its download workers (a multiprocessing pool)
-build fresh sessions. Each fetch therefore starts a new default session, so that both read the
-AWS_* variables as they are now (one process may fetch from two stores in turn).
+Where this is stricter than kserve: every key to be written is checked before anything is
+written, and the whole fetch is refused (StorageError naming the key) if its path relative to
+`key` is absolute, has a "..", "." or empty segment (`a//b`: POSIX would merge it with `a/b`, so
+one object would silently replace another), or resolves outside the target folder. One "/"
+right after a key that does not end in "/" is the separator (`models/m1` + `/x` gives `x`); a
+second makes the path absolute. Archive members must not be absolute, hold "..", or resolve
+outside the target either, and tar members pass tarfile's "data" filter (no links out, no
+devices). On any failure the target folder is left empty (or removed, when fetch made it).
+
+Each s3:// fetch builds a new boto3 session, so it reads the AWS_* variables as they are now (one
+process may fetch from two stores in turn).
 
 The file helpers that model/ and sign2text/ share live here too, each once: `hash_file`,
 `write_atomic`, `replace_dir`, and `redact_secrets` / `display_uri` for messages and logs
@@ -39,11 +53,15 @@ The file helpers that model/ and sign2text/ share live here too, each once: `has
 from __future__ import annotations
 
 import hashlib
+import mimetypes
 import os
 import re
 import shutil
+import tarfile
 import tempfile
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -86,7 +104,9 @@ def fetch(uri_or_path: str | os.PathLike, dest_dir: str | os.PathLike | None = N
       "/", or an unpacked archive) gives the directory.
 
     Raises StorageError when the download fails (bad credentials, missing object or bucket,
-    unreachable endpoint, ...).
+    unreachable endpoint, ...) or an s3:// object key or archive member would be written outside
+    the target (see the module docstring); the target is then left empty, or removed if fetch
+    made it.
     """
     if not is_uri(uri_or_path):
         path = Path(uri_or_path)
@@ -112,18 +132,182 @@ def fetch(uri_or_path: str | os.PathLike, dest_dir: str | os.PathLike | None = N
         owned = False
 
     try:
-        import boto3
+        if parts.scheme.lower() == "s3":
+            return _fetch_s3(uri, out)
         from kserve_storage import Storage
 
-        boto3.setup_default_session()  # credentials as the environment has them now
-        result = Path(Storage.download(uri, str(out)))
+        return _resolve(uri, Path(Storage.download(uri, str(out))))
     except Exception as e:  # kserve raises RuntimeError, botocore/requests raise their own
-        if owned:
-            shutil.rmtree(out, ignore_errors=True)
+        _discard(out, owned)
         shown = display_uri(uri)
         reason = _reason(e).replace(uri, shown)
         raise StorageError(f"cannot fetch {shown}: {reason}") from e
-    return _resolve(uri, result)
+
+
+def _discard(out: Path, owned: bool) -> None:
+    """Undo a failed download. fetch made `out`, or found it empty, so all that is in it is ours:
+    the caller gets back an empty folder, never half a model."""
+    if owned:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _fetch_s3(uri: str, out: Path) -> Path:
+    """Download s3://bucket/key into `out` as the module docstring says: the file when the URI
+    names one object (not an archive), else `out`. Nothing is written before every key is
+    checked."""
+    from kserve_storage.kserve_storage import Storage, _parse_patterns_from_env, _should_download
+
+    Storage._update_with_storage_spec()  # STORAGE_CONFIG may set AWS_* before the client reads them
+    parts = urlsplit(uri)
+    bucket, key = parts.netloc, parts.path.lstrip("/")
+    if not bucket:
+        raise StorageError("no bucket name in the URI")
+    allow = _parse_patterns_from_env("STORAGE_ALLOW_PATTERNS")
+    ignore = _parse_patterns_from_env("STORAGE_IGNORE_PATTERNS")
+    client = _s3_client()
+    plan, exact = _plan(
+        _list_objects(client, bucket, key),
+        key,
+        out,
+        lambda rel: _should_download(rel, allow, ignore),
+    )
+    if not plan:
+        raise StorageError(f"no object found under key {key!r}")
+    _download(client, bucket, plan)
+    first = plan[0][1]
+    if len(plan) == 1 and mimetypes.guess_type(first.name)[0] in _ARCHIVE_TYPES:
+        _unpack(first, out)
+        return out
+    return first if exact else out
+
+
+def _s3_client():
+    """A boto3 S3 client configured as kserve_storage configures its own (see the docstring).
+
+    A new session each time, not boto3's default one: that caches the credentials it first
+    found, and one process may fetch from two stores in turn."""
+    import boto3
+    from kserve_storage import Storage
+
+    return boto3.session.Session().client("s3", **Storage._get_s3_client_kwargs())
+
+
+def _list_objects(client, bucket: str, key: str) -> Iterator[tuple[str, int]]:
+    """(key, size) of every object whose key starts with `key`, in S3's (sorted) order."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from kserve_storage.storage_errors import get_storage_error_message
+
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+    try:
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"], obj["Size"]
+    except (BotoCoreError, ClientError) as e:
+        # kserve's wording, which names the bucket and says "not found", "access denied", ...
+        raise StorageError(get_storage_error_message("S3", e, bucket)) from e
+
+
+def _plan(
+    objects: Iterable[tuple[str, int]], key: str, out: Path, wanted: Callable[[str], bool]
+) -> tuple[list[tuple[str, Path]], bool]:
+    """(object key, local path) for each object to download, and whether the URI named one
+    object exactly. Raises StorageError for the first key whose path is unsafe."""
+    plan = []
+    for obj_key, size in objects:
+        if obj_key.endswith("/") or size == 0:
+            continue  # directory markers and empty objects write nothing; kserve skips them too
+        if obj_key == key:
+            # A key sorts before every key it is a prefix of, so nothing was planned before it.
+            return [(obj_key, _object_path(out, obj_key, obj_key.rsplit("/", 1)[-1]))], True
+        rel = _relative(obj_key, key)
+        if wanted(rel):
+            plan.append((obj_key, _object_path(out, obj_key, rel)))
+    return plan, False
+
+
+def _relative(obj_key: str, key: str) -> str:
+    """`obj_key`'s path relative to the URI's `key`."""
+    rel = obj_key[len(key) :]
+    if key and not key.endswith("/") and rel.startswith("/"):
+        rel = rel[1:]  # the separator after a key like "models/m1"; a second "/" is kept
+    return rel
+
+
+def _object_path(out: Path, obj_key: str, rel: str) -> Path:
+    why = _unsafe(out, rel, strict=True)
+    if why:
+        raise StorageError(f"refusing object key {obj_key!r}: its path {rel!r} {why}")
+    return out / rel
+
+
+def _unsafe(out: Path, rel: str, *, strict: bool) -> str | None:
+    """Why `rel` may not be written under `out`, or None when it may.
+
+    `strict` (object keys) also refuses "." and empty segments: the file system folds "a/./b"
+    and "a//b" into "a/b", so two objects would land on one file. Archive members are not
+    strict, as tar names often start with "./"."""
+    if "\0" in rel:
+        return "holds a NUL byte"
+    if rel.startswith("/"):
+        return "is absolute"
+    segments = rel.split("/")
+    if ".." in segments:
+        return 'has a ".." segment'
+    if strict and ("." in segments or "" in segments):
+        return 'has a "." or empty segment'
+    root = out.resolve()
+    if not (out / rel).resolve().is_relative_to(root):
+        return f"resolves outside {out}"  # through a link: the checks above only see the text
+    return None
+
+
+def _download(client, bucket: str, plan: list[tuple[str, Path]]) -> None:
+    for _, path in plan:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(int(os.environ.get("S3_MAX_FILE_CONCURRENCY", "4")), len(plan)))
+    with ThreadPoolExecutor(workers) as pool:  # a boto3 client may be shared by threads
+        list(pool.map(lambda item: _download_one(client, bucket, *item), plan))
+
+
+def _download_one(client, bucket: str, key: str, path: Path) -> None:
+    try:
+        client.download_file(bucket, key, str(path))
+    except Exception as e:
+        raise StorageError(f"cannot download object {key!r}") from e
+
+
+_ARCHIVE_TYPES = ("application/x-tar", "application/zip")
+
+
+def _unpack(archive: Path, out: Path) -> None:
+    """Unpack `archive`, downloaded into `out`, into `out` and remove it."""
+    with open(archive, "rb") as f:
+        archive.unlink()  # so a member of the same name makes a new file instead of truncating f
+        try:
+            if mimetypes.guess_type(archive.name)[0] == "application/zip":
+                with zipfile.ZipFile(f) as z:
+                    _check_members(z.namelist(), out, archive.name)
+                    z.extractall(out)  # noqa: S202 (every name checked just above)
+            else:
+                with tarfile.open(fileobj=f) as tar:
+                    _check_members(tar.getnames(), out, archive.name)
+                    tar.extractall(out, filter="data")  # also refuses links out of `out`, devices
+        except (tarfile.TarError, zipfile.BadZipFile) as e:
+            raise StorageError(f"cannot unpack {archive.name!r}") from e
+
+
+def _check_members(names: list[str], out: Path, archive_name: str) -> None:
+    """Every member name checked before the first is written."""
+    for name in names:
+        why = _unsafe(out, name, strict=False)
+        if why:
+            raise StorageError(f"refusing member {name!r} of {archive_name!r}: it {why}")
 
 
 def _resolve(uri: str, result: Path) -> Path:

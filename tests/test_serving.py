@@ -163,7 +163,8 @@ def test_in_process_sentence_parameters(monkeypatch):
 
 
 def test_load_from_uri_downloads_with_kserve_storage(model_dir, tmp_path, monkeypatch):
-    """A URI goes through kserve_storage (here http:// on 127.0.0.1; s3:// takes the same path)."""
+    """A URI goes through kserve_storage (here http:// on 127.0.0.1; s3:// has its own download,
+    tested in test_storage.py)."""
     import functools
     import http.server
     import tarfile

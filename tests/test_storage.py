@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import re
 import shutil
+import tarfile
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from model import storage
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.i3d import I3DConfig, InceptionI3d
 from model.storage import (
@@ -240,3 +246,204 @@ def test_served_model_loads_from_s3(s3_env, tmp_path):
     assert not served.ready
     served.load()
     assert served.ready
+
+
+# --- s3:// never writes outside the target folder -------------------------------------------
+
+
+class _FakeS3Client:
+    """A fake S3 client (no server) for keys a real local server will not hold: SeaweedFS refuses
+    any key with a ".." or "." segment (InvalidRequest) and folds "a//b" into "a/b", as MinIO
+    does, while AWS S3 stores them as given. It lists `objects` in the order given (a good key
+    may come before a bad one, unlike S3's sorted listing) and serves their bytes; a value that
+    is an exception is raised by the download instead."""
+
+    def __init__(self, objects: dict[str, bytes | Exception]):
+        self.objects = objects
+        self.downloaded: list[str] = []
+
+    def get_paginator(self, name: str) -> _FakeS3Client:
+        assert name == "list_objects_v2"
+        return self
+
+    def paginate(self, Bucket: str, Prefix: str):  # noqa: N803 (boto3's parameter names)
+        contents = [
+            {"Key": k, "Size": 1 if isinstance(v, Exception) else len(v)}
+            for k, v in self.objects.items()
+            if k.startswith(Prefix)
+        ]
+        yield {"Contents": contents}
+
+    def download_file(self, bucket: str, key: str, filename: str) -> None:
+        self.downloaded.append(key)
+        data = self.objects[key]
+        if isinstance(data, Exception):
+            raise data
+        Path(filename).write_bytes(data)
+
+
+@pytest.fixture
+def fake_s3(monkeypatch):
+    """Makes fetch's s3:// download use a _FakeS3Client over the objects given."""
+    for var in ("CONFIG", "OVERRIDE_CONFIG", "ALLOW_PATTERNS", "IGNORE_PATTERNS"):
+        monkeypatch.delenv(f"STORAGE_{var}", raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret-never-shown")
+
+    def install(objects: dict[str, bytes | Exception]) -> _FakeS3Client:
+        client = _FakeS3Client(objects)
+        monkeypatch.setattr(storage, "_s3_client", lambda: client)
+        return client
+
+    return install
+
+
+@pytest.fixture
+def own_tempdir(tmp_path, monkeypatch) -> Path:
+    """Where fetch makes its own temp dir (when it is given no dest_dir)."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+ESCAPING_KEYS = ["../escape", "a/../../escape", "/abs"]
+
+
+@pytest.mark.parametrize("bad", ESCAPING_KEYS)
+@pytest.mark.parametrize("key", ["", "p/", "p"])
+def test_fetch_refuses_a_key_that_escapes(fake_s3, own_tempdir, tmp_path, key, bad):
+    """A fake listing (_FakeS3Client): a good key, then one whose path relative to the URI's key
+    is absolute or climbs out. Nothing is downloaded: not the good key, not into the parent
+    folder, not into fetch's own temp dir, which is removed."""
+    base = f"{key.rstrip('/')}/" if key else ""
+    bad_key = base + bad
+    fake = fake_s3({f"{base}good/w.pt": b"w", bad_key: b"evil"})
+
+    dest = tmp_path / "dl"
+    with pytest.raises(StorageError, match=re.escape(repr(bad_key))) as ei:
+        fetch(f"s3://bucket/{key}", dest)
+    assert "fake-secret-never-shown" not in str(ei.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dl", "tmp"]
+    assert list(dest.iterdir()) == []
+
+    with pytest.raises(StorageError, match=re.escape(repr(bad_key))):
+        fetch(f"s3://bucket/{key}")
+    assert list(own_tempdir.iterdir()) == []
+    assert fake.downloaded == []
+    assert not Path("/abs").exists()
+
+
+@pytest.mark.parametrize("bad", ["m/a//b.pt", "m/a/./b.pt", "m/./b.pt", "m//b.pt", "m/a/.."])
+def test_fetch_refuses_keys_the_file_system_would_fold(fake_s3, tmp_path, bad):
+    """A fake listing: "a//b" and "a/./b" would land on "a/b", one object replacing another."""
+    fake_s3({"m/a/b.pt": b"1", bad: b"2"})
+    with pytest.raises(StorageError, match=re.escape(repr(bad))):
+        fetch("s3://bucket/m/", tmp_path / "dl")
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_fetch_skips_directory_markers_and_empty_objects(fake_s3, tmp_path):
+    """A fake listing with the zero-byte "folder/" keys consoles create; kserve skips those, and
+    empty objects, too."""
+    fake = fake_s3(
+        {"m/": b"", "m/sub/": b"", "m/w.pt": b"w", "m/sub/x.txt": b"x", "m/empty.txt": b""}
+    )
+    out = fetch("s3://bucket/m/", tmp_path / "dl")
+    assert out == tmp_path / "dl"
+    assert _files(out) == {"w.pt": b"w", "sub/x.txt": b"x"}
+    assert sorted(fake.downloaded) == ["m/sub/x.txt", "m/w.pt"]
+
+
+def test_fetch_honours_storage_patterns(fake_s3, tmp_path, monkeypatch):
+    """A fake listing; the patterns match the path relative to the key, as in kserve."""
+    fake_s3({"m/w.pt": b"w", "m/notes.md": b"n", "m/sub/x.pt": b"x"})
+    monkeypatch.setenv("STORAGE_ALLOW_PATTERNS", '["*.pt"]')
+    monkeypatch.setenv("STORAGE_IGNORE_PATTERNS", "sub/*")
+    assert _files(fetch("s3://bucket/m/", tmp_path / "dl")) == {"w.pt": b"w"}
+
+
+def test_failed_s3_download_leaves_the_dest_dir_empty(fake_s3, own_tempdir, tmp_path):
+    """A fake whose second object fails: the first one, already written, is removed too."""
+    fake_s3({"m/a.pt": b"a", "m/b.pt": ConnectionError("reset by peer")})
+    dest = tmp_path / "dl"
+    with pytest.raises(StorageError, match="'m/b.pt'.*reset by peer"):
+        fetch("s3://bucket/m/", dest)
+    assert list(dest.iterdir()) == []
+    with pytest.raises(StorageError, match="reset by peer"):
+        fetch("s3://bucket/m/")
+    assert list(own_tempdir.iterdir()) == []
+
+
+def test_fetch_prefix_without_slash_is_relative_to_the_key(s3_env, tmp_path):
+    bucket = s3_env.make_bucket()
+    s3_env.put_bytes(bucket, "models/m1/config.json", b"{}")
+    s3_env.put_bytes(bucket, "models/m10/other.bin", b"o")
+    out = fetch(f"s3://{bucket}/models/m1", tmp_path / "dl")
+    # Plain string matching, as in kserve: m10 comes along as "0/...".
+    assert _files(out) == {"config.json": b"{}", "0/other.bin": b"o"}
+
+
+def _tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    with tarfile.open(path, "w:gz" if path.name.endswith("gz") else "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return path
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("name", ["model.tar.gz", "model.tgz", "model.tar", "model.zip"])
+def test_fetch_unpacks_a_single_archive(s3_env, tmp_path, name):
+    bucket = s3_env.make_bucket()
+    members = {"./config.json": b"{}", "sub/w.pt": b"w" * 100, name: b"same name as the archive"}
+    make = _zip if name.endswith("zip") else _tar
+    s3_env.put_file(bucket, f"m/{name}", make(tmp_path / name, members))
+    out = fetch(f"s3://{bucket}/m/{name}", tmp_path / "dl")
+    assert out == tmp_path / "dl"
+    assert _files(out) == {"config.json": b"{}", "sub/w.pt": b"w" * 100, name: members[name]}
+
+
+@pytest.mark.parametrize(
+    ("name", "members", "links", "error"),
+    [
+        ("evil.tar", {"ok.txt": b"o", "../escape": b"e"}, None, "'../escape'"),
+        ("evil.tar.gz", {"ok.txt": b"o", "a/../../escape": b"e"}, None, "'a/../../escape'"),
+        ("evil.tar", {"ok.txt": b"o", "/abs-escape": b"e"}, None, "'/abs-escape'"),
+        ("evil.tar", {"ok.txt": b"o"}, {"link": "../../escape"}, "cannot unpack 'evil.tar'"),
+        ("evil.tar", {"ok.txt": b"o"}, {"link": "/etc"}, "cannot unpack 'evil.tar'"),
+        ("evil.zip", {"ok.txt": b"o", "../escape": b"e"}, None, "'../escape'"),
+        ("evil.zip", {"ok.txt": b"o", "/abs-escape": b"e"}, None, "'/abs-escape'"),
+    ],
+)
+def test_fetch_refuses_an_archive_member_that_escapes(
+    s3_env, own_tempdir, tmp_path, name, members, links, error
+):
+    bucket = s3_env.make_bucket()
+    made = tmp_path / "made"
+    made.mkdir()
+    archive = (
+        _zip(made / name, members) if name.endswith("zip") else _tar(made / name, members, links)
+    )
+    s3_env.put_file(bucket, f"m/{name}", archive)
+    uri = f"s3://{bucket}/m/{name}"
+
+    dest = tmp_path / "dl"
+    with pytest.raises(StorageError, match=re.escape(error)):
+        fetch(uri, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dl", "made", "tmp"]
+    assert list(dest.iterdir()) == []
+    with pytest.raises(StorageError, match=re.escape(error)):
+        fetch(uri)
+    assert list(own_tempdir.iterdir()) == []
+    assert not Path("/abs-escape").exists()
