@@ -15,19 +15,23 @@ fields KServe does (knative ksvc_reconciler + PropagateStatus):
 - tagged traffic entries carry `url`s `http://<tag>-<name>-predictor.<ns>.example.com`.
 
 `crash_after_writes=N` makes the (N+1)-th write raise Crash without applying it, as a killed
-process would never have sent it.
+process would never have sent it. `fail_write(verb, name, body)` may return an error that the
+write raises instead of being applied (nor kept in `writes`), as when the API server refuses it
+(KubernetesApi raises KubeError then).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.kserve_schema import validate, validate_patch
 
 
-class Crash(Exception):  # noqa: N818
-    """Simulated death of the deploying process."""
+class Crash(BaseException):  # noqa: N818
+    """Simulated death of the deploying process. A BaseException, as KeyboardInterrupt is:
+    deploy's `except Exception` (rolling back on errors) must not run, as in a killed process."""
 
 
 class NotFound(Exception):  # noqa: N818
@@ -73,6 +77,7 @@ class FakeKServe:
         self.ready_after = ready_after
         self.never_ready: set[str] = set()
         self.crash_after_writes: int | None = None
+        self.fail_write: Callable[[str, str, dict], Exception | None] | None = None
         self.objects: dict[tuple[str, str], dict] = {}
         self.revisions: dict[tuple[str, str], list[Revision]] = {}
         self.writes: list[tuple[str, str, dict]] = []  # (verb, name, body) as received
@@ -118,6 +123,8 @@ class FakeKServe:
     def _write(self, verb: str, name: str, body: dict) -> None:
         if self.crash_after_writes is not None and len(self.writes) >= self.crash_after_writes:
             raise Crash(f"crashed before {verb} {name}")
+        if self.fail_write and (error := self.fail_write(verb, name, body)):
+            raise error
         self.writes.append((verb, name, copy.deepcopy(body)))
 
     # ---- the controller -------------------------------------------------------------------

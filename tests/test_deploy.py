@@ -19,6 +19,7 @@ from sign2text.release.deploy import (
     RolloutFailed,
     deploy,
 )
+from sign2text.release.kube import KubeError
 from sign2text.release.objstore import fetch_dir, is_published
 from sign2text.release.smoke import SmokeStats
 from tests.fake_kube import Crash, FakeKServe
@@ -200,6 +201,107 @@ def test_failed_smoke_check_rolls_back(env, bad, slow, reason):
     # A later deploy (fixed model) starts a fresh canary from the rolled-back state.
     assert run("v3")["outcome"] == "promoted"
     assert ANN_ROLLED_BACK not in kube.objects[(NS, "sign2text")]["metadata"]["annotations"]
+
+
+class Raising(Checker):
+    """A smoke check that raises `error` on its `at`-th call (4 calls a step: 2 services x the
+    latest and prev tags), as one that cannot run would (no client library, a bug)."""
+
+    def __init__(self, kube: FakeKServe, error: Exception, at: int) -> None:
+        super().__init__(kube)
+        self.error, self.at = error, at
+
+    def __call__(self, ep) -> SmokeStats:
+        if len(self.calls) + 1 == self.at:
+            raise self.error
+        return super().__call__(ep)
+
+
+def _refuse(verb: str, name: str, percent: int | None, error: Exception):
+    """For FakeKServe.fail_write: refuse the patch of `name` that sets `percent`."""
+
+    def fail(v, n, body):
+        pct = body["spec"]["predictor"].get("canaryTrafficPercent", "-")
+        return error if (v, n, pct) == (verb, name, percent) else None
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ModuleNotFoundError("No module named 'tritonclient'"), RuntimeError("smoke check bug")],
+    ids=lambda e: type(e).__name__,
+)
+def test_smoke_check_error_mid_canary_rolls_back(env, error):
+    kube, _, run, bucket, _ = env
+    run("v1")
+    with pytest.raises(RolloutFailed) as ei:
+        run("v2", Raising(kube, error, at=5))  # the first check at 50%
+    assert str(ei.value) == f"{type(error).__name__}: {error}"
+    assert ei.value.__cause__ is error  # the traceback shows where it came from
+    assert ei.value.result["outcome"] == "rolled-back"
+    assert [p for _, p in _patches(kube)] == [10, 10, 50, 50, 0, 0]
+    _assert_rolled_back(kube, bucket)
+
+
+def test_api_error_on_a_canary_patch_rolls_back(env):
+    kube, _, run, bucket, _ = env
+    run("v1")
+    refused = KubeError("patch sign2text-grpc: HTTP 500: etcdserver: request timed out")
+    kube.fail_write = _refuse("patch", "sign2text-grpc", 50, refused)
+    with pytest.raises(RolloutFailed, match="^KubeError: patch sign2text-grpc: HTTP 500"):
+        run("v2")
+    assert _patches(kube)[-3:] == [("sign2text", 50), ("sign2text", 0), ("sign2text-grpc", 0)]
+    _assert_rolled_back(kube, bucket)
+
+
+def test_api_error_starting_the_canary_rolls_back_what_started(env):
+    kube, _, run, bucket, _ = env
+    run("v1")
+    kube.fail_write = _refuse("patch", "sign2text-grpc", 10, KubeError("HTTP 403: forbidden"))
+    with pytest.raises(RolloutFailed, match="KubeError: HTTP 403"):
+        run("v2")
+    assert _patches(kube)[-2:] == [("sign2text", 10), ("sign2text", 0)]
+    ann = kube.objects[(NS, "sign2text")]["metadata"]["annotations"]
+    assert ann[ANN_ROLLED_BACK] == f"s3://{bucket}/models/v2/"
+    untouched = kube.objects[(NS, "sign2text-grpc")]
+    assert _uri(kube, "sign2text-grpc") == f"s3://{bucket}/models/v1/"
+    assert "canaryTrafficPercent" not in untouched["spec"]["predictor"]
+
+
+def test_failed_rollback_names_both_errors_and_a_rerun_goes_on(env):
+    kube, _, run, bucket, _ = env
+    run("v1")
+    down = KubeError("cannot reach the API server (MaxRetryError)")
+    kube.fail_write = _refuse("patch", "sign2text", 0, down)
+    with pytest.raises(RolloutFailed) as ei:
+        run("v2", Raising(kube, RuntimeError("smoke check bug"), at=1))
+    assert str(ei.value) == (
+        "RuntimeError: smoke check bug; rolling back failed too: KubeError: cannot reach the API "
+        "server (MaxRetryError)"
+    )
+    assert ei.value.result["outcome"] == "rollback-failed"
+    # Left at the canary's 10%: a later run (API and check working) goes on from there.
+    kube.fail_write = None
+    assert run("v2")["outcome"] == "promoted"
+    assert _uri(kube, "sign2text") == _uri(kube, "sign2text-grpc") == f"s3://{bucket}/models/v2/"
+
+
+def test_api_error_while_promoting_is_raised_and_a_rerun_finishes(env):
+    """Promoted services cannot go back through the canary: no rollback, the next run promotes."""
+    kube, _, run, bucket, _ = env
+    run("v1")
+    refused = KubeError("patch sign2text-grpc: HTTP 500")
+    kube.fail_write = _refuse("patch", "sign2text-grpc", None, refused)
+    with pytest.raises(KubeError) as ei:
+        run("v2")
+    assert ei.value is refused
+    assert 0 not in [p for _, p in _patches(kube)]
+    kube.fail_write = None
+    assert run("v2")["outcome"] == "promoted"
+    for name in NAMES:
+        assert _uri(kube, name) == f"s3://{bucket}/models/v2/"
+        assert "canaryTrafficPercent" not in kube.objects[(NS, name)]["spec"]["predictor"]
 
 
 @pytest.mark.parametrize("crash_at", [1, 3, 5])

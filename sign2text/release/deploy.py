@@ -9,16 +9,21 @@ The services (`sign2text` REST and `sign2text-grpc` gRPC) move together, step by
   the step's percent, soak (watching that it stays so), smoke-check the `latest` tag against the
   `prev` tag; then promote (merge patch `canaryTrafficPercent: null`) and wait for the new
   revision to be rolled out at 100%;
-- on a failed check, an unhealthy soak or a timeout: roll back (`canaryTrafficPercent: 0`,
-  previous storageUri and version annotations restored) and raise RolloutFailed with the reason.
+- on a failed check, an unhealthy soak or a timeout, or any other error once the canary has
+  started and until promotion (a smoke check that cannot run, an API error): roll back
+  (`canaryTrafficPercent: 0`, previous storageUri and version annotations restored) and raise
+  RolloutFailed with the reason (for an error, its type and message). If the rollback fails too,
+  RolloutFailed names both, and the services stay where it left them.
 
 Nothing is kept locally: the rollout position is read from the live objects, so running the
 same deploy again after a crash continues (or finishes a rollback) where the cluster is. When a
 canary starts, the previous storageUri and version annotations go into the annotation
 `sign2text.io/rollback-to` of the same patch (annotations are part of KServe's revision
 template, so they change only together with storageUri); a rollback marks the services with
-`sign2text.io/rolled-back-from`. Other exceptions (API errors, a killed process) do not roll
-back: the state stays on the cluster for the next run.
+`sign2text.io/rolled-back-from`. A killed process cannot roll back, and errors before the
+canary starts (nothing to undo) or during promotion (promoted services cannot go back through the
+canary; the next run finishes the promotion) are raised as they are: the state stays on the
+cluster for the next run.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -240,6 +246,8 @@ class _Rollout:
         self.timeout_s, self.soak_s, self.poll_s = timeout_s, soak_s, poll_s
         self.clock, self.sleep, self.log = clock, sleep, log
         self.actions: list[dict] = []
+        # Between the first canary patch and promotion: any error then rolls back.
+        self.in_canary = False
 
     def live(self, names: Sequence[str] | None = None) -> dict[str, dict | None]:
         return {n: self.api.get(self.ns, n) for n in (self.names if names is None else names)}
@@ -248,6 +256,11 @@ class _Rollout:
         self.actions.append({"verb": "create", "name": obj["metadata"]["name"], "body": obj})
         self.log(f"create {KIND} {self.ns}/{obj['metadata']['name']}")
         self.api.create(self.ns, obj)
+
+    def start(self, name: str, body: dict) -> None:
+        # Marked before sending: a patch whose answer is an error may still have been applied.
+        self.in_canary = True
+        self.patch(name, body)
 
     def patch(self, name: str, body: dict) -> None:
         self.actions.append({"verb": "patch", "name": name, "body": body})
@@ -402,6 +415,7 @@ def deploy(
     }
     log(f"published {model_dir} at {model_uri}")
 
+    ro.in_canary = any(states[n] == "canary" for n in rolling)  # resuming one
     try:
         for n in absent:
             ro.create(new_object(tpl[n], namespace, model_uri, vers))
@@ -415,12 +429,13 @@ def deploy(
         for p in plan:
             for n, o in ro.live(rolling).items():
                 if state(o, model_uri) == "other":
-                    ro.patch(n, start_patch(o, model_uri, vers, p))
+                    ro.start(n, start_patch(o, model_uri, vers, p))
                 elif canary_percent(o) != p:
                     ro.patch(n, step_patch(p))
             ro.wait(rolling, lambda o, p=p: waiting_for(o, p), f"the canary at {p}%")
             ro.soak(rolling, p)
             _smoke_step(result, smoke, margins, ro.live(rolling), p, prev=True)
+        ro.in_canary = False
         for n in rolling:
             ro.patch(n, step_patch(None))
         ro.wait(rolling, lambda o: waiting_for(o, 100), "the promoted revision at 100%")
@@ -428,12 +443,28 @@ def deploy(
         if not rolling:
             result.update(outcome="failed", reason=str(e))
             raise RolloutFailed(f"{e} (first deploy: nothing to roll back to)", result) from None
-        log(f"rolling back: {e}")
-        notes = ro.rollback(rolling)
-        result.update(outcome="rolled-back", reason=str(e), notes=notes)
-        raise RolloutFailed(str(e), result) from None
+        _roll_back(ro, rolling, result, str(e))
+    except Exception as e:
+        if not ro.in_canary:
+            raise
+        _roll_back(ro, rolling, result, f"{type(e).__name__}: {e}", cause=e)
     result["outcome"] = "promoted"
     return result
+
+
+def _roll_back(ro: _Rollout, names: Sequence[str], result: dict, reason: str,
+               cause: Exception | None = None) -> NoReturn:  # fmt: skip
+    """Roll `names` back and raise RolloutFailed with `reason` (and the rollback's own error,
+    if it fails: best effort, the cluster then shows how far it got)."""
+    ro.log(f"rolling back: {reason}")
+    try:
+        notes = ro.rollback(names)
+    except Exception as e:
+        both = f"{reason}; rolling back failed too: {type(e).__name__}: {e}"
+        result.update(outcome="rollback-failed", reason=both)
+        raise RolloutFailed(both, result) from e
+    result.update(outcome="rolled-back", reason=reason, notes=notes)
+    raise RolloutFailed(reason, result) from cause
 
 
 def _smoke_step(result: dict, smoke: SmokeCheck, margins: Margins, objs: dict[str, dict],
