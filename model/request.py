@@ -4,8 +4,9 @@
     request_from_binary(body, json_length, model_name) -> InferRequest   (REST binary extension)
 
 Input: `video` (BYTES [1], an encoded file) or `frames` (UINT8 [T, H, W, 3], RGB).
-Parameters: `top_k` (int, default 5), `mode` (`word` | `sentence`); sentence mode also takes
-`window`, `stride` (int, frames) and `threshold` (float), whose ranges transcribe checks.
+Parameters: `top_k` (int, default 5; 0 = every gloss, ranked), `mode` (`word` | `sentence`);
+sentence mode also takes `window`, `stride` (int, frames) and `threshold` (float), whose ranges
+transcribe checks.
 
 Everything wrong with a request raises kserve's InvalidInput (HTTP 400 / gRPC INVALID_ARGUMENT)
 with a message for the client, before any decoding work is spent on it.
@@ -49,8 +50,10 @@ def parse(req: InferRequest, *, classes: int, max_video_bytes: int, max_frames: 
     """Check an InferRequest against the contract above; `classes` bounds top_k."""
     params = {k: _plain(v) for k, v in (req.parameters or {}).items()}
     top_k = _int_param(params, "top_k", 5)
+    if top_k == 0:  # every gloss, ranked: what a client needs to learn the model's labels
+        top_k = classes
     if not 1 <= top_k <= classes:
-        raise InvalidInput(f"top_k must be between 1 and {classes}, got {top_k}")
+        raise InvalidInput(f"top_k must be between 1 and {classes} (0: all), got {top_k}")
     mode = params.get("mode", "word")
     if mode not in MODES:
         raise InvalidInput(f"parameter mode must be one of {list(MODES)}, got {mode!r}")

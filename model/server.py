@@ -35,6 +35,12 @@ class BinaryBytesDataPlane(DataPlane):
     Targets kserve 0.21.0 (DataPlane.decode_inference_request(body, headers, model_name)).
     """
 
+    async def model_metadata(self, model_name: str) -> dict:
+        """kserve's metadata plus `versions`: the model's version (its weights' hash)."""
+        metadata = await super().model_metadata(model_name)
+        version = getattr(self.get_model_from_registry(model_name), "version", None)
+        return metadata | ({"versions": [version]} if version else {})
+
     def decode_inference_request(self, body, headers, model_name):
         json_length = headers.get("inference-header-content-length")
         if isinstance(body, bytes) and json_length is not None:

@@ -36,7 +36,7 @@ from model.guard import DEFAULT_LIMITS, Overloaded
 from model.predict import Classifier, Prediction
 from model.request import NAME, Request, parse
 from model.sentence import Word
-from model.storage import fetch, is_uri
+from model.storage import fetch, hash_file, is_uri
 from model.video import Limits
 
 STAGE_SECONDS = Histogram(
@@ -87,6 +87,7 @@ class Sign2TextModel(kserve.Model):
         self._pool: ThreadPoolExecutor | None = None
         self._decoder: Decoder | None = None
         self._fetched: Path | None = None  # a download this model owns and removes at stop()
+        self.version: str | None = None
         self._in_flight = 0
         self._seconds = 1.0  # running mean of a request's time, for Retry-After
 
@@ -97,6 +98,8 @@ class Sign2TextModel(kserve.Model):
         if is_uri(self.model_dir):
             self._fetched = path
         self.classifier = Classifier(path, self.device)
+        # The model's version in its metadata: its weights' hash, so equal bytes, equal version.
+        self.version = hash_file(Path(path) / "model.pt")[:12]
         self.ready = True
         return self.ready
 

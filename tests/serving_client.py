@@ -243,7 +243,7 @@ def scenario_bad_rest(args) -> dict:
         **{name: binary(video=data) for name, data in p.items()},
         "frames_1_channel": binary(frames=_frames(channels=1)),
         "frames_4_channels": binary(frames=_frames(channels=4)),
-        "top_k_0": binary(video=good_video, params={"top_k": 0}),
+        "top_k_negative": binary(video=good_video, params={"top_k": -1}),
         "top_k_too_big": binary(video=good_video, params={"top_k": 1000}),
         "top_k_not_int": json_body(_frames_body(frames, top_k="many")),
         "unknown_mode": binary(video=good_video, params={"mode": "paragraph"}),
@@ -297,7 +297,7 @@ def scenario_bad_grpc(args) -> dict:
         # Over the gRPC message limit (max video + 1 MiB): refused by the transport itself.
         "over_grpc_limit": send(video=bytes(3 << 20)),
         "frames_4_channels": send(frames=_frames(channels=4)),
-        "top_k_0": send(video=good_video, params={"top_k": 0}),
+        "top_k_negative": send(video=good_video, params={"top_k": -1}),
         "unknown_mode": send(video=good_video, params={"mode": "paragraph"}),
     }
     good = send(video=good_video, params={"top_k": TOP_K})

@@ -73,8 +73,8 @@ BAD = {
     "empty dimension": _frames((2, 0, 4, 3)),
     "9 frames; the limit is 8": _frames((9, 2, 2, 3)),
     "does not match": _input("frames", [2, 2, 2, 3], "UINT8", [1, 2, 3]),
-    "top_k must be between 1 and 7, got 0": _video(top_k=0),
-    "top_k must be between 1 and 7, got 8": _video(top_k=8),
+    "top_k must be between 1 and 7 (0: all), got -1": _video(top_k=-1),
+    "top_k must be between 1 and 7 (0: all), got 8": _video(top_k=8),
     "top_k must be an integer": _video(top_k="five"),
     "mode must be one of": _video(mode="paragraph"),
     "window must be an integer": _video(mode="sentence", window=1.5),
@@ -86,6 +86,10 @@ BAD = {
 def test_bad_requests_are_invalid_input(phrase):
     with pytest.raises(InvalidInput, match=re.escape(phrase)):
         parse(BAD[phrase], **LIMITS)
+
+
+def test_top_k_0_asks_for_every_gloss():
+    assert parse(_video(top_k=0), **LIMITS).top_k == LIMITS["classes"]
 
 
 def _binary(header: dict, body: bytes) -> tuple[bytes, str]:

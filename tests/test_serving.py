@@ -28,6 +28,7 @@ from model import video as V
 from model.guard import DEFAULT_LIMITS
 from model.predict import Classifier
 from model.serving import Sign2TextModel
+from model.storage import hash_file
 from tests.conftest import moving_square, write_video
 from tests.model_server import ENV, LABELS, OPENER, ROOT, Server, serve, small_model_dir
 
@@ -332,6 +333,9 @@ def test_tritonclient_rest_binary_rest_json_and_grpc(server, files, model_dir):
         assert inputs == {"video": ("BYTES", [1]), "frames": ("UINT8", [-1, -1, -1, 3])}
         names = {o["name"] for o in meta["outputs"]}
         assert names == {"glosses", "scores", "words", "spans", "confidences"}
+    # the version is the weights' hash: what a feedback record names the model by (REST; kserve
+    # 0.21's gRPC servicer builds its metadata message without `versions`)
+    assert r["http_metadata"]["versions"] == [hash_file(model_dir / "model.pt")[:12]]
     print("served latency (ms, median of 5):", r["latency_ms"])
 
 
@@ -363,7 +367,7 @@ REST_ERRORS = {
     "too_large": "the limit is 1048576 bytes",
     "frames_1_channel": "[T, H, W, 3]",
     "frames_4_channels": "[T, H, W, 3]",
-    "top_k_0": "top_k must be between 1 and 7",
+    "top_k_negative": "top_k must be between 1 and 7",
     "top_k_too_big": "top_k must be between 1 and 7",
     "top_k_not_int": "top_k must be an integer",
     "unknown_mode": "mode must be one of",
@@ -450,7 +454,7 @@ def test_predict_cli_over_rest_and_grpc(server, files, model_dir):
 
 def test_predict_cli_reports_server_errors_in_one_line(server, files):
     r = _cli("predict", str(files / "good.mp4"), "--url", f"http://127.0.0.1:{server.http}",
-             "--top-k", "0")  # fmt: skip
+             "--top-k", "99")  # fmt: skip
     assert r.returncode == 2 and "top_k" in r.stderr and "Traceback" not in r.stderr
     r = _cli("predict", str(files / "good.mp4"), "--url", "http://127.0.0.1:9")  # nothing there
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
