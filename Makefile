@@ -101,7 +101,8 @@ data-pull: setup
 s3-up: setup
 	S3_PORT=$(S3_PORT) $(BIN)/python -m tools.s3
 
-# Build and push both images, then point the manifests and the compiled pipeline at them.
+# Build and push the images (serving, its CUDA build, components, app), then point the
+# manifests and the compiled pipeline at them.
 # Needs docker and a registry you are logged in to (not available in CI here).
 .PHONY: images
 REGISTRY ?=
@@ -116,9 +117,11 @@ images: setup
 		-t $(REGISTRY)/sign2text-serving:$(TAG)-cuda .
 	docker build -f pipelines/Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) \
 		-t $(REGISTRY)/sign2text-components:$(TAG) .
+	docker build -f app/Dockerfile -t $(REGISTRY)/sign2text-app:$(TAG) .
 	docker push $(REGISTRY)/sign2text-serving:$(TAG)
 	docker push $(REGISTRY)/sign2text-serving:$(TAG)-cuda
 	docker push $(REGISTRY)/sign2text-components:$(TAG)
+	docker push $(REGISTRY)/sign2text-app:$(TAG)
 	$(BIN)/sign2text images stamp --registry $(REGISTRY) --tag $(TAG)
 	$(BIN)/sign2text pipeline compile --image $(REGISTRY)/sign2text-components:$(TAG) \
 		--out pipelines/sign2text.yaml

@@ -270,8 +270,9 @@ def _cmd_model_publish(args: argparse.Namespace) -> None:
 def _cmd_images_stamp(args: argparse.Namespace) -> None:
     from sign2text.release.images import stamp_overlays
 
-    for overlay, image in stamp_overlays(Path(args.manifests), args.registry, args.tag).items():
-        print(f"{overlay}: {image}")
+    for overlay, images in stamp_overlays(Path(args.manifests), args.registry, args.tag).items():
+        for image in images:
+            print(f"{overlay}: {image}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -503,9 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st = im.add_parser(
         "stamp",
-        help="point the kustomize overlays at a pushed serving image",
+        help="point the kustomize overlays at the pushed serving and app images",
         description="Set REGISTRY/sign2text-serving:TAG (TAG-cuda where the overlay runs the "
-        "CUDA build) in manifests/overlays/*/kustomization.yaml.",
+        "CUDA build) and REGISTRY/sign2text-app:TAG in manifests/overlays/*/kustomization.yaml.",
     )
     st.add_argument("--registry", required=True, help="e.g. ghcr.io/acme")
     st.add_argument("--tag", required=True, help="image tag, e.g. 0.2.0 or a git sha")

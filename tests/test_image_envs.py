@@ -66,7 +66,22 @@ def serving() -> Image:
     return Image(reqs, ("model",), ("model/server.py",), never=("cuda-", "nvidia-", "triton"))
 
 
-IMAGES = {"components": components, "serving": serving}
+def app() -> Image:
+    """app/Dockerfile: app/requirements.txt; app/ copied to /app. Every module of app/ is an
+    entry (the server and whatever it imports lazily); torch and kserve never come along."""
+    lines = (ROOT / "app" / "requirements.txt").read_text().splitlines()
+    reqs = tuple(ln for ln in lines if ln and not ln.startswith("#"))
+    entries = tuple(str(p.relative_to(ROOT)) for p in sorted((ROOT / "app").rglob("*.py")))
+    return Image(reqs, ("app",), entries)
+
+
+IMAGES = {"components": components, "serving": serving, "app": app}
+
+
+def test_app_image_installs_no_model_runtime():
+    """The app talks to the model over HTTP only: nothing of the model's stack is in its image."""
+    heavy = ("torch", "nvidia-", "triton", "kserve", "opencv", "numpy")
+    assert not [n for n in installed_in(app()) if n.startswith(heavy)]
 
 
 # ---- what pip installs -----------------------------------------------------------------------

@@ -20,7 +20,11 @@ from sign2text.release.images import stamp_overlays
 from sign2text.release.package import COMMIT_ENV, git_commit
 from tests.kustomize import BIN, OVERLAYS, ROOT, manifests_copy, one, render
 
-DOCKERFILES = (ROOT / "model" / "Dockerfile", ROOT / "pipelines" / "Dockerfile")
+DOCKERFILES = (
+    ROOT / "model" / "Dockerfile",
+    ROOT / "pipelines" / "Dockerfile",
+    ROOT / "app" / "Dockerfile",
+)
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -84,7 +88,7 @@ def test_every_copied_file_exists_and_enters_the_build_context(dockerfile):
 def test_dockerignore_keeps_data_and_secrets_out():
     for rel in ("data", "artifacts", ".venv", ".dvc", ".git", "manifests", "tests"):
         assert dockerignored(rel), rel
-    assert not dockerignored("model")
+    assert not dockerignored("model") and not dockerignored("app")
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
@@ -121,6 +125,40 @@ def test_serving_requirements_match_the_project_pins():
     }
 
 
+def requirement_lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+
+
+def test_app_requirements_match_the_project_pins():
+    """app/requirements.txt installs the web app's libraries only, each at the lock's version
+    (they come with the project through kserve, not as direct dependencies)."""
+    lock = set(requirement_lines(ROOT / "requirements.lock"))
+    app = requirement_lines(ROOT / "app" / "requirements.txt")
+    assert app and set(app) <= lock, set(app) - lock
+    names = {s.split("==")[0].split("[")[0] for s in app}
+    allowed = {"fastapi", "uvicorn", "python-multipart", "boto3", "httpx"}
+    assert {"fastapi", "uvicorn"} <= names <= allowed, names - allowed
+
+
+def test_app_image_holds_app_alone_and_runs_its_server(tmp_path):
+    """Only app/ from the context (no model code, no torch), the contract's command line, and
+    the spool where the Deployment mounts its volume."""
+    ops = instructions(ROOT / "app" / "Dockerfile")
+    final = ops[max(i for i, (op, _) in enumerate(ops) if op == "FROM") :]
+    copies = [shlex.split(a) for op, a in final if op == "COPY" and "--from=" not in a]
+    assert copies == [["app/", "/app/app/"]]
+    assert ("EXPOSE", "8501") in final
+    (cmd,) = [json.loads(a) for op, a in final if op == "CMD"]
+    assert cmd[:3] == ["python", "-m", "app.server"]
+    args = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert set(args) <= {"--host", "--port", "--model-url", "--feedback", "--spool"}
+    assert args["--port"] == "8501" and "--model-url" in args
+    dev = render(manifests_copy(tmp_path) / "overlays" / "dev")
+    (container,) = one(dev, "Deployment", "sign2text-app")["spec"]["template"]["spec"]["containers"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert args["--spool"] in mounts and f"--spool={args['--spool']}" in container["args"]
+
+
 def test_stamp_points_every_overlay_at_the_pushed_image(tmp_path):
     manifests = manifests_copy(tmp_path)
     assert (
@@ -140,16 +178,39 @@ def test_stamp_points_every_overlay_at_the_pushed_image(tmp_path):
     )
     images = {}
     for name in OVERLAYS:
-        rt = one(render(manifests / "overlays" / name), "ServingRuntime", "sign2text")
-        images[name] = rt["spec"]["containers"][0]["image"]
+        objects = render(manifests / "overlays" / name)
+        rt = one(objects, "ServingRuntime", "sign2text")
+        app = one(objects, "Deployment", "sign2text-app")["spec"]["template"]["spec"]
+        images[name] = (rt["spec"]["containers"][0]["image"], app["containers"][0]["image"])
     assert images == {
-        "dev": "registry.example.com:5000/ml/sign2text-serving:0.2.0",
-        "prod": "registry.example.com:5000/ml/sign2text-serving:0.2.0-cuda",
+        "dev": (
+            "registry.example.com:5000/ml/sign2text-serving:0.2.0",
+            "registry.example.com:5000/ml/sign2text-app:0.2.0",
+        ),
+        "prod": (
+            "registry.example.com:5000/ml/sign2text-serving:0.2.0-cuda",
+            "registry.example.com:5000/ml/sign2text-app:0.2.0",  # one build: no torch
+        ),
     }
     # Stamping again replaces, it does not append.
     stamp_overlays(manifests, "ghcr.io/acme", "0.3.0")
-    rt = one(render(manifests / "overlays" / "prod"), "ServingRuntime", "sign2text")
+    objects = render(manifests / "overlays" / "prod")
+    rt = one(objects, "ServingRuntime", "sign2text")
     assert rt["spec"]["containers"][0]["image"] == "ghcr.io/acme/sign2text-serving:0.3.0-cuda"
+    app = one(objects, "Deployment", "sign2text-app")["spec"]["template"]["spec"]
+    assert app["containers"][0]["image"] == "ghcr.io/acme/sign2text-app:0.3.0"
+
+
+def test_stamp_changes_nothing_when_an_overlay_lacks_an_image(tmp_path, capsys):
+    """Every overlay is checked before any is written: no half-stamped release."""
+    manifests = manifests_copy(tmp_path)
+    prod = manifests / "overlays" / "prod" / "kustomization.yaml"
+    prod.write_text(prod.read_text().replace("- name: sign2text-app", "- name: other-app"))
+    before = {p: p.read_text() for p in manifests.glob("overlays/*/kustomization.yaml")}
+    argv = ["images", "stamp", "--registry=ghcr.io/acme", "--tag=1", f"--manifests={manifests}"]
+    assert main(argv) == 2
+    assert "expected one images: entry for sign2text-app" in capsys.readouterr().err
+    assert {p: p.read_text() for p in before} == before
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,19 @@ def test_model_package_never_imports_the_rest():
                 assert not any(n == top or n.startswith(top + ".") for n in names), path
 
 
+def test_app_package_never_imports_the_model_or_the_rest():
+    """The app image ships app/ alone, without torch: it reaches the model over HTTP only."""
+    for path in (ROOT / "app").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            for top in ("model", "sign2text", "pipelines", "tools", "tests", "torch"):
+                assert not any(n == top or n.startswith(top + ".") for n in names), path
+
+
 def test_top_level_layout():
     for name in ("sign2text", "model", "pipelines", "tools", "manifests", "tests", "data.dvc",
                  "dvc.yaml", "params.yaml", "Makefile", "pyproject.toml", "README.md",

@@ -37,6 +37,17 @@ VERSION_ANNOTATIONS = (
     "sign2text.io/data-version",
     "sign2text.io/git-commit",
 )
+APP = "sign2text-app"
+# `python -m app.server`'s command line (issue 15): flag -> takes a value.
+APP_FLAGS = {
+    "--model-url": True,
+    "--host": True,
+    "--port": True,
+    "--feedback": True,
+    "--spool": True,
+    "--allow-private-urls": False,
+    "--max-video-mb": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +75,9 @@ def test_every_overlay_renders_everything_into_the_namespace(rendered):
             "Secret",
             "Role",
             "RoleBinding",
+            "Deployment",
+            "Service",
+            "NetworkPolicy",
         } <= kinds, name
         for o in objects:
             if o["kind"] != "Namespace":
@@ -71,7 +85,8 @@ def test_every_overlay_renders_everything_into_the_namespace(rendered):
     assert {"Deployment", "PersistentVolumeClaim", "Service"} <= {
         o["kind"] for o in rendered["dev"]
     }
-    assert not find(rendered["prod"], "Deployment"), "prod uses an external MinIO"
+    prod_deployments = [d["metadata"]["name"] for d in find(rendered["prod"], "Deployment")]
+    assert prod_deployments == [APP], "prod uses an external MinIO"
 
 
 def test_core_objects_pass_kubernetes_validate_strict(rendered):
@@ -230,6 +245,88 @@ def test_prod_runs_gpu_predictors_with_more_replicas(rendered):
     assert prod_rt["spec"]["containers"][0]["image"].endswith("-cuda")
 
 
+def app_args(argv: list[str]) -> dict[str, str | bool]:
+    """The app's arguments by flag, each checked against its command line (APP_FLAGS)."""
+    args: dict[str, str | bool] = {}
+    it = iter(argv)
+    for arg in it:
+        flag, eq, value = arg.partition("=")
+        assert flag in APP_FLAGS, f"app.server has no {flag}"
+        assert flag not in args, f"{flag} given twice"
+        if APP_FLAGS[flag]:
+            args[flag] = value if eq else next(it)
+        else:
+            assert not eq, f"{flag} takes no value"
+            args[flag] = True
+    return args
+
+
+def test_web_app_serves_the_rest_model_securely(rendered):
+    """The app's Deployment, Service and NetworkPolicy: wired to the REST InferenceService and
+    the object store, hardened like the rest, with the contract's probes."""
+    for name, objects in rendered.items():
+        dep = one(objects, "Deployment", APP)
+        pod = dep["spec"]["template"]
+        labels = pod["metadata"]["labels"]
+        assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        spec = pod["spec"]
+        (c,) = spec["containers"]
+        assert c["command"] == ["python", "-m", "app.server"]
+        args = app_args(c["args"])
+        # The REST InferenceService, by the cluster-local name of its Knative predictor.
+        rest = one(objects, "InferenceService", "sign2text")
+        assert rest["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
+        isvc, ns = rest["metadata"]["name"], rest["metadata"]["namespace"]
+        assert args["--model-url"] == f"http://{isvc}-predictor.{ns}.svc.cluster.local"
+        # Feedback in the models' bucket, never where the models are.
+        bucket = rest["spec"]["predictor"]["model"]["storageUri"].split("/")[2]
+        feedback = args["--feedback"]
+        assert feedback.startswith(f"s3://{bucket}/") and "/models" not in feedback
+        assert "--allow-private-urls" not in args, "links to in-cluster addresses stay refused"
+        (port,) = c["ports"]
+        assert (port["name"], port["containerPort"]) == ("http", int(args["--port"]))
+        assert args["--host"] == "0.0.0.0"  # noqa: S104 (the pod's address, for the Service)
+        live, ready = (c[k]["httpGet"] for k in ("livenessProbe", "readinessProbe"))
+        assert (live["path"], live["port"]) == ("/healthz", "http")  # the process is up
+        assert (ready["path"], ready["port"]) == ("/readyz", "http")  # the model answers it
+        assert c["image"].startswith(f"{APP}:") and c["imagePullPolicy"] == "Always"
+        res = c["resources"]
+        assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"])
+        # Hardening: non-root, no token, no escalation, nothing writable but /tmp and the spool.
+        assert spec["automountServiceAccountToken"] is False
+        psc, sc = spec["securityContext"], c["securityContext"]
+        assert psc["runAsNonRoot"] and psc["runAsUser"] == 10001
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert set(mounts) == {"/tmp", args["--spool"]}
+        for path, vol in mounts.items():
+            assert {"emptyDir", "persistentVolumeClaim"} & set(volumes[vol]), path
+        # S3: the keys by reference to the overlay's Secret, the endpoint where the storage
+        # initializer's is (same host:port, https exactly when it uses https).
+        env = {e["name"]: e for e in c["env"]}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "sign2text-s3", "key": key}
+            assert "value" not in env[key]
+        sa = one(objects, "ServiceAccount", "sign2text-storage")["metadata"]["annotations"]
+        scheme = "https" if sa["serving.kserve.io/s3-usehttps"] == "1" else "http"
+        want = f"{scheme}://{sa['serving.kserve.io/s3-endpoint']}"
+        assert env["AWS_ENDPOINT_URL"]["value"] == want, name
+        assert env["AWS_DEFAULT_REGION"]["value"] == sa["serving.kserve.io/s3-region"]
+        # The Service and the NetworkPolicy select these pods, on the app's port.
+        svc = one(objects, "Service", APP)
+        assert svc["spec"]["selector"].items() <= labels.items()
+        (sport,) = svc["spec"]["ports"]
+        assert sport["targetPort"] == "http" and sport["port"] == int(args["--port"])
+        policy = one(objects, "NetworkPolicy", APP)["spec"]
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+        assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == ["http"]
+    dev, prod = (one(rendered[n], "Deployment", APP)["spec"] for n in ("dev", "prod"))
+    assert prod["replicas"] > dev["replicas"] >= 1
+
+
 # --- static security scan (checkov, offline) ---
 
 
@@ -340,6 +437,8 @@ def test_security_scan_has_no_unjustified_finding(scan):
         "Pod.sign2text.sign2text-predictor",
         "Pod.sign2text.sign2text-grpc-predictor",
         "Deployment.sign2text.minio",
+        "Deployment.sign2text.sign2text-app",
+        "Service.sign2text.sign2text-app",
     } <= scanned
     assert scan["summary"]["passed"] > 100
 

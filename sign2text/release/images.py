@@ -1,8 +1,9 @@
-"""Stamping a release's image into the kustomize overlays (`make images`, `sign2text images stamp`).
+"""Stamping a release's images into the kustomize overlays (`make images`, `images stamp`).
 
-Each overlay's kustomization.yaml has one `images:` entry for `sign2text-serving`; stamping sets
-its newName to REGISTRY/sign2text-serving and its newTag to TAG, keeping the `-cuda` suffix of
-an overlay that runs the CUDA build (prod). Edited as text so the files' comments survive.
+Each overlay's kustomization.yaml has one `images:` entry for each of STAMPED (the serving image
+and the web app's); stamping sets its newName to REGISTRY/NAME and its newTag to TAG, keeping the
+`-cuda` suffix of an entry that names the CUDA build (prod's serving image). Edited as text so
+the files' comments survive.
 """
 
 from __future__ import annotations
@@ -12,13 +13,21 @@ from pathlib import Path
 
 SERVING = "sign2text-serving"
 COMPONENTS = "sign2text-components"
+APP = "sign2text-app"
+# The images the overlays name (the components image is named by the compiled pipeline).
+STAMPED = (SERVING, APP)
 CUDA_SUFFIX = "-cuda"
 # Docker's reference grammar, simplified: host[:port]/path components, and a tag.
 _REGISTRY = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-_ENTRY = re.compile(
-    rf"(- name: {SERVING}\n(?P<indent>[ \t]+)newName: )\S+(\n(?P=indent)newTag: )(?P<tag>\S+)"
-)
+
+
+def _entry(name: str) -> re.Pattern[str]:
+    """An overlay's `images:` entry for `name`: its newName and newTag lines."""
+    return re.compile(
+        rf"(- name: {re.escape(name)}\n(?P<indent>[ \t]+)newName: )\S+"
+        rf"(\n(?P=indent)newTag: )(?P<tag>\S+)"
+    )
 
 
 def image_ref(registry: str, name: str, tag: str) -> str:
@@ -31,23 +40,30 @@ def image_ref(registry: str, name: str, tag: str) -> str:
     return f"{registry}/{name}:{tag}"
 
 
-def stamp_overlays(manifests: Path, registry: str, tag: str) -> dict[str, str]:
-    """Point every overlay at REGISTRY/sign2text-serving:TAG; returns {overlay: image}."""
+def stamp_overlays(manifests: Path, registry: str, tag: str) -> dict[str, list[str]]:
+    """Point every overlay at REGISTRY/NAME:TAG for each of STAMPED; returns {overlay: images}.
+
+    Every overlay is checked before any is written: a missing or doubled entry changes nothing.
+    """
     image_ref(registry, SERVING, tag)
     overlays = sorted((Path(manifests) / "overlays").glob("*/kustomization.yaml"))
     if not overlays:
         raise FileNotFoundError(f"no overlays/*/kustomization.yaml under {manifests}")
-    stamped = {}
+    new_texts, stamped = {}, {}
     for path in overlays:
-        text = path.read_text()
-        found = list(_ENTRY.finditer(text))
-        if len(found) != 1:
-            raise ValueError(
-                f"{path}: expected one images: entry for {SERVING}, found {len(found)}"
-            )
-        suffix = CUDA_SUFFIX if found[0]["tag"].endswith(CUDA_SUFFIX) else ""
-        new_tag = tag + suffix
-        text = _ENTRY.sub(rf"\g<1>{registry}/{SERVING}\g<3>{new_tag}", text)
+        text, images = path.read_text(), []
+        for name in STAMPED:
+            entry = _entry(name)
+            found = list(entry.finditer(text))
+            if len(found) != 1:
+                raise ValueError(
+                    f"{path}: expected one images: entry for {name}, found {len(found)}"
+                )
+            suffix = CUDA_SUFFIX if found[0]["tag"].endswith(CUDA_SUFFIX) else ""
+            new_tag = tag + suffix
+            text = entry.sub(lambda m, n=name, t=new_tag: f"{m[1]}{registry}/{n}{m[3]}{t}", text)
+            images.append(f"{registry}/{name}:{new_tag}")
+        new_texts[path], stamped[path.parent.name] = text, images
+    for path, text in new_texts.items():
         path.write_text(text)
-        stamped[path.parent.name] = f"{registry}/{SERVING}:{new_tag}"
     return stamped
