@@ -171,6 +171,12 @@ def _cmd_params(args: argparse.Namespace) -> None:
     print(" ".join(profile_overrides(_params(args).values, args.profile)))
 
 
+def _cmd_app(args: argparse.Namespace) -> None:
+    from app.server import run
+
+    run(args.server)
+
+
 def _cmd_serve(args: argparse.Namespace) -> None:
     from model import server
 
@@ -434,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     # importing kserve.
     sv = sub.add_parser("serve", add_help=False, help="serve a model over KServe v2 REST + gRPC")
     sv.set_defaults(func=_cmd_serve)
+    # `app` likewise: app/server.py's parser (the app image runs `python -m app.server`).
+    ap = sub.add_parser("app", add_help=False, help="the web app, against a served model")
+    ap.set_defaults(func=_cmd_app)
 
     pc = sub.add_parser(
         "predict",
@@ -523,6 +532,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         from model.server import build_parser as server_parser
 
         args.server = server_parser(prog="sign2text serve").parse_args(rest)
+    elif args.command == "app":
+        from app.server import build_parser as app_parser
+
+        args.server = app_parser(prog="sign2text app").parse_args(rest)
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args

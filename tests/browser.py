@@ -42,8 +42,17 @@ def _unavailable(why: str):
     pytest.skip(f"{why} (`make test` installs Debian's chromium + chromium-driver as root)")
 
 
+# Pages served on 127.0.0.1 load; everything else still goes to the closed proxy port.
+LOCAL_ARGS = tuple(
+    a for a in OFFLINE_ARGS if not a.startswith(("--proxy-bypass", "--host-res"))
+) + (
+    "--proxy-bypass-list=127.0.0.1",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+)
+
+
 @contextmanager
-def offline_chromium() -> Iterator:
+def offline_chromium(args: tuple[str, ...] = OFFLINE_ARGS) -> Iterator:
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -55,7 +64,7 @@ def offline_chromium() -> Iterator:
         _unavailable("no chromium and chromedriver on PATH")
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary  # with the driver's path given, Selenium downloads nothing
-    for arg in OFFLINE_ARGS:
+    for arg in args:
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)

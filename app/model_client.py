@@ -1,0 +1,101 @@
+"""The model, as the app sees it: the KServe v2 REST endpoint of model `sign2text`.
+
+Videos travel with the binary-data extension (one BYTES element, no base64 or JSON escaping);
+answers come back as JSON. The model's labels are learned from the model itself: a word request
+with `top_k=0` ranks every gloss, so the app needs no file of the model's and no torch.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+
+NAME = "sign2text"
+
+
+class ModelError(Exception):
+    """The model refused the request (status 4xx: the client's input) or could not answer."""
+
+    def __init__(self, message: str, status: int = 502):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelClient:
+    def __init__(self, base_url: str, timeout_s: float = 120.0):
+        self.base = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(timeout=timeout_s, trust_env=False)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def metadata(self) -> dict:
+        """{"name", "version"} of the served model (version: its weights' hash)."""
+        r = await self._get(f"/v2/models/{NAME}")
+        meta = r.json()
+        versions = meta.get("versions") or [""]
+        return {"name": meta.get("name", NAME), "version": versions[0]}
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._http.get(f"{self.base}/v2/models/{NAME}/ready")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def labels(self) -> list[str]:
+        """Every gloss the model knows, in alphabetical order (from a 2-frame grey clip)."""
+        frames = np.full((2, 32, 32, 3), 128, np.uint8)
+        out = await self._infer(
+            {"top_k": 0}, "frames", "UINT8", list(frames.shape), frames.tobytes()
+        )
+        return sorted(out["glosses"])
+
+    async def predict(self, video: bytes, mode: str, **params) -> dict:
+        """Word mode: {"glosses", "scores"}; sentence mode: {"words", "spans", "confidences"}."""
+        params = {"mode": mode, **{k: v for k, v in params.items() if v is not None}}
+        return await self._infer(
+            params, "video", "BYTES", [1], len(video).to_bytes(4, "little") + video
+        )
+
+    async def _infer(self, params: dict, name: str, datatype: str, shape: list, raw: bytes) -> dict:
+        spec = {"name": name, "datatype": datatype, "shape": shape,
+                "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
+        header = json.dumps({"inputs": [spec], "parameters": params}).encode()
+        try:
+            r = await self._http.post(
+                f"{self.base}/v2/models/{NAME}/infer",
+                content=header + raw,
+                headers={"Content-Type": "application/octet-stream",
+                         "Inference-Header-Content-Length": str(len(header))},
+            )  # fmt: skip
+        except httpx.HTTPError as e:
+            raise ModelError(f"the model server cannot be reached: {e}") from None
+        if r.status_code != 200:
+            raise ModelError(_error(r), 400 if 400 <= r.status_code < 500 else 502)
+        return {o["name"]: _value(o) for o in r.json()["outputs"]}
+
+    async def _get(self, path: str) -> httpx.Response:
+        try:
+            r = await self._http.get(self.base + path)
+        except httpx.HTTPError as e:
+            raise ModelError(f"the model server cannot be reached: {e}") from None
+        if r.status_code != 200:
+            raise ModelError(_error(r))
+        return r
+
+
+def _error(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("error") or r.text)[:500]
+    except ValueError:
+        return f"the model server answered {r.status_code}"
+
+
+def _value(output: dict):
+    data = output["data"]
+    if output["datatype"] == "INT32" and len(output["shape"]) == 2:
+        n = output["shape"][1]
+        return [data[i : i + n] for i in range(0, len(data), n)]
+    return data

@@ -1,0 +1,199 @@
+"""The web app (app/) in a real headless Chromium, against the real app server and the real
+model server (both `python -m ...` in their own processes) with the fixture model. Chromium's
+fake camera plays a generated clip. Controls are found by their accessible names (the labels
+the issue fixes), the result by data-testid="prediction". Screenshots of each state are kept
+in the test's folder."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from model.predict import Classifier
+from sign2text.release.local_deploy import free_port, stop_process
+from tests.browser import LOCAL_ARGS, offline_chromium
+from tests.conftest import moving_square, write_video
+from tests.model_server import ENV, OPENER, ROOT, serve
+
+FIXTURE = ROOT / "tests" / "fixtures" / "sentence_model"
+
+
+@contextlib.contextmanager
+def app_server(model_url: str, log: Path, *extra: str):
+    port = free_port()
+    cmd = [sys.executable, "-m", "app.server", "--model-url", model_url, "--port", str(port),
+           *extra]  # fmt: skip
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                if OPENER.open(url + "/healthz", timeout=2).status == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the app did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        stop_process(proc)
+
+
+def _y4m(frames: np.ndarray, path: Path, fps: int = 25) -> Path:
+    """BGR frames -> a Y4M file, the format Chromium's fake camera plays (in a loop)."""
+    h, w = frames.shape[1:3]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            f.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("app-videos")
+    write_video(d / "sign.mp4", moving_square(40))
+    write_video(d / "signs.mp4", moving_square(90, seed=3))
+    data = (d / "sign.mp4").read_bytes()
+    (d / "cut.mp4").write_bytes(data[: len(data) // 2])
+    cv2.imwrite(str(d / "still.png"), np.full((64, 64, 3), 200, np.uint8))
+    _y4m(moving_square(50, 120, 160, seed=5), d / "camera.y4m")
+    return d
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, videos):
+    """Model server + app (+ a static file server for links) + Chromium with a fake camera."""
+    logs = tmp_path_factory.mktemp("app-logs")
+    with serve(FIXTURE, logs / "model.log") as model, contextlib.ExitStack() as stack:
+        model_url = f"http://127.0.0.1:{model.http}"
+        app = stack.enter_context(app_server(model_url, logs / "app.log", "--allow-private-urls"))
+        files = stack.enter_context(_file_server(videos))
+        camera = (
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={videos / 'camera.y4m'}",
+        )
+        driver = stack.enter_context(offline_chromium(LOCAL_ARGS + camera))
+        driver.get(app)
+        yield driver, app, files, logs
+
+
+@contextlib.contextmanager
+def _file_server(root: Path):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def control(driver, name: str):
+    """The control whose accessible name is `name`: a <label for=...> or a button's text."""
+    from selenium.webdriver.common.by import By
+
+    labels = driver.find_elements(By.XPATH, f"//label[normalize-space()='{name}']")
+    if labels:
+        return driver.find_element(By.ID, labels[0].get_attribute("for"))
+    return driver.find_element(By.XPATH, f"//button[normalize-space()='{name}']")
+
+
+def _answer(driver, shot: Path, timeout: float = 60) -> tuple[str, str]:
+    """Waits for the page to settle; (prediction text, status text); saves a screenshot."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = driver.find_element(By.ID, "status").text
+        if status not in ("Working…",) and not status.startswith("Recording"):
+            break
+        time.sleep(0.2)
+    time.sleep(0.2)
+    driver.save_screenshot(str(shot))
+    prediction = driver.find_element(By.CSS_SELECTOR, "[data-testid=prediction]").text
+    return prediction, driver.find_element(By.ID, "status").text
+
+
+def _mode(driver, mode: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(control(driver, "Mode")).select_by_value(mode)
+
+
+def _upload(driver, path: Path | None, url: str = "") -> None:
+    control(driver, "Video file").clear() if path is None else None
+    driver.execute_script("document.getElementById('file').value = ''")
+    if path is not None:
+        control(driver, "Video file").send_keys(str(path))
+    field = control(driver, "Video URL")
+    field.clear()
+    if url:
+        field.send_keys(url)
+    control(driver, "Predict").click()
+
+
+def test_upload_shows_what_predict_local_says(stack, videos, tmp_path):
+    driver, *_ = stack
+    clf = Classifier(FIXTURE)
+    _mode(driver, "word")
+    _upload(driver, videos / "sign.mp4")
+    words, status = _answer(driver, tmp_path / "word-upload.png")
+    assert words == clf.word(videos / "sign.mp4", 5).glosses[0], status
+    _mode(driver, "sentence")
+    _upload(driver, videos / "signs.mp4")
+    words, status = _answer(driver, tmp_path / "sentence-upload.png")
+    assert words == " ".join(w.gloss for w in clf.sentence(videos / "signs.mp4")), status
+
+
+def test_a_link_shows_the_same(stack, videos, tmp_path):
+    driver, _, files, _ = stack
+    clf = Classifier(FIXTURE)
+    _mode(driver, "word")
+    _upload(driver, None, f"{files}/sign.mp4")
+    words, status = _answer(driver, tmp_path / "word-link.png")
+    assert words == clf.word(videos / "sign.mp4", 5).glosses[0], status
+
+
+@pytest.mark.parametrize(("name", "phrase"), [("still.png", "still image"), ("cut.mp4", "video")])
+def test_a_bad_file_says_why_and_the_page_keeps_working(stack, videos, tmp_path, name, phrase):
+    driver, *_ = stack
+    _mode(driver, "word")
+    _upload(driver, videos / name)
+    words, status = _answer(driver, tmp_path / f"bad-{name}.png")
+    assert words == "" and phrase in status, status
+    _upload(driver, videos / "sign.mp4")
+    words, status = _answer(driver, tmp_path / "after-bad.png")
+    assert words and not status, status
+
+
+def test_a_recorded_webcam_clip_shows_words(stack, tmp_path):
+    driver, *_ = stack
+    _mode(driver, "word")
+    control(driver, "Record").click()
+    deadline = time.monotonic() + 20  # the camera opens (the fake one plays the generated clip)
+    while control(driver, "Record").get_attribute("aria-pressed") != "true":
+        assert time.monotonic() < deadline, driver.find_element("id", "status").text
+        time.sleep(0.1)
+    time.sleep(2.5)
+    driver.save_screenshot(str(tmp_path / "recording.png"))
+    control(driver, "Record").click()  # a toggle: pressed again, it stops and sends the clip
+    words, status = _answer(driver, tmp_path / "recorded.png")
+    assert words, status
