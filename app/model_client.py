@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import numpy as np
 
 NAME = "sign2text"
 
@@ -46,10 +45,8 @@ class ModelClient:
 
     async def labels(self) -> list[str]:
         """Every gloss the model knows, in alphabetical order (from a 2-frame grey clip)."""
-        frames = np.full((2, 32, 32, 3), 128, np.uint8)
-        out = await self._infer(
-            {"top_k": 0}, "frames", "UINT8", list(frames.shape), frames.tobytes()
-        )
+        shape = [2, 32, 32, 3]  # UINT8 T x H x W x 3, all grey
+        out = await self._infer({"top_k": 0}, "frames", "UINT8", shape, bytes([128]) * 6144)
         return sorted(out["glosses"])
 
     async def predict(self, video: bytes, mode: str, **params) -> dict:

@@ -92,18 +92,43 @@ def _path(value: str | None) -> Path | None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
+    from sign2text.data.feedback import ingest_feedback, is_feedback_source
     from sign2text.data.ingest import ingest
 
-    summary = ingest(
-        Path(args.source),
-        Path(args.out),
-        videos=Path(args.videos) if args.videos else None,
-        class_list=Path(args.class_list) if args.class_list else None,
-        top=args.top,
-        link=args.link,
-        progress=not args.quiet,
-    )
+    if is_feedback_source(args.source):
+        other = ("videos", "class_list", "top", "link")
+        if given := [f for f in other if getattr(args, f) not in (None, False)]:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            raise ValueError(f"{flags}: not for a feedback source (the app's store)")
+        summary = ingest_feedback(
+            args.source, Path(args.out), confirmed=args.confirmed,
+            split=args.split or "train", progress=not args.quiet,
+        )  # fmt: skip
+    elif args.confirmed or args.split:
+        raise ValueError("--confirmed and --split are for a feedback source (s3:// or records/)")
+    else:
+        summary = ingest(
+            Path(args.source),
+            Path(args.out),
+            videos=Path(args.videos) if args.videos else None,
+            class_list=Path(args.class_list) if args.class_list else None,
+            top=args.top,
+            link=args.link,
+            progress=not args.quiet,
+        )
     print(json.dumps({k: v for k, v in summary.items() if k != "missing_videos"}, indent=2))
+
+
+def _cmd_add(args: argparse.Namespace) -> None:
+    from sign2text.data.merge import add_samples
+
+    summary = add_samples(Path(args.source), Path(args.to), new_glosses=args.new_glosses)
+    print(json.dumps(summary, indent=2))
+    print(
+        f"next: validate {args.to}, then `dvc add {args.to}` records it as a new data version "
+        "(git add the .dvc file, commit, `dvc push`)",
+        file=sys.stderr,
+    )
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
@@ -322,14 +347,36 @@ def build_parser() -> argparse.ArgumentParser:
         "/ JSON Lines list of per-sample records) and its videos to OUT in our layout "
         "(WLASL_v0.3.json + videos/). The source is only read.",
     )
-    ig.add_argument("source", help="metadata file (or a folder holding WLASL_v0.3.json)")
+    ig.add_argument(
+        "source",
+        help="metadata file (or a folder holding WLASL_v0.3.json), or the app's feedback: "
+        "s3://BUCKET/PREFIX or a folder with records/ + videos/",
+    )
     ig.add_argument("--out", required=True, help="new dataset folder (must be empty)")
     ig.add_argument("--videos", help="folder of <video_id>.mp4 (default: SOURCE's videos/)")
     ig.add_argument("--class-list", help="wlasl_class_list.txt (index<TAB>gloss)")
     ig.add_argument("--top", type=int, help="keep the first N glosses (WLASL100: 100)")
     ig.add_argument("--link", action="store_true", help="hard-link videos instead of copying")
+    ig.add_argument("--confirmed", action="store_true",
+                    help="feedback: also the predictions people marked correct")  # fmt: skip
+    ig.add_argument("--split", choices=("train", "val", "test"),
+                    help="feedback: the split its samples go to (default train)")  # fmt: skip
     ig.add_argument("--quiet", action="store_true", help="no progress bar")
     ig.set_defaults(func=_cmd_ingest)
+
+    ad = data.add_parser(
+        "add",
+        help="add an ingested folder's samples (e.g. feedback) to the versioned dataset",
+        description="Add every sample of SOURCE (our layout, e.g. `data ingest` of the app's "
+        "feedback) and its videos to the dataset TO, under the glosses it has. Refuses glosses TO "
+        "lacks (unless --new-glosses), video ids it already has, and samples without videos; "
+        "writes nothing then. Then `dvc add TO` records the new data version.",
+    )
+    ad.add_argument("source", help="dataset folder to take samples from (WLASL layout)")
+    ad.add_argument("--to", default="data", help="dataset folder to add to (default data)")
+    ad.add_argument("--new-glosses", action="store_true",
+                    help="append glosses TO lacks as new classes, after its own")  # fmt: skip
+    ad.set_defaults(func=_cmd_add)
 
     v = data.add_parser(
         "validate",

@@ -19,7 +19,8 @@ Endpoint and keys come from the environment, the variables `model/storage.py` do
 `AWS_ENDPOINT_URL` (full URL; https unless it says http), `AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `S3_VERIFY_SSL`, `S3_CONNECT_TIMEOUT`,
 `S3_READ_TIMEOUT`, `S3_MAX_ATTEMPTS`. `s3_client` turns them into a boto3 client; it is the one
-place our code builds S3 clients (the DVC-remote reader in sign2text/data/version.py uses it too).
+place our code builds S3 clients (the DVC-remote reader in sign2text/data/version.py uses it too),
+but for app/feedback.py's copy of it: the app image ships app/ without sign2text.
 """
 
 from __future__ import annotations
