@@ -160,8 +160,10 @@ def create_app(args: argparse.Namespace) -> FastAPI:
             return _error("verdict must be correct, or wrong with the correct gloss", 400)
         video, filename, answer = item
         record = _record(answer, verdict, gloss)
-        # the store writes to S3 or disk: off the event loop
-        return await asyncio.to_thread(store.submit, video, filename, record)
+        try:  # the store writes to S3 or disk: off the event loop
+            return await asyncio.to_thread(store.submit, video, filename, record)
+        except ValueError as e:  # SpoolFull: neither the store nor the local spool took it
+            return _error(f"feedback cannot be kept right now: {e}", 503)
 
     return web
 

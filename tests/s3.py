@@ -12,14 +12,17 @@ points boto3 / kserve_storage at it through the environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tools.s3 import S3Server, _free_ports, run_s3_server
 
-__all__ = ["S3Server", "_free_ports", "s3_env_fixture", "s3_server_fixture"]
+__all__ = ["Relay", "S3Server", "_free_ports", "s3_env_fixture", "s3_server_fixture"]
 
 
 @pytest.fixture(scope="session", name="s3_server")
@@ -49,3 +52,51 @@ def s3_env_fixture(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Se
 # The names the fixtures are requested by, for `from tests.s3 import s3_server, s3_env`.
 s3_server = s3_server_fixture
 s3_env = s3_env_fixture
+
+
+class Relay:
+    """A TCP relay on a fixed loopback port in front of the S3 server. `down()` closes it and
+    every connection through it, so the endpoint refuses as a stopped server does; `up()` opens
+    it again on the same port (the server's data never went anywhere)."""
+
+    def __init__(self, target: str):
+        self.target = int(target.rsplit(":", 1)[1])
+        self.port = _free_ports(1)[0]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._socks: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.up()
+
+    def up(self) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self._listener = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self._socks += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def down(self) -> None:
+        for s in [self._listener, *self._socks]:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)  # wakes the accept() / recv() blocked on it
+            s.close()
+        self._socks.clear()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -23,17 +25,20 @@ from sign2text.release.local_deploy import free_port, stop_process
 from tests.browser import LOCAL_ARGS, offline_chromium
 from tests.conftest import moving_square, write_video
 from tests.model_server import ENV, OPENER, ROOT, serve
+from tests.s3 import Relay, s3_server_fixture  # noqa: F401
+
+BUCKET, PREFIX = "app-feedback", "feedback"
 
 FIXTURE = ROOT / "tests" / "fixtures" / "sentence_model"
 
 
 @contextlib.contextmanager
-def app_server(model_url: str, log: Path, *extra: str):
+def app_server(model_url: str, log: Path, *extra: str, env: dict | None = None):
     port = free_port()
     cmd = [sys.executable, "-m", "app.server", "--model-url", model_url, "--port", str(port),
            *extra]  # fmt: skip
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -72,12 +77,25 @@ def videos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, videos):
-    """Model server + app (+ a static file server for links) + Chromium with a fake camera."""
+def relay(s3_server):
+    s3_server.make_bucket(BUCKET)
+    r = Relay(s3_server.endpoint)  # the app's S3 endpoint: closed and reopened by a test
+    yield r
+    r.down()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, videos, s3_server, relay):
+    """Model server + app (feedback to S3 through the relay; a static file server for links) +
+    Chromium with a fake camera."""
     logs = tmp_path_factory.mktemp("app-logs")
+    env = ENV | s3_server.env() | {"AWS_ENDPOINT_URL": relay.endpoint, "AWS_MAX_ATTEMPTS": "1"}
+    feedback = ("--feedback", f"s3://{BUCKET}/{PREFIX}", "--spool", str(logs / "spool"))
     with serve(FIXTURE, logs / "model.log") as model, contextlib.ExitStack() as stack:
         model_url = f"http://127.0.0.1:{model.http}"
-        app = stack.enter_context(app_server(model_url, logs / "app.log", "--allow-private-urls"))
+        app = stack.enter_context(
+            app_server(model_url, logs / "app.log", "--allow-private-urls", *feedback, env=env)
+        )
         files = stack.enter_context(_file_server(videos))
         camera = (
             "--use-fake-device-for-media-stream",
@@ -85,6 +103,7 @@ def stack(tmp_path_factory, videos):
             f"--use-file-for-fake-video-capture={videos / 'camera.y4m'}",
         )
         driver = stack.enter_context(offline_chromium(LOCAL_ARGS + camera))
+        driver.set_window_size(900, 1300)  # screenshots show the whole page
         driver.get(app)
         yield driver, app, files, logs
 
@@ -197,3 +216,100 @@ def test_a_recorded_webcam_clip_shows_words(stack, tmp_path):
     control(driver, "Record").click()  # a toggle: pressed again, it stops and sends the clip
     words, status = _answer(driver, tmp_path / "recorded.png")
     assert words, status
+
+
+def _feedback(driver, verdict: str, gloss: str, shot: Path) -> str:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver.execute_script("document.getElementById('feedback-status').textContent = ''")
+    Select(control(driver, "Correct gloss")).select_by_value(gloss)
+    control(driver, verdict).click()
+    deadline = time.monotonic() + 30
+    while not (text := driver.find_element(By.ID, "feedback-status").text):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    driver.save_screenshot(str(shot))
+    return text
+
+
+def _records(s3_server) -> dict[str, dict]:
+    client = s3_server.client()
+    listing = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/records/")
+    keys = [o["Key"] for o in listing.get("Contents", [])]
+    return {
+        k.rsplit("/", 1)[1].removesuffix(".json"): json.loads(
+            client.get_object(Bucket=BUCKET, Key=k)["Body"].read()
+        )
+        for k in keys
+    }
+
+
+def test_wrong_plus_a_gloss_becomes_a_sample_that_validates(stack, videos, s3_server, tmp_path):
+    from model.storage import hash_file
+    from sign2text.data.dataset import load_samples
+    from sign2text.data.feedback import ingest_feedback
+    from sign2text.data.validate import validate
+
+    driver, *_ = stack
+    _mode(driver, "word")
+    _upload(driver, videos / "sign.mp4")
+    predicted, _ = _answer(driver, tmp_path / "before-feedback.png")
+    gloss = "go" if predicted != "go" else "up"
+    before = set(_records(s3_server))
+    assert "stored" in _feedback(driver, "Wrong", gloss, tmp_path / "feedback-stored.png")
+    (fid,) = set(_records(s3_server)) - before
+    record = _records(s3_server)[fid]
+    assert (record["verdict"], record["gloss"], record["predicted"]) == (
+        "wrong",
+        gloss,
+        [predicted],
+    )
+    assert record["model"]["version"] == hash_file(FIXTURE / "model.pt")[:12]
+    video = s3_server.client().get_object(Bucket=BUCKET, Key=f"{PREFIX}/{record['video']}")
+    assert video["Body"].read() == (videos / "sign.mp4").read_bytes()
+
+    with _environment(s3_server.env()):
+        ingest_feedback(f"s3://{BUCKET}/{PREFIX}", tmp_path / "fb", progress=False)
+    sample = {s.video_id: s for s in load_samples(tmp_path / "fb")}[f"feedback-{fid}"]
+    assert sample.gloss == gloss
+    validate(tmp_path / "fb", tmp_path / "v", progress=False, cache_dir=tmp_path / "cache")
+    valid = json.loads((tmp_path / "v" / "valid.json").read_text())
+    assert f"feedback-{fid}" in {s["video_id"] for s in valid}
+
+
+def test_feedback_while_the_store_is_down_arrives_when_it_is_back(
+    stack, videos, s3_server, relay, tmp_path
+):
+    driver, *_ = stack
+    _mode(driver, "word")
+    _upload(driver, videos / "sign.mp4")
+    _answer(driver, tmp_path / "before.png")
+    before = set(_records(s3_server))
+    relay.down()
+    try:
+        text = _feedback(driver, "Correct", "up", tmp_path / "feedback-queued.png")
+        assert "kept here" in text, text
+        assert set(_records(s3_server)) == before
+    finally:
+        relay.up()
+    deadline = time.monotonic() + 60  # the app retries queued feedback every 10 s
+    while set(_records(s3_server)) == before:
+        assert time.monotonic() < deadline, "the queued feedback never arrived"
+        time.sleep(0.5)
+    (fid,) = set(_records(s3_server)) - before
+    assert _records(s3_server)[fid]["verdict"] == "correct"
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
