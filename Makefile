@@ -7,7 +7,7 @@ CHECKOV := $(VENV)/tools/checkov
 CHECKOV_STAMP := $(CHECKOV)/.installed
 DATA ?= data
 
-.PHONY: setup test lint demo bench bench-serve serve data clean
+.PHONY: setup test lint demo bench bench-serve serve app data clean
 
 setup: $(STAMP) $(CHECKOV_STAMP)
 
@@ -44,8 +44,8 @@ browser:
 	else echo "no chromium/chromedriver and not root with apt-get: the browser test will skip"; fi
 
 lint: setup
-	$(BIN)/ruff check model sign2text pipelines tools tests
-	$(BIN)/ruff format --check model sign2text pipelines tools tests
+	$(BIN)/ruff check model sign2text pipelines tools tests app
+	$(BIN)/ruff format --check model sign2text pipelines tools tests app
 
 # The bundled dataset: a deterministic synthetic stand-in for WLASL (see README).
 data: setup
@@ -67,6 +67,13 @@ bench: setup
 
 bench-serve: setup
 	$(BIN)/python -m tools.bench.bench_serve
+
+# The web app on :8501 against `make serve`'s REST endpoint; feedback kept in artifacts/feedback
+# (give FEEDBACK=s3://BUCKET/PREFIX for object storage).
+FEEDBACK ?= artifacts/feedback
+app: setup
+	$(BIN)/sign2text app --model-url http://127.0.0.1:8080 --port 8501 --feedback $(FEEDBACK) \
+		--spool artifacts/feedback-spool
 
 # Serves the demo model (run `make demo` first) on :8080 (REST) and :8081 (gRPC).
 serve: setup

@@ -56,6 +56,11 @@ class ModelClient:
             params, "video", "BYTES", [1], len(video).to_bytes(4, "little") + video
         )
 
+    async def sentence_frames(self, rgb: bytes, count: int, height: int, width: int) -> dict:
+        """Sentence mode on raw RGB frames (the model's `frames` input)."""
+        shape = [count, height, width, 3]
+        return await self._infer({"mode": "sentence"}, "frames", "UINT8", shape, rgb)
+
     async def _infer(self, params: dict, name: str, datatype: str, shape: list, raw: bytes) -> dict:
         spec = {"name": name, "datatype": datatype, "shape": shape,
                 "parameters": {"binary_data_size": len(raw)}}  # fmt: skip

@@ -12,6 +12,8 @@ directly; FastAPI and uvicorn are already in the project's pinned tree (KServe's
     POST /api/predict     multipart: `file` (a video) or `url` (a link the app fetches), `mode`
                           -> {"token", "mode", "result", "model"}
     POST /api/feedback    {"token", "verdict": "correct" | "wrong", "gloss"} -> {"id", "status"}
+    POST /api/live        -> {"session"};  POST /api/live/{session}?width=W&height=H with raw
+                          RGB frames -> {"final": [words], "pending": [words]} (app/live.py)
     GET  /healthz, /readyz
 """
 
@@ -31,6 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
+from app.live import Sessions
 from app.model_client import ModelClient, ModelError
 from app.urlfetch import FetchError, fetch
 
@@ -39,6 +42,9 @@ MIB = 1 << 20
 KEPT = 32  # recent predictions whose video is kept for feedback, oldest dropped first
 KEPT_S = 3600.0
 FLUSH_S = 10.0  # how often queued feedback is retried
+LIVE_SIDE = 320  # live frames are at most this wide and high (the page sends 160 x 120)
+LIVE_CHUNK = 50  # frames per live request at most
+SETTLE = 16  # frames after a word's end before it is final (half the default 30-frame window)
 
 
 def build_parser(
@@ -164,6 +170,41 @@ def create_app(args: argparse.Namespace) -> FastAPI:
             return await asyncio.to_thread(store.submit, video, filename, record)
         except ValueError as e:  # SpoolFull: neither the store nor the local spool took it
             return _error(f"feedback cannot be kept right now: {e}", 503)
+
+    live = Sessions()
+
+    @web.post("/api/live")
+    async def live_start():
+        return {"session": live.new()}
+
+    @web.post("/api/live/{sid}")
+    async def live_frames(sid: str, request: Request, width: int, height: int):
+        session = live.get(sid)
+        if session is None:
+            return _error("no such live session; start again", 404)
+        if not (1 <= width <= LIVE_SIDE and 1 <= height <= LIVE_SIDE):
+            return _error(f"live frames must be at most {LIVE_SIDE} x {LIVE_SIDE}", 400)
+        frame = width * height * 3
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or not 0 < int(declared) <= LIVE_CHUNK * frame:
+            return _error(f"send 1 to {LIVE_CHUNK} frames of {width} x {height} RGB", 413)
+        chunk = await request.body()
+        if len(chunk) % frame:
+            return _error(f"the body is not whole {width} x {height} RGB frames", 400)
+        session.add(chunk, width, height)
+        if session.count < 2:
+            return {"final": [], "pending": []}
+        try:
+            out = await client.sentence_frames(bytes(session.frames), session.count, height, width)
+        except ModelError as e:
+            return _error(str(e), e.status)
+        final, pending = session.words(out["words"], out["spans"], SETTLE)
+        return {"final": final, "pending": pending}
+
+    @web.delete("/api/live/{sid}")
+    async def live_end(sid: str):
+        live.end(sid)
+        return {"ended": True}
 
     return web
 

@@ -313,3 +313,35 @@ def _environment(values: dict):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_live_mode_shows_words_as_the_camera_plays(stack, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver, *_ = stack
+    control(driver, "Live").click()
+    deadline = time.monotonic() + 60
+    words = ""
+    while not words:
+        assert time.monotonic() < deadline, driver.find_element(By.ID, "status").text
+        time.sleep(0.5)
+        words = driver.find_element(By.CSS_SELECTOR, "[data-testid=prediction]").text
+    driver.save_screenshot(str(tmp_path / "live.png"))
+    assert control(driver, "Live").get_attribute("aria-pressed") == "true"
+    control(driver, "Live").click()
+    assert control(driver, "Live").get_attribute("aria-pressed") == "false"
+    assert "Live:" not in driver.find_element(By.ID, "status").text
+
+
+def test_live_words_are_said_once_though_reads_overlap():
+    from app.live import Session
+
+    s = Session()
+    s.add(bytes(2 * 2 * 3 * 60), 2, 2)  # 60 frames in the buffer
+    final, pending = s.words(["up", "go"], [[5, 20], [30, 55]], settle=16)
+    assert [w["word"] for w in final] == ["up"] and [w["word"] for w in pending] == ["go"]
+    s.add(bytes(2 * 2 * 3 * 30), 2, 2)  # 30 more: the same signs, seen again later in the buffer
+    final, pending = s.words(["up", "go"], [[5, 20], [30, 55]], settle=16)
+    assert [w["word"] for w in final] == ["go"] and pending == []  # "up" is not said twice
+    s.add(bytes(2 * 2 * 3 * 100), 2, 2)  # the buffer slides: stream positions keep counting
+    assert s.first == 190 - 120 and s.count == 120

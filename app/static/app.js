@@ -43,6 +43,7 @@ async function predict(form) {
 function clear() {
   last = null;
   document.querySelector("[data-testid=prediction]").textContent = "";
+  $("pending").textContent = "";
   $("bars").replaceChildren();
   $("timeline").replaceChildren();
   $("feedback").hidden = true;
@@ -132,6 +133,80 @@ async function toggleRecord() {
   status("Recording… press Record again when the sign is done.");
 }
 
+
+// Live mode: 160 x 120 frames at 25 fps, sent in chunks of about half a second; the app
+// answers with the words that are final (shown once, in order) and those still pending.
+const LIVE_W = 160, LIVE_H = 120, CHUNK = 12;
+let live = null;
+
+async function toggleLive() {
+  if (live) { stopLive(); return; }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  } catch (e) {
+    status(`No camera: ${e.message}`, true);
+    return;
+  }
+  const r = await fetch("/api/live", { method: "POST" });
+  const { session } = await r.json();
+  clear();
+  const canvas = document.createElement("canvas");
+  canvas.width = LIVE_W; canvas.height = LIVE_H;
+  live = { session, stream, canvas, ctx: canvas.getContext("2d", { willReadFrequently: true }),
+           frames: [], busy: false, said: [] };
+  $("preview").srcObject = stream;
+  $("preview").hidden = false;
+  await $("preview").play();
+  live.timer = setInterval(captureFrame, 40);
+  $("live").setAttribute("aria-pressed", "true");
+  status("Live: sign in front of the camera; press Live again to stop.");
+}
+
+function captureFrame() {
+  if (!live) return;
+  live.ctx.drawImage($("preview"), 0, 0, LIVE_W, LIVE_H);
+  const rgba = live.ctx.getImageData(0, 0, LIVE_W, LIVE_H).data;
+  const rgb = new Uint8Array(LIVE_W * LIVE_H * 3);
+  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
+    rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
+  }
+  live.frames.push(rgb);
+  if (live.frames.length >= CHUNK && !live.busy) sendChunk();
+}
+
+async function sendChunk() {
+  const mine = live;
+  const frames = mine.frames.splice(0, 50);  // the app takes at most 50 per request
+  const body = new Uint8Array(frames.length * LIVE_W * LIVE_H * 3);
+  frames.forEach((f, i) => body.set(f, i * f.length));
+  mine.busy = true;
+  try {
+    const r = await fetch(`/api/live/${mine.session}?width=${LIVE_W}&height=${LIVE_H}`,
+                          { method: "POST", body });
+    const out = await r.json();
+    if (!r.ok) throw new Error(out.error || r.statusText);
+    mine.said.push(...out.final.map((w) => w.word));
+    document.querySelector("[data-testid=prediction]").textContent = mine.said.join(" ");
+    $("pending").textContent = out.pending.map((w) => w.word).join(" ");
+  } catch (e) {
+    status(`Live: ${e.message}`, true);
+  } finally {
+    mine.busy = false;
+  }
+}
+
+function stopLive() {
+  clearInterval(live.timer);
+  live.stream.getTracks().forEach((t) => t.stop());
+  fetch(`/api/live/${live.session}`, { method: "DELETE" });
+  live = null;
+  $("pending").textContent = "";
+  $("preview").hidden = true;
+  $("live").setAttribute("aria-pressed", "false");
+  status("");
+}
+
 $("predict").addEventListener("click", () => {
   const form = new FormData();
   const file = $("file").files[0];
@@ -141,6 +216,7 @@ $("predict").addEventListener("click", () => {
   predict(form);
 });
 $("record").addEventListener("click", toggleRecord);
+$("live").addEventListener("click", toggleLive);
 $("correct").addEventListener("click", () => sendFeedback("correct"));
 $("wrong").addEventListener("click", () => sendFeedback("wrong"));
 loadModel();
