@@ -246,7 +246,11 @@ def test_prod_runs_gpu_predictors_with_more_replicas(rendered):
 
 
 def app_args(argv: list[str]) -> dict[str, str | bool]:
-    """The app's arguments by flag, each checked against its command line (APP_FLAGS)."""
+    """The app's arguments by flag, each checked against its command line (APP_FLAGS), and the
+    whole list parsed by the app's own parser (app/server.py), as the container will."""
+    from app.server import build_parser
+
+    build_parser().parse_args(argv)  # exits (SystemExit) on a flag the server does not have
     args: dict[str, str | bool] = {}
     it = iter(argv)
     for arg in it:
