@@ -7,7 +7,7 @@ CHECKOV := $(VENV)/tools/checkov
 CHECKOV_STAMP := $(CHECKOV)/.installed
 DATA ?= data
 
-.PHONY: setup test lint demo bench bench-serve serve app data clean
+.PHONY: setup test lint demo bench bench-serve bench-app serve app data clean
 
 setup: $(STAMP) $(CHECKOV_STAMP)
 
@@ -67,6 +67,10 @@ bench: setup
 
 bench-serve: setup
 	$(BIN)/python -m tools.bench.bench_serve
+
+# The web app over the model it fronts: upload-to-result ratio, live-mode latency.
+bench-app: setup
+	$(BIN)/python -m tools.bench.bench_app
 
 # The web app on :8501 against `make serve`'s REST endpoint; feedback kept in artifacts/feedback
 # (give FEEDBACK=s3://BUCKET/PREFIX for object storage).

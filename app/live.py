@@ -44,6 +44,14 @@ class Session:
             self.first += extra
         self.seen = time.monotonic()
 
+    def forget_said(self, keep: int) -> None:
+        """Drop frames before the last final word's end, but `keep` (a window's worth of
+        context): what is said is not read again, so each read costs only the recent frames."""
+        drop = min(self.count, self.said_until + 1 - keep - self.first)
+        if drop > 0:
+            del self.frames[: drop * self.width * self.height * 3]
+            self.first += drop
+
     def words(self, words: list[str], spans: list[list[int]], settle: int) -> tuple[list, list]:
         """(final words not said before, pending words) from a sentence-mode answer on the
         buffer; each word is {"word", "start", "end"} in stream frames."""

@@ -56,10 +56,12 @@ class ModelClient:
             params, "video", "BYTES", [1], len(video).to_bytes(4, "little") + video
         )
 
-    async def sentence_frames(self, rgb: bytes, count: int, height: int, width: int) -> dict:
+    async def sentence_frames(
+        self, rgb: bytes, count: int, height: int, width: int, stride: int | None = None
+    ) -> dict:
         """Sentence mode on raw RGB frames (the model's `frames` input)."""
-        shape = [count, height, width, 3]
-        return await self._infer({"mode": "sentence"}, "frames", "UINT8", shape, rgb)
+        params = {"mode": "sentence"} | ({"stride": stride} if stride else {})
+        return await self._infer(params, "frames", "UINT8", [count, height, width, 3], rgb)
 
     async def _infer(self, params: dict, name: str, datatype: str, shape: list, raw: bytes) -> dict:
         spec = {"name": name, "datatype": datatype, "shape": shape,

@@ -45,6 +45,8 @@ FLUSH_S = 10.0  # how often queued feedback is retried
 LIVE_SIDE = 320  # live frames are at most this wide and high (the page sends 160 x 120)
 LIVE_CHUNK = 50  # frames per live request at most
 SETTLE = 16  # frames after a word's end before it is final (half the default 30-frame window)
+LIVE_CONTEXT = 30  # frames kept before the next word: a window's worth (the default window)
+LIVE_STRIDE = 3  # windows every 3 frames: still finer than I3D's 8-frame time step
 
 
 def build_parser(
@@ -195,10 +197,13 @@ def create_app(args: argparse.Namespace) -> FastAPI:
         if session.count < 2:
             return {"final": [], "pending": []}
         try:
-            out = await client.sentence_frames(bytes(session.frames), session.count, height, width)
+            out = await client.sentence_frames(
+                bytes(session.frames), session.count, height, width, stride=LIVE_STRIDE
+            )
         except ModelError as e:
             return _error(str(e), e.status)
         final, pending = session.words(out["words"], out["spans"], SETTLE)
+        session.forget_said(keep=LIVE_CONTEXT)
         return {"final": final, "pending": pending}
 
     @web.delete("/api/live/{sid}")

@@ -345,3 +345,6 @@ def test_live_words_are_said_once_though_reads_overlap():
     assert [w["word"] for w in final] == ["go"] and pending == []  # "up" is not said twice
     s.add(bytes(2 * 2 * 3 * 100), 2, 2)  # the buffer slides: stream positions keep counting
     assert s.first == 190 - 120 and s.count == 120
+    s.said_until = 150
+    s.forget_said(keep=30)  # what is said is not read again, but a window's context is kept
+    assert s.first == 121 and s.count == 190 - 121

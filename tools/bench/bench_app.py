@@ -1,0 +1,159 @@
+"""`make bench-app`: the web app's cost over the model it fronts, side by side in one run.
+
+1. Upload-to-result: POST /api/predict (multipart, through the app) vs the same video sent
+   straight to the model server's REST endpoint (binary BYTES); medians of alternating runs and
+   their ratio.
+2. Live latency: one signer's synthetic test videos strung together (the signs' frame ranges
+   known) are fed to /api/live as the page feeds them (160 x 120, 12-frame chunks at 25 fps,
+   real time, one request in flight); for each word that becomes final, the time from sending
+   the last frame of its sign to receiving the word. p50 / p95 over the signs the model names.
+The model is the shipped sentence fixture (tests/fixtures/sentence_model, the demo's size);
+both servers are separate processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+
+from model.predict import Classifier
+from sign2text.data.dataset import load_samples
+from sign2text.data.synth import synthesize
+from sign2text.learning.context import load_videos, signer_groups, string_together
+from sign2text.release.local_deploy import free_port, stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "tests" / "fixtures" / "sentence_model"
+RUNS = 10
+SIGNS = 20
+CHUNK, FPS, W, H = 12, 25.0, 160, 120
+
+
+def _start(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if opener.open(url, timeout=2).status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.3)
+    stop_process(proc)
+    raise SystemExit(f"{cmd[2]} did not start:\n{log.read_text()[-2000:]}")
+
+
+def _direct(client: httpx.Client, model_url: str, video: bytes) -> None:
+    spec = {"name": "video", "shape": [1], "datatype": "BYTES",
+            "parameters": {"binary_data_size": len(video) + 4}}  # fmt: skip
+    header = json.dumps({"inputs": [spec], "parameters": {"mode": "word", "top_k": 5}}).encode()
+    body = header + len(video).to_bytes(4, "little") + video
+    r = client.post(f"{model_url}/v2/models/sign2text/infer", content=body,
+                    headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    r.raise_for_status()
+
+
+def _via_app(client: httpx.Client, app_url: str, video: bytes) -> None:
+    r = client.post(f"{app_url}/api/predict", files={"file": ("sign.mp4", video)},
+                    data={"mode": "word"})  # fmt: skip
+    r.raise_for_status()
+
+
+def upload_ratio(model_url: str, app_url: str, video: bytes) -> dict:
+    times: dict[str, list[float]] = {"direct": [], "app": []}
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        _direct(client, model_url, video), _via_app(client, app_url, video)  # warm both
+        for _ in range(RUNS):
+            for name, send in (("direct", _direct), ("app", _via_app)):
+                t = time.perf_counter()
+                send(client, model_url if name == "direct" else app_url, video)
+                times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    return {"direct_ms": med["direct"], "app_ms": med["app"], "ratio": med["app"] / med["direct"]}
+
+
+def _stream(tmp: Path) -> tuple[np.ndarray, list[tuple[int, int, int]], list[str]]:
+    """One signer's test videos strung together: (BGR frames, [(start, end, label)], labels)."""
+    data = tmp / "data"
+    synthesize(data, classes=10, per_class=12, signers=24, seed=7, progress=False,
+               only_splits=("test",))  # fmt: skip
+    labels = Classifier(MODEL).labels
+    samples = [s for s in load_samples(data) if s.split == "test"]
+    videos = load_videos(data, samples, labels)
+    # Signers one after another (the page sends 160 x 120 whatever the camera's size).
+    order = [i for g in signer_groups(videos) for i in g][:SIGNS]
+    resized = [dataclasses.replace(v, frames=np.stack([cv2.resize(f, (W, H)) for f in v.frames]))
+               for v in videos]  # fmt: skip
+    return (*string_together(resized, order), labels)
+
+
+def live_latency(app_url: str, tmp: Path) -> dict:
+    frames, spans, labels = _stream(tmp)
+    rgb = np.ascontiguousarray(frames[..., ::-1])  # RGB, as the page sends
+    heard: list[tuple[str, int, int, float]] = []  # (word, start, end, time received)
+    sent_at: dict[int, float] = {}  # frame index -> time its chunk was sent
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        sid = client.post(f"{app_url}/api/live").json()["session"]
+        start = time.perf_counter()
+        for i in range(0, len(rgb), CHUNK):
+            due = start + (i + CHUNK) / FPS  # a camera delivers the chunk's last frame then
+            time.sleep(max(0.0, due - time.perf_counter()))
+            now = time.perf_counter()
+            sent_at.update(dict.fromkeys(range(i, i + CHUNK), now))
+            r = client.post(f"{app_url}/api/live/{sid}", params={"width": W, "height": H},
+                            content=rgb[i : i + CHUNK].tobytes())  # fmt: skip
+            got = time.perf_counter()
+            heard += [(w["word"], w["start"], w["end"], got) for w in r.json()["final"]]
+    latencies, named = [], 0
+    for s, e, label in spans:
+        match = [h for h in heard if h[0] == labels[label] and h[1] <= e and h[2] >= s]
+        if match:
+            named += 1
+            latencies.append(match[0][3] - sent_at[e])
+    q = np.percentile(latencies, [50, 95]) * 1000 if latencies else [float("nan")] * 2
+    return {"signs": len(spans), "named": named, "words_heard": len(heard),
+            "p50_ms": float(q[0]), "p95_ms": float(q[1])}  # fmt: skip
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        mport, aport = free_port(), free_port()
+        model_url, app_url = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{aport}"
+        model = _start([sys.executable, "-m", "model.server", "--model-dir", str(MODEL),
+                        "--http-port", str(mport), "--grpc-port", str(free_port()),
+                        "--host", "127.0.0.1"], f"{model_url}/v2/health/ready",
+                       tmp / "model.log")  # fmt: skip
+        app = _start([sys.executable, "-m", "app.server", "--model-url", model_url,
+                      "--port", str(aport)], f"{app_url}/healthz", tmp / "app.log")  # fmt: skip
+        try:
+            from sign2text.data.synth import moving_square, write_video
+
+            video = write_video(tmp / "sign.mp4", moving_square(40)).read_bytes()
+            up = upload_ratio(model_url, app_url, video)
+            print(
+                f"upload-to-result (median of {RUNS}): via the app {up['app_ms']:.1f} ms, "
+                f"straight to the model {up['direct_ms']:.1f} ms: {up['ratio']:.2f}x"
+            )
+            live = live_latency(app_url, tmp)
+            print(f"live: {live['named']} of {live['signs']} signs named "
+                  f"({live['words_heard']} words final); end of sign -> word: "
+                  f"p50 {live['p50_ms']:.0f} ms, p95 {live['p95_ms']:.0f} ms")  # fmt: skip
+        finally:
+            stop_process(app)
+            stop_process(model)
+
+
+if __name__ == "__main__":
+    main()
