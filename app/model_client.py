@@ -12,6 +12,8 @@ import json
 import httpx
 
 NAME = "sign2text"
+# frame_probs (the timeline's curves) comes only when named
+SENTENCE_OUTPUTS = ("words", "spans", "confidences", "frame_probs")
 
 
 class ModelError(Exception):
@@ -50,11 +52,12 @@ class ModelClient:
         return sorted(out["glosses"])
 
     async def predict(self, video: bytes, mode: str, **params) -> dict:
-        """Word mode: {"glosses", "scores"}; sentence mode: {"words", "spans", "confidences"}."""
+        """Word mode: {"glosses", "scores"}; sentence mode: {"words", "spans", "confidences",
+        "frame_probs"} (frame_probs: per frame, P(each word's gloss) and P(no sign))."""
         params = {"mode": mode, **{k: v for k, v in params.items() if v is not None}}
-        return await self._infer(
-            params, "video", "BYTES", [1], len(video).to_bytes(4, "little") + video
-        )
+        outputs = SENTENCE_OUTPUTS if mode == "sentence" else None
+        raw = len(video).to_bytes(4, "little") + video
+        return await self._infer(params, "video", "BYTES", [1], raw, outputs)
 
     async def sentence_frames(
         self, rgb: bytes, count: int, height: int, width: int, stride: int | None = None
@@ -63,10 +66,14 @@ class ModelClient:
         params = {"mode": "sentence"} | ({"stride": stride} if stride else {})
         return await self._infer(params, "frames", "UINT8", [count, height, width, 3], rgb)
 
-    async def _infer(self, params: dict, name: str, datatype: str, shape: list, raw: bytes) -> dict:
+    async def _infer(self, params: dict, name: str, datatype: str, shape: list, raw: bytes,
+                     outputs: tuple[str, ...] | None = None) -> dict:  # fmt: skip
         spec = {"name": name, "datatype": datatype, "shape": shape,
                 "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
-        header = json.dumps({"inputs": [spec], "parameters": params}).encode()
+        request = {"inputs": [spec], "parameters": params}
+        if outputs:
+            request["outputs"] = [{"name": o} for o in outputs]
+        header = json.dumps(request).encode()
         try:
             r = await self._http.post(
                 f"{self.base}/v2/models/{NAME}/infer",
@@ -99,7 +106,7 @@ def _error(r: httpx.Response) -> str:
 
 def _value(output: dict):
     data = output["data"]
-    if output["datatype"] == "INT32" and len(output["shape"]) == 2:
+    if len(output["shape"]) == 2:  # rows, as the page reads them
         n = output["shape"][1]
         return [data[i : i + n] for i in range(0, len(data), n)]
     return data

@@ -95,6 +95,7 @@ class Classifier:
         timer: Timer = untimed,
         reader: Reader = V.read_video,
         stop: S.Stop = S.never,
+        on_probs=None,
     ) -> list[S.Word]:
         """The video as several signs in a row: the words, in order (model/sentence.py).
 
@@ -111,7 +112,7 @@ class Classifier:
         with timer("inference"):
             return S.transcribe(
                 self, frames, window=window, stride=stride, threshold=threshold,
-                max_windows=S.max_windows(self, limits.max_frames), stop=stop,
+                max_windows=S.max_windows(self, limits.max_frames), stop=stop, on_probs=on_probs,
             )  # fmt: skip
 
     def check_top_k(self, top_k: int) -> int:

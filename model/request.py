@@ -42,6 +42,7 @@ class Request:
     mode: str  # one of MODES, decided here and nowhere else
     top_k: int
     sentence: dict = field(default_factory=dict)  # window / stride / threshold as given
+    outputs: frozenset[str] = frozenset()  # outputs the client named (empty: the defaults)
     video: bytes | None = None  # an encoded file, within max_video_bytes
     frames: np.ndarray | None = None  # T x H x W x 3 uint8 RGB as sent, within max_frames
 
@@ -68,9 +69,10 @@ def parse(req: InferRequest, *, classes: int, max_video_bytes: int, max_frames: 
     if len(names) > 1:
         raise InvalidInput(f"send exactly one of `video` or `frames`, got {names}")
     inp = req.inputs[0]
+    named = frozenset(o.name for o in req.request_outputs or [])
     if inp.name == "video":
-        return Request(mode, top_k, sentence, video=_video_bytes(inp, max_video_bytes))
-    return Request(mode, top_k, sentence, frames=_frames(inp, max_frames))
+        return Request(mode, top_k, sentence, named, video=_video_bytes(inp, max_video_bytes))
+    return Request(mode, top_k, sentence, named, frames=_frames(inp, max_frames))
 
 
 # InferParameter fields of the v2 gRPC protocol that kserve 0.21's copy of the proto lacks

@@ -168,10 +168,13 @@ def transcribe(
     batch_size: int = 8,
     max_windows: int | None = None,
     stop: Stop = never,
+    on_probs: Callable[[np.ndarray], None] | None = None,
 ) -> list[Word]:
     """A video's T x H x W x 3 uint8 BGR frames -> the signed words, in order.
 
     `max_windows` caps the request's cost (OverLimit beyond it); `stop` is frame_probabilities'.
+    `on_probs` is given the T x (glosses + 1) per-frame probabilities (last column: no sign),
+    for a caller that shows them (the app's timeline).
     """
     trained = classifier.bundle.sentence_window
     if trained is None:
@@ -198,6 +201,8 @@ def transcribe(
         )
 
     probs = frame_probabilities(classifier, frames, window, stride, batch_size, stop)
+    if on_probs is not None:
+        on_probs(probs)
     glosses = len(classifier.labels)
     signing = 1.0 - probs[:, glosses] >= threshold
     labels = np.where(signing, probs[:, :glosses].argmax(axis=1), -1)

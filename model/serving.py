@@ -3,7 +3,9 @@
 Requests are decoded and checked by model/request.py (its docstring has the inputs and
 parameters); the answer is model/predict.py's Classifier.word or Classifier.sentence.
 Outputs: word mode `glosses` BYTES [k], `scores` FP32 [k]; sentence mode `words` BYTES [n],
-`spans` INT32 [n, 2], `confidences` FP32 [n].
+`spans` INT32 [n, 2], `confidences` FP32 [n], and, only when asked for by name, `frame_probs`
+FP32 [T, n + 1]: per frame, the probability of each word's gloss (column j: words[j]) and of
+no sign (last column) -- what a timeline of the words over the video draws.
 
 Anything wrong with a request raises kserve's InvalidInput (HTTP 400 / gRPC INVALID_ARGUMENT);
 any other exception is a bug in this server (500 / INTERNAL).
@@ -59,6 +61,7 @@ OUTPUTS = [
     {"name": "words", "datatype": "BYTES", "shape": [-1]},
     {"name": "spans", "datatype": "INT32", "shape": [-1, 2]},
     {"name": "confidences", "datatype": "FP32", "shape": [-1]},
+    {"name": "frame_probs", "datatype": "FP32", "shape": [-1, -1]},
 ]
 
 
@@ -199,8 +202,13 @@ class Sign2TextModel(kserve.Model):
         with _video(request) as video:
             try:
                 if request.mode == "sentence":
-                    out = clf.sentence(video, **request.sentence, **kw, stop=work.stop)
-                    return _sentence_outputs(out)
+                    probs: list[np.ndarray] = []
+                    keep = probs.append if "frame_probs" in request.outputs else None
+                    out = clf.sentence(video, **request.sentence, **kw, stop=work.stop,
+                                       on_probs=keep)  # fmt: skip
+                    return _sentence_outputs(out) + [
+                        _probs_output(p, out, clf.labels) for p in probs
+                    ]
                 return _word_outputs(clf.word(video, request.top_k, **kw))
             except ValueError as e:  # the classifier's ValueErrors are about its input
                 msg = str(e)
@@ -307,6 +315,13 @@ def _word_outputs(pred: Prediction) -> list[InferOutput]:
         InferOutput("glosses", [len(glosses)], "BYTES", data=glosses),
         InferOutput("scores", [len(scores)], "FP32", data=scores),
     ]
+
+
+def _probs_output(probs: np.ndarray, words: list[Word], labels: list[str]) -> InferOutput:
+    """The words' glosses and no sign only: all glosses would be frames x 2000 for WLASL."""
+    columns = [labels.index(w.gloss) for w in words] + [len(labels)]
+    picked = np.ascontiguousarray(probs[:, columns], dtype=np.float32)
+    return InferOutput("frame_probs", list(picked.shape), "FP32", data=picked)
 
 
 def _sentence_outputs(words: list[Word]) -> list[InferOutput]:

@@ -180,6 +180,9 @@ def test_upload_shows_what_predict_local_says(stack, videos, tmp_path):
     _upload(driver, videos / "signs.mp4")
     words, status = _answer(driver, tmp_path / "sentence-upload.png")
     assert words == " ".join(w.gloss for w in clf.sentence(videos / "signs.mp4")), status
+    # the timeline: each word's probability and no sign's, frame by frame
+    series = driver.execute_script("return document.getElementById('probs').dataset.series")
+    assert json.loads(series) == [*words.split(), "no sign"]
 
 
 def test_a_link_shows_the_same(stack, videos, tmp_path):

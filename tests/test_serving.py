@@ -332,7 +332,7 @@ def test_tritonclient_rest_binary_rest_json_and_grpc(server, files, model_dir):
         inputs = {i["name"]: (i["datatype"], [int(d) for d in i["shape"]]) for i in meta["inputs"]}
         assert inputs == {"video": ("BYTES", [1]), "frames": ("UINT8", [-1, -1, -1, 3])}
         names = {o["name"] for o in meta["outputs"]}
-        assert names == {"glosses", "scores", "words", "spans", "confidences"}
+        assert names == {"glosses", "scores", "words", "spans", "confidences", "frame_probs"}
     # the version is the weights' hash: what a feedback record names the model by (REST; kserve
     # 0.21's gRPC servicer builds its metadata message without `versions`)
     assert r["http_metadata"]["versions"] == [hash_file(model_dir / "model.pt")[:12]]
@@ -573,3 +573,24 @@ def test_stop_removes_a_downloaded_model_and_the_decoder(tmp_path, monkeypatch):
     assert child.poll() is None
     m.stop()
     assert not download.exists() and child.poll() is not None
+
+
+def test_frame_probs_come_only_when_asked_for():
+    """Sentence mode's per-frame probabilities of each word's gloss and of no sign, for the app's
+    timeline: sent only to a client that names the output (frames x words + 1 values)."""
+    from kserve.protocol.infer_type import RequestedOutput
+
+    m = Sign2TextModel(SENTENCE_FIXTURE)
+    m.load()
+    rgb = moving_square(90, seed=3)[..., ::-1].copy()
+    plain = _outputs(asyncio.run(m.predict(_frames_request(rgb, mode="sentence"))))
+    assert "frame_probs" not in plain
+    req = _frames_request(rgb, mode="sentence")
+    req.request_outputs = [RequestedOutput(n) for n in ("words", "spans", "frame_probs")]
+    out = _outputs(asyncio.run(m.predict(req)))
+    words, probs = [w.decode() for w in out["words"]], out["frame_probs"]
+    assert words and probs.shape == (90, len(words) + 1)
+    assert ((probs >= 0) & (probs <= 1)).all()
+    for j, (a, b) in enumerate(out["spans"]):  # a word's gloss is likely over its own span
+        assert probs[a : b + 1, j].mean() > probs[a : b + 1, -1].mean() * 0.5
+    m.stop()

@@ -46,6 +46,8 @@ function clear() {
   $("pending").textContent = "";
   $("bars").replaceChildren();
   $("timeline").replaceChildren();
+  $("probs").hidden = true;
+  $("legend").replaceChildren();
   $("feedback").hidden = true;
 }
 
@@ -76,6 +78,7 @@ function show(answer) {
       d.textContent = w;
       return d;
     }));
+    if (res.frame_probs) drawProbs(res.words, res.frame_probs);
     if (!res.words.length) status("No sign found in this video.");
   }
   if ($("feedback").dataset.enabled) {
@@ -83,6 +86,35 @@ function show(answer) {
     if (words.length) $("gloss").value = words[0];
     status("", false, $("feedback-status"));
   }
+}
+
+const COLOURS = ["#2962ff", "#d50000", "#00c853", "#ff6d00", "#aa00ff", "#00b8d4"];
+
+// One curve per word (P of its gloss, frame by frame) and a grey one for "no sign".
+function drawProbs(words, rows) {
+  const canvas = $("probs");
+  const ctx = canvas.getContext("2d");
+  const { width: w, height: h } = canvas;
+  ctx.clearRect(0, 0, w, h);
+  const series = [...words, "no sign"];
+  series.forEach((name, j) => {
+    ctx.strokeStyle = j === words.length ? "#9e9e9e" : COLOURS[j % COLOURS.length];
+    ctx.setLineDash(j === words.length ? [4, 3] : []);
+    ctx.beginPath();
+    rows.forEach((row, t) => {
+      const x = (t / Math.max(1, rows.length - 1)) * w, y = h - row[j] * (h - 4) - 2;
+      if (t === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.stroke();
+  });
+  canvas.dataset.series = JSON.stringify(series);
+  canvas.hidden = false;
+  $("legend").replaceChildren(...series.map((name, j) => {
+    const s = document.createElement("span");
+    s.style.color = j === words.length ? "#757575" : COLOURS[j % COLOURS.length];
+    s.textContent = `— ${name}`;
+    return s;
+  }));
 }
 
 async function sendFeedback(verdict) {
