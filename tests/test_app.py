@@ -10,6 +10,7 @@ import contextlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -351,3 +352,32 @@ def test_live_words_are_said_once_though_reads_overlap():
     s.said_until = 150
     s.forget_said(keep=30)  # what is said is not read again, but a window's context is kept
     assert s.first == 121 and s.count == 190 - 121
+
+
+def test_links_are_fetched_within_limits(videos):
+    """The app's fetch of a link: http(s) only, loopback/private refused unless allowed, a size
+    cap while streaming, a timeout."""
+    import asyncio
+
+    from app.urlfetch import FetchError, fetch
+
+    def get(url, **kw):
+        return asyncio.run(fetch(url, **{"max_bytes": 1 << 20, **kw}))
+
+    with _file_server(videos) as files:
+        for url in ("ftp://example.org/a.mp4", "file:///etc/passwd", f"{files}/sign.mp4",
+                    "http://169.254.169.254/latest/meta-data/"):  # fmt: skip
+            with pytest.raises(FetchError, match="only http|private"):
+                get(url)
+        data, name = get(f"{files}/sign.mp4", allow_private=True)
+        assert data == (videos / "sign.mp4").read_bytes() and name == "sign.mp4"
+        with pytest.raises(FetchError, match="larger than"):
+            get(f"{files}/camera.y4m", allow_private=True)
+        with pytest.raises(FetchError, match="HTTP 404"):
+            get(f"{files}/nothing.mp4", allow_private=True)
+
+    silent = socket.socket()  # accepts, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    with silent, pytest.raises(FetchError, match="longer than"):
+        get(f"http://127.0.0.1:{silent.getsockname()[1]}/v.mp4", allow_private=True, timeout_s=1)
