@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.s3 import s3_client
+
 log = logging.getLogger(__name__)
 
 ID_PATTERN = r"^\d{8}T\d{6}Z-[0-9a-f]{12}$"
@@ -128,35 +130,6 @@ class _LocalTarget:
 
     def describe(self) -> str:
         return str(self.root)
-
-
-def s3_client():
-    """A boto3 client as sign2text.release.objstore.s3_client builds it (same variables, same
-    defaults), so one environment configures the app and the project alike."""
-    import boto3
-    from botocore.config import Config
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    if endpoint and "://" not in endpoint:
-        endpoint = f"https://{endpoint}"
-    verify: bool | None = None
-    if os.environ.get("S3_VERIFY_SSL", "1").lower() in ("0", "false"):
-        verify = False
-    config = Config(
-        connect_timeout=float(os.environ.get("S3_CONNECT_TIMEOUT", "15")),
-        read_timeout=float(os.environ.get("S3_READ_TIMEOUT", "60")),
-        retries={
-            "total_max_attempts": max(1, int(os.environ.get("S3_MAX_ATTEMPTS", "3"))),
-            "mode": "standard",
-        },
-    )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=os.environ.get("AWS_DEFAULT_REGION") or None,
-        verify=verify,
-        config=config,
-    )
 
 
 class _S3Target:

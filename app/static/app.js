@@ -134,16 +134,21 @@ async function sendFeedback(verdict) {
   }
 }
 
+// The camera's stream, or null (and the reason on the page) when there is none.
+async function openCamera() {
+  try {
+    return await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  } catch (e) {
+    status(`No camera: ${e.message}`, true);
+    return null;
+  }
+}
+
 async function toggleRecord() {
   const button = $("record");
   if (recorder) { recorder.stop(); return; }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
-  } catch (e) {
-    status(`No camera: ${e.message}`, true);
-    return;
-  }
+  const stream = await openCamera();
+  if (!stream) return;
   const chunks = [];
   recorder = new MediaRecorder(stream, { mimeType: "video/webm" });
   recorder.ondataavailable = (ev) => { if (ev.data.size) chunks.push(ev.data); };
@@ -173,13 +178,8 @@ let live = null;
 
 async function toggleLive() {
   if (live) { stopLive(); return; }
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
-  } catch (e) {
-    status(`No camera: ${e.message}`, true);
-    return;
-  }
+  const stream = await openCamera();
+  if (!stream) return;
   const r = await fetch("/api/live", { method: "POST" });
   const { session } = await r.json();
   clear();
