@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -155,7 +156,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         final = steps.train(
             params, shards, Path(args.out), resume=args.resume, progress=not args.quiet
         )
-    print(json.dumps(final))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, not once per process
+        print(json.dumps(final))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

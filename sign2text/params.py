@@ -46,6 +46,8 @@ TRAIN_RULES = {
     "bn_clips": Rule(ge=1),
     "seed": Rule(ge=0),  # numpy refuses negative seeds
     "num_workers": Rule(ge=0),
+    "shuffle_buffer": Rule(ge=1),
+    "context_buffer": Rule(ge=1),
     "device": Rule(pattern=r"auto|cpu|cuda(:\d+)?", means="auto, cpu, cuda or cuda:N"),
 }
 
@@ -74,6 +76,8 @@ class TrainConfig:
     seed: int
     num_workers: int
     cache: bool  # keep decoded clips in memory across epochs (small datasets)
+    shuffle_buffer: int  # streaming (cache false): compressed videos each loader worker shuffles
+    context_buffer: int  # ... and the decoded recent ones it strings context windows from
     device: str
 
     @classmethod

@@ -21,7 +21,7 @@ from model.video import PreprocessConfig
 from sign2text.cli import main
 from sign2text.data.convert import convert
 from sign2text.data.synth import synthesize
-from sign2text.learning.train import ShardClips
+from sign2text.learning.clips import ShardClips
 from tests.conftest import demo_recipe
 
 TINY_MODEL = {"width": 0.25, "dropout": 0.0, "num_frames": 8, "resize": 64, "crop": 56,
@@ -32,7 +32,8 @@ TINY_TRAIN = {"epochs": 3, "batch_size": 4, "optimizer": "adamw", "lr": 0.002,
               "hflip": True, "color_jitter": 0.2, "context_fraction": 0.5,
               "context_epochs": 1, "context_lr": 0.001, "context_window": 12, "bn_clips": 256,
               "freeze_backbone": False, "init": "",
-              "seed": 0, "num_workers": 0, "cache": True, "device": "cpu"}  # fmt: skip
+              "seed": 0, "num_workers": 0, "cache": True, "shuffle_buffer": 16,
+              "context_buffer": 8, "device": "cpu"}  # fmt: skip
 
 
 def tiny_params(tmp: Path, **train) -> Path:

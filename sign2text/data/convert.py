@@ -325,29 +325,54 @@ def _shard_path(shard_dir: Path, name: object) -> Path:
     return shard_dir / name
 
 
-def iter_samples(shard_dir: Path, split: str) -> Iterator[tuple[dict, np.ndarray]]:
-    """(meta, frames T x H x W x 3 uint8 BGR) for every converted sample of `split`, in order."""
+def split_shards(shard_dir: Path, split: str) -> list[tuple[Path, int]]:
+    """(path, sign samples) of each shard of `split`, in order, as manifest.json lists them."""
     shard_dir = Path(shard_dir)
     splits = read_manifest(shard_dir)["splits"]
     if split not in splits:
         raise ValueError(f"no split {split!r} in {shard_dir}; it has {sorted(splits)}")
-    with tempfile.TemporaryDirectory(dir=_tmpdir()) as d:
-        clip = os.path.join(d, "clip.mp4")
-        for shard in splits[split]["shards"]:
-            path = _shard_path(shard_dir, shard.get("name"))
-            try:  # "r:": uncompressed only, so a small shard cannot inflate into a huge one
-                tar = tarfile.open(path, mode="r:")
-            except tarfile.ReadError as e:
-                raise ValueError(f"{path}: not an uncompressed tar shard ({e})") from None
-            with tar:
-                for parts in _members(tar, path):
-                    try:
-                        meta = json.loads(parts["json"])
-                        n, h, w = (int(meta[k]) for k in ("num_frames", "height", "width"))
-                    except (ValueError, KeyError, TypeError) as e:
-                        raise ValueError(
-                            f"{path}: a sample's metadata is malformed ({e!r})"
-                        ) from None
-                    Path(clip).write_bytes(parts["mp4"])
-                    frames = decode(clip, range(n))
-                    yield meta, np.ascontiguousarray(frames[:, :h, :w])
+    return [(_shard_path(shard_dir, sh.get("name")), int(sh.get("samples", 0)))
+            for sh in splits[split]["shards"]]  # fmt: skip
+
+
+def read_shard(path: Path) -> Iterator[tuple[dict, bytes]]:
+    """(meta, mp4 bytes) for every sample of one shard, in order, not yet decoded."""
+    try:  # "r:": uncompressed only, so a small shard cannot inflate into a huge one
+        tar = tarfile.open(path, mode="r:")
+    except tarfile.ReadError as e:
+        raise ValueError(f"{path}: not an uncompressed tar shard ({e})") from None
+    with tar:
+        for parts in _members(tar, path):
+            try:
+                meta = json.loads(parts["json"])
+                _ = [int(meta[k]) for k in ("num_frames", "height", "width")]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}: a sample's metadata is malformed ({e!r})") from None
+            yield meta, parts["mp4"]
+
+
+def decode_clip(meta: dict, mp4: bytes, scratch: str) -> np.ndarray:
+    """A stored clip -> frames T x H x W x 3 uint8 BGR. `scratch`: a private folder."""
+    clip = os.path.join(scratch, "clip.mp4")
+    Path(clip).write_bytes(mp4)
+    n, h, w = (int(meta[k]) for k in ("num_frames", "height", "width"))
+    return np.ascontiguousarray(decode(clip, range(n))[:, :h, :w])
+
+
+def iter_shard(path: Path, scratch: str) -> Iterator[tuple[dict, np.ndarray]]:
+    """(meta, frames T x H x W x 3 uint8 BGR) for every sample of one shard, in order."""
+    for meta, mp4 in read_shard(path):
+        yield meta, decode_clip(meta, mp4, scratch)
+
+
+def iter_samples(shard_dir: Path, split: str) -> Iterator[tuple[dict, np.ndarray]]:
+    """(meta, frames T x H x W x 3 uint8 BGR) for every converted sample of `split`, in order."""
+    paths = [path for path, _ in split_shards(shard_dir, split)]
+    with scratch_dir() as d:
+        for path in paths:
+            yield from iter_shard(path, d)
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory:
+    """A private folder for the one clip being decoded (OpenCV reads files, not bytes)."""
+    return tempfile.TemporaryDirectory(dir=_tmpdir())

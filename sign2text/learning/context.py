@@ -15,6 +15,7 @@ sentence mode returns against where each sign really is.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -126,6 +127,26 @@ class ContextWindows:
         w = max(1, round(self.window * rng.uniform(*SPEED_JITTER)))
         c = int(rng.integers(len(frames)))
         return frames[centred_window(len(frames), c, w)], label_at(spans, c, self.no_sign)
+
+
+class SignerBuffer:
+    """Context windows from a stream: the last `capacity` whole videos seen, so memory stays
+    bounded however large the split. A window strings a random buffered video with 0-2 others
+    of its signer still in the buffer, as ContextWindows does with the whole split."""
+
+    def __init__(self, capacity: int, window: int, no_sign: int, max_signs: int = 3):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1 video, got {capacity}")
+        self.videos: deque[Video] = deque(maxlen=capacity)
+        self.window, self.no_sign, self.max_signs = window, no_sign, max_signs
+
+    def add(self, video: Video) -> None:
+        self.videos.append(video)
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        videos = list(self.videos)
+        anchor = int(rng.integers(len(videos)))
+        return ContextWindows(videos, self.window, self.no_sign, self.max_signs).draw(anchor, rng)
 
 
 def sign_strings(
