@@ -13,8 +13,8 @@ import yaml
 
 from sign2text.release.deploy import DEFAULT_TEMPLATES
 from sign2text.release.kube import KubeError, KubernetesApi
+from tests.crd_schema import validate
 from tests.fake_kube import merge_patch
-from tests.kserve_schema import validate
 
 BASE = "/apis/serving.kserve.io/v1beta1/namespaces/ns1/inferenceservices"
 
