@@ -100,12 +100,19 @@ def train_model(
     shards: Input[Dataset],
     params: str,
     checkpoint_root: str,
+    train_nodes: int,
+    train_gpus_per_node: int,
+    train_image: str,
+    train_timeout_h: float,
+    cluster: str,
     model: Output[Model],
     metrics: Output[Metrics],
     curves: Output[HTML],
 ):
-    """I3D training; a retried attempt resumes from its checkpoint under checkpoint_root. The
-    last epoch's values as Metrics, every epoch's as an HTML page of curves and a table."""
+    """I3D training; a retried attempt resumes from its checkpoint under checkpoint_root. More
+    than one node or GPU: a Kubeflow Trainer TrainJob trains (cluster: what it needs, as JSON).
+    The last epoch's values as Metrics, every epoch's as an HTML page of curves and a table."""
+    import os
     from pathlib import Path
 
     from pipelines.glue import log_scalars, train_step
@@ -117,6 +124,12 @@ def train_model(
         Path(checkpoint_root),
         Path(model.path),
         Path(curves.path),
+        nodes=train_nodes,
+        gpus_per_node=train_gpus_per_node,
+        image=train_image,
+        timeout_h=train_timeout_h,
+        cluster=cluster,
+        namespace=os.environ.get("POD_NAMESPACE", ""),
     )
     log_scalars(metrics, final)
 

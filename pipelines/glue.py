@@ -20,6 +20,12 @@ from typing import Any
 from pipelines.parameters import apply_recipe
 from sign2text import steps
 from sign2text.learning.evaluate import TOP_K
+from sign2text.learning.trainjob import (
+    run_trainjob,
+    train_command,
+    trainjob_manifest,
+    trainjob_name,
+)
 from sign2text.params import Params
 from sign2text.steps import VALID
 
@@ -29,6 +35,7 @@ from sign2text.steps import VALID
 PRODUCTION = "production"
 DEPLOY_SOAK_S = 60.0  # each canary step serves this long before the next one
 DEPLOY_TIMEOUT_S = 900.0  # one rollout step must become ready within this
+TRAINJOB_POLL_S = 30.0  # a TrainJob's status and log are read this often
 
 
 def run_params(base: str, **values) -> str:
@@ -96,14 +103,41 @@ def train_step(
     checkpoint_root: Path,
     model_out: Path,
     curves_html: Path | None = None,
+    *,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+    image: str = "",
+    timeout_h: float = 48.0,
+    cluster: str = "{}",
+    namespace: str = "",
+    api: Any = None,
+    poll_s: float = TRAINJOB_POLL_S,
 ) -> dict:
     """Train (resuming from this recipe's checkpoint if an earlier attempt left one), then copy
     the trained model to the step's output and, to `curves_html`, a page with the per-epoch
-    curves and table (history.json, complete on a retried attempt too: it comes from state.pt)."""
-    from sign2text.learning.train import HISTORY, MODEL_DIR
+    curves and table (history.json, complete on a retried attempt too: it comes from state.pt).
+
+    One node with at most one GPU trains in this pod; more run as a Kubeflow Trainer TrainJob
+    (`nodes` x `gpus_per_node`, `image` or else the cluster settings' image) in `namespace`,
+    training into the same checkpoint dir on the shared claim. `cluster` is the pipeline's JSON
+    of what the job needs from the cluster (image, tolerations, node_selector, cpu, memory,
+    pvc, mount); `api` a TrainJobApi (default: the in-cluster client)."""
+    from sign2text.learning.train import HISTORY, METRICS, MODEL_DIR
 
     work = checkpoint_dir(checkpoint_root, shards_hash, params)
-    final = steps.train(_params(params), Path(shards), work, resume=True)
+    if nodes == 1 and gpus_per_node <= 1:
+        final = steps.train(_params(params), Path(shards), work, resume=True)
+    else:
+        settings = json.loads(cluster)
+        manifest = trainjob_for(work, Path(shards), shards_hash, params, nodes=nodes,
+                                gpus_per_node=gpus_per_node, image=image or settings["image"],
+                                settings=settings, namespace=namespace)  # fmt: skip
+        if api is None:
+            from sign2text.release.kube import KubernetesTrainJobApi
+
+            api = KubernetesTrainJobApi()
+        run_trainjob(api, manifest, timeout_s=timeout_h * 3600, poll_s=poll_s)
+        final = json.loads((work / METRICS).read_text())
     shutil.copytree(work / MODEL_DIR, model_out, dirs_exist_ok=True)
     if curves_html is not None:
         from sign2text.learning.curves import curves_html as page
@@ -111,6 +145,65 @@ def train_step(
         Path(curves_html).parent.mkdir(parents=True, exist_ok=True)
         Path(curves_html).write_text(page(json.loads((work / HISTORY).read_text())))
     return final
+
+
+def stage_shards(shards: Path, shards_hash: str, work: Path) -> Path:
+    """The shards copied to work/shards on the shared claim, where every node reads them; a
+    retried attempt finds them there (the hash file is written last, after a complete copy)."""
+    dest, marker, partial = work / "shards", work / "shards.hash", work / "shards.partial"
+    if dest.is_dir() and marker.is_file() and marker.read_text().strip() == shards_hash:
+        return dest
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(shards, partial)
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    marker.write_text(shards_hash + "\n")
+    return dest
+
+
+def trainjob_for(
+    work: Path,
+    shards: Path,
+    shards_hash: str,
+    params: str,
+    *,
+    nodes: int,
+    gpus_per_node: int,
+    image: str,
+    settings: dict,
+    namespace: str,
+) -> dict:
+    """Stage the shards and params in `work` (on the claim mounted at settings' `mount`, here
+    and on every node), and the TrainJob that trains them there."""
+    import yaml
+
+    mount = Path(settings["mount"])
+    if not Path(work).is_relative_to(mount):
+        raise ValueError(f"checkpoint_root must lie on the claim at {mount} for a TrainJob")
+    if not namespace:
+        raise ValueError("no namespace for the TrainJob: the step's POD_NAMESPACE is unset")
+    work.mkdir(parents=True, exist_ok=True)
+    staged = stage_shards(Path(shards), shards_hash, work)
+    params_file = work / "params.yaml"
+    params_file.write_text(yaml.safe_dump(json.loads(params), sort_keys=True))
+    manifest = trainjob_manifest(
+        "",
+        namespace,
+        image=image,
+        command=train_command(staged, work, params_file),
+        num_nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        cpu=settings["cpu"],
+        memory=settings["memory"],
+        tolerations=settings.get("tolerations", []),
+        node_selector=settings.get("node_selector", {}),
+        pvc=settings["pvc"],
+        mount=str(mount),
+        env={"PYTHONUNBUFFERED": "1"},  # log lines reach `kubectl logs` as they are written
+    )
+    manifest["metadata"]["name"] = trainjob_name(work, manifest["spec"])
+    return manifest
 
 
 def fetch_baseline(root: str, dest: Path) -> Path | None:

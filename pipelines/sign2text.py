@@ -15,6 +15,7 @@ from kfp import dsl, kubernetes
 
 from pipelines.components import DEFAULT_IMAGE, build
 from pipelines.parameters import RECIPE, recipe_defaults
+from sign2text.learning.trainjob import SHM
 from sign2text.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +33,42 @@ CHECKPOINT_PVC = "sign2text-checkpoints"
 CHECKPOINT_MOUNT = "/checkpoints"
 TRAIN_RETRIES = 2
 TRAIN_CPU, TRAIN_MEMORY = "4", "16G"
+TRAIN_SHM = "8Gi"  # DataLoader workers hand batches over in /dev/shm (memory, counted as such)
+# GPU nodes are tainted so that only GPU work lands there (as the prod overlay's predictors
+# assume); TRAIN_NODE_SELECTOR (label -> value) may pin training to some of them. Both apply to
+# the train step's pod and to every TrainJob node.
+TRAIN_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+TRAIN_NODE_SELECTOR: dict[str, str] = {}
 
 
 def _with_s3(task: dsl.PipelineTask) -> dsl.PipelineTask:
     kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_KEYS})
     return kubernetes.use_secret_as_env(task, S3_SECRET, {S3_ENDPOINT: S3_ENDPOINT}, optional=True)
+
+
+def _cluster(image: str) -> str:
+    """What a TrainJob needs from the cluster, as the train step's JSON parameter."""
+    return json.dumps({
+        "image": image, "cpu": TRAIN_CPU, "memory": TRAIN_MEMORY,
+        "tolerations": TRAIN_TOLERATIONS, "node_selector": TRAIN_NODE_SELECTOR,
+        "pvc": CHECKPOINT_PVC, "mount": CHECKPOINT_MOUNT,
+    }, sort_keys=True)  # fmt: skip
+
+
+def _in_pod_training(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The train step's pod: one GPU on a GPU node, limits as well as requests (a node is
+    not overcommitted), shared memory for the DataLoader, the checkpoint claim."""
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    task.set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
+    task.set_cpu_limit(TRAIN_CPU).set_memory_limit(TRAIN_MEMORY)
+    for t in TRAIN_TOLERATIONS:
+        kubernetes.add_toleration(task, key=t["key"], operator=t["operator"], effect=t["effect"])
+    for key, value in TRAIN_NODE_SELECTOR.items():
+        kubernetes.add_node_selector(task, key, value)
+    kubernetes.empty_dir_mount(task, "dshm", SHM, medium="Memory", size_limit=TRAIN_SHM)
+    kubernetes.mount_pvc(task, pvc_name=CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
+    # A TrainJob goes in the step's own namespace, where the checkpoint claim is.
+    return kubernetes.use_field_path_as_env(task, "POD_NAMESPACE", "metadata.namespace")
 
 
 def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
@@ -68,6 +100,10 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         model_bucket: str = "sign2text",
         deploy_target: str = "cluster",
         checkpoint_root: str = CHECKPOINT_MOUNT,
+        train_nodes: int = 1,
+        train_gpus_per_node: int = 1,
+        train_image: str = "",
+        train_timeout_h: float = 48.0,
         base_params: str = json.dumps(base, sort_keys=True),
     ):
         """data_repo/data_rev: git repository and revision whose data.dvc names the dataset
@@ -75,7 +111,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         subset: first N glosses (0 = all); frames, image_size (crop), epochs, batch_size, lr: the
         training recipe; context_epochs: epochs with context windows after those (0 = no
         sentence mode); min_top1, tolerance: the gate; canary_percent, canary_steps: the
-        rollout; deploy_target: cluster (KServe) or local (a local server, for local runs)."""
+        rollout; deploy_target: cluster (KServe) or local (a local server, for local runs);
+        train_nodes x train_gpus_per_node above 1 x 1: a Kubeflow Trainer TrainJob trains
+        (train_image, "" = the components image) and must end within train_timeout_h."""
         arguments = dict(locals())  # the parameters, before any other name is bound
         outcome = c.record_outcome(isvc_name=isvc_name).set_caching_options(False)
         with dsl.ExitHandler(outcome, name="run"):
@@ -108,14 +146,17 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
                     shards=converted.outputs["shards"],
                     params=cfg.outputs["train"],
                     checkpoint_root=checkpoint_root,
+                    train_nodes=train_nodes,
+                    train_gpus_per_node=train_gpus_per_node,
+                    train_image=train_image,
+                    train_timeout_h=train_timeout_h,
+                    cluster=_cluster(image),
                 )
             )
             # Cached too: training is deterministic given the shards and the recipe.
             trained.set_caching_options(True)
-            trained.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-            trained.set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
             trained.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
-            kubernetes.mount_pvc(trained, pvc_name=CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
+            _in_pod_training(trained)
 
             evaluated = _with_s3(
                 c.evaluate_model(

@@ -1,7 +1,7 @@
 """FAKE Kubernetes API + KServe/Knative controller, in memory (no cluster can run here).
 
 Implements `sign2text.release.kube.KubeApi`. Every create and merge patch is validated against the
-KServe CRD schema (tests/kserve_schema.py) before it is applied, and the object after it too.
+KServe CRD schema (tests/crd_schema.py) before it is applied, and the object after it too.
 Patches are applied as RFC 7386 JSON merge patches. The controller moves status through the
 fields KServe does (knative ksvc_reconciler + PropagateStatus):
 
@@ -26,7 +26,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.kserve_schema import validate, validate_patch
+from tests.crd_schema import validate, validate_patch
 
 
 class Crash(BaseException):  # noqa: N818

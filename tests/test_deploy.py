@@ -22,8 +22,8 @@ from sign2text.release.deploy import (
 from sign2text.release.kube import KubeError
 from sign2text.release.objstore import fetch_dir, is_published
 from sign2text.release.smoke import SmokeStats
+from tests.crd_schema import validate, validate_patch
 from tests.fake_kube import Crash, FakeKServe
-from tests.kserve_schema import validate, validate_patch
 from tests.s3 import s3_env_fixture, s3_server_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow

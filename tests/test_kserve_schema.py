@@ -3,7 +3,7 @@
 import jsonschema
 import pytest
 
-from tests.kserve_schema import validate, validate_patch
+from tests.crd_schema import validate, validate_patch
 
 API = "serving.kserve.io/v1beta1"
 

@@ -1,22 +1,26 @@
-"""release.kube.KubernetesApi (the real kubernetes client) and `sign2text deploy --dry-run`
-against a FAKE Kubernetes API server on 127.0.0.1 (no cluster can run here): what goes over
-the wire — paths, merge-patch content type, nulls kept — and clear errors."""
+"""release.kube.KubernetesApi and KubernetesTrainJobApi (the real kubernetes client) and
+`sign2text deploy --dry-run` against a FAKE Kubernetes API server on 127.0.0.1 (no cluster can
+run here): what goes over the wire — paths, merge-patch content type, nulls kept, label
+selectors, log parameters, foreground deletion — and clear errors."""
 
 from __future__ import annotations
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
 from sign2text.release.deploy import DEFAULT_TEMPLATES
-from sign2text.release.kube import KubeError, KubernetesApi
+from sign2text.release.kube import KubeError, KubernetesApi, KubernetesTrainJobApi
+from tests.crd_schema import validate
 from tests.fake_kube import merge_patch
-from tests.kserve_schema import validate
 
 BASE = "/apis/serving.kserve.io/v1beta1/namespaces/ns1/inferenceservices"
+TRAINJOBS = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ns1/trainjobs"
+PODS = "/api/v1/namespaces/ns1/pods"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -40,6 +44,8 @@ class _Handler(BaseHTTPRequestHandler):
         srv.seen.append((self.command, self.path, self.headers.get("Content-Type"), body))
         if srv.deny:
             return self._send(403, {"kind": "Status", "message": "forbidden: no RBAC"})
+        if not self.path.startswith(BASE):
+            return self._trainer(body)
         name = self.path.removeprefix(BASE + "/")
         if self.command == "POST" and self.path == BASE:
             srv.objects[body["metadata"]["name"]] = body
@@ -50,7 +56,30 @@ class _Handler(BaseHTTPRequestHandler):
             srv.objects[name] = merge_patch(srv.objects[name], body)
         return self._send(200, srv.objects[name])
 
-    do_GET = do_POST = do_PATCH = _handle  # noqa: N815
+    def _trainer(self, body: dict | None) -> None:
+        """TrainJobs, pods and a pod's log, as KubernetesTrainJobApi asks for them."""
+        srv, url = self.server, urlsplit(self.path)
+        name = url.path.removeprefix(TRAINJOBS + "/")
+        if url.path == TRAINJOBS and self.command == "POST":
+            srv.objects[body["metadata"]["name"]] = body
+            return self._send(201, body)
+        if url.path.startswith(TRAINJOBS + "/") and name in srv.objects:
+            obj = srv.objects.pop(name) if self.command == "DELETE" else srv.objects[name]
+            return self._send(200, obj)
+        if url.path == PODS and self.command == "GET":
+            meta = {"name": "job-node-0-0-x", "namespace": "ns1", "labels": {"a": "b"}}
+            return self._send(200, {"kind": "PodList", "apiVersion": "v1",
+                                    "items": [{"metadata": meta}]})  # fmt: skip
+        if url.path == f"{PODS}/job-node-0-0-x/log":
+            data = b"2026-01-01T00:00:00.5Z epoch 1\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return self.wfile.write(data)
+        return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _handle  # noqa: N815
 
 
 @pytest.fixture
@@ -121,3 +150,36 @@ def test_cli_dry_run_prints_valid_objects_and_sends_nothing(apiserver, tmp_path,
     assert main([*args]) == 2  # no --smoke-video
     assert "--smoke-video" in capsys.readouterr().err
     assert main([*args, "--steps", "10,x", "--dry-run"]) == 2
+
+
+def test_real_trainjob_client_paths_selector_log_and_foreground_delete(apiserver):
+    from tests.test_trainjob import manifest
+
+    srv, kubeconfig = apiserver
+    api = KubernetesTrainJobApi(kubeconfig)
+    m = manifest(name="job")
+    assert api.get("ns1", "job") is None
+    assert api.create("ns1", m)["spec"] == m["spec"]
+    assert api.get("ns1", "job")["metadata"]["name"] == "job"
+    (pod,) = api.pods("ns1", "jobset.sigs.k8s.io/jobset-name=job,batch.kubernetes.io/x=0")
+    assert pod["metadata"] == {"name": "job-node-0-0-x", "namespace": "ns1", "labels": {"a": "b"}}
+    assert api.pod_log("ns1", "job-node-0-0-x", since_seconds=21) == (
+        "2026-01-01T00:00:00.5Z epoch 1\n"
+    )
+    api.delete("ns1", "job")
+    assert api.get("ns1", "job") is None
+    with pytest.raises(KubeError, match="delete TrainJob ns1/job: HTTP 404"):
+        api.delete("ns1", "job")
+    sent = {(verb, urlsplit(path).path): (urlsplit(path).query, body)
+            for verb, path, _, body in srv.seen}  # fmt: skip
+    assert ("POST", TRAINJOBS) in sent
+    query = parse_qs(sent[("GET", PODS)][0])
+    assert query["labelSelector"] == ["jobset.sigs.k8s.io/jobset-name=job,batch.kubernetes.io/x=0"]
+    query = parse_qs(sent[("GET", f"{PODS}/job-node-0-0-x/log")][0])
+    # kubernetes 30.1 writes the bool as "True", which the API server (ParseBool) accepts.
+    assert query == {"container": ["node"], "sinceSeconds": ["21"], "timestamps": ["True"]}
+    query = parse_qs(sent[("DELETE", f"{TRAINJOBS}/job")][0])
+    assert query == {"propagationPolicy": ["Foreground"]}  # the JobSet and pods go first
+    srv.deny = True
+    with pytest.raises(KubeError, match="create TrainJob ns1/job: HTTP 403: forbidden"):
+        api.create("ns1", m)

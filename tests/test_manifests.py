@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.kserve_schema import validate as validate_kserve
+from tests.crd_schema import validate as validate_kserve
 from tests.kustomize import (
     MANIFESTS,
     OVERLAYS,
@@ -229,6 +229,34 @@ def test_deployer_role_allows_inference_services_and_nothing_more(rendered):
             {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}
         ]
         assert not find(objects, "ClusterRole") and not find(objects, "ClusterRoleBinding")
+
+
+def test_pipeline_namespace_has_the_trainers_claim_and_rbac(manifests, rendered):
+    """manifests/pipeline/: the checkpoint claim every TrainJob node mounts (ReadWriteMany) and
+    the train step's Role: what KubernetesTrainJobApi calls, nothing more, bound to the same
+    step service account as the deployer's Role."""
+    from pipelines.sign2text import CHECKPOINT_PVC
+
+    objects = render(manifests / "pipeline")
+    assert {o["kind"] for o in objects} == {"PersistentVolumeClaim", "Role", "RoleBinding"}
+    for o in objects:
+        kubernetes_validate.validate(o, K8S_VERSION, strict=True)
+        assert o["metadata"]["namespace"] == "kubeflow"
+    pvc = one(objects, "PersistentVolumeClaim", CHECKPOINT_PVC)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    role = one(objects, "Role", "sign2text-trainer")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["trainer.kubeflow.org"],
+            "resources": ["trainjobs"],
+            "verbs": ["create", "get", "list", "watch", "delete"],
+        },
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]},
+    ]
+    binding = one(objects, "RoleBinding", "sign2text-trainer")
+    assert binding["roleRef"]["name"] == "sign2text-trainer"
+    deployer = one(rendered["dev"], "RoleBinding", "sign2text-deployer")
+    assert binding["subjects"] == deployer["subjects"]
 
 
 def test_prod_runs_gpu_predictors_with_more_replicas(rendered):

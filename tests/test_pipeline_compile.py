@@ -4,6 +4,7 @@ errors. No cluster is involved: this reads the spec KFP's compiler writes."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -12,7 +13,17 @@ import yaml
 
 from pipelines.components import DEFAULT_IMAGE
 from pipelines.runner import compile_pipeline, parse_overrides, spec_image, spec_images, submit
-from pipelines.sign2text import COMPILED, NAME, S3_ENDPOINT, S3_KEYS, S3_SECRET
+from pipelines.sign2text import (
+    CHECKPOINT_MOUNT,
+    CHECKPOINT_PVC,
+    COMPILED,
+    NAME,
+    S3_ENDPOINT,
+    S3_KEYS,
+    S3_SECRET,
+    TRAIN_NODE_SELECTOR,
+    TRAIN_TOLERATIONS,
+)
 from sign2text.cli import main
 from tests.fake_kfp import run_fake_kfp
 
@@ -58,6 +69,30 @@ def test_train_requests_a_gpu_retries_and_resumes_from_a_volume(spec):
     # No other step asks for a GPU.
     others = [e for n, e in pipeline["deploymentSpec"]["executors"].items() if "train" not in n]
     assert not any("accelerator" in e["container"].get("resources", {}) for e in others)
+
+
+def test_train_pod_fits_gpu_nodes_and_can_launch_a_trainjob(spec):
+    """Tolerates the GPU taint, limits as well as requests, shared memory for the DataLoader,
+    its namespace for the TrainJob, and the TrainJob parameters with in-pod defaults."""
+    pipeline, k8s = spec
+    res = pipeline["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
+    assert res["resourceCpuLimit"] == res["resourceCpuRequest"]
+    assert res["resourceMemoryLimit"] == res["resourceMemoryRequest"]
+    train = k8s["exec-train-model"]
+    assert train["tolerations"] == TRAIN_TOLERATIONS
+    assert train.get("nodeSelector", {}).get("labels", {}) == TRAIN_NODE_SELECTOR
+    (shm,) = train["emptyDirMounts"]
+    assert (shm["mountPath"], shm["medium"]) == ("/dev/shm", "Memory") and shm["sizeLimit"]
+    assert train["fieldPathAsEnv"] == [{"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"}]
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    defaults = {k: params[k]["defaultValue"] for k in params if k.startswith("train_")}
+    assert defaults == {"train_nodes": 1, "train_gpus_per_node": 1, "train_image": "",
+                        "train_timeout_h": 48}  # fmt: skip
+    task = _tasks(pipeline, "comp-exit-handler-1")["train-model"]
+    cluster = json.loads(task["inputs"]["parameters"]["cluster"]["runtimeValue"]["constant"])
+    assert cluster["image"] == "reg.test/s2t:9"  # train_image "" means the components image
+    assert (cluster["pvc"], cluster["mount"]) == (CHECKPOINT_PVC, CHECKPOINT_MOUNT)
+    assert cluster["tolerations"] == TRAIN_TOLERATIONS
 
 
 def test_deploy_runs_only_when_the_gate_passes(spec):

@@ -1,7 +1,9 @@
-"""Offline validation of KServe objects against the CRD schemas in tests/fixtures/kserve/.
+"""Offline validation of custom objects against their CRD schemas: KServe's
+(tests/fixtures/kserve/) and Kubeflow Trainer's TrainJob (tests/fixtures/kubeflow-trainer/).
 
 The API server prunes unknown fields silently; here they are errors, so a misspelt field
-(`canaryTrafficPrecent`) fails a test instead of being dropped on a cluster.
+(`canaryTrafficPrecent`) fails a test instead of being dropped on a cluster. The CRDs' CEL
+rules (x-kubernetes-validations) are not evaluated, except TrainJob's name rule (`validate`).
 """
 
 from __future__ import annotations
@@ -9,17 +11,28 @@ from __future__ import annotations
 import copy
 import functools
 import gzip
+import re
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-FIXTURES = Path(__file__).parent / "fixtures" / "kserve"
+FIXTURES = Path(__file__).parent / "fixtures"
+# kind -> (API group, gzipped CRD)
 CRDS = {
-    "InferenceService": "serving.kserve.io_inferenceservices.yaml.gz",
-    "ServingRuntime": "serving.kserve.io_servingruntimes.yaml.gz",
-    "ClusterServingRuntime": "serving.kserve.io_clusterservingruntimes.yaml.gz",
+    "InferenceService": ("serving.kserve.io", "kserve/serving.kserve.io_inferenceservices.yaml.gz"),
+    "ServingRuntime": ("serving.kserve.io", "kserve/serving.kserve.io_servingruntimes.yaml.gz"),
+    "ClusterServingRuntime": (
+        "serving.kserve.io",
+        "kserve/serving.kserve.io_clusterservingruntimes.yaml.gz",
+    ),
+    "TrainJob": (
+        "trainer.kubeflow.org",
+        "kubeflow-trainer/trainer.kubeflow.org_trainjobs.yaml.gz",
+    ),
 }
+# TrainJob's own CEL rule on its name (an RFC 1035 label), checked here as the server would.
+RFC1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _strict(schema: dict) -> dict:
@@ -47,7 +60,7 @@ def _validator(kind: str, version: str) -> jsonschema.Draft7Validator:
 
 @functools.cache
 def _schema(kind: str, version: str) -> dict:
-    crd = yaml.safe_load(gzip.decompress((FIXTURES / CRDS[kind]).read_bytes()))
+    crd = yaml.safe_load(gzip.decompress((FIXTURES / CRDS[kind][1]).read_bytes()))
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
             schema = _strict(copy.deepcopy(v["schema"]["openAPIV3Schema"]))
@@ -61,9 +74,12 @@ def validate(obj: dict) -> None:
     """Raise jsonschema.ValidationError if `obj` (a whole object) breaks its CRD schema."""
     kind = obj["kind"]
     group, _, version = obj["apiVersion"].partition("/")
-    if group != "serving.kserve.io" or kind not in CRDS:
-        raise KeyError(f"not a KServe kind this validates: {obj['apiVersion']} {kind}")
+    if kind not in CRDS or CRDS[kind][0] != group:
+        raise KeyError(f"not a kind this validates: {obj['apiVersion']} {kind}")
     _validator(kind, version).validate(obj)
+    name = obj["metadata"].get("name", "")
+    if kind == "TrainJob" and not (RFC1035.match(name) and len(name) <= 63):
+        raise jsonschema.ValidationError(f"metadata.name must be an RFC 1035 label: {name!r}")
 
 
 @functools.cache
