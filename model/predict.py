@@ -47,12 +47,19 @@ def fast_inference(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval().to(memory_format=torch.channels_last_3d)
 
 
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> CUDA when this machine has it, else the CPU; any other name as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 class Classifier:
     """Loads a model directory once; answers word mode and sentence mode."""
 
     def __init__(self, model_dir: str | os.PathLike, device: str = "cpu"):
-        self.bundle: ModelBundle = load_model_dir(Path(model_dir), device)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.bundle: ModelBundle = load_model_dir(Path(model_dir), str(self.device))
         self.model = fast_inference(self.bundle.model)
 
     @property

@@ -226,3 +226,31 @@ def test_gate_missing_baseline_and_missing_test(tmp_path):
         gate(_metrics(0.9), min_top1=0.5, baseline=tmp_path / "nope.json")
     empty = gate({"test": {"n": 0, "top1": None}}, min_top1=0.0)
     assert empty["decision"] == "fail" and empty["reasons"]
+
+
+def test_parallel_decoding_scores_the_same_in_the_same_order(data, model_dir, tmp_path):
+    """Decoding ahead on several threads changes nothing but speed."""
+    one = evaluate(model_dir, data, tmp_path / "one", decoders=1, progress=False)
+    many = evaluate(model_dir, data, tmp_path / "many", decoders=4, progress=False)
+    assert one == many
+    rows = [(tmp_path / run / "predictions.csv").read_text() for run in ("one", "many")]
+    assert rows[0] == rows[1]
+
+
+def test_evaluation_runs_on_the_gpu_when_there_is_one(monkeypatch):
+    """ "auto" (evaluate's default) is CUDA on a GPU machine, the CPU elsewhere. No GPU here:
+    the choice is checked; the GPU run itself is `pytest -m gpu` on a GPU machine."""
+    from model.predict import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.gpu
+def test_gpu_evaluation_matches_the_cpu(data, model_dir, tmp_path):
+    cpu = evaluate(model_dir, data, tmp_path / "cpu", device="cpu", progress=False)
+    gpu = evaluate(model_dir, data, tmp_path / "gpu", device="cuda", progress=False)
+    assert gpu["test"]["top1"] == pytest.approx(cpu["test"]["top1"], abs=0.05)

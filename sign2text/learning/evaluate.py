@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +107,20 @@ def plot_confusion(path: Path, cm: np.ndarray, labels: Sequence[str], title: str
     fig.savefig(path, dpi=100)
 
 
+def _ahead(fn, items: Sequence, workers: int, depth: int):
+    """fn(item) for each item, in order, computed by `workers` threads at most `depth` ahead
+    (bounded: a test split of full-size clips would not fit in memory at once). OpenCV's
+    decoding releases the GIL, so threads decode in parallel."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def evaluate(
     model_dir: Path,
     dataset: Path,
@@ -113,11 +130,15 @@ def evaluate(
     samples: list[Sample] | None = None,
     batch_size: int = 8,
     progress: bool = True,
-    device: str = "cpu",
+    device: str = "auto",
     sentences: int = 0,
+    decoders: int | None = None,
 ) -> dict:
     """Score model_dir on `splits` of dataset (or on `samples`, filtered to `splits`), and
-    sentence mode on `sentences` strings of the last split's videos."""
+    sentence mode on `sentences` strings of the last split's videos.
+
+    On the GPU when there is one ("auto"); videos are decoded by `decoders` threads (default:
+    one per core) a few batches ahead, so the network is not left waiting on one decoder."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dataset, out = Path(dataset), Path(out)
@@ -142,13 +163,11 @@ def evaluate(
             rows.extend((s, t, p) for (s, t, _), p in zip(batch, probs, strict=True))
             batch.clear()
 
-    for s in tqdm(samples, desc="evaluate", unit="video", disable=not progress):
+    def read(s: Sample) -> torch.Tensor | str:
         if s.gloss not in index:
-            reason = f"gloss {s.gloss!r} is not one of the model's {len(labels)} classes"
-            skipped.append({"video_id": s.video_id, "split": s.split, "reason": reason})
-            continue
+            return f"gloss {s.gloss!r} is not one of the model's {len(labels)} classes"
         try:
-            clip = load_clip(
+            return load_clip(
                 s.video_path(dataset),
                 cfg,
                 frame_start=s.frame_start,
@@ -156,7 +175,15 @@ def evaluate(
                 bbox=s.bbox if cfg.bbox_crop else None,
             )
         except VideoError as e:
-            skipped.append({"video_id": s.video_id, "split": s.split, "reason": str(e)})
+            return str(e)
+
+    workers = decoders or os.cpu_count() or 1
+    clips = _ahead(read, samples, workers, depth=max(2 * workers, 2 * batch_size))
+    bar = tqdm(zip(samples, clips, strict=True), total=len(samples), desc="evaluate",
+               unit="video", disable=not progress)  # fmt: skip
+    for s, clip in bar:
+        if isinstance(clip, str):
+            skipped.append({"video_id": s.video_id, "split": s.split, "reason": clip})
             continue
         batch.append((s, index[s.gloss], clip))
         if len(batch) == batch_size:
