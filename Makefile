@@ -7,7 +7,7 @@ CHECKOV := $(VENV)/tools/checkov
 CHECKOV_STAMP := $(CHECKOV)/.installed
 DATA ?= data
 
-.PHONY: setup test lint demo bench bench-serve bench-app serve app data clean
+.PHONY: setup test lint demo bench bench-train bench-serve bench-app serve app data clean
 
 setup: $(STAMP) $(CHECKOV_STAMP)
 
@@ -64,6 +64,10 @@ demo-matrix: setup data
 
 bench: setup
 	$(BIN)/python -m tools.bench.bench_model
+
+# Training: samples/s with 1 vs 2 processes (torchrun), and the streaming loader vs a training step.
+bench-train: setup
+	$(BIN)/python -m tools.bench.bench_train
 
 bench-serve: setup
 	$(BIN)/python -m tools.bench.bench_serve

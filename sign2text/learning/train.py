@@ -279,7 +279,7 @@ def _train(shards, out, pre, cfg, arch, group: Group, device, resume: bool, prog
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm3d):
                     m.eval()
-        total, count = 0.0, 0
+        total, count, t_loop = 0.0, 0, time.perf_counter()
         bar = tqdm(
             loader,
             total=steps[epoch],
@@ -301,6 +301,7 @@ def _train(shards, out, pre, cfg, arch, group: Group, device, resume: bool, prog
             total += loss.item() * len(y)
             count += len(y)
             bar.set_postfix(loss=f"{total / count:.3f}")
+        t_loop = time.perf_counter() - t_loop
         if not cfg.freeze_backbone:  # frozen BatchNorm keeps the published statistics
             distributed.average_batchnorm(model, group, precise_bn(model, bn_loader, device))
         seen = group.gather(count)
@@ -313,6 +314,7 @@ def _train(shards, out, pre, cfg, arch, group: Group, device, resume: bool, prog
                if has_val else {}),
             "world_size": group.world,
             "samples_per_rank": seen,  # training clips each rank saw this epoch
+            "train_samples_per_s": round(sum(seen) / max(t_loop, 1e-9), 2),  # all ranks together
             "seconds": round(time.perf_counter() - t0, 1),
         }  # fmt: skip
         history.append(row)
