@@ -27,7 +27,7 @@ $(CHECKOV_STAMP): requirements-checkov.lock
 	touch $(CHECKOV_STAMP)
 
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # tests/browser.py opens the validation report in a headless Chromium cut off from the network.
 # CI runs as root on a fresh Debian: install Debian's chromium + chromedriver there (a no-op
