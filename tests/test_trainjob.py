@@ -168,6 +168,21 @@ def test_a_retried_attempt_adopts_its_running_job():
     assert any("adopting" in ln for ln in lines)
 
 
+def test_a_retried_attempt_replaces_its_failed_job_and_resumes():
+    """KFP retries the step after a failed TrainJob: the retry must train again (from the
+    checkpoint), not adopt the failure and fail at once."""
+    fake = FakeTrainer(finish_after=3)
+    m = manifest()
+    fake.outcomes[m["metadata"]["name"]] = "fail"
+    with pytest.raises(TrainJobFailed):
+        run(fake, m)
+    fake.outcomes[m["metadata"]["name"]] = "complete"  # e.g. the node that failed is gone
+    obj, lines = run(fake, m)
+    assert obj["status"]["conditions"][0]["type"] == "Complete"
+    assert fake.deleted == [m["metadata"]["name"]] and fake.created == [m["metadata"]["name"]] * 2
+    assert any("replacing it" in ln for ln in lines)
+
+
 def test_a_job_of_that_name_with_another_spec_is_not_adopted():
     fake = FakeTrainer()
     theirs = manifest(nodes=3)

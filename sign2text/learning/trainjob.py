@@ -39,6 +39,7 @@ SHM = "/dev/shm"  # noqa: S108 - DataLoader workers pass batches through shared 
 JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
 REPLICATED_JOB_LABEL = "jobset.sigs.k8s.io/replicatedjob-name"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+DELETE_POLLS = 60  # polls to wait for a failed job to be deleted before its replacement
 LOG_TAIL = 20  # lines of a pod's log shown when it is first seen
 NAME_PREFIX = "sign2text-train-"
 
@@ -234,22 +235,42 @@ class _LogTail:
         return [f"{pod}: {ln.split(' ', 1)[1] if ' ' in ln else ''}" for ln in lines]
 
 
-def _start(api: TrainJobApi, manifest: dict, log: Callable[[str], None]) -> dict:
-    """Create the TrainJob, or adopt the identical one an earlier attempt created."""
+def _start(
+    api: TrainJobApi,
+    manifest: dict,
+    log: Callable[[str], None],
+    sleep: Callable[[float], None],
+    poll_s: float,
+) -> dict:
+    """Create the TrainJob, or adopt the identical one an earlier attempt created. A failed one
+    of ours is replaced: a retried attempt resumes from the checkpoint on the claim (its logs
+    went to the failed attempt's step log while it ran)."""
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     existing = api.get(ns, name)
-    if existing is None:
-        log(f"TrainJob {ns}/{name}: creating ({manifest['spec']['trainer']['numNodes']} nodes)")
-        return api.create(ns, manifest)
-    labels = existing.get("metadata", {}).get("labels") or {}
-    if labels.get(MANAGED_LABEL) != MANAGED_BY or not _covers(existing["spec"], manifest["spec"]):
-        raise TrainJobFailed(
-            f"TrainJob {ns}/{name} exists with another spec (not this step's: an earlier run "
-            f"with other train_* parameters?); delete it (kubectl delete trainjob -n {ns} {name}) "
-            "or change the recipe"
-        )
-    log(f"TrainJob {ns}/{name}: adopting the one an earlier attempt created")
-    return existing
+    if existing is not None:
+        labels = existing.get("metadata", {}).get("labels") or {}
+        if labels.get(MANAGED_LABEL) != MANAGED_BY or not _covers(
+            existing["spec"], manifest["spec"]
+        ):
+            raise TrainJobFailed(
+                f"TrainJob {ns}/{name} exists with another spec (not this step's: an earlier "
+                f"run with other train_* parameters?); delete it (kubectl delete trainjob -n "
+                f"{ns} {name}) or change the recipe"
+            )
+        if not (failed := _condition(existing, "Failed")):
+            log(f"TrainJob {ns}/{name}: adopting the one an earlier attempt created")
+            return existing
+        log(f"TrainJob {ns}/{name}: an earlier attempt's job failed ({failed.get('reason')}); "
+            "replacing it, to resume from its checkpoint")  # fmt: skip
+        api.delete(ns, name)
+        for _ in range(DELETE_POLLS):  # foreground deletion: its pods go first
+            if api.get(ns, name) is None:
+                break
+            sleep(poll_s)
+        else:
+            raise TrainJobFailed(f"TrainJob {ns}/{name}: the failed job would not go away")
+    log(f"TrainJob {ns}/{name}: creating ({manifest['spec']['trainer']['numNodes']} nodes)")
+    return api.create(ns, manifest)
 
 
 def run_trainjob(
@@ -266,7 +287,7 @@ def run_trainjob(
     the condition's reason and message) or TrainJobTimeout after `timeout_s`, having deleted
     the job: this step's own (created or adopted), never any other."""
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    _start(api, manifest, log)
+    _start(api, manifest, log, sleep, poll_s)
     deadline = clock() + timeout_s
     tail = _LogTail(api, ns, name, poll_s)
     seen = ""
