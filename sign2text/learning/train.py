@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.checkpoint import load_weights, read_state_dict
@@ -39,7 +38,7 @@ from model.storage import write_atomic
 from model.video import PreprocessConfig
 from sign2text.data.convert import read_manifest
 from sign2text.learning import distributed
-from sign2text.learning.clips import ShardClips, rank_items, steps_per_epoch
+from sign2text.learning.clips import ShardClips, loader, rank_items, steps_per_epoch
 from sign2text.learning.curves import write_curves
 from sign2text.learning.distributed import Group
 from sign2text.learning.stream import StreamClips
@@ -111,8 +110,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def precise_bn(model: torch.nn.Module, loader, device) -> int:
-    """Recompute BatchNorm statistics as exact averages over the loader's training clips;
+def precise_bn(model: torch.nn.Module, batches, device) -> int:
+    """Recompute BatchNorm statistics as exact averages over `batches` of training clips;
     returns the number of batches they average over.
 
     I3D's BatchNorm momentum is 0.01 (kept: it is part of the published model), so after a
@@ -126,22 +125,22 @@ def precise_bn(model: torch.nn.Module, loader, device) -> int:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    batches = 0
-    for x, *_ in loader:
+    n = 0
+    for x, *_ in batches:
         model(x.to(device).contiguous(memory_format=torch.channels_last_3d))
-        batches += 1
+        n += 1
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
-    return batches
+    return n
 
 
 @torch.no_grad()
-def _validate(model, loader, device, autocast, glosses: int, group: Group) -> dict:
+def _validate(model, batches, device, autocast, glosses: int, group: Group) -> dict:
     """Top-1/5 over the glosses on sign clips; accuracy (no-sign included) on context windows;
     summed over the ranks (each scored its share of the split)."""
     model.eval()
     n = top1 = top5 = windows = window_hits = 0
-    for x, y, is_context in loader:
+    for x, y, is_context in batches:
         with autocast:
             logits = InceptionI3d.clip_logits(
                 model(x.to(device).contiguous(memory_format=torch.channels_last_3d))
@@ -246,10 +245,9 @@ def _train(shards, out, pre, cfg, arch, group: Group, device, resume: bool, prog
     opt, sched = _optimizer(cfg, model, steps)
     has_val = manifest["splits"].get("val", {}).get("samples", 0) > 0
     cuda = device.type == "cuda"
-    loader = DataLoader(train_set, batch_size=batch, num_workers=workers, pin_memory=cuda,
-                        persistent_workers=workers > 0)  # fmt: skip
-    val_loader = DataLoader(val_set, batch_size=batch, num_workers=workers, pin_memory=cuda)
-    bn_loader = DataLoader(bn_set, batch_size=batch, num_workers=workers, pin_memory=cuda)
+    train_loader = loader(train_set, batch, workers, pin=cuda, keep=True)
+    val_loader = loader(val_set, batch, workers, pin=cuda)
+    bn_loader = loader(bn_set, batch, workers, pin=cuda)
     # bf16 autocast on GPU only: CPU bf16 conv3d is slower than fp32 on most CPUs.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     net = model
@@ -281,7 +279,7 @@ def _train(shards, out, pre, cfg, arch, group: Group, device, resume: bool, prog
                     m.eval()
         total, count, t_loop = 0.0, 0, time.perf_counter()
         bar = tqdm(
-            loader,
+            train_loader,
             total=steps[epoch],
             desc=f"epoch {epoch + 1}/{cfg.total_epochs}",
             disable=not (progress and group.main),

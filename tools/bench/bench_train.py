@@ -29,6 +29,7 @@ from model.i3d import I3DConfig, InceptionI3d
 from model.video import PreprocessConfig
 from sign2text.data.convert import convert
 from sign2text.data.synth import synthesize
+from sign2text.learning.clips import loader
 from sign2text.learning.stream import StreamClips
 from sign2text.params import Params, load_params, overrides
 
@@ -77,9 +78,8 @@ def loader_vs_step(root: Path) -> None:
     ds = StreamClips(root / "wshards", "train", pre, train=True, context_fraction=1.0,
                      context_window=30, no_sign=4)  # fmt: skip
     ds.set_epoch(0, context=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=workers)
     clips, t = 0, time.perf_counter()
-    for x, _, _ in loader:
+    for x, _, _ in loader(ds, 2, workers):  # as training reads it
         clips += len(x)
     made = clips / (time.perf_counter() - t)
 
