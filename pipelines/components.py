@@ -224,6 +224,22 @@ def deploy_model(
     return json.dumps(result)
 
 
+def predict_videos(
+    model_uri: str, videos: str, mode: str, top_k: int, workers: int, results: Output[Dataset]
+) -> str:
+    """Batch scoring (pipelines/batch.py's pipeline): every video under `videos` (s3:// prefix)
+    with the published model at `model_uri` -> one JSON line per video; returns the summary."""
+    import json
+    from pathlib import Path
+
+    from pipelines.glue import predict_batch_step
+
+    summary = predict_batch_step(model_uri, videos, Path(results.path), mode=mode, top_k=top_k,
+                                 workers=workers)  # fmt: skip
+    results.metadata.update({k: v for k, v in summary.items() if k != "out"})
+    return json.dumps(summary)
+
+
 def record_outcome(status: dsl.PipelineTaskFinalStatus, isvc_name: str, outcome: Output[Artifact]):
     """Exit handler: writes the run's final state (succeeded or failed, and why)."""
     import json
@@ -248,6 +264,7 @@ STEPS = (
     publish_model,
     deploy_model,
     record_outcome,
+    predict_videos,
 )
 
 

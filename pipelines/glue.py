@@ -370,6 +370,19 @@ def deploy_step(
     return {"target": target, "model_uri": model_uri, "canary": plan, "result": result}
 
 
+def predict_batch_step(
+    model: str, videos: str, out: Path, *, mode: str, top_k: int, workers: int
+) -> dict:
+    """Score every video under `videos` (s3:// prefix or a folder the pod sees) with the model
+    at `model` (a published s3:// package or a folder) into `out` (JSON Lines); returns the
+    summary. workers 0: the step's default (one per 2 cores)."""
+    from sign2text.release.objstore import local_input
+
+    with local_input(model) as model_dir:
+        return steps.predict_batch(model_dir, videos, Path(out), mode=mode, top_k=top_k,
+                                   workers=workers or None)  # fmt: skip
+
+
 def smoke_video(data_dir: Path, validation: Path) -> Path:
     """One valid test-split video to send to the deployed model."""
     samples = _samples(validation)

@@ -55,6 +55,20 @@ def _cmd_predict_local(args: argparse.Namespace) -> None:
         print(f"{i:>4}  {g:<20} {s:.4f}")
 
 
+def _cmd_predict_batch(args: argparse.Namespace) -> None:
+    from sign2text import steps
+    from sign2text.release.batch import summary_line
+    from sign2text.release.objstore import local_input
+
+    with local_input(args.model_dir) as model_dir:
+        summary = steps.predict_batch(
+            model_dir, args.src, Path(args.out), mode=args.mode, top_k=args.top_k,
+            workers=args.workers, device=args.device, retry_errors=args.retry_errors,
+            progress=not args.quiet,
+        )  # fmt: skip
+    print(summary_line(summary))
+
+
 def _params(args: argparse.Namespace):
     from sign2text.params import Params
 
@@ -483,6 +497,27 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--top-k", type=int, default=5, help="how many glosses (default 5)")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     pl.set_defaults(func=_cmd_predict_local)
+
+    pb = sub.add_parser(
+        "predict-batch",
+        help="score every video under a folder or s3:// prefix in-process, resumable",
+        description="Score every video (.mp4 .webm .avi .mov .mkv, recursively) under SRC with "
+        "the model in parallel processes; append one JSON line per video to --out as each "
+        "finishes. A rerun skips the videos --out already holds. A bad video gets an `error` "
+        "line and the batch goes on. S3 endpoint and keys: AWS_ENDPOINT_URL, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.",
+    )
+    pb.add_argument("model_dir", help="model directory or published s3:// URI")
+    pb.add_argument("src", help="folder of videos, or s3://bucket/prefix/")
+    pb.add_argument("--out", required=True, help="results file (JSON Lines), appended")
+    pb.add_argument("--mode", choices=("word", "sentence"), default="word")
+    pb.add_argument("--top-k", type=int, default=5, help="word mode: how many glosses (5)")
+    pb.add_argument("--workers", type=int, help="processes (default: 1 per 2 cores, at most 4)")
+    pb.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default cpu)")
+    pb.add_argument("--retry-errors", action="store_true",
+                    help="score again the videos --out holds an error for")  # fmt: skip
+    pb.add_argument("--quiet", action="store_true", help="no progress bar")
+    pb.set_defaults(func=_cmd_predict_batch)
 
     # `serve` declares no flags: parse_args hands its arguments, --help included, to
     # model/server.py's own parser (kserve's flags and the server's), so only `serve` pays for

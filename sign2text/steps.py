@@ -1,5 +1,5 @@
 """Every step of the pipeline, defined once: validate, convert, train, evaluate, package, publish,
-deploy.
+deploy; and batch scoring with a released model (predict_batch).
 
 Each entry takes the run's `Params` (params.yaml, or a pipeline run's values) and its inputs, and
 returns its outputs. The CLI (sign2text/cli.py, which the DVC stages in dvc.yaml run) and the
@@ -154,6 +154,27 @@ def publish(package_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
 
     load_model_dir(package_dir)  # only a servable package goes where predictors load from
     return publish_dir(Path(package_dir), uri, overwrite=overwrite)
+
+
+def predict_batch(
+    model_dir: Path,
+    src: str,
+    out: Path,
+    *,
+    mode: str = "word",
+    top_k: int = 5,
+    workers: int | None = None,
+    device: str = "cpu",
+    retry_errors: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Every video under `src` (a folder or an s3:// prefix) scored with the model in
+    `model_dir` -> `out`, one JSON line per video, resumable; returns the summary
+    (release/batch.py)."""
+    from sign2text.release.batch import predict_batch as run
+
+    return run(Path(model_dir), src, Path(out), mode=mode, top_k=top_k, workers=workers,
+               device=device, retry_errors=retry_errors, progress=progress)  # fmt: skip
 
 
 def deploy(

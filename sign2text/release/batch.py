@@ -1,0 +1,303 @@
+"""Batch scoring: every video under a folder or an `s3://` prefix -> one JSON line per video.
+
+    sign2text predict-batch MODEL_DIR SRC --out results.jsonl [--mode sentence] [--workers N]
+
+Each worker process loads the model once (model/predict.py's Classifier, the in-process path
+`predict-local` and serving use) and scores one video at a time; the main process appends each
+answer to the results file as it comes back, flushed and fsynced, so a kill loses only the
+videos in flight. A rerun skips the videos the file already holds; a last line cut off by the
+kill is dropped (the file is cut back to its last whole line) and that video scored again.
+
+A line: {"video": path relative to SRC (an s3 key relative to the prefix), "mode": ...} plus
+word mode's {"glosses", "scores"} or sentence mode's {"words", "spans", "confidences"} -- the
+served outputs' names -- or {"error": "<why>"} for a video that cannot be scored. A bad video
+never stops the batch; it is counted in the summary. Videos are the files with a video
+extension (VIDEO_EXTS, the containers the app accepts), found recursively; other files are
+ignored. From s3://, each worker downloads one object at a time to a file in its own temporary
+folder, named by the worker, never by the key: no key can write anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from itertools import islice
+from pathlib import Path
+
+VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mov", ".mkv")
+MODES = ("word", "sentence")
+MAX_DEFAULT_WORKERS = 4
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One process per two cores (each runs I3D on its share of the cores' threads), up to 4."""
+    return max(1, min(MAX_DEFAULT_WORKERS, cores() // 2))
+
+
+def is_video(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTS
+
+
+def list_videos(src: str | os.PathLike) -> list[str]:
+    """The videos under `src` (a folder, or an s3:// prefix), as sorted names relative to it."""
+    from sign2text.release.objstore import is_s3
+
+    if is_s3(str(src)):
+        return _list_s3(str(src))
+    root = Path(src)
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder of videos: {src}")
+    found = []
+    for d, dirs, files in os.walk(root):  # does not follow links to folders
+        dirs.sort()
+        found += [Path(d, f).relative_to(root).as_posix() for f in files if is_video(f)]
+    return sorted(found)
+
+
+def _list_s3(uri: str) -> list[str]:
+    from sign2text.release.objstore import _fail, s3_client, split_uri
+
+    bucket, prefix = split_uri(uri)
+    names = []
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            names += [o["Key"][len(prefix) :] for o in page.get("Contents", [])]
+    except Exception as e:
+        raise _fail(uri, "listing the videos", e) from e
+    return sorted(n for n in names if is_video(n))
+
+
+def load_results(out: Path, mode: str, *, retry_errors: bool = False) -> dict[str, dict]:
+    """The videos an earlier run already wrote to `out`, by name. A last line without its
+    newline (the write a kill cut off) is dropped from the file; with `retry_errors` the error
+    lines are dropped too, so those videos are scored again."""
+    out = Path(out)
+    if not out.exists():
+        return {}
+    data = out.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]  # everything up to the last complete line
+    done: dict[str, dict] = {}
+    for n, line in enumerate(whole.splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            name, rec_mode = rec["video"], rec["mode"]
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(f"{out}:{n}: not a predict-batch result line") from None
+        if rec_mode != mode:
+            raise ValueError(
+                f"{out} holds {rec_mode}-mode results; write {mode} mode to another --out"
+            )
+        done[name] = rec
+    kept = {k: v for k, v in done.items() if not (retry_errors and "error" in v)}
+    if len(kept) < len(done):
+        tmp = out.with_name(f".{out.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept.values())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    elif len(whole) < len(data):
+        os.truncate(out, len(whole))
+    return kept
+
+
+# One worker's state: set once by _init, used by every _score call in that process.
+_worker: dict = {}
+
+
+def _init(model_dir: str, device: str, threads: int, src: str, mode: str, top_k: int) -> None:
+    import cv2
+    import torch
+
+    from model.predict import Classifier
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
+    _setup(Classifier(model_dir, device), src, mode, top_k)
+
+
+def _setup(classifier, src: str, mode: str, top_k: int) -> None:
+    from sign2text.release.objstore import is_s3
+
+    _worker.update(clf=classifier, src=src, mode=mode, top_k=top_k, client=None, tmp=None)
+    if is_s3(src):
+        from sign2text.release.objstore import s3_client
+
+        _worker["client"] = s3_client()
+        _worker["tmp"] = Path(tempfile.mkdtemp(prefix="sign2text-batch-"))
+
+
+def _score(name: str) -> dict:
+    """One video's result line; a video that fails gives an "error" line, never an exception."""
+    w = _worker
+    rec = {"video": name, "mode": w["mode"]}
+    local, shown = None, None
+    try:
+        if w["client"] is None:
+            local = Path(w["src"], name)
+            shown = str(Path(w["src"])) + os.sep
+        else:
+            local = _download(name)
+            shown = str(local)
+        if w["mode"] == "word":
+            pred = w["clf"].word(local, top_k=w["top_k"])
+            return rec | {"glosses": pred.glosses, "scores": pred.scores}
+        words = w["clf"].sentence(local)
+        return rec | {
+            "words": [x.gloss for x in words],
+            "spans": [[x.start, x.end] for x in words],
+            "confidences": [x.confidence for x in words],
+        }
+    except Exception as e:  # bad input of any kind: recorded, and the batch goes on
+        from model.video import VideoError
+
+        text = str(e) if isinstance(e, VideoError) else f"{type(e).__name__}: {e}"
+        if shown:  # the reason names the video as the results do, not a temp or mount path
+            text = text.replace(shown, "" if w["client"] is None else name)
+        return rec | {"error": text.strip() or type(e).__name__}
+    finally:
+        if w["client"] is not None and local is not None:
+            local.unlink(missing_ok=True)
+
+
+def _download(name: str) -> Path:
+    from sign2text.release.objstore import _fail, split_uri
+
+    bucket, prefix = split_uri(_worker["src"])
+    dest = _worker["tmp"] / ("video" + os.path.splitext(name)[1].lower())  # never the key
+    try:
+        _worker["client"].download_file(bucket, prefix + name, str(dest))
+    except Exception as e:
+        raise _fail(f"s3://{bucket}/{prefix}{name}", "download", e) from e
+    return dest
+
+
+def _context():
+    """forkserver where there is one: a server process that imported torch (and ran nothing)
+    forks the workers, so torch is imported once, not once per worker as with spawn. Never plain
+    fork: forking a process whose torch / OpenMP threads run can deadlock the child."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["model.predict", "sign2text.release.batch"])
+    return ctx
+
+
+def _results(
+    names: list[str], model_dir: str, src: str, mode: str, top_k: int, device: str, workers: int
+) -> Iterator[dict]:
+    """Result lines in the order they finish; at most 2 videos per worker in flight."""
+    if workers <= 1:
+        from model.predict import Classifier
+
+        _setup(Classifier(model_dir, device), src, mode, top_k)
+        try:
+            yield from map(_score, names)
+        finally:
+            if _worker.get("tmp"):
+                shutil.rmtree(_worker["tmp"], ignore_errors=True)
+            _worker.clear()
+        return
+    threads = max(1, cores() // workers)
+    ex = ProcessPoolExecutor(
+        workers, mp_context=_context(), initializer=_init,
+        initargs=(model_dir, device, threads, src, mode, top_k),
+    )  # fmt: skip
+    try:
+        todo = iter(names)
+        pending: set[Future] = {ex.submit(_score, n) for n in islice(todo, 2 * workers)}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                pending |= {ex.submit(_score, n) for n in islice(todo, 1)}
+                yield f.result()
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def predict_batch(
+    model_dir: str | os.PathLike,
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    mode: str = "word",
+    top_k: int = 5,
+    workers: int | None = None,
+    device: str = "cpu",
+    retry_errors: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Score every video under `src` not yet in `out` (appended, one JSON line per video);
+    returns the summary: videos, scored, skipped (already in `out`), errors, seconds,
+    videos_per_s."""
+    from tqdm import tqdm
+
+    from model.package import load_model_dir
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'word' or 'sentence', got {mode!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    workers = workers or default_workers()
+    bundle = load_model_dir(Path(model_dir))  # a bad model fails here, before any video
+    if not 1 <= top_k <= len(bundle.labels):
+        raise ValueError(f"top_k must be between 1 and {len(bundle.labels)}, got {top_k}")
+    if mode == "sentence" and bundle.sentence_window is None:
+        raise ValueError(f"{model_dir}: this model has no no-sign output, so no sentence mode")
+    del bundle
+    names = list_videos(src)
+    out = Path(out)
+    done = load_results(out, mode, retry_errors=retry_errors)
+    todo = [n for n in names if n not in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scored = errors = 0
+    start = time.monotonic()
+    results = (
+        _results(todo, str(model_dir), str(src), mode, top_k, device, min(workers, len(todo)))
+        if todo
+        else iter(())
+    )
+    with (
+        open(out, "a", encoding="utf-8") as f,
+        tqdm(total=len(todo), desc="predict-batch", unit="video", disable=not progress) as bar,
+    ):
+        for rec in results:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            errors += "error" in rec
+            scored += "error" not in rec
+            bar.update(1)
+    seconds = time.monotonic() - start
+    return {
+        "videos": len(names),
+        "scored": scored,
+        "skipped": len(names) - len(todo),
+        "errors": errors,
+        "seconds": round(seconds, 3),
+        "videos_per_s": round((scored + errors) / seconds, 3) if seconds > 0 else 0.0,
+        "out": str(out),
+    }
+
+
+def summary_line(summary: dict) -> str:
+    return (
+        f"scored {summary['scored']}, skipped {summary['skipped']} (already done), "
+        f"errors {summary['errors']}; {summary['videos_per_s']} videos/s; "
+        f"results in {summary['out']}"
+    )
