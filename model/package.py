@@ -6,6 +6,10 @@ config.json   {"format": ..., "architecture": I3DConfig, "preprocess": Preproces
               output N (one past the last gloss) means "no sign at this window's centre", and
               W is the window (frames at preprocess.fps) it was trained on; sentence mode needs it
 labels.txt    index<TAB>gloss, one per gloss (WLASL class list format)
+model.onnx    optional: the same network as ONNX (`sign2text model export DIR --format onnx`),
+              recorded in config.json's "onnx" (file, sha256, input/output shapes, the model.pt
+              sha256 it was exported from, its measured max |diff| to torch); see
+              sign2text/release/export.py. Directories without it load as before.
 *.json        optional extras (metrics.json, lineage.json)
 """
 
@@ -26,7 +30,7 @@ from model.storage import hash_file, replace_dir
 from model.video import PreprocessConfig
 
 FORMAT = "sign2text-model/1"
-WEIGHTS, CONFIG, LABELS = "model.pt", "config.json", "labels.txt"
+WEIGHTS, CONFIG, LABELS, ONNX = "model.pt", "config.json", "labels.txt", "model.onnx"
 
 
 class ModelDirError(ValueError):
@@ -141,6 +145,11 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
         preprocess = PreprocessConfig.from_dict(config["preprocess"])
     except (TypeError, ValueError, KeyError) as e:
         raise ModelDirError(f"{path / CONFIG}: {e}") from e
+    onnx = config.get("onnx")
+    if onnx is not None and not (
+        isinstance(onnx, dict) and (path / str(onnx.get("file", ""))).is_file()
+    ):
+        raise ModelDirError(f"{path / CONFIG}: its onnx record names no file in {path}")
     labels = read_labels(path / LABELS)
     _check_classes(labels, arch.num_classes, config.get("no_sign"), path)
     model = InceptionI3d(arch)

@@ -314,6 +314,18 @@ def _cmd_model_publish(args: argparse.Namespace) -> None:
     print(f"published {len(manifest['files'])} files ({size} bytes) at {manifest['uri']}")
 
 
+def _cmd_model_export(args: argparse.Namespace) -> None:
+    from sign2text.release.export import export_onnx
+
+    rec = export_onnx(args.model_dir, video=args.video, tol=args.tolerance)
+    diff = max(rec["max_abs_diff"].values())
+    print(
+        f"wrote {Path(args.model_dir) / rec['file']} (input {rec['input']['shape']}, output "
+        f"{rec['output']['shape']}); ONNX Runtime vs torch max |diff| {diff:.2g} "
+        f"(export {rec['export_s']} s, verify {rec['verify_s']} s)"
+    )
+
+
 def _cmd_images_stamp(args: argparse.Namespace) -> None:
     from sign2text.release.images import stamp_overlays
 
@@ -486,6 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("--uri", default=INITIAL_MODEL_URI, help="target s3:// prefix")
     mp.add_argument("--overwrite", action="store_true", help="replace another package at --uri")
     mp.set_defaults(func=_cmd_model_publish)
+    me = mdl.add_parser(
+        "export",
+        help="write the model directory's network as model.onnx, verified against torch",
+        description="Export the network the model directory rebuilds (eval mode, per-time "
+        "logits, static input 1 x 3 x T x H x W) to DIR/model.onnx and record it in "
+        "config.json. ONNX Runtime must match torch within --tolerance on a random input and "
+        "on a real clip, or nothing is written (exit 2).",
+    )
+    me.add_argument("model_dir", metavar="DIR", help="model directory (model.pt, config.json)")
+    me.add_argument("--format", choices=("onnx",), required=True, help="export format: onnx")
+    me.add_argument("--video", help="clip to verify on (default: a rendered synthetic clip)")
+    me.add_argument("--tolerance", type=float, default=1e-4,
+                    help="largest allowed |ONNX - torch| logit (default 1e-4)")  # fmt: skip
+    me.set_defaults(func=_cmd_model_export)
 
     pl = sub.add_parser(
         "predict-local",

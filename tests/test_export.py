@@ -1,0 +1,115 @@
+"""`sign2text model export DIR --format onnx`: the exported network gives torch's per-time logits.
+
+Each export costs ~15 s of tracing on 2 cores, so there are two: the demo-sized model (shared by
+the module) and a full-width 400-class imported published checkpoint at 8 x 112.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from model.package import ModelDirError, load_model_dir
+from model.storage import hash_file
+from sign2text.cli import main
+from sign2text.release import export
+from tests.conftest import CLASS_LIST, FIXTURES, published_state_dict
+
+DEMO = FIXTURES / "sentence_model"
+
+
+def _export(model_dir, *extra) -> int:
+    return main(["model", "export", str(model_dir), "--format", "onnx", *extra])
+
+
+def _check_against_torch(model_dir, seed: int) -> float:
+    """A fresh ONNX Runtime session on model.onnx vs the torch network load_model_dir builds."""
+    bundle = load_model_dir(model_dir)
+    record = bundle.config["onnx"]
+    assert record["file"] == "model.onnx"
+    assert record["sha256"] == hash_file(model_dir / "model.onnx")
+    assert record["weights_sha256"] == hash_file(model_dir / "model.pt")
+    pre = bundle.preprocess
+    shape = [1, 3, pre.num_frames, pre.crop, pre.crop]
+    assert record["input"]["shape"] == shape
+    x = 2 * torch.rand(shape, generator=torch.Generator().manual_seed(seed)) - 1
+    with torch.inference_mode():
+        want = bundle.model(x).numpy()
+    session = ort.InferenceSession(
+        str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    got = session.run(None, {"clip": x.numpy()})[0]
+    assert got.shape == want.shape == tuple(record["output"]["shape"])
+    assert want.shape[:2] == (1, bundle.arch.num_classes)
+    diff = float(np.abs(got - want).max())
+    assert diff <= 1e-4
+    assert max(record["max_abs_diff"].values()) <= 1e-4
+    return diff
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("export") / "demo"
+    shutil.copytree(DEMO, model_dir)
+    assert _export(model_dir) == 0
+    return model_dir
+
+
+def test_demo_model_exports_with_torch_logits(demo_export, capsys):
+    assert load_model_dir(demo_export).arch.width == 0.25
+    _check_against_torch(demo_export, seed=1)
+    config = json.loads((demo_export / "config.json").read_text())
+    assert config["onnx"]["clip"] == "synthetic" and config["onnx"]["opset"] == 18
+    assert config["no_sign"] == {"class": 10, "window": 30}  # the rest of config.json kept
+
+
+def test_full_width_imported_checkpoint_exports(tmp_path, video_file, capsys):
+    weights = tmp_path / "rgb_imagenet.pt"
+    torch.save(published_state_dict(num_classes=400), weights)
+    model_dir = tmp_path / "model"
+    args = ["model", "import-i3d", "--weights", str(weights), "--labels", str(CLASS_LIST),
+            "--num-classes", "400", "--out", str(model_dir),
+            "--frames", "8", "--resize", "128", "--crop", "112"]  # fmt: skip
+    assert main(args) == 0
+    assert _export(model_dir, "--video", str(video_file)) == 0
+    assert "max |diff|" in capsys.readouterr().out
+    assert load_model_dir(model_dir).arch.width == 1.0
+    _check_against_torch(model_dir, seed=2)
+    assert json.loads((model_dir / "config.json").read_text())["onnx"]["clip"] == video_file.name
+
+
+@pytest.mark.parametrize("bad", ["mismatch", "garbage"])
+def test_a_mismatching_or_corrupt_export_is_refused(
+    demo_export, tmp_path, monkeypatch, capsys, bad
+):
+    """Other weights than the export's, or bytes ONNX Runtime cannot load: exit 2, and the
+    directory is left as it was (no model.onnx, config.json unchanged, no temp files)."""
+    model_dir = tmp_path / "m"
+    shutil.copytree(DEMO, model_dir)
+    if bad == "mismatch":
+        state = torch.load(model_dir / "model.pt", weights_only=True)
+        state["logits.conv3d.bias"] += 0.01  # 1e-2 off every logit, 100x the tolerance
+        torch.save(state, model_dir / "model.pt")
+        data = (demo_export / "model.onnx").read_bytes()
+    else:
+        data = (demo_export / "model.onnx").read_bytes()[:10_000]
+    monkeypatch.setattr(export, "onnx_bytes", lambda *a, **k: data)
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    assert _export(model_dir) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sign2text: error: ") and err.count("\n") == 1
+    assert ("differs from torch" if bad == "mismatch" else "cannot load") in err
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+
+
+def test_an_onnx_record_without_its_file_is_refused(demo_export, tmp_path):
+    model_dir = tmp_path / "m"
+    shutil.copytree(demo_export, model_dir)
+    (model_dir / "model.onnx").unlink()
+    with pytest.raises(ModelDirError, match="onnx record"):
+        load_model_dir(model_dir)
