@@ -3,8 +3,9 @@
     decode (only the frames needed) -> trim -> [bbox crop] -> resize short side
         -> sample num_frames -> centre / random crop -> channel order + value range -> C x T x H x W
 
-Frames travel as uint8 BGR arrays (OpenCV's order) until the last step, which converts to the
-model's channel order and range in one vectorised float32 pass.
+Frames travel as uint8 BGR arrays (OpenCV's order) until the last step, which crops and converts
+to the model's channel order and range in one float32 pass per frame, straight into the output.
+load_clip resizes each sampled frame as it decodes, so full-size frames are never held.
 """
 
 from __future__ import annotations
@@ -171,12 +172,13 @@ def decode(
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         raise NoFrames("no frames requested")
-    wanted = np.unique(indices)
+    wanted, first = np.unique(indices, return_index=True)  # first: where each lands in the output
     cap = _open(path)
-    got: dict[int, np.ndarray] = {}
+    out: np.ndarray | None = None
+    got = 0
     try:
         pos = 0
-        for idx in wanted:
+        for idx, at in zip(wanted.tolist(), first.tolist(), strict=True):
             while pos < idx:
                 if not cap.grab():
                     break
@@ -185,18 +187,29 @@ def decode(
             frame = cap.retrieve()[1] if ok else None
             if frame is None:
                 break
-            got[int(idx)] = frame if each is None else each(frame)
+            if each is not None:
+                frame = each(frame)
+            if out is None:
+                out = np.empty((len(indices), *frame.shape), frame.dtype)
+            elif frame.shape != out.shape[1:]:
+                shape = out.shape[1:]
+                raise VideoError(f"frame size changes mid-video: {frame.shape} after {shape}")
+            out[at] = frame
+            got += 1
             pos += 1
     finally:
         cap.release()
-    if not got:
+    if out is None:
         raise NoFrames(f"no decodable frames in {path}")
-    if len(got) < len(wanted):
-        missing = int(wanted[len(got)])
+    if got < len(wanted):
+        missing = int(wanted[got])
         raise FrameRangeError(
             f"{path} has only {missing} decodable frames; frame {missing + 1} was requested"
         )
-    return np.stack([got[int(i)] for i in indices])
+    src = first[np.searchsorted(wanted, indices)]  # repeated indices (a short clip's padding)
+    dup = np.flatnonzero(src != np.arange(len(indices)))
+    out[dup] = out[src[dup]]  # copies of frames already decoded into their first place
+    return out
 
 
 def count_frames(path: str | os.PathLike, max_frames: int | None = None) -> int:
@@ -270,7 +283,28 @@ def resize_frames(
     size = resized_size(w, h, cfg)
     if size == (w, h):
         return np.ascontiguousarray(frames)
-    return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
+    out = np.empty((len(frames), size[1], size[0], 3), np.uint8)
+    for f, o in zip(frames, out, strict=True):  # straight into place: no list to stack
+        cv2.resize(f, size, dst=o, interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def frame_resizer(
+    width: int, height: int, cfg: PreprocessConfig, bbox: Sequence[float] | None = None
+) -> Frame:
+    """resize_frames for one width x height frame, to run on each frame as it decodes."""
+    x0, y0, x1, y1 = 0, 0, width, height
+    if cfg.bbox_crop and bbox is not None:
+        x0, y0, x1, y1 = bbox_window(bbox, cfg.bbox_margin, width, height)
+    size = resized_size(x1 - x0, y1 - y0, cfg)
+
+    def resize(frame: np.ndarray) -> np.ndarray:
+        frame = frame[y0:y1, x0:x1]
+        if size == (x1 - x0, y1 - y0):
+            return frame
+        return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
+
+    return resize
 
 
 def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
@@ -294,14 +328,24 @@ def to_tensor(
         x = int(np.clip(x + rng.integers(-j, j + 1), 0, w - c))
     import torch
 
-    clip = torch.from_numpy(frames)[:, y : y + c, x : x + c]
-    if cfg.channel_order == "RGB":
-        clip = clip.flip(-1)
-    lo, hi = cfg.value_range
-    # One uint8 -> float32 pass, scaled in place; the C x T x H x W result is a view of
-    # T x H x W x C memory, i.e. already channels_last_3d, the layout the fast forward wants.
-    out = clip.to(torch.float32).mul_((hi - lo) / 255.0).add_(lo)
-    return out.permute(3, 0, 1, 2)
+    out = np.empty((len(frames), c, c, 3), np.float32)
+    scale, offset = _value_map(cfg.value_range)
+    rgb = cfg.channel_order == "RGB"
+    for f, o in zip(frames, out, strict=True):  # frame by frame: each stays in cache
+        f = f[y : y + c, x : x + c]
+        # float32(v) * scale + offset, each step rounded to float32: the same float32 values,
+        # bit for bit, as torch's .to(float32).mul_((hi - lo) / 255).add_(lo)
+        np.multiply(f[..., ::-1] if rgb else f, scale, out=o, dtype=np.float32)
+        np.add(o, offset, out=o, dtype=np.float32)
+    # C x T x H x W as a view of T x H x W x C memory, i.e. already channels_last_3d, the layout
+    # the fast forward wants.
+    return torch.from_numpy(out).permute(3, 0, 1, 2)
+
+
+def _value_map(value_range: tuple[float, float]) -> tuple[np.float32, np.float32]:
+    """uint8 [0, 255] -> value_range as float32 scale and offset."""
+    lo, hi = value_range
+    return np.float32((hi - lo) / 255.0), np.float32(lo)
 
 
 def clip_from_frames(
@@ -323,13 +367,18 @@ def frame_total(path: str | os.PathLike, info: VideoInfo | None = None) -> int:
 
 
 def decode_trimmed(
-    path: str | os.PathLike, frame_start: int, frame_end: int, pick, total: int | None = None
+    path: str | os.PathLike,
+    frame_start: int,
+    frame_end: int,
+    pick,
+    total: int | None = None,
+    each: Frame | None = None,
 ) -> tuple[np.ndarray, int, int]:
     """Decode the frames `pick(n)` selects (offsets into the n-frame trimmed range).
 
     Returns (frames, lo, hi) with [lo, hi) the 0-based trimmed range. `total` is frame_total's
     answer when the caller already has it. Containers can claim more frames than decode; for
-    frame_end = -1 the range is then recounted and picked again.
+    frame_end = -1 the range is then recounted and picked again. `each`: decode's.
     """
     if total is None:
         total = frame_total(path)
@@ -338,7 +387,7 @@ def decode_trimmed(
         if total <= 0:
             raise NoFrames(f"no decodable frames in {path}")
         lo, hi = trim_range(frame_start, frame_end, total)
-        return decode(path, lo + np.asarray(pick(hi - lo))), lo, hi
+        return decode(path, lo + np.asarray(pick(hi - lo)), each), lo, hi
 
     try:
         return attempt(total)
@@ -361,10 +410,24 @@ def load_clip(
     """A video file -> model input C x T x H x W, decoding only the sampled frames.
 
     `total`: the video's frame_total, for a caller that probed it already."""
+    first: list = []  # the first frame's shape and its resizer
+
+    def resize(frame: np.ndarray) -> np.ndarray:  # resize_frames, one frame as it decodes
+        if not first:
+            first[:] = frame.shape, frame_resizer(frame.shape[1], frame.shape[0], cfg, bbox)
+        elif frame.shape != first[0]:
+            raise VideoError(f"frame size changes mid-video: {frame.shape} after {first[0]}")
+        return first[1](frame)
+
     frames, _, _ = decode_trimmed(
-        path, frame_start, frame_end, lambda n: sample_indices(n, cfg.num_frames, rng=rng), total
+        path,
+        frame_start,
+        frame_end,
+        lambda n: sample_indices(n, cfg.num_frames, rng=rng),
+        total,
+        each=resize,
     )
-    return to_tensor(resize_frames(frames, cfg, bbox), cfg, rng=rng)
+    return to_tensor(frames, cfg, rng=rng)
 
 
 # Reading an untrusted video (serving): every cost bounded before and during decoding.

@@ -181,3 +181,66 @@ def test_varied_sizes_produce_same_output_shape(tmp_path):
     for i, (h, w) in enumerate([(120, 160), (126, 224), (160, 160), (90, 60)]):
         path = write_video(tmp_path / f"{i}.mp4", moving_square(12, h, w))
         assert V.load_clip(path, CFG).shape == (3, 8, 56, 56)
+
+
+def _reference_clip(
+    frames: np.ndarray, cfg: PreprocessConfig, bbox=None, rng=None, idx=None
+) -> torch.Tensor:
+    """load_clip before it wrote its output in one pass per frame (commit 993ba86's resize_frames
+    + to_tensor, copied here): sample, [bbox crop], resize, crop, uint8 -> float32 in torch."""
+    frames = frames[V.sample_indices(len(frames), cfg.num_frames, rng=rng) if idx is None else idx]
+    if cfg.bbox_crop and bbox is not None:
+        x0, y0, x1, y1 = V.bbox_window(bbox, cfg.bbox_margin, frames.shape[2], frames.shape[1])
+        frames = frames[:, y0:y1, x0:x1]
+    h, w = frames.shape[1:3]
+    size = V.resized_size(w, h, cfg)
+    if size != (w, h):
+        frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
+    h, w, c = *frames.shape[1:3], cfg.crop
+    y, x = (h - c) // 2, (w - c) // 2
+    if rng is not None:
+        j = (cfg.resize - c) // 2
+        y = int(np.clip(y + rng.integers(-j, j + 1), 0, h - c))
+        x = int(np.clip(x + rng.integers(-j, j + 1), 0, w - c))
+    clip = torch.from_numpy(np.ascontiguousarray(frames))[:, y : y + c, x : x + c]
+    if cfg.channel_order == "RGB":
+        clip = clip.flip(-1)
+    lo, hi = cfg.value_range
+    return clip.to(torch.float32).mul_((hi - lo) / 255.0).add_(lo).permute(3, 0, 1, 2)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (not just ==: -0.0 and 0.0 differ here), in the same memory layout."""
+    return a.stride() == b.stride() and torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0), (-0.5, 2.0), (-123.7, 151.1)])
+def test_value_map_is_bit_identical_for_every_uint8_value(value_range):
+    every = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (256, 1, 3))[None]  # 1x256x256x3
+    for order in ("BGR", "RGB"):
+        cfg = PreprocessConfig(num_frames=1, resize=256, crop=256, value_range=value_range,
+                               channel_order=order)  # fmt: skip
+        assert _same(V.to_tensor(every, cfg), _reference_clip(every, cfg, idx=[0]))
+
+
+def test_load_clip_is_bit_identical_to_the_reference(tmp_path):
+    """Every step of the fast path (resize as it decodes, one float32 pass per frame) gives
+    exactly the tensor of the plain sample -> resize -> crop -> torch conversion."""
+    for i, (h, w, n) in enumerate([(120, 160, 40), (72, 128, 9), (96, 96, 30)]):
+        path = write_video(tmp_path / f"{i}.mp4", moving_square(n, h, w, seed=i))
+        every = _all_frames(path)
+        bbox = [w * 0.2, h * 0.1, w * 0.7, h * 0.9]
+        for cfg in (
+            CFG,  # clips of 40, 9 and 30 frames: long, short (padded), short
+            PreprocessConfig(num_frames=16, resize=80, crop=64, channel_order="RGB"),
+            PreprocessConfig(num_frames=8, resize=56, crop=56, value_range=(0.0, 1.0)),
+            PreprocessConfig(num_frames=6, resize=48, crop=40, bbox_crop=True),
+        ):
+            assert _same(V.load_clip(path, cfg, bbox=bbox), _reference_clip(every, cfg, bbox))
+            assert _same(
+                V.clip_from_frames(every, cfg, bbox=bbox), _reference_clip(every, cfg, bbox)
+            )
+            got = V.load_clip(path, cfg, bbox=bbox, rng=np.random.default_rng(i))
+            assert _same(got, _reference_clip(every, cfg, bbox, rng=np.random.default_rng(i)))
+            trimmed = V.load_clip(path, cfg, frame_start=3, frame_end=8, bbox=bbox)
+            assert _same(trimmed, _reference_clip(every[2:8], cfg, bbox))
