@@ -6,7 +6,7 @@ what an uninterrupted run draws.
 
 Several processes (DDP): training reads each rank's own shards (`part`, as WebDataset's
 split_by_node splits them: shard i goes to rank i mod world), and every rank yields the same
-number of clips per epoch (`epoch_len`), so every rank takes the same number of optimizer steps.
+number of clips per epoch (`rank_items`), so every rank takes the same number of optimizer steps.
 Evaluation splits the clips, not the shards (a small split may be one shard).
 
 `ShardClips` holds a split in memory (`cache: true`, small data: decoded once); `StreamClips`
@@ -87,11 +87,16 @@ def context_per_epoch(signs: int, fraction: float) -> int:
     return round(fraction * signs)
 
 
-def rank_items(signs: int, context_fraction: float, world: int) -> int:
-    """Clips each of `world` ranks yields in a training epoch over a split of `signs` sign clips:
-    its share of them and of the context windows, rounded up so every rank steps alike."""
+def rank_quota(signs: int, context_fraction: float, world: int) -> tuple[int, int]:
+    """(sign clips, context windows) each of `world` ranks yields in a training epoch over a split
+    of `signs` sign clips: its share of each, rounded up so every rank steps alike."""
     windows = context_per_epoch(signs, context_fraction)
-    return math.ceil(signs / world) + math.ceil(windows / world)
+    return math.ceil(signs / world), math.ceil(windows / world)
+
+
+def rank_items(signs: int, context_fraction: float, world: int) -> int:
+    """Clips each rank yields in a training epoch: sign clips and context windows together."""
+    return sum(rank_quota(signs, context_fraction, world))
 
 
 def worker_share(items: int, workers: int, worker: int) -> int:

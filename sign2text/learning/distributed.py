@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from model.predict import resolve_device
+
 # Rank 0 validates and writes checkpoints while the others wait: generous, but a hung peer
 # still ends the job instead of holding its GPUs forever.
 TIMEOUT = timedelta(minutes=30)
@@ -55,11 +57,11 @@ def start(device_name: str) -> tuple[Group, torch.device]:
     """Join the process group torchrun describes (or none) -> (group, this process's device).
 
     `device_name` is train.device: "auto" picks CUDA when there is one."""
+    device = resolve_device(device_name)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if world == 1:
-        return Group(), torch.device("cuda" if cuda else device_name if device_name != "auto"
-                                     else "cpu")  # fmt: skip
+        return Group(), device
+    cuda = device.type == "cuda"  # each rank then takes the GPU of its local rank
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local)

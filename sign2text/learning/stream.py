@@ -32,7 +32,7 @@ from sign2text.learning.clips import (
     Epoch,
     Part,
     augment,
-    context_per_epoch,
+    rank_quota,
     rank_shards,
     worker_share,
 )
@@ -104,9 +104,9 @@ class StreamClips(IterableDataset):
 
     def _train(self, worker: int, workers: int, scratch: str) -> Iterator:
         epoch, (rank, world) = self.state.number, self.part
-        windows = context_per_epoch(self.total, self.context_fraction) if self.state.context else 0
-        signs, windows = (worker_share(math.ceil(n / world), workers, worker)
-                          for n in (self.total, windows))  # fmt: skip
+        fraction = self.context_fraction if self.state.context else 0.0
+        signs, windows = (worker_share(n, workers, worker)
+                          for n in rank_quota(self.total, fraction, world))  # fmt: skip
         key = [self.seed, 1, epoch, rank]
 
         def passes() -> Iterator[Packed]:  # the rank's shards, over again as long as asked
