@@ -1,16 +1,6 @@
-"""The model directory: the one format that import-i3d and training write and serving loads.
-
-model.pt      state dict (tensors only; read with weights_only=True)
-config.json   {"format": ..., "architecture": I3DConfig, "preprocess": PreprocessConfig, ...}
-              and, for a model trained on context windows, "no_sign": {"class": N, "window": W}:
-              output N (one past the last gloss) means "no sign at this window's centre", and
-              W is the window (frames at preprocess.fps) it was trained on; sentence mode needs it
-labels.txt    index<TAB>gloss, one per gloss (WLASL class list format)
-model.onnx    optional: the same network as ONNX (`sign2text model export DIR --format onnx`),
-              recorded in config.json's "onnx" (file, sha256, input/output shapes, the model.pt
-              sha256 it was exported from, its measured max |diff| to torch); see
-              sign2text/release/export.py. Directories without it load as before.
-*.json        optional extras (metrics.json, lineage.json)
+"""The model directory with its torch network: written by import-i3d and training, rebuilt from
+config.json alone for serving and evaluation. The layout, and reading it without torch, are in
+model/modeldir.py.
 """
 
 from __future__ import annotations
@@ -26,61 +16,47 @@ import torch
 
 from model.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.i3d import I3DConfig, InceptionI3d
+from model.modeldir import (
+    CONFIG,
+    FORMAT,
+    LABELS,
+    ONNX,
+    WEIGHTS,
+    ModelDirError,
+    ModelInfo,
+    check_classes,
+    read_labels,
+    read_model_info,
+    write_labels,
+)
 from model.storage import hash_file, replace_dir
 from model.video import PreprocessConfig
 
-FORMAT = "sign2text-model/1"
-WEIGHTS, CONFIG, LABELS, ONNX = "model.pt", "config.json", "labels.txt", "model.onnx"
-
-
-class ModelDirError(ValueError):
-    """A model directory that is missing files or inconsistent."""
+__all__ = ["CONFIG", "LABELS", "ONNX", "WEIGHTS", "ModelBundle", "ModelDirError", "read_labels",
+           "load_model_dir", "write_model_dir", "import_i3d"]  # fmt: skip
 
 
 @dataclass
 class ModelBundle:
     model: InceptionI3d
     arch: I3DConfig
-    preprocess: PreprocessConfig
-    labels: list[str]
-    config: dict
+    info: ModelInfo
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.info.preprocess
+
+    @property
+    def labels(self) -> list[str]:
+        return self.info.labels
+
+    @property
+    def config(self) -> dict:
+        return self.info.config
 
     @property
     def sentence_window(self) -> int | None:
-        """Frames per context window for a model with a no-sign output, else None."""
-        no_sign = self.config.get("no_sign")
-        return int(no_sign["window"]) if no_sign else None
-
-
-def _check_classes(labels: list[str], num_classes: int, no_sign: dict | None, where) -> None:
-    want = len(labels) + (1 if no_sign else 0)
-    if num_classes != want:
-        extra = " + the no-sign output" if no_sign else ""
-        raise ModelDirError(f"{where}: {len(labels)} labels{extra} for a {num_classes}-class model")
-    if no_sign and (no_sign.get("class") != len(labels) or int(no_sign.get("window", 0)) < 1):
-        raise ModelDirError(f"{where}: no_sign must be {{class: {len(labels)}, window: >= 1}}")
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """WLASL class list (`index<TAB>gloss`) -> glosses by index; indices must be 0..N-1."""
-    labels: dict[int, str] = {}
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise ModelDirError(f"{path}:{lineno}: expected 'index<TAB>gloss', got {line!r}")
-        idx = int(parts[0])
-        if idx in labels:
-            raise ModelDirError(f"{path}:{lineno}: duplicate index {idx}")
-        labels[idx] = parts[1].strip()
-    if sorted(labels) != list(range(len(labels))):
-        raise ModelDirError(f"{path}: indices must be 0..{len(labels) - 1} without gaps")
-    return [labels[i] for i in range(len(labels))]
-
-
-def write_labels(path: str | os.PathLike, labels: list[str]) -> None:
-    Path(path).write_text("".join(f"{i}\t{g}\n" for i, g in enumerate(labels)), encoding="utf-8")
+        return self.info.sentence_window
 
 
 def write_model_dir(
@@ -97,7 +73,7 @@ def write_model_dir(
     of this many frames (see sign2text/learning/context.py)."""
     out = Path(out)
     no_sign = {"class": len(labels), "window": sentence_window} if sentence_window else None
-    _check_classes(labels, model.config.num_classes, no_sign, "write_model_dir")
+    check_classes(labels, model.config.num_classes, no_sign, "write_model_dir")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -127,38 +103,19 @@ def write_model_dir(
 
 def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
     """Rebuild the network from config.json alone (no training code) and load its weights."""
-    path = Path(path)
-    for name in (WEIGHTS, CONFIG, LABELS):
-        if not (path / name).is_file():
-            raise ModelDirError(f"{path} is not a model directory: {name} is missing")
-    try:
-        config = json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise ModelDirError(f"{path / CONFIG}: invalid JSON ({e})") from e
-    if config.get("format") != FORMAT:
-        raise ModelDirError(f"{path / CONFIG}: format {config.get('format')!r}, want {FORMAT!r}")
-    arch_d = dict(config["architecture"])
-    if arch_d.pop("name", None) != "i3d":
-        raise ModelDirError(f"{path / CONFIG}: unsupported architecture")
+    info = read_model_info(path)
+    arch_d = {k: v for k, v in info.config["architecture"].items() if k != "name"}
     try:
         arch = I3DConfig.from_dict(arch_d)
-        preprocess = PreprocessConfig.from_dict(config["preprocess"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise ModelDirError(f"{path / CONFIG}: {e}") from e
-    onnx = config.get("onnx")
-    if onnx is not None and not (
-        isinstance(onnx, dict) and (path / str(onnx.get("file", ""))).is_file()
-    ):
-        raise ModelDirError(f"{path / CONFIG}: its onnx record names no file in {path}")
-    labels = read_labels(path / LABELS)
-    _check_classes(labels, arch.num_classes, config.get("no_sign"), path)
+    except (TypeError, ValueError) as e:
+        raise ModelDirError(f"{info.path / CONFIG}: {e}") from e
     model = InceptionI3d(arch)
     try:
-        load_weights(model, read_state_dict(path / WEIGHTS))
+        load_weights(model, read_state_dict(info.path / WEIGHTS))
     except CheckpointError as e:
-        raise ModelDirError(f"{path}: {e}") from e
+        raise ModelDirError(f"{info.path}: {e}") from e
     model.to(device).eval()
-    return ModelBundle(model, arch, preprocess, labels, config)
+    return ModelBundle(model, arch, info)
 
 
 def import_i3d(

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from model import sentence as S
 from model import video as V
-from model.package import ModelBundle, load_model_dir
+from model.modeldir import ONNX, WEIGHTS, ModelInfo, read_model_info
+from model.runtime import CHOICES, open_runtime, softmax
 
 Video = str | os.PathLike | np.ndarray  # a file, or T x H x W x 3 uint8 BGR frames
 Limits = V.Limits
@@ -42,29 +42,25 @@ class Prediction:
     scores: list[float]  # softmax probabilities, descending
 
 
-def fast_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode with channels_last_3d weights: oneDNN / cuDNN's preferred 3D conv layout."""
-    return model.eval().to(memory_format=torch.channels_last_3d)
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when this machine has it, else the CPU; any other name as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Classifier:
-    """Loads a model directory once; answers word mode and sentence mode."""
+    """Loads a model directory once; answers word mode and sentence mode.
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu"):
-        self.device = resolve_device(device)
-        self.bundle: ModelBundle = load_model_dir(Path(model_dir), str(self.device))
-        self.model = fast_inference(self.bundle.model)
+    `runtime`: which network runs the forward (model/runtime.py): "torch" (model.pt), "onnx"
+    (model.onnx, ONNX Runtime on the CPU) or "auto" (ONNX when the directory has it and the
+    device is the CPU)."""
+
+    RUNTIMES = CHOICES
+
+    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", runtime: str = "auto"):
+        path = Path(model_dir)
+        # Either network suffices: a directory with only model.onnx serves on ONNX Runtime.
+        network = WEIGHTS if (path / WEIGHTS).is_file() or not (path / ONNX).is_file() else ONNX
+        self.info: ModelInfo = read_model_info(path, network)
+        self.runtime = open_runtime(self.info, runtime, device)
 
     @property
     def labels(self) -> list[str]:
-        return self.bundle.labels
+        return self.info.labels
 
     def word(
         self,
@@ -77,7 +73,7 @@ class Classifier:
     ) -> Prediction:
         """The video as one sign: its top_k glosses."""
         self.check_top_k(top_k)
-        cfg = self.bundle.preprocess
+        cfg = self.info.preprocess
         if isinstance(video, np.ndarray):
             V.check_frames(video, limits)
             with timer("preprocess"):
@@ -86,7 +82,7 @@ class Classifier:
             with timer("decode"):
                 frames = reader(video, "word", cfg, limits)  # sampled and resized: load_clip's
             with timer("preprocess"):
-                clip = V.to_tensor(frames, cfg)
+                clip = V.to_clip(frames, cfg)
         with timer("inference"):
             probs = self.probabilities(clip)[0]
         return self.top_k(probs, top_k)
@@ -108,7 +104,7 @@ class Classifier:
 
         Its cost is capped at what the default window and stride cost on the longest video
         the limits allow; `stop` is called between batches of windows (cancellation)."""
-        cfg = self.bundle.preprocess
+        cfg = self.info.preprocess
         with timer("decode"):
             if isinstance(video, np.ndarray):
                 V.check_frames(video, limits)
@@ -127,23 +123,17 @@ class Classifier:
             raise ValueError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")
         return top_k
 
-    @torch.inference_mode()
-    def probabilities(self, clips: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, clips: np.ndarray) -> np.ndarray:
         """B x C x T x H x W (or one C x T x H x W clip) -> B x N clip probabilities.
 
         Over the glosses only: a no-sign output (if the model has one) is left out, so this is
         "which sign, given that the clip is one" -- what word mode is asked."""
-        logits = self.logits(clips)[:, : len(self.labels)]
-        return logits.softmax(dim=1)
+        return softmax(self.logits(clips)[:, : len(self.labels)])
 
-    @torch.inference_mode()
-    def logits(self, clips: torch.Tensor) -> torch.Tensor:
-        """B x C x T x H x W (or one clip) -> B x classes clip logits, float32 on the CPU."""
-        if clips.dim() == 4:
-            clips = clips.unsqueeze(0)
-        x = clips.to(self.device).contiguous(memory_format=torch.channels_last_3d)
-        return self.model.clip_logits(self.model(x)).float().cpu()
+    def logits(self, clips: np.ndarray) -> np.ndarray:
+        """B x C x T x H x W (or one clip) -> B x classes float32 clip logits."""
+        return self.runtime.logits(clips[None] if clips.ndim == 4 else clips)
 
-    def top_k(self, probs: torch.Tensor, top_k: int) -> Prediction:
-        values, idx = probs.topk(self.check_top_k(top_k))
-        return Prediction([self.labels[i] for i in idx.tolist()], values.tolist())
+    def top_k(self, probs: np.ndarray, top_k: int) -> Prediction:
+        idx = np.argsort(-probs, kind="stable")[: self.check_top_k(top_k)]
+        return Prediction([self.labels[i] for i in idx], [float(probs[i]) for i in idx])

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from model.runtime import softmax, stack
 from model.video import OverLimit, clip_from_frames, sample_indices
 
 DEFAULT_THRESHOLD = 0.5  # P(some sign) a frame needs to belong to a word
@@ -84,7 +84,7 @@ def max_windows(classifier, max_frames: int | None) -> int | None:
     """The most windows one request may cost: what the default window and stride cost on the
     longest video the server takes. Each window is one clip of num_frames whatever its length
     (frame_probabilities gathers only the frames it samples), so this bounds the work."""
-    trained = classifier.bundle.sentence_window
+    trained = classifier.info.sentence_window
     if trained is None or max_frames is None:
         return None
     return len(window_centres(max_frames, max(1, trained // 15)))
@@ -95,7 +95,7 @@ def frame_probabilities(
     stop: Stop = never,
 ) -> np.ndarray:  # fmt: skip
     """Step 1: T x H x W x 3 uint8 BGR frames -> T x (glosses + 1) per-frame probabilities."""
-    cfg = classifier.bundle.preprocess
+    cfg = classifier.info.preprocess
     n = len(frames)
     centres = window_centres(n, stride)
     # The num_frames positions clip_from_frames samples from a window, gathered directly: a
@@ -108,7 +108,7 @@ def frame_probabilities(
             clip_from_frames(frames[centred_window(n, int(c), window)[sample]], cfg)
             for c in centres[i : i + batch_size]
         ]
-        probs.append(classifier.logits(torch.stack(clips)).softmax(dim=1).numpy())
+        probs.append(softmax(classifier.logits(stack(clips))))
     p = np.concatenate(probs).astype(np.float64)
     t = np.arange(n)
     return np.stack([np.interp(t, centres, p[:, k]) for k in range(p.shape[1])], axis=1)
@@ -176,7 +176,7 @@ def transcribe(
     `on_probs` is given the T x (glosses + 1) per-frame probabilities (last column: no sign),
     for a caller that shows them (the app's timeline).
     """
-    trained = classifier.bundle.sentence_window
+    trained = classifier.info.sentence_window
     if trained is None:
         raise SentenceUnsupported(
             "this model has no no-sign output, so sentence mode cannot tell where signs are; "

@@ -15,15 +15,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from model.config import check_fields, rule, strict_from_dict
-
-if TYPE_CHECKING:  # torch is imported where tensors are made: the decoder process never needs it
-    import torch
 
 
 class VideoError(ValueError):
@@ -313,10 +309,10 @@ def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, i
     return max(cfg.crop, round(width * scale)), max(cfg.crop, round(height * scale))
 
 
-def to_tensor(
+def to_clip(
     frames: np.ndarray, cfg: PreprocessConfig, *, rng: np.random.Generator | None = None
-) -> torch.Tensor:
-    """Resized uint8 BGR frames T x H x W x 3 -> crop -> float C x T x crop x crop."""
+) -> np.ndarray:
+    """Resized uint8 BGR frames T x H x W x 3 -> crop -> float32 C x T x crop x crop."""
     h, w = frames.shape[1:3]
     c = cfg.crop
     y, x = (h - c) // 2, (w - c) // 2
@@ -326,8 +322,6 @@ def to_tensor(
         j = (cfg.resize - c) // 2
         y = int(np.clip(y + rng.integers(-j, j + 1), 0, h - c))
         x = int(np.clip(x + rng.integers(-j, j + 1), 0, w - c))
-    import torch
-
     out = np.empty((len(frames), c, c, 3), np.float32)
     scale, offset = _value_map(cfg.value_range)
     rgb = cfg.channel_order == "RGB"
@@ -338,8 +332,9 @@ def to_tensor(
         np.multiply(f[..., ::-1] if rgb else f, scale, out=o, dtype=np.float32)
         np.add(o, offset, out=o, dtype=np.float32)
     # C x T x H x W as a view of T x H x W x C memory, i.e. already channels_last_3d, the layout
-    # the fast forward wants.
-    return torch.from_numpy(out).permute(3, 0, 1, 2)
+    # the fast torch forward wants (torch.from_numpy keeps the strides). No torch here: the
+    # decoder process and the ONNX serving image never have it.
+    return out.transpose(3, 0, 1, 2)
 
 
 def _value_map(value_range: tuple[float, float]) -> tuple[np.float32, np.float32]:
@@ -354,10 +349,10 @@ def clip_from_frames(
     *,
     bbox: Sequence[float] | None = None,
     rng: np.random.Generator | None = None,
-) -> torch.Tensor:
+) -> np.ndarray:
     """Already-trimmed BGR frames (any count) -> model input. rng=None is eval/serving."""
     idx = sample_indices(len(frames), cfg.num_frames, rng=rng)
-    return to_tensor(resize_frames(frames[idx], cfg, bbox), cfg, rng=rng)
+    return to_clip(resize_frames(frames[idx], cfg, bbox), cfg, rng=rng)
 
 
 def frame_total(path: str | os.PathLike, info: VideoInfo | None = None) -> int:
@@ -406,7 +401,7 @@ def load_clip(
     bbox: Sequence[float] | None = None,
     rng: np.random.Generator | None = None,
     total: int | None = None,
-) -> torch.Tensor:
+) -> np.ndarray:
     """A video file -> model input C x T x H x W, decoding only the sampled frames.
 
     `total`: the video's frame_total, for a caller that probed it already."""
@@ -427,7 +422,7 @@ def load_clip(
         total,
         each=resize,
     )
-    return to_tensor(frames, cfg, rng=rng)
+    return to_clip(frames, cfg, rng=rng)
 
 
 # Reading an untrusted video (serving): every cost bounded before and during decoding.
@@ -505,7 +500,7 @@ def _resizer(info: VideoInfo, cfg: PreprocessConfig) -> Frame:
 def read_word(path: str | os.PathLike, cfg: PreprocessConfig, limits: Limits) -> np.ndarray:
     """Word mode's frames: the num_frames sampled ones, resized -> num_frames x h x w x 3.
 
-    to_tensor of the result equals load_clip(path, cfg): resizing a frame as it decodes or
+    to_clip of the result equals load_clip(path, cfg): resizing a frame as it decodes or
     after sampling is the same per-frame operation."""
     info = probe(path)
     check_size(info.width, info.height, limits)

@@ -31,7 +31,7 @@ def show(model_dir: Path, data: Path, metrics: Path, top_k: int = 5) -> None:
     for i, (g, p) in enumerate(zip(pred.glosses, pred.scores, strict=True), 1):
         mark = "  <- true" if g == sample.gloss else ""
         print(f"  {i}. {g:<12} {p:.3f}{mark}")
-    if clf.bundle.sentence_window is None:
+    if clf.info.sentence_window is None:
         return
     signer = [s for s in samples if s.signer_id == sample.signer_id]
     strings = sign_strings(load_videos(data, signer, clf.labels), 1, min_signs=3, max_signs=3)

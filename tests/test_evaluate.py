@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,14 +39,14 @@ def model_dir(data, tmp_path_factory) -> Path:
     return _model_dir(tmp_path_factory.mktemp("model") / "m", load_glosses(data))
 
 
-def _key(clip: torch.Tensor) -> str:
-    return hashlib.sha256(clip.contiguous().numpy().tobytes()).hexdigest()
+def _key(clip: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(clip).tobytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
 def clips(data, model_dir) -> dict:
     """Clip hash -> sample, built the way serving would build each clip."""
-    cfg = Classifier(model_dir).bundle.preprocess
+    cfg = Classifier(model_dir).info.preprocess
     out = {}
     for s in load_samples(data, SPLITS):
         clip = load_clip(s.video_path(data), cfg, frame_start=s.frame_start, frame_end=s.frame_end)
@@ -61,7 +62,7 @@ def oracle(monkeypatch, clips, model_dir):
 
     def install(choose):
         def probabilities(self, batch):
-            probs = torch.zeros(len(batch), len(labels))
+            probs = np.zeros((len(batch), len(labels)), np.float32)
             for i, clip in enumerate(batch):
                 probs[i, labels.index(choose(clips[_key(clip)]))] = 1.0
             return probs
@@ -168,17 +169,17 @@ def test_corrupt_and_missing_videos_are_skipped(data, model_dir, tmp_path):
 @pytest.mark.parametrize("bbox_crop", [False, True])
 def test_uses_shared_preprocessing(data, tmp_path, monkeypatch, bbox_crop):
     model_dir = _model_dir(tmp_path / "m", load_glosses(data), bbox_crop=bbox_crop)
-    seen: list[torch.Tensor] = []
+    seen: list[np.ndarray] = []
     real = Classifier.probabilities
 
     def recording(self, batch):
-        seen.extend(batch.clone())
+        seen.extend(batch.copy())
         return real(self, batch)
 
     monkeypatch.setattr(Classifier, "probabilities", recording)
     samples = load_samples(data, ("test",))
     evaluate(model_dir, data, tmp_path / "out", samples=samples, batch_size=3, progress=False)
-    cfg = Classifier(model_dir).bundle.preprocess
+    cfg = Classifier(model_dir).info.preprocess
     assert cfg.bbox_crop is bbox_crop
     assert len(seen) == len(samples)
     for s, got in zip(samples, seen, strict=True):
@@ -189,7 +190,7 @@ def test_uses_shared_preprocessing(data, tmp_path, monkeypatch, bbox_crop):
             frame_end=s.frame_end,
             bbox=s.bbox if bbox_crop else None,
         )
-        assert torch.equal(got, want)
+        assert np.array_equal(got, want)
 
 
 def _metrics(top1):
@@ -240,7 +241,7 @@ def test_parallel_decoding_scores_the_same_in_the_same_order(data, model_dir, tm
 def test_evaluation_runs_on_the_gpu_when_there_is_one(monkeypatch):
     """ "auto" (evaluate's default) is CUDA on a GPU machine, the CPU elsewhere. No GPU here:
     the choice is checked; the GPU run itself is `pytest -m gpu` on a GPU machine."""
-    from model.predict import resolve_device
+    from model.torch_runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from model.sentence import SentenceUnsupported, Word, centred_window, segment, transcribe
 from model.video import PreprocessConfig
@@ -24,19 +23,19 @@ PRE = PreprocessConfig(num_frames=8, resize=16, crop=16, fps=25.0)
 
 
 class StubClassifier:
-    """The Classifier interface sentence mode uses: labels, bundle, logits(clips)."""
+    """The Classifier interface sentence mode uses: labels, info, logits(clips)."""
 
     def __init__(self, window: int | None = 30):
         self.labels = LABELS
-        self.bundle = SimpleNamespace(preprocess=PRE, sentence_window=window)
+        self.info = SimpleNamespace(preprocess=PRE, sentence_window=window)
         self.calls = 0
 
-    def logits(self, clips: torch.Tensor) -> torch.Tensor:
+    def logits(self, clips: np.ndarray) -> np.ndarray:
         self.calls += 1
-        centre = clips[:, :, clips.shape[2] // 2].mean(dim=(1, 2, 3))  # B, in [-1, 1]
-        level = ((centre + 1) * 127.5 / 40).round().long() - 1
-        cls = torch.where(level >= 0, level.clamp(max=NO_SIGN - 1), torch.tensor(NO_SIGN))
-        return 10.0 * torch.nn.functional.one_hot(cls, NO_SIGN + 1).float()
+        centre = clips[:, :, clips.shape[2] // 2].mean(axis=(1, 2, 3))  # B, in [-1, 1]
+        level = np.round((centre + 1) * 127.5 / 40).astype(int) - 1
+        cls = np.where(level >= 0, np.minimum(level, NO_SIGN - 1), NO_SIGN)
+        return 10.0 * np.eye(NO_SIGN + 1, dtype=np.float32)[cls]
 
 
 def video(*parts: tuple[int | None, int]) -> np.ndarray:

@@ -120,7 +120,7 @@ def augment(
 ) -> torch.Tensor:
     """Frames -> the model's input clip; with `rng` (training) a random crop, temporal jitter,
     optional flip and colour changes, without it what evaluation and serving see."""
-    x = clip_from_frames(frames, pre, rng=rng)  # bbox crop already done in convert
+    x = torch.from_numpy(clip_from_frames(frames, pre, rng=rng))  # bbox crop: done in convert
     if rng is not None and hflip and rng.random() < 0.5:
         x = x.flip(-1)
     if rng is not None and color_jitter > 0:

@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from model.predict import resolve_device
+from model.torch_runtime import resolve_device
 
 # Rank 0 validates and writes checkpoints while the others wait: generous, but a hung peer
 # still ends the job instead of holding its GPUs forever.

@@ -25,12 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from model.predict import Classifier
+from model.runtime import stack
 from model.sentence import transcribe
 from model.video import VideoError, load_clip
 from sign2text.data.dataset import Sample, load_samples, read_reversed_pairs
@@ -144,7 +144,7 @@ def evaluate(
     dataset, out = Path(dataset), Path(out)
     splits = tuple(dict.fromkeys(splits))
     clf = Classifier(model_dir, device)
-    cfg, labels = clf.bundle.preprocess, clf.labels
+    cfg, labels = clf.info.preprocess, clf.labels
     # Map by gloss, never by Sample.label: the model's label order need not match the dataset's.
     index = {g: i for i, g in enumerate(labels)}
     if samples is None:
@@ -155,15 +155,15 @@ def evaluate(
 
     rows: list[tuple[Sample, int, np.ndarray]] = []
     skipped: list[dict] = []
-    batch: list[tuple[Sample, int, torch.Tensor]] = []
+    batch: list[tuple[Sample, int, np.ndarray]] = []
 
     def flush() -> None:
         if batch:
-            probs = clf.probabilities(torch.stack([clip for _, _, clip in batch])).numpy()
+            probs = clf.probabilities(stack([clip for _, _, clip in batch]))
             rows.extend((s, t, p) for (s, t, _), p in zip(batch, probs, strict=True))
             batch.clear()
 
-    def read(s: Sample) -> torch.Tensor | str:
+    def read(s: Sample) -> np.ndarray | str:
         if s.gloss not in index:
             return f"gloss {s.gloss!r} is not one of the model's {len(labels)} classes"
         try:
@@ -204,7 +204,7 @@ def evaluate(
             title = f"{name}: {len(group)} videos, top-1 {metrics[name]['top1']}"
             plot_confusion(out / f"confusion_{name}.png", cm, labels, title)
     metrics["skipped"] = skipped
-    if sentences > 0 and clf.bundle.sentence_window is not None:
+    if sentences > 0 and clf.info.sentence_window is not None:
         evaluated = {s.video_id for s, _, _ in rows if s.split == splits[-1]}
         chosen = [s for s in samples if s.video_id in evaluated]
         metrics["sentence"] = sentence_metrics(clf, dataset, chosen, sentences, progress)

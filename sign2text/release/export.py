@@ -6,12 +6,14 @@ the softmax stay outside, as in torch). `centre_over_time` and every other confi
 of that forward, so they are in the graph. Exporter: torch's dynamo exporter, opset 18 (the
 legacy TorchScript exporter fails on the final pooling, whose kernel comes from the input shape).
 
-Shapes are static: 1 x 3 x T x H x W, exactly the input the model's preprocessing makes (T =
-num_frames, H = W = crop), which is what serving feeds.
+The batch dimension is dynamic ("batch"): serving batches concurrent requests and sentence mode's
+windows into one forward, and Triton's dynamic batcher needs it. The rest is static, 3 x T x H x
+W, exactly the input the model's preprocessing makes (T = num_frames, H = W = crop).
 
 Before anything is written, ONNX Runtime runs the exported bytes on a seeded random input and on
 a real clip (a given video through model/video.py's `load_clip`, else a rendered clip of the
-bundled dataset's signer through `clip_from_frames`, the same preprocessing), and the per-time
+bundled dataset's signer through `clip_from_frames`, the same preprocessing), each alone and the
+two as one batch, and the per-time
 logits must match torch's within `tol` (1e-4). A mismatch, or bytes ONNX Runtime cannot load, is
 an `ExportError` (the CLI's exit 2) and leaves the directory untouched. Then `model.onnx` is
 written atomically and config.json gains an "onnx" record (file, sha256, opset, input and output
@@ -46,7 +48,8 @@ class ExportError(ValueError):
 
 
 def onnx_bytes(model: InceptionI3d, example: torch.Tensor, opset: int = OPSET) -> bytes:
-    """The eval-mode forward traced on `example` (1 x C x T x H x W) -> a serialized ONNX model."""
+    """The eval-mode forward traced on `example` (B x C x T x H x W), its batch dimension dynamic
+    -> a serialized ONNX model."""
     import warnings
 
     model.eval()
@@ -60,12 +63,13 @@ def onnx_bytes(model: InceptionI3d, example: torch.Tensor, opset: int = OPSET) -
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
             verbose=False,
         )
     return program.model_proto.SerializeToString()
 
 
-def synthetic_clip(pre: PreprocessConfig) -> torch.Tensor:
+def synthetic_clip(pre: PreprocessConfig) -> np.ndarray:
     """A rendered clip of the bundled dataset (class 0, signer 0), preprocessed for `pre`."""
     from sign2text.data.synth import class_spec, render_clip, signer_look
 
@@ -89,8 +93,10 @@ def verify_onnx(
         raise ExportError(f"ONNX Runtime cannot load the export: {e}") from e
     diffs = {}
     model.eval()
-    for name, clip in inputs.items():
-        x = clip.unsqueeze(0).contiguous()
+    batches = {name: clip.unsqueeze(0) for name, clip in inputs.items()}
+    batches[" + ".join(inputs)] = torch.stack(list(inputs.values()))  # the batch dimension
+    for name, x in batches.items():
+        x = x.contiguous()
         with torch.inference_mode():
             want = model(x).numpy()
         try:
@@ -130,15 +136,15 @@ def export_onnx(
     lo, hi = pre.value_range
     g = torch.Generator().manual_seed(0)
     random = lo + (hi - lo) * torch.rand(shape[1:], generator=g)
-    real = load_clip(video, pre) if video is not None else synthetic_clip(pre)
+    real = torch.from_numpy(load_clip(video, pre) if video is not None else synthetic_clip(pre))
     if list(real.shape) != shape[1:]:
         raise ExportError(f"clip shape {list(real.shape)}, the model wants {shape[1:]}")
 
     t0 = time.monotonic()
-    data = onnx_bytes(bundle.model, random.unsqueeze(0), opset)
+    data = onnx_bytes(bundle.model, torch.stack([random, real]), opset)
     export_s = time.monotonic() - t0
     t0 = time.monotonic()
-    diffs, out_shape = verify_onnx(bundle.model, data, {"random": random, "clip": real}, tol)
+    diffs, (_, *out_shape) = verify_onnx(bundle.model, data, {"random": random, "clip": real}, tol)
     verify_s = time.monotonic() - t0
 
     write_atomic(model_dir / ONNX, data, durable=True)
@@ -146,8 +152,8 @@ def export_onnx(
         "file": ONNX,
         "sha256": hash_file(model_dir / ONNX),
         "opset": opset,
-        "input": {"name": INPUT_NAME, "shape": shape},
-        "output": {"name": OUTPUT_NAME, "shape": out_shape},
+        "input": {"name": INPUT_NAME, "shape": ["batch", *shape[1:]]},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", *out_shape]},
         "weights_sha256": hash_file(model_dir / WEIGHTS),
         "max_abs_diff": diffs,
         "tolerance": tol,

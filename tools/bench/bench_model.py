@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from model.i3d import InceptionI3d
-from model.predict import fast_inference
+from model.torch_runtime import TorchRuntime, fast_inference
 from model.video import PreprocessConfig, load_clip, sample_indices
 from sign2text.data.synth import moving_square, write_video
 
@@ -161,10 +161,9 @@ def bench_sentence() -> None:
         def __init__(self):  # the demo model's size, random weights: timing only
             pre = PreprocessConfig(num_frames=16, resize=128, crop=112)
             net = InceptionI3d(I3DConfig(num_classes=11, width=0.25))
-            self.bundle = SimpleNamespace(model=net, preprocess=pre, sentence_window=30,
-                                          labels=[f"g{i}" for i in range(10)])  # fmt: skip
-            self.device = torch.device("cpu")
-            self.model = fast_inference(net)
+            self.info = SimpleNamespace(preprocess=pre, sentence_window=30,
+                                        labels=[f"g{i}" for i in range(10)])  # fmt: skip
+            self.runtime = TorchRuntime(SimpleNamespace(model=net), torch.device("cpu"))
 
     clf = Bench()
     frames = moving_square(250)  # 10 s at 25 fps, 160x120

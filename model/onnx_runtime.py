@@ -1,0 +1,38 @@
+"""The ONNX Runtime forward: model.onnx on the CPU (model/runtime.py's contract)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from model.modeldir import ModelInfo
+
+
+class OnnxRuntime:
+    name = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int = 0):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads  # 0: one per core, as torch
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input = inp.name
+        # An export with a fixed batch of 1 (older ones) runs clip by clip.
+        self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def logits(self, clips: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(clips, dtype=np.float32)
+        if self.batch is not None and len(x) != self.batch:
+            return np.concatenate([self.logits(x[i : i + self.batch])
+                                   for i in range(0, len(x), self.batch)])  # fmt: skip
+        per_time = self.session.run(None, {self.input: x})[0]  # B x N x T'
+        return per_time.max(axis=2).astype(np.float32, copy=False)
+
+
+def load(info: ModelInfo, device: str = "cpu") -> OnnxRuntime:
+    if device != "cpu":
+        raise ValueError(f"the onnx runtime runs on the CPU only, not {device!r}")
+    return OnnxRuntime(info.onnx_file)
