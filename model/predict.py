@@ -47,16 +47,22 @@ class Classifier:
 
     `runtime`: which network runs the forward (model/runtime.py): "torch" (model.pt), "onnx"
     (model.onnx, ONNX Runtime on the CPU) or "auto" (ONNX when the directory has it and the
-    device is the CPU)."""
+    device is the CPU), or "triton" (a KServe v2 predictor elsewhere; `options` say where)."""
 
     RUNTIMES = CHOICES
 
-    def __init__(self, model_dir: str | os.PathLike, device: str = "cpu", runtime: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        device: str = "cpu",
+        runtime: str = "auto",
+        **options,
+    ):
         path = Path(model_dir)
         # Either network suffices: a directory with only model.onnx serves on ONNX Runtime.
         network = WEIGHTS if (path / WEIGHTS).is_file() or not (path / ONNX).is_file() else ONNX
         self.info: ModelInfo = read_model_info(path, network)
-        self.runtime = open_runtime(self.info, runtime, device)
+        self.runtime = open_runtime(self.info, runtime, device, **options)
 
     @property
     def labels(self) -> list[str]:

@@ -19,7 +19,10 @@ import numpy as np
 from model.modeldir import WEIGHTS, ModelDirError, ModelInfo
 from model.storage import hash_file
 
-RUNTIMES = {"torch": "model.torch_runtime", "onnx": "model.onnx_runtime"}
+# "triton": the network runs elsewhere, on a KServe v2 predictor (Triton) this process fronts as
+# a KServe transformer; its options say where (model/triton_runtime.py).
+RUNTIMES = {"torch": "model.torch_runtime", "onnx": "model.onnx_runtime",
+            "triton": "model.triton_runtime"}  # fmt: skip
 CHOICES = ("auto", *RUNTIMES)
 
 
@@ -43,7 +46,8 @@ def choose(info: ModelInfo, runtime: str = "auto", device: str = "cpu") -> str:
     return runtime
 
 
-def open_runtime(info: ModelInfo, runtime: str = "auto", device: str = "cpu") -> Runtime:
+def open_runtime(info: ModelInfo, runtime: str = "auto", device: str = "cpu", **options) -> Runtime:
+    """The chosen runtime's module.load(info, device, **options)."""
     name = choose(info, runtime, device)
     try:
         module = importlib.import_module(RUNTIMES[name])
@@ -58,7 +62,7 @@ def open_runtime(info: ModelInfo, runtime: str = "auto", device: str = "cpu") ->
         ) from e
     if name == "onnx":
         check_onnx(info)
-    return module.load(info, device)
+    return module.load(info, device, **options)
 
 
 def check_onnx(info: ModelInfo) -> None:
