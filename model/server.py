@@ -23,6 +23,7 @@ from kserve.protocol.dataplane import DataPlane
 from model import guard
 from model.guard import DEFAULT_LIMITS
 from model.request import NAME, request_from_binary
+from model.runtime import CHOICES
 from model.storage import display_uri
 from model.video import Limits
 
@@ -149,7 +150,18 @@ def build_parser(
         default=30,
         help="longest wait for a client's headers, or between body chunks",
     )
+    batching = p.add_argument_group(
+        "batching", "concurrent requests' clips share one forward (model/batching.py)"
+    )
+    batching.add_argument("--max-batch-size", type=int, default=8,
+                          help="most clips in one forward; 1: one request's clips at a time")
+    batching.add_argument("--max-batch-wait-ms", type=float, default=5,
+                          help="longest the first clip waits for others to join its batch")
     p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--runtime", choices=CHOICES, default="auto",
+                   help="the network's runtime: onnx (ONNX Runtime on model.onnx), torch "
+                   "(model.pt), auto (onnx where the model directory has it and --device is "
+                   "the CPU); the ONNX serving image has no torch")  # fmt: skip
     p.set_defaults(
         model_name=NAME, grpc_max_send_message_length=None, grpc_max_receive_message_length=None
     )
@@ -207,10 +219,14 @@ def serve(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget_s,
         max_in_flight=args.max_in_flight,
         device=args.device,
+        runtime=args.runtime,
+        max_batch_size=args.max_batch_size,
+        max_batch_wait_s=args.max_batch_wait_ms / 1000,
         name=args.model_name,
     )
     logger.info("sign2text: loading model from %s", display_uri(args.model_dir))
     model.load()
+    logger.info("sign2text: %s runtime", model.classifier.runtime.name)
     logger.info("sign2text: %d classes; limits: video %d bytes, body %d bytes, %s; decoder "
                 "%g MiB; %g s per request, %d in flight", len(model.classifier.labels),
                 max_bytes, max_body, limits, args.decoder_memory_mb, args.time_budget_s,

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -33,8 +34,10 @@ from kserve.logging import logger
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
+from model.batching import Batcher
 from model.decoder import Cancelled, Decoder
 from model.guard import DEFAULT_LIMITS, Overloaded
+from model.modeldir import ONNX, WEIGHTS
 from model.predict import Classifier, Prediction
 from model.request import NAME, Request, parse
 from model.sentence import Word
@@ -76,6 +79,9 @@ class Sign2TextModel(kserve.Model):
         time_budget_s: float = 60.0,
         max_in_flight: int = 4,
         device: str = "cpu",
+        runtime: str = "auto",
+        max_batch_size: int = 8,
+        max_batch_wait_s: float = 0.005,
         name: str = NAME,
     ):
         super().__init__(name)
@@ -86,9 +92,14 @@ class Sign2TextModel(kserve.Model):
         self.time_budget_s = float(time_budget_s)
         self.max_in_flight = int(max_in_flight)
         self.device = device
+        self.runtime = runtime
+        self.max_batch_size = int(max_batch_size)
+        self.max_batch_wait_s = float(max_batch_wait_s)
         self.classifier: Classifier | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._decoder: Decoder | None = None
+        self.decoders: list[Decoder] = []  # one per worker thread, lent through _free
+        self._free: queue.SimpleQueue[Decoder] = queue.SimpleQueue()
+        self._batcher: Batcher | None = None
         self._fetched: Path | None = None  # a download this model owns and removes at stop()
         self.version: str | None = None
         self._in_flight = 0
@@ -100,16 +111,24 @@ class Sign2TextModel(kserve.Model):
         path = fetch(self.model_dir)
         if is_uri(self.model_dir):
             self._fetched = path
-        self.classifier = Classifier(path, self.device)
-        # The model's version in its metadata: its weights' hash, so equal bytes, equal version.
-        self.version = hash_file(Path(path) / "model.pt")[:12]
+        self.classifier = Classifier(path, self.device, self.runtime)
+        # Every forward, word or sentence mode, goes through one batcher (model/batching.py).
+        self._batcher = Batcher(self.classifier.runtime, self.max_batch_size,
+                                self.max_batch_wait_s)  # fmt: skip
+        self.classifier.runtime = self._batcher
+        # The model's version in its metadata: its weights' hash, so equal bytes, equal version
+        # (the same whichever runtime serves it; model.onnx's own hash where it comes alone).
+        weights = Path(path) / WEIGHTS
+        self.version = hash_file(weights if weights.is_file() else Path(path) / ONNX)[:12]
         self.ready = True
         return self.ready
 
     def stop(self) -> None:
-        """At shutdown: the decoder process, the worker thread and any download go."""
-        if self._decoder is not None:
-            self._decoder.close()
+        """At shutdown: the decoder processes, the threads and any download go."""
+        for decoder in self.decoders:
+            decoder.close()
+        if self._batcher is not None:
+            self._batcher.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._fetched is not None:
@@ -167,13 +186,17 @@ class Sign2TextModel(kserve.Model):
             self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - start)
 
     async def _run(self, request: Request) -> list[InferOutput]:
-        # Decoding and the forward pass block for long; a worker thread keeps the event loop
-        # (health checks, other requests, gRPC) responsive meanwhile. One thread, not the
-        # default pool: torch already uses every core per forward, and each extra thread would
-        # grow its own malloc arena (measured: +25% RSS over 300 requests with the default pool).
+        # Decoding and the forward pass block for long; worker threads keep the event loop
+        # (health checks, other requests, gRPC) responsive meanwhile. One per request that may
+        # be in flight, each with a decoder process of its own, so requests decode while
+        # others' clips run through the batcher's forward; no more, as each thread grows its
+        # own malloc arena (measured: +25% RSS over 300 requests with the default pool).
         if self._pool is None:  # created lazily: kserve pickles the model for --workers N
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sign2text-infer")
-            self._decoder = Decoder(self.decoder_memory_bytes)
+            self._pool = ThreadPoolExecutor(self.max_in_flight, "sign2text-request")
+            # Children start on their first video.
+            self.decoders = [Decoder(self.decoder_memory_bytes) for _ in range(self.max_in_flight)]
+            for decoder in self.decoders:
+                self._free.put(decoder)
         # The budget runs from arrival: time spent waiting for the worker counts.
         work = Work(time.monotonic() + self.time_budget_s, threading.Event())
         loop = asyncio.get_running_loop()
@@ -187,17 +210,18 @@ class Sign2TextModel(kserve.Model):
                              "in sentence mode a larger stride") from None  # fmt: skip
 
     def _answer(self, request: Request, work: Work) -> list[InferOutput]:
+        decoder = self._free.get()  # as many as worker threads: never waits
         try:
-            return self._work(request, work)
+            return self._work(request, work, decoder)
         except Cancelled as e:  # the caller may be gone: say in the log that the work stopped
             logger.info("sign2text: stopped a request's work: %s", e)
             raise
+        finally:
+            self._free.put(decoder)
 
-    def _work(self, request: Request, work: Work) -> list[InferOutput]:
+    def _work(self, request: Request, work: Work, decoder: Decoder) -> list[InferOutput]:
         work.stop()  # waited past its budget, or its client left, before its turn came
-        reader = functools.partial(
-            self._decoder.read, deadline=work.deadline, cancelled=work.cancelled
-        )
+        reader = functools.partial(decoder.read, deadline=work.deadline, cancelled=work.cancelled)
         clf, kw = self.classifier, {"limits": self.limits, "timer": _stage, "reader": reader}
         with _video(request) as video:
             try:

@@ -52,3 +52,17 @@ def published_state_dict(num_classes: int = 400, seed: int = 0) -> dict[str, tor
 @pytest.fixture
 def video_file(tmp_path: Path) -> Path:
     return write_video(tmp_path / "clip.mp4", moving_square())
+
+
+@pytest.fixture(scope="session")
+def onnx_sentence_model(tmp_path_factory) -> Path:
+    """A copy of the demo-trained fixture model with model.onnx exported and verified beside
+    model.pt (about 15 s, once per session: export, serving and the Triton path share it)."""
+    import shutil
+
+    from sign2text.cli import main
+
+    model_dir = tmp_path_factory.mktemp("onnx") / "sentence_model"
+    shutil.copytree(FIXTURES / "sentence_model", model_dir)
+    assert main(["model", "export", str(model_dir), "--format", "onnx"]) == 0
+    return model_dir

@@ -78,13 +78,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(model_dir: Path, log: Path, *extra: str) -> Iterator[Server]:
-    """The server on free ports, ready to answer; stopped (and waited for) on exit."""
+def serve(model_dir: Path, log: Path, *extra: str, env: dict | None = None) -> Iterator[Server]:
+    """The server on free ports, ready to answer; stopped (and waited for) on exit. `env`:
+    variables to add to the server's environment."""
     http, grpc = free_port(), free_port()
     cmd = [sys.executable, "-m", "model.server", "--model-dir", str(model_dir)]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), *extra]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV | (env or {}), stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
     srv = Server(proc, http, grpc, log)
     try:
         deadline = time.monotonic() + 60

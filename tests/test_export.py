@@ -53,15 +53,13 @@ def _check_against_torch(model_dir, seed: int) -> float:
     return diff
 
 
-@pytest.fixture(scope="module")
-def demo_export(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("export") / "demo"
-    shutil.copytree(DEMO, model_dir)
-    assert _export(model_dir) == 0
-    return model_dir
+@pytest.fixture
+def demo_export(onnx_sentence_model):
+    return onnx_sentence_model
 
 
-def test_demo_model_exports_with_torch_logits(demo_export, capsys):
+def test_demo_model_exports_with_torch_logits(demo_export):
+    """conftest's onnx_sentence_model: the CLI's export of the demo-trained fixture model."""
     assert load_model_dir(demo_export).arch.width == 0.25
     _check_against_torch(demo_export, seed=1)
     config = json.loads((demo_export / "config.json").read_text())

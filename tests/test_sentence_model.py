@@ -113,3 +113,42 @@ def test_served_sentence_mode_matches_in_process(clf, strings, tmp_path):
             assert r.returncode == 0, r.stderr
             assert json.loads(r.stdout)["spans"] == [[w.start, w.end] for w in expected]
         assert srv.alive()
+
+
+def _predict(srv, path: Path, *args: str) -> list[dict]:
+    """`sign2text predict --json` over REST, then over gRPC."""
+    out = []
+    for where in (["--url", f"http://127.0.0.1:{srv.http}"], ["--grpc", f"127.0.0.1:{srv.grpc}"]):
+        cmd = [sys.executable, "-m", "sign2text.cli", "predict", str(path), *where, *args, "--json"]
+        r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        out.append(json.loads(r.stdout))
+    return out
+
+
+def test_onnx_runtime_serves_torchs_answers_without_torch(clf, strings, onnx_sentence_model,
+                                                           tmp_path):  # fmt: skip
+    """`--runtime onnx` in a server that cannot import torch, as in the ONNX serving image: word
+    and sentence mode over REST and gRPC give the torch network's in-process answers."""
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("no torch in the ONNX image")\n')
+    log = tmp_path / "server.log"
+    with serve(onnx_sentence_model, log, "--runtime", "onnx",
+               env={"PYTHONPATH": str(blocker.parent)}) as srv:  # fmt: skip
+        assert "sign2text: onnx runtime" in log.read_text()
+        for path, _ in strings[:2]:
+            expected = _transcript(clf, path)
+            for got in _predict(srv, path, "--mode", "sentence"):
+                assert got["words"] == [w.gloss for w in expected]
+                # ONNX Runtime's sums differ from torch's in the last bits (1e-6): a frame at a
+                # word's edge may move, never more than one stride (2 frames).
+                starts_ends = np.array([[w.start, w.end] for w in expected])
+                assert np.abs(np.array(got["spans"]) - starts_ends).max() <= 2
+                np.testing.assert_allclose(
+                    got["confidences"], [w.confidence for w in expected], rtol=1e-3
+                )
+        want = clf.word(strings[0][0], 5)
+        for got in _predict(srv, strings[0][0], "--top-k", "5"):
+            assert got["glosses"] == want.glosses
+            np.testing.assert_allclose(got["scores"], want.scores, rtol=1e-4, atol=1e-6)
