@@ -2,8 +2,9 @@
 
 1. p50 / p95 latency of one 64-frame 224 px clip: REST (binary BYTES) and gRPC vs in-process
    preprocess + forward on the same video and model (ratio).
-2. Requests/s at 1, 4 and 8 concurrent clients, and server RSS before / after 300 requests,
-   with the demo-sized model (16 frames, 112 px) so 300 requests take seconds, not minutes.
+2. Requests/s and p50 / p95 latency at 1, 4 and 8 concurrent clients, with and without
+   batching (--max-batch-size 8 / 1), on the torch and the ONNX Runtime runtime, and server RSS
+   before / after, with the demo-sized model (16 frames, 112 px) so 300 requests take seconds.
 The server is a separate process on 127.0.0.1; clients are tritonclient (no kserve imported
 here, so tritonclient.grpc can be).
 """
@@ -52,10 +53,10 @@ def _rss_mb(pid: int) -> float:
 
 
 class Served:
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, *extra: str):
         self.http, self.grpc = _port(), _port()
         cmd = [sys.executable, "-m", "model.server", "--model-dir", str(model_dir),
-               "--http-port", str(self.http), "--grpc-port", str(self.grpc)]  # fmt: skip
+               "--http-port", str(self.http), "--grpc-port", str(self.grpc), *extra]  # fmt: skip
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # fmt: skip
         url = f"http://127.0.0.1:{self.http}/v2/models/sign2text/ready"
@@ -143,37 +144,62 @@ def latency(root: Path, video: Path, repeats: int = 9) -> None:
               f"p50 / in-process {p50 / base:5.2f}x")  # fmt: skip
 
 
-def throughput(root: Path, video: Path, total: int = 300) -> None:
+def throughput(root: Path, video: Path, total: int = 240) -> None:
+    from sign2text.release.export import export_onnx
+
     model_dir = _model_dir(root, "m16", 16, 112)
+    export_onnx(model_dir)
     data = video.read_bytes()
-    srv = Served(model_dir)
-    try:
-        _rest_binary(srv.http, data)
-        rss0 = _rss_mb(srv.proc.pid)
-        print("2. demo-sized model (16x112x112), REST binary")
-        done = errors = 0
-        for conc in (1, 4, 8):
-            n = total // 3
+    print(f"2. demo-sized model (16x112x112), REST binary, {total // 3} requests per row; "
+          "req/s, p50 / p95 latency ms")  # fmt: skip
+    rates: dict[tuple[str, int, int], float] = {}
+    for runtime in ("torch", "onnx"):
+        for batch in (1, 8):
+            extra = ("--runtime", runtime, "--max-batch-size", str(batch), "--max-in-flight", "8")
+            srv = Served(model_dir, *extra)
+            try:
+                _rest_binary(srv.http, data)
+                rss0 = _rss_mb(srv.proc.pid)
+                cells = []
+                for conc in (1, 4, 8):
+                    rate, p50, p95, errors = _load(srv, data, conc, total // 3)
+                    rates[runtime, batch, conc] = rate
+                    cells.append(f"{conc}: {rate:5.1f} req/s {p50:5.0f}/{p95:5.0f} ms"
+                                 + (f" {errors} errors" if errors else ""))  # fmt: skip
+                rss1 = _rss_mb(srv.proc.pid)
+            finally:
+                srv.close()
+            print(f"   {runtime:<5} batch {batch}:  " + "   ".join(cells)
+                  + f"   RSS {rss0:.0f} -> {rss1:.0f} MB")  # fmt: skip
+    for runtime in ("torch", "onnx"):
+        on, off = (rates[runtime, b, 8] for b in (8, 1))
+        print(f"   {runtime}: 8 clients / 1 client with batching {on / rates[runtime, 8, 1]:.2f}x, "
+              f"without {off / rates[runtime, 1, 1]:.2f}x; at 8 clients batching / not "
+              f"{on / off:.2f}x")  # fmt: skip
+    print(
+        f"   onnx / torch at 8 clients with batching: "
+        f"{rates['onnx', 8, 8] / rates['torch', 8, 8]:.2f}x"
+    )
 
-            def one(_: int) -> bool:
-                try:
-                    _rest_binary(srv.http, data)
-                    return True
-                except Exception:  # counted, not raised: the figure is the error count
-                    return False
 
-            t = time.perf_counter()
-            with ThreadPoolExecutor(conc) as ex:
-                ok = list(ex.map(one, range(n)))
-            dt = time.perf_counter() - t
-            done += n
-            errors += ok.count(False)
-            print(f"   {conc} concurrent: {n / dt:6.1f} req/s ({n} requests)")
-        rss1 = _rss_mb(srv.proc.pid)
-        print(f"   server RSS {rss0:.0f} MB -> {rss1:.0f} MB after {done} requests "
-              f"({(rss1 / rss0 - 1) * 100:+.1f}%), errors: {errors}")  # fmt: skip
-    finally:
-        srv.close()
+def _load(srv: Served, data: bytes, conc: int, n: int) -> tuple[float, float, float, int]:
+    """n requests from conc clients: (req/s, p50 ms, p95 ms, errors)."""
+
+    def one(_: int) -> float | None:
+        t = time.perf_counter()
+        try:
+            _rest_binary(srv.http, data)
+        except Exception:  # counted, not raised: the figure is the error count
+            return None
+        return time.perf_counter() - t
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(conc) as ex:
+        times = list(ex.map(one, range(n)))
+    dt = time.perf_counter() - t
+    ok = [x for x in times if x is not None]
+    p50, p95 = (float(np.percentile(ok, q)) * 1000 for q in (50, 95))
+    return n / dt, p50, p95, len(times) - len(ok)
 
 
 def main() -> None:
@@ -181,7 +207,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         video = write_video(root / "clip.mp4", moving_square(75, 240, 320))  # 3 s at 25 fps
-        latency(root, video)
+        if "--throughput" not in sys.argv[1:]:
+            latency(root, video)
         throughput(root, video)
 
 
