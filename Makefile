@@ -116,7 +116,7 @@ data-pull: setup
 s3-up: setup
 	S3_PORT=$(S3_PORT) $(BIN)/python -m tools.s3
 
-# Build and push the images (serving, its CUDA build, components, app), then point the
+# Build and push the images (serving, its CUDA and ONNX builds, components, app), then point the
 # manifests and the compiled pipeline at them.
 # Needs docker and a registry you are logged in to (not available in CI here).
 .PHONY: images
@@ -130,11 +130,14 @@ images: setup
 	docker build -f model/Dockerfile -t $(REGISTRY)/sign2text-serving:$(TAG) .
 	docker build -f model/Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple \
 		-t $(REGISTRY)/sign2text-serving:$(TAG)-cuda .
+	docker build -f model/Dockerfile --build-arg RUNTIME=onnx \
+		-t $(REGISTRY)/sign2text-serving:$(TAG)-onnx .
 	docker build -f pipelines/Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) \
 		-t $(REGISTRY)/sign2text-components:$(TAG) .
 	docker build -f app/Dockerfile -t $(REGISTRY)/sign2text-app:$(TAG) .
 	docker push $(REGISTRY)/sign2text-serving:$(TAG)
 	docker push $(REGISTRY)/sign2text-serving:$(TAG)-cuda
+	docker push $(REGISTRY)/sign2text-serving:$(TAG)-onnx
 	docker push $(REGISTRY)/sign2text-components:$(TAG)
 	docker push $(REGISTRY)/sign2text-app:$(TAG)
 	$(BIN)/sign2text images stamp --registry $(REGISTRY) --tag $(TAG)

@@ -57,13 +57,26 @@ def components() -> Image:
     return Image(tuple(project["dependencies"]), PROJECT_PACKAGES, entries, ("sign2text",))
 
 
+# The serving images run model/server.py, and the runtime modules model/runtime.py imports by
+# name (so that nothing on the ONNX image's path names torch): each image the ones it serves.
+RUNTIMES = {"torch": "model/torch_runtime.py", "onnx": "model/onnx_runtime.py"}
+
+
 def serving() -> Image:
     """model/Dockerfile: torch, then model/requirements.txt; model/ copied to /app."""
     lines = (ROOT / "model" / "requirements.txt").read_text().splitlines()
     reqs = ("torch==2.14.1", *(ln for ln in lines if ln and not ln.startswith("#")))
     # By default the image takes torch's CPU wheel, which requires none of the CUDA wheels this
     # venv's (PyPI) torch does; the -cuda build has them too, so checking without covers both.
-    return Image(reqs, ("model",), ("model/server.py",), never=("cuda-", "nvidia-", "triton"))
+    entries = ("model/server.py", *RUNTIMES.values())
+    return Image(reqs, ("model",), entries, never=("cuda-", "nvidia-", "triton"))
+
+
+def serving_onnx() -> Image:
+    """model/Dockerfile with RUNTIME=onnx: model/requirements.txt alone, no torch."""
+    lines = (ROOT / "model" / "requirements.txt").read_text().splitlines()
+    reqs = tuple(ln for ln in lines if ln and not ln.startswith("#"))
+    return Image(reqs, ("model",), ("model/server.py", RUNTIMES["onnx"]))
 
 
 def app() -> Image:
@@ -75,7 +88,29 @@ def app() -> Image:
     return Image(reqs, ("app",), entries)
 
 
-IMAGES = {"components": components, "serving": serving, "app": app}
+IMAGES = {"components": components, "serving": serving, "serving-onnx": serving_onnx, "app": app}
+
+
+def installed_mb(image: Image) -> float:
+    """The image's install tree: the sizes its distributions' RECORDs list, in MB."""
+    total = 0
+    for dist in installed_in(image).values():
+        for line in (dist.read_text("RECORD") or "").splitlines():
+            size = line.rsplit(",", 1)[-1]
+            total += int(size) if size.isdigit() else 0
+    return total / 1e6
+
+
+def test_onnx_serving_image_has_no_torch_and_is_a_fraction_of_the_torch_one():
+    """The ONNX build serves without torch; its install tree, against the torch build's (here
+    torch is the PyPI wheel, whose own files hold its CUDA kernels too: the CPU wheel the torch
+    image takes is smaller, so the ratio below flatters the ONNX image; see the README)."""
+    onnx, torch_image = installed_in(serving_onnx()), installed_in(serving())
+    assert not [n for n in onnx if n.startswith(("torch", "nvidia-", "triton"))]
+    assert "onnxruntime" in onnx and "torch" in torch_image
+    sizes = {name: installed_mb(image()) for name, image in IMAGES.items()}
+    print("install trees (MB):", {k: round(v) for k, v in sizes.items()})
+    assert sizes["serving-onnx"] < sizes["serving"] / 3
 
 
 def test_app_image_installs_no_model_runtime():

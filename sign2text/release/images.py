@@ -17,6 +17,8 @@ APP = "sign2text-app"
 # The images the overlays name (the components image is named by the compiled pipeline).
 STAMPED = (SERVING, APP)
 CUDA_SUFFIX = "-cuda"
+# Tag suffixes of the serving image's other builds; an overlay entry naming one keeps it.
+BUILD_SUFFIXES = (CUDA_SUFFIX, "-onnx")
 # Docker's reference grammar, simplified: host[:port]/path components, and a tag.
 _REGISTRY = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -34,7 +36,7 @@ def image_ref(registry: str, name: str, tag: str) -> str:
     """REGISTRY/NAME:TAG, after checking REGISTRY and TAG are valid image reference parts."""
     if not _REGISTRY.fullmatch(registry):
         raise ValueError(f"not a registry (lowercase host[:port][/path]): {registry!r}")
-    max_tag = 128 - len(CUDA_SUFFIX)  # the CUDA build's tag must stay within Docker's 128
+    max_tag = 128 - max(map(len, BUILD_SUFFIXES))  # each build's tag within Docker's 128
     if not _TAG.fullmatch(tag) or len(tag) > max_tag:
         raise ValueError(f"not an image tag ([A-Za-z0-9_.-], at most {max_tag} chars): {tag!r}")
     return f"{registry}/{name}:{tag}"
@@ -59,7 +61,7 @@ def stamp_overlays(manifests: Path, registry: str, tag: str) -> dict[str, list[s
                 raise ValueError(
                     f"{path}: expected one images: entry for {name}, found {len(found)}"
                 )
-            suffix = CUDA_SUFFIX if found[0]["tag"].endswith(CUDA_SUFFIX) else ""
+            suffix = next((s for s in BUILD_SUFFIXES if found[0]["tag"].endswith(s)), "")
             new_tag = tag + suffix
             text = entry.sub(lambda m, n=name, t=new_tag: f"{m[1]}{registry}/{n}{m[3]}{t}", text)
             images.append(f"{registry}/{name}:{new_tag}")
