@@ -153,10 +153,18 @@ def build_parser(
     batching = p.add_argument_group(
         "batching", "concurrent requests' clips share one forward (model/batching.py)"
     )
-    batching.add_argument("--max-batch-size", type=int, default=8,
-                          help="most clips in one forward; 1: one request's clips at a time")
-    batching.add_argument("--max-batch-wait-ms", type=float, default=5,
-                          help="longest the first clip waits for others to join its batch")
+    batching.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="most clips in one forward; 1: one request's clips at a time",
+    )
+    batching.add_argument(
+        "--max-batch-wait-ms",
+        type=float,
+        default=5,
+        help="longest the first clip waits for others to join its batch",
+    )
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--runtime", choices=CHOICES, default="auto",
                    help="the network's runtime: onnx (ONNX Runtime on model.onnx), torch "

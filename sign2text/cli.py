@@ -203,7 +203,9 @@ def _cmd_package(args: argparse.Namespace) -> None:
             _params(args), Path(args.model), Path(args.eval), out,
             allow_failed_gate=args.allow_failed_gate,
         )  # fmt: skip
-    print(f"packaged {args.out} (gate {lineage['gate']}, data {lineage['data_md5']})")
+    onnx = (lineage.get("onnx") or {}).get("exported")
+    onnx = {True: "model.onnx checked", False: "model.pt only"}.get(onnx, "ONNX not asked for")
+    print(f"packaged {args.out} (gate {lineage['gate']}, data {lineage['data_md5']}, {onnx})")
 
 
 def _cmd_params(args: argparse.Namespace) -> None:

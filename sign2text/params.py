@@ -152,6 +152,16 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class PackageParams:
+    # Export model.onnx beside model.pt (checked against torch before it is kept): predictors
+    # then serve it with ONNX Runtime. A failed check packages model.pt alone, and says why.
+    onnx: bool
+
+    def __post_init__(self):
+        check_fields(self, "package")
+
+
+@dataclass(frozen=True)
 class DataParams:
     dir: str = field(default="data", metadata=rule(pattern=r".+", means="a folder name"))
 
@@ -215,6 +225,7 @@ _BUILDERS = {
     "convert": lambda d: strict_from_dict(ConvertParams, d, "convert"),
     "train": TrainConfig.from_dict,
     "evaluate": lambda d: strict_from_dict(EvaluateParams, d, "evaluate"),
+    "package": lambda d: strict_from_dict(PackageParams, d, "package"),
 }
 
 
@@ -284,6 +295,10 @@ class Params:
         with _from(self.source):
             check_device(cfg.device)
         return cfg
+
+    @property
+    def package(self) -> PackageParams:
+        return self._build("package")
 
     @property
     def evaluate(self) -> EvaluateParams:

@@ -24,7 +24,7 @@ READS = {
     "convert": ("model", "convert"),
     "train": ("model", "train"),
     "evaluate": ("evaluate",),
-    "package": ("data", "model", "validate", "convert", "train", "evaluate"),
+    "package": ("data", "model", "validate", "convert", "train", "evaluate", "package"),
 }
 
 
@@ -144,6 +144,7 @@ def package(
     return run(
         Path(model), Path(eval_dir), Path(out), params=params.sections(*READS["package"]),
         data_pointer=Path(data_pointer), allow_failed_gate=allow_failed_gate,
+        onnx=params.package.onnx,
     )  # fmt: skip
 
 

@@ -107,7 +107,7 @@ def test_repro_runs_all_then_nothing_then_only_what_a_param_touches(repo):
 DISPATCHERS = {"sign2text.cli", "sign2text.steps"}
 # Params properties (sign2text/params.py) -> the params.yaml section each reads.
 SECTIONS = {"preprocess": "model", "arch": "model", "validate": "validate", "convert": "convert",
-            "train": "train", "evaluate": "evaluate"}  # fmt: skip
+            "train": "train", "evaluate": "evaluate", "package": "package"}  # fmt: skip
 
 
 def _file(module: str) -> Path | None:
@@ -161,6 +161,10 @@ def _code_closure(cli_function: str) -> set[str]:
             if f and f not in files:
                 files.add(f)
                 todo += _imports(ast.parse(f.read_text()))
+                if f == ROOT / "model" / "runtime.py":  # it imports the runtimes by name
+                    from model.runtime import RUNTIMES
+
+                    todo += RUNTIMES.values()
     return {str(f.relative_to(ROOT)) for f in files if f}
 
 

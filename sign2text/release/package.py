@@ -3,6 +3,11 @@
 The result has the same format `model import-i3d` writes (one loader for serving), plus
 metrics.json, gate.json and lineage.json. A model whose gate failed is not packaged unless
 asked for explicitly: a package is a release candidate.
+
+With `onnx` (params.yaml package.onnx), model.onnx is exported beside model.pt and kept only if
+it matches torch (sign2text/release/export.py); predictors then serve it with ONNX Runtime
+(model/runtime.py's "auto"). A failed check leaves the package torch-only, and lineage.json's
+"onnx" says why, so a release never waits on the exporter.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from model.package import load_model_dir, write_model_dir
+from model.storage import write_atomic
 
 
 def dvc_data_hash(pointer: str | os.PathLike = "data.dvc") -> str | None:
@@ -54,6 +60,7 @@ def package(
     params: dict,
     data_pointer: Path = Path("data.dvc"),
     allow_failed_gate: bool = False,
+    onnx: bool = True,
 ) -> dict:
     """Write the release candidate to `out`; returns its lineage."""
     metrics = json.loads((Path(eval_dir) / "metrics.json").read_text())
@@ -78,4 +85,19 @@ def package(
         extras=extras,
         sentence_window=bundle.sentence_window,
     )
+    if onnx:
+        lineage["onnx"] = _export(Path(out))
+        write_atomic(Path(out) / "lineage.json",
+                     (json.dumps(lineage, indent=2, sort_keys=True) + "\n").encode())  # fmt: skip
     return lineage
+
+
+def _export(out: Path) -> dict:
+    from sign2text.release.export import ExportError, export_onnx
+
+    try:
+        record = export_onnx(out)
+    except ExportError as e:
+        print(f"package: model.onnx not kept: {e}", flush=True)
+        return {"exported": False, "reason": str(e)}
+    return {"exported": True, "max_abs_diff": max(record["max_abs_diff"].values())}
