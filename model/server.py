@@ -150,9 +150,11 @@ def build_parser(
         help="longest wait for a client's headers, or between body chunks",
     )
     p.add_argument("--device", default="cpu", help="torch device")
+    # --predictor_protocol: kserve's default is v1; this server's predictor speaks only v2.
     p.set_defaults(
-        model_name=NAME, grpc_max_send_message_length=None, grpc_max_receive_message_length=None
-    )
+        model_name=NAME, grpc_max_send_message_length=None, grpc_max_receive_message_length=None,
+        predictor_protocol="v2",
+    )  # fmt: skip
     return p
 
 
@@ -208,6 +210,7 @@ def serve(args: argparse.Namespace) -> int:
         max_in_flight=args.max_in_flight,
         device=args.device,
         name=args.model_name,
+        **_runtime(args),
     )
     logger.info("sign2text: loading model from %s", display_uri(args.model_dir))
     model.load()
@@ -220,6 +223,22 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         model.stop()  # kserve stops models on SIGTERM/SIGINT; this covers any other way out
     return 0
+
+
+def _runtime(args: argparse.Namespace) -> dict:
+    """KServe passes --predictor_host to a transformer: the network then runs on that predictor
+    (Triton, model/triton_runtime.py) and this server decodes and preprocesses in front of it."""
+    if not args.predictor_host:
+        return {}
+    return {
+        "runtime": "triton",
+        "runtime_options": {
+            "predictor_host": args.predictor_host,
+            "protocol": args.predictor_protocol,
+            "use_ssl": args.predictor_use_ssl,
+            "timeout_s": float(args.predictor_request_timeout_seconds),
+        },
+    }
 
 
 def _listen(host: str, client_timeout_s: float) -> None:  # noqa: C901

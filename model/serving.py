@@ -77,6 +77,8 @@ class Sign2TextModel(kserve.Model):
         max_in_flight: int = 4,
         device: str = "cpu",
         name: str = NAME,
+        runtime: str = "auto",
+        runtime_options: dict | None = None,
     ):
         super().__init__(name)
         self.model_dir = str(model_dir)
@@ -86,6 +88,10 @@ class Sign2TextModel(kserve.Model):
         self.time_budget_s = float(time_budget_s)
         self.max_in_flight = int(max_in_flight)
         self.device = device
+        # Which network runs the forward, and its options (model/runtime.py): "triton" when
+        # this server is a KServe transformer in front of a Triton predictor.
+        self.runtime = runtime
+        self.runtime_options = dict(runtime_options or {})
         self.classifier: Classifier | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._decoder: Decoder | None = None
@@ -100,9 +106,14 @@ class Sign2TextModel(kserve.Model):
         path = fetch(self.model_dir)
         if is_uri(self.model_dir):
             self._fetched = path
-        self.classifier = Classifier(path, self.device)
-        # The model's version in its metadata: its weights' hash, so equal bytes, equal version.
-        self.version = hash_file(Path(path) / "model.pt")[:12]
+        self.classifier = Classifier(path, self.device, self.runtime, **self.runtime_options)
+        # The model's version in its metadata: its weights' hash, so equal bytes, equal version;
+        # in front of Triton, the recorded hash of the model.onnx its repository was written from.
+        weights, onnx = Path(path) / "model.pt", self.classifier.info.config.get("onnx")
+        if self.runtime != "triton" and weights.is_file():
+            self.version = hash_file(weights)[:12]
+        else:
+            self.version = onnx["sha256"][:12] if onnx else None
         self.ready = True
         return self.ready
 

@@ -63,7 +63,9 @@ def serving() -> Image:
     reqs = ("torch==2.14.1", *(ln for ln in lines if ln and not ln.startswith("#")))
     # By default the image takes torch's CPU wheel, which requires none of the CUDA wheels this
     # venv's (PyPI) torch does; the -cuda build has them too, so checking without covers both.
-    return Image(reqs, ("model",), ("model/server.py",), never=("cuda-", "nvidia-", "triton"))
+    # model/runtime.py imports its runtimes by name: the transformer's (overlays/triton) is named.
+    entries = ("model/server.py", "model/triton_runtime.py")
+    return Image(reqs, ("model",), entries, never=("cuda-", "nvidia-", "triton"))
 
 
 def app() -> Image:
