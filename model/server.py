@@ -169,10 +169,13 @@ def build_parser(
     p.add_argument("--runtime", choices=CHOICES, default="auto",
                    help="the network's runtime: onnx (ONNX Runtime on model.onnx), torch "
                    "(model.pt), auto (onnx where the model directory has it and --device is "
-                   "the CPU); the ONNX serving image has no torch")  # fmt: skip
+                   "the CPU), triton (a KServe v2 predictor: set by --predictor_host); the "
+                   "ONNX serving image has no torch")  # fmt: skip
+    # --predictor_protocol: kserve's default is v1; this server's predictor speaks only v2.
     p.set_defaults(
-        model_name=NAME, grpc_max_send_message_length=None, grpc_max_receive_message_length=None
-    )
+        model_name=NAME, grpc_max_send_message_length=None, grpc_max_receive_message_length=None,
+        predictor_protocol="v2",
+    )  # fmt: skip
     return p
 
 
@@ -227,10 +230,10 @@ def serve(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget_s,
         max_in_flight=args.max_in_flight,
         device=args.device,
-        runtime=args.runtime,
         max_batch_size=args.max_batch_size,
         max_batch_wait_s=args.max_batch_wait_ms / 1000,
         name=args.model_name,
+        **_runtime(args),
     )
     logger.info("sign2text: loading model from %s", display_uri(args.model_dir))
     model.load()
@@ -244,6 +247,24 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         model.stop()  # kserve stops models on SIGTERM/SIGINT; this covers any other way out
     return 0
+
+
+def _runtime(args: argparse.Namespace) -> dict:
+    """KServe passes --predictor_host to a transformer: the network then runs on that predictor
+    (Triton, model/triton_runtime.py) and this server decodes and preprocesses in front of it."""
+    if not args.predictor_host:
+        if args.runtime == "triton":
+            raise SystemExit("sign2text: error: --runtime triton needs --predictor_host")
+        return {"runtime": args.runtime}
+    return {
+        "runtime": "triton",
+        "runtime_options": {
+            "predictor_host": args.predictor_host,
+            "protocol": args.predictor_protocol,
+            "use_ssl": args.predictor_use_ssl,
+            "timeout_s": float(args.predictor_request_timeout_seconds),
+        },
+    }
 
 
 def _listen(host: str, client_timeout_s: float) -> None:  # noqa: C901

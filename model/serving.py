@@ -37,11 +37,12 @@ from prometheus_client import Histogram
 from model.batching import Batcher
 from model.decoder import Cancelled, Decoder
 from model.guard import DEFAULT_LIMITS, Overloaded
-from model.modeldir import ONNX, WEIGHTS
+from model.modeldir import WEIGHTS
 from model.predict import Classifier, Prediction
 from model.request import NAME, Request, parse
 from model.sentence import Word
 from model.storage import fetch, hash_file, is_uri
+from model.triton_runtime import PredictorError
 from model.video import Limits
 
 STAGE_SECONDS = Histogram(
@@ -82,6 +83,7 @@ class Sign2TextModel(kserve.Model):
         runtime: str = "auto",
         max_batch_size: int = 8,
         max_batch_wait_s: float = 0.005,
+        runtime_options: dict | None = None,
         name: str = NAME,
     ):
         super().__init__(name)
@@ -92,7 +94,10 @@ class Sign2TextModel(kserve.Model):
         self.time_budget_s = float(time_budget_s)
         self.max_in_flight = int(max_in_flight)
         self.device = device
+        # Which network runs the forward, and its options (model/runtime.py): "triton" when
+        # this server is a KServe transformer in front of a Triton predictor.
         self.runtime = runtime
+        self.runtime_options = dict(runtime_options or {})
         self.max_batch_size = int(max_batch_size)
         self.max_batch_wait_s = float(max_batch_wait_s)
         self.classifier: Classifier | None = None
@@ -111,15 +116,18 @@ class Sign2TextModel(kserve.Model):
         path = fetch(self.model_dir)
         if is_uri(self.model_dir):
             self._fetched = path
-        self.classifier = Classifier(path, self.device, self.runtime)
+        self.classifier = Classifier(path, self.device, self.runtime, **self.runtime_options)
         # Every forward, word or sentence mode, goes through one batcher (model/batching.py).
         self._batcher = Batcher(self.classifier.runtime, self.max_batch_size,
                                 self.max_batch_wait_s)  # fmt: skip
         self.classifier.runtime = self._batcher
-        # The model's version in its metadata: its weights' hash, so equal bytes, equal version
-        # (the same whichever runtime serves it; model.onnx's own hash where it comes alone).
-        weights = Path(path) / WEIGHTS
-        self.version = hash_file(weights if weights.is_file() else Path(path) / ONNX)[:12]
+        # The model's version in its metadata: its weights' hash, so equal bytes, equal version;
+        # in front of Triton, or with model.onnx alone, the recorded hash of that model.onnx.
+        weights, onnx = Path(path) / WEIGHTS, self.classifier.info.config.get("onnx")
+        if self.runtime != "triton" and weights.is_file():
+            self.version = hash_file(weights)[:12]
+        else:
+            self.version = onnx["sha256"][:12] if onnx else None
         self.ready = True
         return self.ready
 
@@ -234,6 +242,8 @@ class Sign2TextModel(kserve.Model):
                         _probs_output(p, out, clf.labels) for p in probs
                     ]
                 return _word_outputs(clf.word(video, request.top_k, **kw))
+            except PredictorError as e:  # Triton down or restarting: not this request's fault
+                raise Overloaded(f"the predictor is unavailable: {e}", retry_after_s=5) from None
             except ValueError as e:  # the classifier's ValueErrors are about its input
                 msg = str(e)
                 if isinstance(video, Path):  # the client never saw our scratch file's name

@@ -328,6 +328,23 @@ def _cmd_model_export(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_model_triton_repo(args: argparse.Namespace) -> None:
+    from sign2text.release.triton import write_repository
+
+    target = write_repository(
+        args.model_dir,
+        args.out,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {target}/config.pbtxt and {target}/1/model.onnx (max_batch_size "
+        f"{args.max_batch_size}, dynamic batching within {args.max_queue_delay_us} us); upload "
+        f"{args.out} where the triton overlay's predictor storageUri points"
+    )
+
+
 def _cmd_images_stamp(args: argparse.Namespace) -> None:
     from sign2text.release.images import stamp_overlays
 
@@ -514,6 +531,23 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--tolerance", type=float, default=1e-4,
                     help="largest allowed |ONNX - torch| logit (default 1e-4)")  # fmt: skip
     me.set_defaults(func=_cmd_model_export)
+    mt = mdl.add_parser(
+        "triton-repo",
+        help="write a Triton model repository (ONNX, dynamic batching) from a model directory",
+        description="Write OUT/sign2text/config.pbtxt and OUT/sign2text/1/model.onnx for "
+        "Triton's ONNX Runtime backend, with dynamic batching, from a model directory with a "
+        "verified model.onnx (`model export DIR --format onnx` first). KServe's Triton runtime "
+        "serves OUT (manifests/overlays/triton).",
+    )
+    mt.add_argument("model_dir", metavar="MODEL_DIR", help="model directory with model.onnx")
+    mt.add_argument("out", metavar="OUT", help="repository directory to write")
+    mt.add_argument("--max-batch-size", type=int, default=8,
+                    help="most clips Triton runs in one forward (default 8)")  # fmt: skip
+    mt.add_argument("--max-queue-delay-us", type=int, default=2000,
+                    help="longest a request waits for others to batch with, in microseconds "
+                    "(default 2000)")  # fmt: skip
+    mt.add_argument("--overwrite", action="store_true", help="replace OUT/sign2text")
+    mt.set_defaults(func=_cmd_model_triton_repo)
 
     pl = sub.add_parser(
         "predict-local",

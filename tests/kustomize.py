@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 BIN = Path(sys.executable).parent
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "triton")
 TEST_KEYS = {"AWS_ACCESS_KEY_ID": "test-access-key", "AWS_SECRET_ACCESS_KEY": "test-secret-key-0"}
 
 

@@ -59,7 +59,8 @@ def components() -> Image:
 
 # The serving images run model/server.py, and the runtime modules model/runtime.py imports by
 # name (so that nothing on the ONNX image's path names torch): each image the ones it serves.
-RUNTIMES = {"torch": "model/torch_runtime.py", "onnx": "model/onnx_runtime.py"}
+RUNTIMES = {"torch": "model/torch_runtime.py", "onnx": "model/onnx_runtime.py",
+            "triton": "model/triton_runtime.py"}  # fmt: skip
 
 
 def serving() -> Image:
@@ -73,10 +74,11 @@ def serving() -> Image:
 
 
 def serving_onnx() -> Image:
-    """model/Dockerfile with RUNTIME=onnx: model/requirements.txt alone, no torch."""
+    """model/Dockerfile with RUNTIME=onnx: model/requirements.txt alone, no torch; also the
+    Triton transformer's image (manifests/overlays/triton)."""
     lines = (ROOT / "model" / "requirements.txt").read_text().splitlines()
     reqs = tuple(ln for ln in lines if ln and not ln.startswith("#"))
-    return Image(reqs, ("model",), ("model/server.py", RUNTIMES["onnx"]))
+    return Image(reqs, ("model",), ("model/server.py", RUNTIMES["onnx"], RUNTIMES["triton"]))
 
 
 def app() -> Image:

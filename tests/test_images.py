@@ -192,6 +192,10 @@ def test_stamp_points_every_overlay_at_the_pushed_image(tmp_path):
             "registry.example.com:5000/ml/sign2text-serving:0.2.0-cuda",
             "registry.example.com:5000/ml/sign2text-app:0.2.0",  # one build: no torch
         ),
+        "triton": (
+            "registry.example.com:5000/ml/sign2text-serving:0.2.0",
+            "registry.example.com:5000/ml/sign2text-app:0.2.0",
+        ),
     }
     # Stamping again replaces, it does not append.
     stamp_overlays(manifests, "ghcr.io/acme", "0.3.0")
