@@ -245,3 +245,44 @@ def test_load_clip_is_bit_identical_to_the_reference(tmp_path):
             assert _same(got, _reference_clip(every, cfg, bbox, rng=np.random.default_rng(i)))
             trimmed = V.load_clip(path, cfg, frame_start=3, frame_end=8, bbox=bbox)
             assert _same(trimmed, _reference_clip(every[2:8], cfg, bbox))
+
+
+def test_one_pass_paths_keep_the_reference_and_its_random_draws(tmp_path):
+    """load_clip converts each frame as it decodes and draws the crop's jitter at the first one;
+    clip_from_frames converts each sampled frame in place. Both give the reference's tensor and
+    leave rng where the reference leaves it: also when the container claims more frames than
+    decode (load_clip's retry), for frames given as a strided view, and for frames already
+    resized (what training passes)."""
+    path = write_video(tmp_path / "a.mp4", moving_square(30, 120, 160, seed=3))
+    every = _all_frames(path)
+    for cfg in (
+        PreprocessConfig(num_frames=16, resize=80, crop=64),
+        PreprocessConfig(num_frames=40, resize=72, crop=56, channel_order="RGB"),  # padded
+    ):
+        rng, ref = np.random.default_rng(5), np.random.default_rng(5)
+        got = V.load_clip(path, cfg, rng=rng, total=37)  # 37 claimed, 30 decode: retried
+        V.sample_indices(37, cfg.num_frames, rng=ref)  # the failed attempt's pick
+        assert _same(got, _reference_clip(every, cfg, rng=ref))
+        assert rng.integers(1 << 30) == ref.integers(1 << 30)
+
+        strided = np.ascontiguousarray(every[..., ::-1])[..., ::-1]  # == every, negative strides
+        resized = V.resize_frames(every, cfg)
+        for frames in (strided, resized):
+            rng, ref = np.random.default_rng(6), np.random.default_rng(6)
+            got = V.clip_from_frames(frames, cfg, rng=rng)
+            assert _same(got, _reference_clip(np.ascontiguousarray(frames), cfg, rng=ref))
+            assert rng.integers(1 << 30) == ref.integers(1 << 30)
+
+
+def test_load_clip_opens_the_video_once(video_file, monkeypatch):
+    """The frame count comes from the capture that decodes: no separate probe."""
+    opened = []
+    real = cv2.VideoCapture
+
+    def counting(*a):
+        opened.append(a[0])
+        return real(*a)
+
+    monkeypatch.setattr(V.cv2, "VideoCapture", counting)
+    V.load_clip(video_file, CFG)
+    assert len(opened) == 1
