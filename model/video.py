@@ -320,21 +320,58 @@ def frame_resizer(
 
 
 def _frame_resizer(
-    width: int, height: int, cfg: PreprocessConfig, bbox: Sequence[float] | None, reuse: bool
+    width: int,
+    height: int,
+    cfg: PreprocessConfig,
+    bbox: Sequence[float] | None,
+    reuse: bool,
+    upto: tuple[int, int] | None = None,
 ) -> Frame:
     """frame_resizer; with reuse, every result is written into one array (in cache from frame to
-    frame, and no allocation each), so a caller must be done with one result before the next."""
+    frame, and no allocation each), so a caller must be done with one result before the next.
+    upto=(x, y): only the result's [:y, :x] is needed (the rest may be missing; see _top_left)."""
     x0, y0, x1, y1 = _window(width, height, cfg, bbox)
     size = resized_size(x1 - x0, y1 - y0, cfg)
-    scratch = np.empty((size[1], size[0], 3), np.uint8) if reuse else None
+    if size == (x1 - x0, y1 - y0):
+        return lambda frame: frame[y0:y1, x0:x1]
+    part = None if upto is None else _top_left(x1 - x0, y1 - y0, size, upto)
+    if part is None:
+        scratch = np.empty((size[1], size[0], 3), np.uint8) if reuse else None
+        return lambda frame: cv2.resize(
+            frame[y0:y1, x0:x1], size, dst=scratch, interpolation=cv2.INTER_LINEAR
+        )
+    w, h, fx, fy = part
+    scratch = np.empty((round(h * fy), round(w * fx), 3), np.uint8) if reuse else None
+    return lambda frame: cv2.resize(
+        frame[y0 : y0 + h, x0 : x0 + w], None, dst=scratch, fx=fx, fy=fy,
+        interpolation=cv2.INTER_LINEAR,
+    )  # fmt: skip
 
-    def resize(frame: np.ndarray) -> np.ndarray:
-        frame = frame[y0:y1, x0:x1]
-        if size == (x1 - x0, y1 - y0):
-            return frame
-        return cv2.resize(frame, size, dst=scratch, interpolation=cv2.INTER_LINEAR)
 
-    return resize
+def _top_left(
+    width: int, height: int, size: tuple[int, int], upto: tuple[int, int]
+) -> tuple[int, int, float, float] | None:
+    """(w, h, fx, fy): resizing the top left w x h of a width x height frame by fx, fy gives
+    exactly the [:upto[1], :upto[0]] of resizing all of it to `size` -- the same pixels for
+    less work, as a centre crop drops the right and bottom. None where that does not hold.
+
+    OpenCV's bilinear resize computes each output pixel from its own source position and weights,
+    and those depend only on the output index and the scale (its SIMD and scalar loops agree bit
+    for bit). So with the full resize's own scale (fx = size / width, what cv2.resize derives
+    from a dsize), the same origin, and every source pixel the wanted outputs read inside the
+    part (2 beyond the last one's: none clamped at an edge the full frame does not have), the
+    wanted outputs come out the same. Not used where cv2.resize would take another path: a whole
+    number scale (its area shortcut) or a part whose size would not change (a plain copy)."""
+    fx, fy = size[0] / width, size[1] / height
+    sx, sy = 1 / fx, 1 / fy  # OpenCV's source step per output pixel
+    if abs(sx - round(sx)) < 1e-9 or abs(sy - round(sy)) < 1e-9:
+        return None
+    w = min(width, math.floor((upto[0] - 0.5) * sx - 0.5) + 3)
+    h = min(height, math.floor((upto[1] - 0.5) * sy - 0.5) + 3)
+    out = round(w * fx), round(h * fy)  # the dsize cv2.resize gives the part
+    if (w, h) == (width, height) or out == (w, h) or out[0] < upto[0] or out[1] < upto[1]:
+        return None
+    return w, h, fx, fy
 
 
 def _window(
@@ -422,11 +459,12 @@ def clip_from_frames(
     idx = sample_indices(len(frames), cfg.num_frames, rng=rng)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise VideoError(f"expected frames T x H x W x 3, got shape {list(frames.shape)}")
-    resize = _frame_resizer(frames.shape[2], frames.shape[1], cfg, bbox, reuse=True)
     x0, y0, x1, y1 = _window(frames.shape[2], frames.shape[1], cfg, bbox)
     w, h = resized_size(x1 - x0, y1 - y0, cfg)  # the shape resize gives, resized or not
     c = cfg.crop
     y, x = _crop_origin(h, w, cfg, rng)
+    upto = x + c, y + c
+    resize = _frame_resizer(frames.shape[2], frames.shape[1], cfg, bbox, reuse=True, upto=upto)
     out = np.empty((len(idx), c, c, 3), np.float32)
     convert = _converter(cfg)
     done: dict[int, int] = {}  # frame -> where it went first (a short clip's padding repeats)
@@ -538,8 +576,10 @@ def _sampled_clip(
                 width, height = frame.shape[1], frame.shape[0]
                 x0, y0, x1, y1 = _window(width, height, cfg, bbox)
                 w, h = resized_size(x1 - x0, y1 - y0, cfg)  # the resizer's output, resized or not
-                resize = _frame_resizer(width, height, cfg, bbox, reuse=True)
-                first[:] = frame.shape, resize, _crop_origin(h, w, cfg, rng)
+                y, x = _crop_origin(h, w, cfg, rng)
+                upto = x + c, y + c
+                resize = _frame_resizer(width, height, cfg, bbox, reuse=True, upto=upto)
+                first[:] = frame.shape, resize, (y, x)
             elif frame.shape != first[0]:
                 raise VideoError(f"frame size changes mid-video: {frame.shape} after {first[0]}")
             behind.put(frame, at)
