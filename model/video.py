@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -203,11 +201,13 @@ def _decode_into(
     path: str | os.PathLike,
     indices: np.ndarray,
     keep: Callable[[np.ndarray, int], None],
-    array: Callable[[], np.ndarray | None] | None = None,
+    reuse: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """decode's loop on an open capture: keep(frame, position) once per distinct index, at the
     first position asking for it. Returns (src, dup): position dup[i] repeats position
-    src[dup[i]]. array(): an array to retrieve the next frame into (None: a new one)."""
+    src[dup[i]]. reuse: every frame is retrieved into the previous one's array (no allocation
+    each), so keep must be done with a frame when it returns."""
+    into = None
     wanted, first = np.unique(indices, return_index=True)  # first: where each lands in the output
     got = 0
     pos = 0
@@ -217,11 +217,12 @@ def _decode_into(
                 break
             pos += 1
         ok = pos == idx and cap.grab()
-        into = None if array is None or not ok else array()
         frame = (cap.retrieve() if into is None else cap.retrieve(into))[1] if ok else None
         if frame is None:
             break
         keep(frame, at)
+        if reuse:
+            into = frame
         got += 1
         pos += 1
     if got == 0:
@@ -460,7 +461,7 @@ def clip_from_frames(
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise VideoError(f"expected frames T x H x W x 3, got shape {list(frames.shape)}")
     x0, y0, x1, y1 = _window(frames.shape[2], frames.shape[1], cfg, bbox)
-    w, h = resized_size(x1 - x0, y1 - y0, cfg)  # the shape resize gives, resized or not
+    w, h = resized_size(x1 - x0, y1 - y0, cfg)  # as resize_frames would size it
     c = cfg.crop
     y, x = _crop_origin(h, w, cfg, rng)
     upto = x + c, y + c
@@ -575,29 +576,20 @@ def _sampled_clip(
             if not first:
                 width, height = frame.shape[1], frame.shape[0]
                 x0, y0, x1, y1 = _window(width, height, cfg, bbox)
-                w, h = resized_size(x1 - x0, y1 - y0, cfg)  # the resizer's output, resized or not
+                w, h = resized_size(x1 - x0, y1 - y0, cfg)  # as resize_frames would size it
                 y, x = _crop_origin(h, w, cfg, rng)
                 upto = x + c, y + c
                 resize = _frame_resizer(width, height, cfg, bbox, reuse=True, upto=upto)
                 first[:] = frame.shape, resize, (y, x)
             elif frame.shape != first[0]:
                 raise VideoError(f"frame size changes mid-video: {frame.shape} after {first[0]}")
-            behind.put(frame, at)
-
-        def place(frame: np.ndarray, at: int) -> None:  # on the second thread
             y, x = first[2]
             convert(first[1](frame)[y : y + c, x : x + c], out[at])
 
         try:
             if cap is None:
                 cap = _open(path)
-            behind = _Behind(place)
-            try:
-                src, dup = _decode_into(cap, path, indices, keep, behind.array)
-            except BaseException:
-                behind.stop()  # the decoder's error is the one to report
-                raise
-            behind.close()
+            src, dup = _decode_into(cap, path, indices, keep, reuse=True)
         except BaseException:
             if drawn is not None:
                 rng.bit_generator.state = drawn
@@ -607,49 +599,6 @@ def _sampled_clip(
             cap.release()
     out[dup] = out[src[dup]]  # a short clip's padding: copies of frames already converted
     return _channels_first(out)
-
-
-class _Behind:
-    """work(frame, position) on a second thread, one frame behind the decoder: resizing and
-    converting one frame overlaps decoding the next (OpenCV and numpy both release the GIL).
-    At most `depth` frames are in flight; their arrays come back to be decoded into again."""
-
-    def __init__(self, work: Callable[[np.ndarray, int], None], depth: int = 3):
-        self._work = work
-        self._todo: queue.SimpleQueue = queue.SimpleQueue()
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(depth):
-            self._free.put(None)  # None: retrieve into a new array
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="load_clip", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._todo.get()) is not None:
-            if self._error is None:  # after an error, only hand the arrays back
-                try:
-                    self._work(*item)
-                except BaseException as e:  # re-raised in the caller's thread by close()
-                    self._error = e
-            self._free.put(item[0])
-
-    def array(self) -> np.ndarray | None:
-        """An array the next frame may be decoded into; waits while `depth` are in flight."""
-        return self._free.get()
-
-    def put(self, frame: np.ndarray, at: int) -> None:
-        self._todo.put((frame, at))
-
-    def stop(self) -> None:
-        """Waits until every frame put is done (or skipped after an error)."""
-        self._todo.put(None)
-        self._thread.join()
-
-    def close(self) -> None:
-        """stop, then raise the work's error, if any, in the caller's thread."""
-        self.stop()
-        if self._error is not None:
-            raise self._error
 
 
 # Reading an untrusted video (serving): every cost bounded before and during decoding.

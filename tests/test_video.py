@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import cv2
@@ -287,26 +286,6 @@ def test_load_clip_opens_the_video_once(video_file, monkeypatch):
     monkeypatch.setattr(V.cv2, "VideoCapture", counting)
     V.load_clip(video_file, CFG)
     assert len(opened) == 1
-
-
-def test_load_clip_errors_from_either_thread_reach_the_caller(video_file, monkeypatch):
-    """Resizing and converting run on a second thread behind the decoder: an error on either
-    side is raised to the caller, and the thread is gone when load_clip returns or raises."""
-
-    def alive() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "load_clip"]
-
-    with pytest.raises(V.FrameRangeError, match="only 40 decodable"):  # the decoder's side,
-        V.load_clip(video_file, CFG, frame_end=50, total=60)  # after 6 frames went to the thread
-    assert not alive()
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("resize failed")
-
-    monkeypatch.setattr(V.cv2, "resize", broken)  # the second thread's side
-    with pytest.raises(RuntimeError, match="resize failed"):
-        V.load_clip(video_file, CFG)
-    assert not alive()
 
 
 def test_resizing_only_the_part_the_crop_keeps_is_bit_identical():

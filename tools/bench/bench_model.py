@@ -4,9 +4,9 @@
     original WLASL / gesto code does), (b) ours vs decoding alone, on a 320x240 (the benchmark
     clip), a 256x256 and a 640x360 clip: against reading every frame, and against the floor --
     decoding exactly the frames ours decodes (grab up to the last sampled frame, convert the
-    sampled ones to BGR; no resize, crop or conversion). Ours resizes and converts on a second
-    thread while the decoder runs, and FFmpeg decodes on threads of its own (ours and the floor
-    alike), so CPU time, all threads together, is shown beside wall time. (c) I3D forward at
+    sampled ones to BGR; no resize, crop or conversion). FFmpeg decodes on threads of its own
+    (ours and the floor alike), so CPU time, all threads together, is shown beside wall time:
+    the cost, where wall time also depends on what else the machine runs. (c) I3D forward at
     64x224x224 on CPU: eager vs our inference path (inference_mode + channels_last_3d), (d) sentence
     mode on a 10 s video with the demo-sized model: our batched windows vs one window per
     forward, and the real-time factor.
