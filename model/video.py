@@ -7,7 +7,8 @@ Frames travel as uint8 BGR arrays (OpenCV's order) until the last step, which cr
 to the model's channel order and range in one float32 pass per frame, straight into the output.
 load_clip and clip_from_frames take one sampled frame at a time from the decoder (or the input)
 through the resize into its place in the output: only the frame in flight is held, in arrays
-reused from frame to frame, and nothing is copied on the way.
+reused from frame to frame, with no intermediate copies; and only the part of each frame that the
+crop reaches is resized (bit for bit what resizing all of it gives there: _top_left).
 """
 
 from __future__ import annotations
@@ -356,13 +357,14 @@ def _top_left(
     exactly the [:upto[1], :upto[0]] of resizing all of it to `size` -- the same pixels for
     less work, as a centre crop drops the right and bottom. None where that does not hold.
 
-    OpenCV's bilinear resize computes each output pixel from its own source position and weights,
-    and those depend only on the output index and the scale (its SIMD and scalar loops agree bit
-    for bit). So with the full resize's own scale (fx = size / width, what cv2.resize derives
-    from a dsize), the same origin, and every source pixel the wanted outputs read inside the
-    part (2 beyond the last one's: none clamped at an edge the full frame does not have), the
-    wanted outputs come out the same. Not used where cv2.resize would take another path: a whole
-    number scale (its area shortcut) or a part whose size would not change (a plain copy)."""
+    OpenCV's bilinear resize of uint8 computes each output pixel in fixed point from its own
+    source position and weights, which depend only on the output index and the scale. So with
+    the full resize's own scale (fx = size / width, what cv2.resize derives from a dsize), the
+    same origin, and every source pixel the wanted outputs read inside the part (with a margin:
+    none clamped at an edge the full frame does not have), the wanted outputs come out the same;
+    tests/test_video.py sweeps sizes, windows and crops to hold OpenCV to it. Not used where
+    cv2.resize takes another path: a whole number scale (its area shortcut) or a part whose size
+    would not change (a plain copy)."""
     fx, fy = size[0] / width, size[1] / height
     sx, sy = 1 / fx, 1 / fy  # OpenCV's source step per output pixel
     if abs(sx - round(sx)) < 1e-9 or abs(sy - round(sy)) < 1e-9:
