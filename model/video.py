@@ -5,7 +5,10 @@
 
 Frames travel as uint8 BGR arrays (OpenCV's order) until the last step, which crops and converts
 to the model's channel order and range in one float32 pass per frame, straight into the output.
-load_clip resizes each sampled frame as it decodes, so full-size frames are never held.
+load_clip and clip_from_frames take one sampled frame at a time from the decoder (or the input)
+through the resize into its place in the output: only the frame in flight is held, in arrays
+reused from frame to frame, with no intermediate copies; and only the part of each frame that the
+crop reaches is resized (bit for bit what resizing all of it gives there: _top_left).
 """
 
 from __future__ import annotations
@@ -108,13 +111,17 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     cap = _open(path)
     try:
         return VideoInfo(
-            frames=max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0),
+            frames=_claimed_frames(cap),
             fps=float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
             width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
             height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         )
     finally:
         cap.release()
+
+
+def _claimed_frames(cap: cv2.VideoCapture) -> int:
+    return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
 
 
 def trim_range(frame_start: int, frame_end: int, total: int) -> tuple[int, int]:
@@ -168,34 +175,58 @@ def decode(
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size == 0:
         raise NoFrames("no frames requested")
-    wanted, first = np.unique(indices, return_index=True)  # first: where each lands in the output
-    cap = _open(path)
     out: np.ndarray | None = None
-    got = 0
+
+    def keep(frame: np.ndarray, at: int) -> None:
+        nonlocal out
+        if each is not None:
+            frame = each(frame)
+        if out is None:
+            out = np.empty((len(indices), *frame.shape), frame.dtype)
+        elif frame.shape != out.shape[1:]:
+            shape = out.shape[1:]
+            raise VideoError(f"frame size changes mid-video: {frame.shape} after {shape}")
+        out[at] = frame
+
+    cap = _open(path)
     try:
-        pos = 0
-        for idx, at in zip(wanted.tolist(), first.tolist(), strict=True):
-            while pos < idx:
-                if not cap.grab():
-                    break
-                pos += 1
-            ok = pos == idx and cap.grab()
-            frame = cap.retrieve()[1] if ok else None
-            if frame is None:
-                break
-            if each is not None:
-                frame = each(frame)
-            if out is None:
-                out = np.empty((len(indices), *frame.shape), frame.dtype)
-            elif frame.shape != out.shape[1:]:
-                shape = out.shape[1:]
-                raise VideoError(f"frame size changes mid-video: {frame.shape} after {shape}")
-            out[at] = frame
-            got += 1
-            pos += 1
+        src, dup = _decode_into(cap, path, indices, keep)
     finally:
         cap.release()
-    if out is None:
+    out[dup] = out[src[dup]]  # copies of frames already decoded into their first place
+    return out
+
+
+def _decode_into(
+    cap: cv2.VideoCapture,
+    path: str | os.PathLike,
+    indices: np.ndarray,
+    keep: Callable[[np.ndarray, int], None],
+    reuse: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """decode's loop on an open capture: keep(frame, position) once per distinct index, at the
+    first position asking for it. Returns (src, dup): position dup[i] repeats position
+    src[dup[i]]. reuse: every frame is retrieved into the previous one's array (no allocation
+    each), so keep must be done with a frame when it returns."""
+    into = None
+    wanted, first = np.unique(indices, return_index=True)  # first: where each lands in the output
+    got = 0
+    pos = 0
+    for idx, at in zip(wanted.tolist(), first.tolist(), strict=True):
+        while pos < idx:
+            if not cap.grab():
+                break
+            pos += 1
+        ok = pos == idx and cap.grab()
+        frame = (cap.retrieve() if into is None else cap.retrieve(into))[1] if ok else None
+        if frame is None:
+            break
+        keep(frame, at)
+        if reuse:
+            into = frame
+        got += 1
+        pos += 1
+    if got == 0:
         raise NoFrames(f"no decodable frames in {path}")
     if got < len(wanted):
         missing = int(wanted[got])
@@ -203,9 +234,7 @@ def decode(
             f"{path} has only {missing} decodable frames; frame {missing + 1} was requested"
         )
     src = first[np.searchsorted(wanted, indices)]  # repeated indices (a short clip's padding)
-    dup = np.flatnonzero(src != np.arange(len(indices)))
-    out[dup] = out[src[dup]]  # copies of frames already decoded into their first place
-    return out
+    return src, np.flatnonzero(src != np.arange(len(indices)))
 
 
 def count_frames(path: str | os.PathLike, max_frames: int | None = None) -> int:
@@ -289,18 +318,72 @@ def frame_resizer(
     width: int, height: int, cfg: PreprocessConfig, bbox: Sequence[float] | None = None
 ) -> Frame:
     """resize_frames for one width x height frame, to run on each frame as it decodes."""
-    x0, y0, x1, y1 = 0, 0, width, height
-    if cfg.bbox_crop and bbox is not None:
-        x0, y0, x1, y1 = bbox_window(bbox, cfg.bbox_margin, width, height)
+    return _frame_resizer(width, height, cfg, bbox, reuse=False)
+
+
+def _frame_resizer(
+    width: int,
+    height: int,
+    cfg: PreprocessConfig,
+    bbox: Sequence[float] | None,
+    reuse: bool,
+    upto: tuple[int, int] | None = None,
+) -> Frame:
+    """frame_resizer; with reuse, every result is written into one array (in cache from frame to
+    frame, and no allocation each), so a caller must be done with one result before the next.
+    upto=(x, y): only the result's [:y, :x] is needed (the rest may be missing; see _top_left)."""
+    x0, y0, x1, y1 = _window(width, height, cfg, bbox)
     size = resized_size(x1 - x0, y1 - y0, cfg)
+    if size == (x1 - x0, y1 - y0):
+        return lambda frame: frame[y0:y1, x0:x1]
+    part = None if upto is None else _top_left(x1 - x0, y1 - y0, size, upto)
+    if part is None:
+        scratch = np.empty((size[1], size[0], 3), np.uint8) if reuse else None
+        return lambda frame: cv2.resize(
+            frame[y0:y1, x0:x1], size, dst=scratch, interpolation=cv2.INTER_LINEAR
+        )
+    w, h, fx, fy = part
+    scratch = np.empty((round(h * fy), round(w * fx), 3), np.uint8) if reuse else None
+    return lambda frame: cv2.resize(
+        frame[y0 : y0 + h, x0 : x0 + w], None, dst=scratch, fx=fx, fy=fy,
+        interpolation=cv2.INTER_LINEAR,
+    )  # fmt: skip
 
-    def resize(frame: np.ndarray) -> np.ndarray:
-        frame = frame[y0:y1, x0:x1]
-        if size == (x1 - x0, y1 - y0):
-            return frame
-        return cv2.resize(frame, size, interpolation=cv2.INTER_LINEAR)
 
-    return resize
+def _top_left(
+    width: int, height: int, size: tuple[int, int], upto: tuple[int, int]
+) -> tuple[int, int, float, float] | None:
+    """(w, h, fx, fy): resizing the top left w x h of a width x height frame by fx, fy gives
+    exactly the [:upto[1], :upto[0]] of resizing all of it to `size` -- the same pixels for
+    less work, as a centre crop drops the right and bottom. None where that does not hold.
+
+    OpenCV's bilinear resize of uint8 computes each output pixel in fixed point from its own
+    source position and weights, which depend only on the output index and the scale. So with
+    the full resize's own scale (fx = size / width, what cv2.resize derives from a dsize), the
+    same origin, and every source pixel the wanted outputs read inside the part (with a margin:
+    none clamped at an edge the full frame does not have), the wanted outputs come out the same;
+    tests/test_video.py sweeps sizes, windows and crops to hold OpenCV to it. Not used where
+    cv2.resize takes another path: a whole number scale (its area shortcut) or a part whose size
+    would not change (a plain copy)."""
+    fx, fy = size[0] / width, size[1] / height
+    sx, sy = 1 / fx, 1 / fy  # OpenCV's source step per output pixel
+    if abs(sx - round(sx)) < 1e-9 or abs(sy - round(sy)) < 1e-9:
+        return None
+    w = min(width, math.floor((upto[0] - 0.5) * sx - 0.5) + 3)
+    h = min(height, math.floor((upto[1] - 0.5) * sy - 0.5) + 3)
+    out = round(w * fx), round(h * fy)  # the dsize cv2.resize gives the part
+    if (w, h) == (width, height) or out == (w, h) or out[0] < upto[0] or out[1] < upto[1]:
+        return None
+    return w, h, fx, fy
+
+
+def _window(
+    width: int, height: int, cfg: PreprocessConfig, bbox: Sequence[float] | None
+) -> tuple[int, int, int, int]:
+    """The part of a width x height frame that is resized: the bbox window when cropping to it."""
+    if cfg.bbox_crop and bbox is not None:
+        return bbox_window(bbox, cfg.bbox_margin, width, height)
+    return 0, 0, width, height
 
 
 def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
@@ -313,7 +396,19 @@ def to_clip(
     frames: np.ndarray, cfg: PreprocessConfig, *, rng: np.random.Generator | None = None
 ) -> np.ndarray:
     """Resized uint8 BGR frames T x H x W x 3 -> crop -> float32 C x T x crop x crop."""
-    h, w = frames.shape[1:3]
+    c = cfg.crop
+    y, x = _crop_origin(*frames.shape[1:3], cfg, rng)
+    out = np.empty((len(frames), c, c, 3), np.float32)
+    convert = _converter(cfg)
+    for f, o in zip(frames, out, strict=True):  # frame by frame: each stays in cache
+        convert(f[y : y + c, x : x + c], o)
+    return _channels_first(out)
+
+
+def _crop_origin(
+    h: int, w: int, cfg: PreprocessConfig, rng: np.random.Generator | None
+) -> tuple[int, int]:
+    """Top left corner of the crop in an h x w resized frame: centred, or jittered (rng)."""
     c = cfg.crop
     y, x = (h - c) // 2, (w - c) // 2
     if rng is not None:
@@ -322,15 +417,25 @@ def to_clip(
         j = (cfg.resize - c) // 2
         y = int(np.clip(y + rng.integers(-j, j + 1), 0, h - c))
         x = int(np.clip(x + rng.integers(-j, j + 1), 0, w - c))
-    out = np.empty((len(frames), c, c, 3), np.float32)
+    return y, x
+
+
+def _converter(cfg: PreprocessConfig) -> Callable[[np.ndarray, np.ndarray], None]:
+    """(cropped uint8 BGR frame, its float32 place in the output) -> the model's channel order
+    and value range written there."""
     scale, offset = _value_map(cfg.value_range)
     rgb = cfg.channel_order == "RGB"
-    for f, o in zip(frames, out, strict=True):  # frame by frame: each stays in cache
-        f = f[y : y + c, x : x + c]
+
+    def convert(f: np.ndarray, o: np.ndarray) -> None:
         # float32(v) * scale + offset, each step rounded to float32: the same float32 values,
         # bit for bit, as torch's .to(float32).mul_((hi - lo) / 255).add_(lo)
         np.multiply(f[..., ::-1] if rgb else f, scale, out=o, dtype=np.float32)
         np.add(o, offset, out=o, dtype=np.float32)
+
+    return convert
+
+
+def _channels_first(out: np.ndarray) -> np.ndarray:
     # C x T x H x W as a view of T x H x W x C memory, i.e. already channels_last_3d, the layout
     # the fast torch forward wants (torch.from_numpy keeps the strides). No torch here: the
     # decoder process and the ONNX serving image never have it.
@@ -350,9 +455,29 @@ def clip_from_frames(
     bbox: Sequence[float] | None = None,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Already-trimmed BGR frames (any count) -> model input. rng=None is eval/serving."""
+    """Already-trimmed BGR frames (any count) -> model input. rng=None is eval/serving.
+
+    to_clip(resize_frames(frames[sampled], ...)), one sampled frame at a time: no copy of the
+    sampled frames, and each resized one goes straight into its place in the output."""
     idx = sample_indices(len(frames), cfg.num_frames, rng=rng)
-    return to_clip(resize_frames(frames[idx], cfg, bbox), cfg, rng=rng)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise VideoError(f"expected frames T x H x W x 3, got shape {list(frames.shape)}")
+    x0, y0, x1, y1 = _window(frames.shape[2], frames.shape[1], cfg, bbox)
+    w, h = resized_size(x1 - x0, y1 - y0, cfg)  # as resize_frames would size it
+    c = cfg.crop
+    y, x = _crop_origin(h, w, cfg, rng)
+    upto = x + c, y + c
+    resize = _frame_resizer(frames.shape[2], frames.shape[1], cfg, bbox, reuse=True, upto=upto)
+    out = np.empty((len(idx), c, c, 3), np.float32)
+    convert = _converter(cfg)
+    done: dict[int, int] = {}  # frame -> where it went first (a short clip's padding repeats)
+    for at, i in enumerate(idx.tolist()):
+        if i in done:
+            out[at] = out[done[i]]
+        else:
+            done[i] = at
+            convert(resize(np.ascontiguousarray(frames[i]))[y : y + c, x : x + c], out[at])
+    return _channels_first(out)
 
 
 def frame_total(path: str | os.PathLike, info: VideoInfo | None = None) -> int:
@@ -404,25 +529,78 @@ def load_clip(
 ) -> np.ndarray:
     """A video file -> model input C x T x H x W, decoding only the sampled frames.
 
-    `total`: the video's frame_total, for a caller that probed it already."""
-    first: list = []  # the first frame's shape and its resizer
+    `total`: the video's frame_total, for a caller that probed it already. The result is
+    to_clip of decode_trimmed's frames, each resized by frame_resizer, computed one frame at a
+    time as it decodes.
+    """
+    cap = None
+    if total is None:  # frame_total from the capture that will decode: one open, not two
+        cap = _open(path)
+        try:
+            total = _claimed_frames(cap) or count_frames(path)
+        except BaseException:
+            cap.release()
+            raise
+    args = path, frame_start, frame_end, cfg, bbox, rng
+    try:
+        return _sampled_clip(cap, total, *args)
+    except FrameRangeError:  # decode_trimmed's retry, for a container claiming too many frames
+        if frame_end != -1:
+            raise
+    return _sampled_clip(None, count_frames(path), *args)
 
-    def resize(frame: np.ndarray) -> np.ndarray:  # resize_frames, one frame as it decodes
-        if not first:
-            first[:] = frame.shape, frame_resizer(frame.shape[1], frame.shape[0], cfg, bbox)
-        elif frame.shape != first[0]:
-            raise VideoError(f"frame size changes mid-video: {frame.shape} after {first[0]}")
-        return first[1](frame)
 
-    frames, _, _ = decode_trimmed(
-        path,
-        frame_start,
-        frame_end,
-        lambda n: sample_indices(n, cfg.num_frames, rng=rng),
-        total,
-        each=resize,
-    )
-    return to_clip(frames, cfg, rng=rng)
+def _sampled_clip(
+    cap: cv2.VideoCapture | None,
+    total: int,
+    path: str | os.PathLike,
+    frame_start: int,
+    frame_end: int,
+    cfg: PreprocessConfig,
+    bbox: Sequence[float] | None,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """One decode_trimmed attempt of load_clip on `cap` (opened here if None; released here)."""
+    try:
+        if total <= 0:
+            raise NoFrames(f"no decodable frames in {path}")
+        lo, hi = trim_range(frame_start, frame_end, total)
+        indices = lo + sample_indices(hi - lo, cfg.num_frames, rng=rng)
+        # The crop's jitter is drawn at the first frame, where to_clip draws it after decoding:
+        # a failed attempt puts it back, so the draws stay those of decode_trimmed + to_clip.
+        drawn = None if rng is None else rng.bit_generator.state
+        c = cfg.crop
+        out = np.empty((len(indices), c, c, 3), np.float32)
+        convert = _converter(cfg)
+        first: list = []  # the first frame's shape, its resizer and the crop's top left corner
+
+        def keep(frame: np.ndarray, at: int) -> None:  # as each frame decodes
+            if not first:
+                width, height = frame.shape[1], frame.shape[0]
+                x0, y0, x1, y1 = _window(width, height, cfg, bbox)
+                w, h = resized_size(x1 - x0, y1 - y0, cfg)  # as resize_frames would size it
+                y, x = _crop_origin(h, w, cfg, rng)
+                upto = x + c, y + c
+                resize = _frame_resizer(width, height, cfg, bbox, reuse=True, upto=upto)
+                first[:] = frame.shape, resize, (y, x)
+            elif frame.shape != first[0]:
+                raise VideoError(f"frame size changes mid-video: {frame.shape} after {first[0]}")
+            y, x = first[2]
+            convert(first[1](frame)[y : y + c, x : x + c], out[at])
+
+        try:
+            if cap is None:
+                cap = _open(path)
+            src, dup = _decode_into(cap, path, indices, keep, reuse=True)
+        except BaseException:
+            if drawn is not None:
+                rng.bit_generator.state = drawn
+            raise
+    finally:
+        if cap is not None:
+            cap.release()
+    out[dup] = out[src[dup]]  # a short clip's padding: copies of frames already converted
+    return _channels_first(out)
 
 
 # Reading an untrusted video (serving): every cost bounded before and during decoding.

@@ -245,3 +245,71 @@ def test_load_clip_is_bit_identical_to_the_reference(tmp_path):
             assert _same(got, _reference_clip(every, cfg, bbox, rng=np.random.default_rng(i)))
             trimmed = V.load_clip(path, cfg, frame_start=3, frame_end=8, bbox=bbox)
             assert _same(trimmed, _reference_clip(every[2:8], cfg, bbox))
+
+
+def test_one_pass_paths_keep_the_reference_and_its_random_draws(tmp_path):
+    """load_clip converts each frame as it decodes and draws the crop's jitter at the first one;
+    clip_from_frames converts each sampled frame in place. Both give the reference's tensor and
+    leave rng where the reference leaves it: also when the container claims more frames than
+    decode (load_clip's retry), for frames given as a strided view, and for frames already
+    resized (what training passes)."""
+    path = write_video(tmp_path / "a.mp4", moving_square(30, 120, 160, seed=3))
+    every = _all_frames(path)
+    for cfg in (
+        PreprocessConfig(num_frames=16, resize=80, crop=64),
+        PreprocessConfig(num_frames=40, resize=72, crop=56, channel_order="RGB"),  # padded
+    ):
+        rng, ref = np.random.default_rng(5), np.random.default_rng(5)
+        got = V.load_clip(path, cfg, rng=rng, total=37)  # 37 claimed, 30 decode: retried
+        V.sample_indices(37, cfg.num_frames, rng=ref)  # the failed attempt's pick
+        assert _same(got, _reference_clip(every, cfg, rng=ref))
+        assert rng.integers(1 << 30) == ref.integers(1 << 30)
+
+        strided = np.ascontiguousarray(every[..., ::-1])[..., ::-1]  # == every, negative strides
+        resized = V.resize_frames(every, cfg)
+        for frames in (strided, resized):
+            rng, ref = np.random.default_rng(6), np.random.default_rng(6)
+            got = V.clip_from_frames(frames, cfg, rng=rng)
+            assert _same(got, _reference_clip(np.ascontiguousarray(frames), cfg, rng=ref))
+            assert rng.integers(1 << 30) == ref.integers(1 << 30)
+
+
+def test_load_clip_opens_the_video_once(video_file, monkeypatch):
+    """The frame count comes from the capture that decodes: no separate probe."""
+    opened = []
+    real = cv2.VideoCapture
+
+    def counting(*a):
+        opened.append(a[0])
+        return real(*a)
+
+    monkeypatch.setattr(V.cv2, "VideoCapture", counting)
+    V.load_clip(video_file, CFG)
+    assert len(opened) == 1
+
+
+def test_resizing_only_the_part_the_crop_keeps_is_bit_identical():
+    """load_clip and clip_from_frames resize only the top left part of a frame that the crop
+    reaches (with the full resize's own scale): the crop must come out exactly as from a resize
+    of the whole frame, for any frame size, bbox window, crop size and jittered position."""
+    rng = np.random.default_rng(0)
+    sizes = [(320, 240), (640, 360), (256, 256), (1280, 720), (640, 480), (1920, 1080), (101, 203)]
+    sizes += [(int(rng.integers(8, 1000)), int(rng.integers(8, 700))) for _ in range(150)]
+    parts = 0
+    for i, (w, h) in enumerate(sizes):
+        crop = int(rng.integers(4, 240))
+        cfg = PreprocessConfig(num_frames=1, resize=crop + int(rng.integers(0, 50)), crop=crop,
+                               bbox_crop=i % 3 == 0)  # fmt: skip
+        x, y = rng.uniform(0, w * 0.5), rng.uniform(0, h * 0.5)
+        bbox = [x, y, x + rng.uniform(2, w * 0.5 + 2), y + rng.uniform(2, h * 0.5 + 2)]
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        full = V.frame_resizer(w, h, cfg, bbox)(frame)
+        x0, y0, x1, y1 = V._window(w, h, cfg, bbox)
+        for jitter in (None, np.random.default_rng(i)):
+            y, x = V._crop_origin(*full.shape[:2], cfg, jitter)
+            upto = x + crop, y + crop
+            parts += V._top_left(x1 - x0, y1 - y0, full.shape[1::-1], upto) is not None
+            part = V._frame_resizer(w, h, cfg, bbox, reuse=True, upto=upto)(frame)
+            window = np.s_[y : y + crop, x : x + crop]
+            assert np.array_equal(part[window], full[window])
+    assert parts > len(sizes)  # most cases took the partial resize
