@@ -79,6 +79,10 @@ def test_passing_run_packages_reports_publishes_and_serves(runs, s3_server):
     }
     lineage = json.loads((package / "lineage.json").read_text())
     assert lineage["gate"] == "pass" and lineage["data_md5"] == local_hash(data)
+    # params package.onnx (default true): model.onnx checked against torch and kept, so the
+    # predictors serve it with ONNX Runtime
+    assert lineage["onnx"]["exported"] and lineage["onnx"]["max_abs_diff"] <= 1e-4
+    assert json.loads((package / "config.json").read_text())["onnx"]["file"] == "model.onnx"
     assert json.loads((package / "config.json").read_text())["preprocess"]["num_frames"] == 8
 
     metrics = _artifact(run, "evaluate-model", "metrics")["metadata"]
@@ -107,7 +111,8 @@ def test_passing_run_packages_reports_publishes_and_serves(runs, s3_server):
     assert uri.startswith(f"s3://{runs['bucket']}/models/sign2text/")
     keys = set(s3_server.keys(runs["bucket"]))
     prefix = uri.removeprefix(f"s3://{runs['bucket']}/")
-    assert f"{prefix}model.pt" in keys and "models/sign2text/production/metrics.json" in keys
+    assert {f"{prefix}model.pt", f"{prefix}model.onnx"} <= keys
+    assert "models/sign2text/production/metrics.json" in keys
 
     outcome = _artifact(run, "record-outcome", "outcome")["metadata"]
     assert outcome["state"] == "SUCCEEDED" and not outcome["error_message"]

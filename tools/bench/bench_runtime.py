@@ -1,0 +1,241 @@
+"""`make bench`, runtimes: the I3D forward per runtime and precision, side by side in one run.
+
+(e) forward time of torch eager (no_grad, contiguous), torch fast (inference_mode +
+    channels_last_3d: the torch runtime), ONNX Runtime fp32 (the onnx runtime: model.onnx from
+    `sign2text model export`) and ONNX Runtime int8 (static QDQ quantization, calibrated on
+    training-split clips), at WLASL's 64 x 224 px full width and at the demo model's 16 x 112 px;
+    the FLOPs of one clip (counted by torch) and the fraction of this CPU's measured fp32 GEMM
+    rate each runtime reaches.
+(f) accuracy on the bundled dataset's test split with the demo-trained model
+    (tests/fixtures/sentence_model): top-1 per runtime, agreement with torch fp32's top-1, and
+    the largest |logit - torch fp32 logit|.
+(g) `predict-batch` videos/s over that test split, with model.onnx (ONNX Runtime) and without.
+Runs alternate so machine noise hits every runtime alike; medians are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from model.i3d import I3DConfig, InceptionI3d
+from model.modeldir import read_model_info
+from model.onnx_runtime import OnnxRuntime
+from model.torch_runtime import fast_inference
+from model.video import load_clip
+from sign2text.release.export import export_onnx
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "tests" / "fixtures" / "sentence_model"
+
+
+def alternate(fns: dict, repeats: int) -> dict[str, float]:
+    for fn in fns.values():  # warm-up: first calls build kernels and caches
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This CPU's attainable fp32 rate: the best of `repeats` n x n matrix products in torch."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def clip_gflops(net: InceptionI3d, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return counter.get_total_flops() / 1e9
+
+
+def quantized(model_dir: Path, clips: list[np.ndarray], out: Path) -> Path:
+    """model.onnx -> int8 QDQ (per-channel weights, uint8 activations) calibrated on `clips`."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.left = list(clips)
+
+        def get_next(self):
+            return {"clip": self.left.pop()[None]} if self.left else None
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(model_dir / "model.onnx"), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    return out
+
+
+class Runtimes:
+    """One network four ways; each `forward(x)` -> per-time logits as numpy."""
+
+    def __init__(self, model_dir: Path, calibration: list[np.ndarray], tmp: Path):
+        from model.package import load_model_dir
+
+        self.eager = load_model_dir(model_dir).model.eval()
+        self.fast = fast_inference(load_model_dir(model_dir).model)
+        self.ort = OnnxRuntime(model_dir / "model.onnx").session
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        int8 = quantized(model_dir, calibration, tmp / f"{model_dir.name}.int8.onnx")
+        self.int8 = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"])
+
+    def fns(self, x: np.ndarray) -> dict:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        t_cl = t.contiguous(memory_format=torch.channels_last_3d)
+        c = np.ascontiguousarray(x)
+
+        def eager():
+            with torch.no_grad():
+                return self.eager(t).numpy()
+
+        def fast():
+            with torch.inference_mode():
+                return self.fast(t_cl).numpy()
+
+        return {
+            "torch eager": eager,
+            "torch fast": fast,
+            "ORT fp32": lambda: self.ort.run(None, {"clip": c})[0],
+            "ORT int8": lambda: self.int8.run(None, {"clip": c})[0],
+        }
+
+
+def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peak: float, tmp: Path):
+    rt = Runtimes(model_dir, calibration, tmp)
+    gflops = clip_gflops(rt.eager, torch.from_numpy(np.ascontiguousarray(x)))
+    fns = rt.fns(x)
+    ref = fns["torch eager"]()
+    med = alternate(fns, repeats=3)
+    print(f"(e) {name}: {gflops:.1f} GFLOPs per clip, median of 3 ({torch.get_num_threads()} "
+          "threads); % of the measured GEMM rate; max |per-time logit - eager|")  # fmt: skip
+    for k, s in med.items():
+        diff = float(np.abs(fns[k]() - ref).max())
+        print(f"  {k:<12} {s * 1000:9.1f} ms  {s / med['torch eager']:5.2f}x eager  "
+              f"{gflops / s:6.1f} GFLOP/s = {gflops / s / peak * 100:4.0f}%  diff {diff:.1e}")
+    sys.stdout.flush()
+    return rt
+
+
+def test_clips(tmp: Path) -> tuple[list[np.ndarray], list[int], list[np.ndarray], list[Path]]:
+    """The bundled dataset's test split as the demo model's clips and label indices, a few
+    training clips for calibration, and the test videos' files."""
+    from sign2text.data.dataset import load_samples
+    from sign2text.data.synth import synthesize
+
+    data = tmp / "data"
+    synthesize(data, progress=False, only_splits=("train", "test"))
+    info = read_model_info(DEMO)
+    index = {g: i for i, g in enumerate(info.labels)}
+
+    def clips(split: str):
+        samples = [s for s in load_samples(data, (split,)) if s.gloss in index]
+        return samples, [
+            load_clip(s.video_path(data), info.preprocess, frame_start=s.frame_start,
+                      frame_end=s.frame_end) for s in samples
+        ]  # fmt: skip
+
+    samples, test = clips("test")
+    _, train = clips("train")
+    videos = tmp / "videos"
+    videos.mkdir()
+    for s in samples:
+        shutil.copy(s.video_path(data), videos / s.video_path(data).name)
+    return test, [index[s.gloss] for s in samples], train[:: max(1, len(train) // 16)], [videos]
+
+
+def bench_accuracy(rt: Runtimes, clips: list[np.ndarray], labels: list[int]) -> None:
+    x = np.stack(clips)
+    n = len(read_model_info(DEMO).labels)  # glosses only, not no-sign
+    fns = rt.fns(x)
+    ref = fns["torch eager"]().max(axis=2)[:, :n]
+    print(f"(f) demo test split, {len(clips)} clips, {n} glosses: top-1, agreement with torch "
+          "fp32, max |clip logit - fp32|")  # fmt: skip
+    for k, fn in fns.items():
+        logits = fn().max(axis=2)[:, :n]
+        top1 = float((logits.argmax(1) == np.array(labels)).mean())
+        agree = float((logits.argmax(1) == ref.argmax(1)).mean())
+        diff = float(np.abs(logits - ref).max())
+        print(f"  {k:<12} top-1 {top1:.3f}  agrees {agree:.3f}  max diff {diff:.1e}")
+    sys.stdout.flush()
+
+
+def bench_predict_batch(model_dir: Path, videos: Path, tmp: Path) -> None:
+    from sign2text.release.batch import predict_batch
+
+    torch_only = tmp / "torch-only"
+    shutil.copytree(model_dir, torch_only)
+    (torch_only / "model.onnx").unlink()
+    cfg = torch_only / "config.json"
+    config = json.loads(cfg.read_text())
+    del config["onnx"]
+    cfg.write_text(json.dumps(config))
+    print("(g) predict-batch over the test split's videos (word mode, default workers)")
+    for name, m in (("ONNX Runtime", model_dir), ("torch", torch_only)):
+        out = tmp / f"{name}.jsonl"
+        summary = predict_batch(m, videos, out)
+        print(f"  {name:<12} {summary['videos']} videos, {summary['videos_per_s']:.1f} videos/s, "
+              f"{summary['errors']} errors")  # fmt: skip
+
+
+def main() -> None:
+    peak = gemm_gflops()
+    print(f"measured fp32 GEMM rate: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clips, labels, calibration, (videos,) = test_clips(tmp)
+        demo = tmp / "demo"
+        shutil.copytree(DEMO, demo)
+        export_onnx(demo)
+        rt = bench_forward("demo model 16x112x112, width 0.25", demo, calibration, clips[0][None],
+                           peak, tmp)  # fmt: skip
+        bench_accuracy(rt, clips, labels)
+        bench_predict_batch(demo, videos, tmp)
+        if "--demo" in sys.argv[1:]:
+            return
+        full = tmp / "i3d"
+        from model.package import write_model_dir
+        from model.video import PreprocessConfig
+
+        write_model_dir(full, InceptionI3d(I3DConfig(num_classes=400)).eval(), PreprocessConfig(),
+                        [f"g{i}" for i in range(400)])  # fmt: skip
+        export_onnx(full)
+        rng = np.random.default_rng(0)
+        x = rng.random((1, 3, 64, 224, 224), dtype=np.float32) * 2 - 1
+        calib = [rng.random((3, 64, 224, 224), dtype=np.float32) * 2 - 1 for _ in range(2)]
+        bench_forward("full I3D 64x224x224, 400 classes (random weights: timing only)", full,
+                      calib, x, peak, tmp)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
