@@ -62,8 +62,12 @@ demo: setup data
 demo-matrix: setup data
 	$(BIN)/python -m tools.demo_matrix
 
+# Preprocessing, sentence mode, the forward per runtime and precision (with accuracy and the
+# FLOP rate), predict-batch videos/s, and served requests/s with and without batching.
 bench: setup
 	$(BIN)/python -m tools.bench.bench_model
+	$(BIN)/python -m tools.bench.bench_runtime
+	$(BIN)/python -m tools.bench.bench_serve --throughput
 
 # Training: samples/s with 1 vs 2 processes (torchrun), and the streaming loader vs a training step.
 bench-train: setup

@@ -1,4 +1,4 @@
-"""`make bench`: preprocessing and I3D forward, measured side by side in one run.
+"""`make bench`: preprocessing and sentence mode, measured side by side in one run.
 
 (a) our preprocessing vs the naive path (decode every frame, normalise each in float64, as the
     original WLASL / gesto code does), (b) ours vs decoding alone, on a 320x240 (the benchmark
@@ -6,10 +6,9 @@
     decoding exactly the frames ours decodes (grab up to the last sampled frame, convert the
     sampled ones to BGR; no resize, crop or conversion). FFmpeg decodes on threads of its own
     (ours and the floor alike), so CPU time, all threads together, is shown beside wall time:
-    the cost, where wall time also depends on what else the machine runs. (c) I3D forward at
-    64x224x224 on CPU: eager vs our inference path (inference_mode + channels_last_3d), (d) sentence
-    mode on a 10 s video with the demo-sized model: our batched windows vs one window per
-    forward, and the real-time factor.
+    the cost, where wall time also depends on what else the machine runs. (c) the forward per
+    runtime: tools/bench/bench_runtime.py. (d) sentence mode on a 10 s video with the
+    demo-sized model: our batched windows vs one window per forward, and the real-time factor.
 Runs alternate A/B so machine noise hits both; medians and their ratios are printed.
 """
 
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from model.i3d import InceptionI3d
-from model.torch_runtime import TorchRuntime, fast_inference
+from model.torch_runtime import TorchRuntime
 from model.video import PreprocessConfig, load_clip, sample_indices
 from sign2text.data.synth import moving_square, write_video
 
@@ -147,27 +146,6 @@ def main() -> None:
     if "--preprocess" in sys.argv[1:]:  # (a)/(b) only
         return
 
-    model = InceptionI3d().eval()
-    x = torch.rand(1, 3, 64, 224, 224) * 2 - 1
-    fast_model = fast_inference(InceptionI3d().eval())
-    fast_model.load_state_dict(model.state_dict())
-    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
-
-    def eager():
-        with torch.no_grad():
-            return model(x)
-
-    def fast():
-        with torch.inference_mode():
-            return fast_model(x_cl)
-
-    torch.testing.assert_close(eager(), fast(), rtol=1e-3, atol=1e-3)
-    med = alternate({"eager": eager, "fast": fast}, repeats=3)
-    print(f"(c) I3D forward 1x3x64x224x224 on CPU ({torch.get_num_threads()} threads), median of 3")
-    print(row("eager (no_grad, contiguous)", med["eager"]))
-    print(row("inference_mode + channels_last_3d", med["fast"], med["eager"]))
-    print(f"  eager / fast = {med['eager'] / med['fast']:.2f}x")
-    sys.stdout.flush()
     bench_sentence()
 
 

@@ -141,8 +141,10 @@ def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peak: 
           "threads); % of the measured GEMM rate; max |per-time logit - eager|")  # fmt: skip
     for k, s in med.items():
         diff = float(np.abs(fns[k]() - ref).max())
-        print(f"  {k:<12} {s * 1000:9.1f} ms  {s / med['torch eager']:5.2f}x eager  "
-              f"{gflops / s:6.1f} GFLOP/s = {gflops / s / peak * 100:4.0f}%  diff {diff:.1e}")
+        print(
+            f"  {k:<12} {s * 1000:9.1f} ms  {s / med['torch eager']:5.2f}x eager  "
+            f"{gflops / s:6.1f} GFLOP/s = {gflops / s / peak * 100:4.0f}%  diff {diff:.1e}"
+        )
     sys.stdout.flush()
     return rt
 
