@@ -17,6 +17,9 @@ class OnnxRuntime:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads  # 0: one per core, as torch
+        # No spinning between forwards: a spinning pool holds the cores that the requests'
+        # decoding needs, as serving decodes while the forward thread waits for the next batch.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input = inp.name

@@ -20,7 +20,7 @@ import numpy as np
 from model import sentence as S
 from model import video as V
 from model.modeldir import CONFIG, ONNX, WEIGHTS, ModelInfo, read_model_info
-from model.runtime import CHOICES, open_runtime, softmax
+from model.runtime import open_runtime, softmax
 
 Video = str | os.PathLike | np.ndarray  # a file, or T x H x W x 3 uint8 BGR frames
 Limits = V.Limits
@@ -48,8 +48,6 @@ class Classifier:
     `runtime`: which network runs the forward (model/runtime.py): "torch" (model.pt), "onnx"
     (model.onnx, ONNX Runtime on the CPU) or "auto" (ONNX when the directory has it and the
     device is the CPU), or "triton" (a KServe v2 predictor elsewhere; `options` say where)."""
-
-    RUNTIMES = CHOICES
 
     def __init__(
         self,

@@ -46,6 +46,7 @@ def repo(tmp_path_factory) -> Path:
     params["train"] = {**TINY_TRAIN, "epochs": 1, "context_fraction": 0.0, "context_epochs": 0,
                        "bn_clips": 8}  # fmt: skip
     params["evaluate"]["sentences"] = 0
+    params["package"]["onnx"] = False  # the export is tested elsewhere; this is bookkeeping
     params["evaluate"]["min_top1"] = 0.0
     params["validate"]["max_bad_fraction"] = 0.5  # the planted share is 15 of 41
     (root / "params.yaml").write_text(yaml.safe_dump(params))
