@@ -52,14 +52,8 @@ def open_runtime(info: ModelInfo, runtime: str = "auto", device: str = "cpu", **
     try:
         module = importlib.import_module(RUNTIMES[name])
     except ModuleNotFoundError as e:
-        raise ModelDirError(
-            f"the {name} runtime needs {e.name}, which this environment lacks"
-            + (
-                " (the ONNX serving image has no torch: export the model to ONNX)"
-                if name == "torch"
-                else ""
-            )
-        ) from e
+        hint = " (the ONNX serving image has none: export the model to ONNX)" * (name == "torch")
+        raise ModelDirError(f"the {name} runtime needs {e.name}, not installed here{hint}") from e
     if name == "onnx":
         check_onnx(info)
     return module.load(info, device, **options)

@@ -145,6 +145,13 @@ def build_parser(
         help="requests waiting or running at once (503 + Retry-After beyond)",
     )
     limits.add_argument(
+        "--decoders",
+        type=int,
+        default=2,
+        help="video decoder processes (each up to --decoder-memory-mb); requests beyond "
+        "wait for one",
+    )
+    limits.add_argument(
         "--client-timeout-s",
         type=float,
         default=30,
@@ -229,6 +236,7 @@ def serve(args: argparse.Namespace) -> int:
         decoder_memory_bytes=int(args.decoder_memory_mb * MIB),
         time_budget_s=args.time_budget_s,
         max_in_flight=args.max_in_flight,
+        decoders=args.decoders,
         device=args.device,
         max_batch_size=args.max_batch_size,
         max_batch_wait_s=args.max_batch_wait_ms / 1000,

@@ -35,7 +35,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
 from model.batching import Batcher
-from model.decoder import Cancelled, Decoder
+from model.decoder import POLL_S, Cancelled, Decoder
 from model.guard import DEFAULT_LIMITS, Overloaded
 from model.modeldir import WEIGHTS
 from model.predict import Classifier, Prediction
@@ -79,6 +79,7 @@ class Sign2TextModel(kserve.Model):
         decoder_memory_bytes: int = 768 << 20,
         time_budget_s: float = 60.0,
         max_in_flight: int = 4,
+        decoders: int = 2,
         device: str = "cpu",
         runtime: str = "auto",
         max_batch_size: int = 8,
@@ -93,6 +94,7 @@ class Sign2TextModel(kserve.Model):
         self.decoder_memory_bytes = int(decoder_memory_bytes)
         self.time_budget_s = float(time_budget_s)
         self.max_in_flight = int(max_in_flight)
+        self.decoder_count = max(1, int(decoders))
         self.device = device
         # Which network runs the forward, and its options (model/runtime.py): "triton" when
         # this server is a KServe transformer in front of a Triton predictor.
@@ -102,9 +104,9 @@ class Sign2TextModel(kserve.Model):
         self.max_batch_wait_s = float(max_batch_wait_s)
         self.classifier: Classifier | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self.decoders: list[Decoder] = []  # one per worker thread, lent through _free
+        self.decoders: list[Decoder] = []  # lent to one request at a time through _free
         # Last in, first out: the warm child goes to the next request; the others start (a
-        # Python process, ~0.3 s) only when that many requests are in flight at once.
+        # Python process, ~0.3 s) only when that many videos are decoded at once.
         self._free: queue.LifoQueue[Decoder] = queue.LifoQueue()
         self._batcher: Batcher | None = None
         self._fetched: Path | None = None  # a download this model owns and removes at stop()
@@ -198,13 +200,14 @@ class Sign2TextModel(kserve.Model):
     async def _run(self, request: Request) -> list[InferOutput]:
         # Decoding and the forward pass block for long; worker threads keep the event loop
         # (health checks, other requests, gRPC) responsive meanwhile. One per request that may
-        # be in flight, each with a decoder process of its own, so requests decode while
-        # others' clips run through the batcher's forward; no more, as each thread grows its
-        # own malloc arena (measured: +25% RSS over 300 requests with the default pool).
+        # be in flight, so requests decode while others' clips run through the batcher's
+        # forward; no more, as each thread grows its own malloc arena (measured: +25% RSS over
+        # 300 requests with the default pool). Decoder processes are fewer (--decoders): each
+        # may take up to its memory ceiling, so their number bounds the server's memory.
         if self._pool is None:  # created lazily: kserve pickles the model for --workers N
             self._pool = ThreadPoolExecutor(self.max_in_flight, "sign2text-request")
             # Children start on their first video.
-            self.decoders = [Decoder(self.decoder_memory_bytes) for _ in range(self.max_in_flight)]
+            self.decoders = [Decoder(self.decoder_memory_bytes) for _ in range(self.decoder_count)]
             for decoder in self.decoders:
                 self._free.put(decoder)
         # The budget runs from arrival: time spent waiting for the worker counts.
@@ -220,18 +223,30 @@ class Sign2TextModel(kserve.Model):
                              "in sentence mode a larger stride") from None  # fmt: skip
 
     def _answer(self, request: Request, work: Work) -> list[InferOutput]:
-        decoder = self._free.get()  # as many as worker threads: never waits
         try:
-            return self._work(request, work, decoder)
+            return self._work(request, work)
         except Cancelled as e:  # the caller may be gone: say in the log that the work stopped
             logger.info("sign2text: stopped a request's work: %s", e)
             raise
+
+    def _read(self, path, mode, cfg, limits, work: Work) -> np.ndarray:
+        """model/decoder.py's read on a free decoder, waited for within the request's budget."""
+        while True:
+            work.stop()
+            try:
+                decoder = self._free.get(timeout=POLL_S)
+                break
+            except queue.Empty:
+                continue
+        try:
+            return decoder.read(path, mode, cfg, limits, deadline=work.deadline,
+                                cancelled=work.cancelled)  # fmt: skip
         finally:
             self._free.put(decoder)
 
-    def _work(self, request: Request, work: Work, decoder: Decoder) -> list[InferOutput]:
+    def _work(self, request: Request, work: Work) -> list[InferOutput]:
         work.stop()  # waited past its budget, or its client left, before its turn came
-        reader = functools.partial(decoder.read, deadline=work.deadline, cancelled=work.cancelled)
+        reader = functools.partial(self._read, work=work)
         clf, kw = self.classifier, {"limits": self.limits, "timer": _stage, "reader": reader}
         with _video(request) as video:
             try:

@@ -59,7 +59,11 @@ def demo_export(onnx_sentence_model):
 
 
 def test_demo_model_exports_with_torch_logits(demo_export):
-    """conftest's onnx_sentence_model: the CLI's export of the demo-trained fixture model."""
+    """conftest's onnx_sentence_model: the CLI's export of the demo-trained fixture model, which
+    changed nothing in config.json but add its record."""
+    original = json.loads((DEMO / "config.json").read_text())
+    exported = json.loads((demo_export / "config.json").read_text())
+    assert {k: v for k, v in exported.items() if k != "onnx"} == original
     assert load_model_dir(demo_export).arch.width == 0.25
     _check_against_torch(demo_export, seed=1)
     config = json.loads((demo_export / "config.json").read_text())
@@ -112,3 +116,28 @@ def test_an_onnx_record_without_its_file_is_refused(demo_export, tmp_path):
     (model_dir / "model.onnx").unlink()
     with pytest.raises(ModelDirError, match="onnx record"):
         load_model_dir(model_dir)
+
+
+def test_serving_refuses_a_stale_or_altered_onnx(demo_export, tmp_path):
+    """model.onnx must be the file its record hashed, exported from the model.pt beside it: a
+    retrained model.pt, or other bytes, and no runtime serves the pair; without model.onnx,
+    asking for ONNX says how to make one."""
+    from model.predict import Classifier
+
+    assert Classifier(demo_export).runtime.name == "onnx"  # auto: the export is there
+    stale = tmp_path / "stale"
+    shutil.copytree(demo_export, stale)
+    state = torch.load(stale / "model.pt", weights_only=True)
+    state["logits.conv3d.bias"] += 0.01  # retrained since the export
+    torch.save(state, stale / "model.pt")
+    with pytest.raises(ModelDirError, match="exported from other weights"):
+        Classifier(stale)
+    altered = tmp_path / "altered"
+    shutil.copytree(demo_export, altered)
+    with open(altered / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelDirError, match="sha256"):
+        Classifier(altered, runtime="onnx")
+    assert Classifier(DEMO).runtime.name == "torch"
+    with pytest.raises(ModelDirError, match="sign2text model export"):
+        Classifier(DEMO, runtime="onnx")
