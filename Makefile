@@ -12,18 +12,20 @@ DATA ?= data
 setup: $(STAMP) $(CHECKOV_STAMP)
 
 # Re-installs only when the dependency declarations change; constraints pin the whole tree.
+# --no-compile: Python compiles what is imported when it is imported; compiling every module
+# of torch & co at install costs a minute that most of them never repay.
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip==25.3"
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-compile -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 
 # checkov in an environment of its own (its pins conflict with the project's); the manifest
 # tests run it from there.
 $(CHECKOV_STAMP): requirements-checkov.lock
 	test -x $(CHECKOV)/bin/python || $(PY) -m venv $(CHECKOV)
-	$(CHECKOV)/bin/python -m pip install --quiet --no-deps -r requirements-checkov.lock
+	$(CHECKOV)/bin/python -m pip install --quiet --no-compile --no-deps -r requirements-checkov.lock
 	touch $(CHECKOV_STAMP)
 
 test: setup browser
