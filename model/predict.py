@@ -19,7 +19,7 @@ import numpy as np
 
 from model import sentence as S
 from model import video as V
-from model.modeldir import CONFIG, ONNX, WEIGHTS, ModelInfo, read_model_info
+from model.modeldir import CONFIG, ModelInfo, read_model_info
 from model.runtime import open_runtime, softmax
 
 Video = str | os.PathLike | np.ndarray  # a file, or T x H x W x 3 uint8 BGR frames
@@ -56,12 +56,9 @@ class Classifier:
         runtime: str = "auto",
         **options,
     ):
-        path = Path(model_dir)
-        # Either network suffices: a directory with only model.onnx serves on ONNX Runtime.
-        network = WEIGHTS if (path / WEIGHTS).is_file() or not (path / ONNX).is_file() else ONNX
-        if runtime == "triton":  # the network is the predictor's: config.json and labels do
-            network = CONFIG
-        self.info: ModelInfo = read_model_info(path, network)
+        # config.json and labels.txt here; the network file is the chosen runtime's to find
+        # (model.pt, model.onnx, or none for a predictor elsewhere).
+        self.info: ModelInfo = read_model_info(Path(model_dir), CONFIG)
         self.runtime = open_runtime(self.info, runtime, device, **options)
 
     @property

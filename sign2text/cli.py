@@ -521,9 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write the model directory's network as model.onnx, verified against torch",
         description="Export the network the model directory rebuilds (eval mode, per-time "
-        "logits, static input 1 x 3 x T x H x W) to DIR/model.onnx and record it in "
-        "config.json. ONNX Runtime must match torch within --tolerance on a random input and "
-        "on a real clip, or nothing is written (exit 2).",
+        "logits, input B x 3 x T x H x W with the batch dynamic) to DIR/model.onnx and record "
+        "it in config.json. ONNX Runtime must match torch within --tolerance on a random input "
+        "and on a real clip, each alone and as one batch, or nothing is written (exit 2).",
     )
     me.add_argument("model_dir", metavar="DIR", help="model directory (model.pt, config.json)")
     me.add_argument("--format", choices=("onnx",), required=True, help="export format: onnx")

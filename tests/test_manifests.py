@@ -388,18 +388,7 @@ def predictor_pod(runtime: dict, isvc: dict) -> dict:
     for key in ("nodeSelector", "tolerations"):
         if key in pred:
             spec[key] = pred[key]
-    skips = {
-        k: v
-        for k, v in runtime["metadata"].get("annotations", {}).items()
-        if k.startswith("checkov.io/")
-    }
-    meta = {
-        "name": f"{isvc['metadata']['name']}-predictor",
-        "namespace": "sign2text",
-        "labels": {"app": isvc["metadata"]["name"]},
-        "annotations": skips,
-    }
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+    return _pod(runtime, isvc, "predictor", spec)
 
 
 def transformer_pod(runtime: dict, isvc: dict) -> dict:
@@ -408,10 +397,19 @@ def transformer_pod(runtime: dict, isvc: dict) -> dict:
     the predictors, so the runtime's checkov.io/skip reasons hold for it too."""
     tf = copy.deepcopy(isvc["spec"]["transformer"])
     spec = {k: tf[k] for k in ("serviceAccountName", "containers", "volumes") if k in tf}
-    skips = {k: v for k, v in runtime["metadata"].get("annotations", {}).items()
-             if k.startswith("checkov.io/")}  # fmt: skip
+    return _pod(runtime, isvc, "transformer", spec)
+
+
+def _pod(runtime: dict, isvc: dict, component: str, spec: dict) -> dict:
+    """A Pod of `spec` for the InferenceService's component, carrying the runtime's
+    checkov.io/skip annotations (each with its reason)."""
+    skips = {
+        k: v
+        for k, v in runtime["metadata"].get("annotations", {}).items()
+        if k.startswith("checkov.io/")
+    }
     meta = {
-        "name": f"{isvc['metadata']['name']}-transformer",
+        "name": f"{isvc['metadata']['name']}-{component}",
         "namespace": "sign2text",
         "labels": {"app": isvc["metadata"]["name"]},
         "annotations": skips,

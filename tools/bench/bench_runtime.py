@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -33,21 +32,10 @@ from model.onnx_runtime import OnnxRuntime
 from model.torch_runtime import fast_inference
 from model.video import load_clip
 from sign2text.release.export import export_onnx
+from tools.bench.bench_model import alternate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "tests" / "fixtures" / "sentence_model"
-
-
-def alternate(fns: dict, repeats: int) -> dict[str, float]:
-    for fn in fns.values():  # warm-up: first calls build kernels and caches
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -136,6 +124,8 @@ def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peak: 
     gflops = clip_gflops(rt.eager, torch.from_numpy(np.ascontiguousarray(x)))
     fns = rt.fns(x)
     ref = fns["torch eager"]()
+    for fn in fns.values():  # warm-up: first calls build kernels and caches
+        fn()
     med = alternate(fns, repeats=3)
     print(f"(e) {name}: {gflops:.1f} GFLOPs per clip, median of 3 ({torch.get_num_threads()} "
           "threads); % of the measured GEMM rate; max |per-time logit - eager|")  # fmt: skip
