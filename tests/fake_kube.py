@@ -14,7 +14,8 @@ fields KServe does (knative ksvc_reconciler + PropagateStatus):
 - a latest ready revision at 100% becomes latestRolledoutRevision;
 - tagged traffic entries carry `url`s `http://<tag>-<name>-predictor.<ns>.example.com`.
 
-`crash_after_writes=N` makes the (N+1)-th write raise Crash without applying it, as a killed
+`stuck` holds the names of objects whose status the controller no longer updates (a controller
+that is down, or a rollout that never settles). `crash_after_writes=N` makes the (N+1)-th write raise Crash without applying it, as a killed
 process would never have sent it. `fail_write(verb, name, body)` may return an error that the
 write raises instead of being applied (nor kept in `writes`), as when the API server refuses it
 (KubernetesApi raises KubeError then).
@@ -76,6 +77,7 @@ class FakeKServe:
     def __init__(self, ready_after: int = 2) -> None:
         self.ready_after = ready_after
         self.never_ready: set[str] = set()
+        self.stuck: set[str] = set()
         self.crash_after_writes: int | None = None
         self.fail_write: Callable[[str, str, dict], Exception | None] | None = None
         self.objects: dict[tuple[str, str], dict] = {}
@@ -131,6 +133,8 @@ class FakeKServe:
     def _tick(self, key: tuple[str, str]) -> None:
         obj, revs = self.objects[key], self.revisions[key]
         ns, name = key
+        if name in self.stuck:
+            return
         status = obj["status"]
         if status.get("observedGeneration") != obj["metadata"]["generation"]:
             tpl = _template(obj)

@@ -304,6 +304,30 @@ def test_api_error_while_promoting_is_raised_and_a_rerun_finishes(env):
         assert "canaryTrafficPercent" not in kube.objects[(NS, name)]["spec"]["predictor"]
 
 
+def test_promotion_that_never_settles_is_not_rolled_back_and_a_rerun_confirms_it(env):
+    """Promoted, then the controller stops reporting: a rollback patch then would put v1 on a
+    new revision at 0% and leave v2 at 100%, so the deploy fails without one."""
+    kube, _, run, bucket, _ = env
+    run("v1")
+
+    def stall_on_promotion(verb, name, body):
+        if verb == "patch" and "canaryTrafficPercent" in body["spec"]["predictor"]:
+            if body["spec"]["predictor"]["canaryTrafficPercent"] is None:
+                kube.stuck.add(name)
+
+    kube.fail_write = stall_on_promotion
+    with pytest.raises(RolloutFailed, match="timed out.*promoted revision at 100%.*stay so") as ei:
+        run("v2")
+    assert ei.value.result["outcome"] == "promotion-unconfirmed"
+    assert _patches(kube)[-2:] == [("sign2text", None), ("sign2text-grpc", None)]
+    kube.fail_write, kube.stuck = None, set()
+    assert run("v2")["outcome"] == "unchanged"
+    for name in NAMES:
+        assert _uri(kube, name) == f"s3://{bucket}/models/v2/"
+        assert _pred_status(kube, name)["traffic"][0]["percent"] == 100
+    assert 0 not in [p for _, p in _patches(kube)]
+
+
 @pytest.mark.parametrize("crash_at", [1, 3, 5])
 def test_crash_mid_rollout_then_resume_promotes(env, crash_at):
     """Killed after `crash_at` of the 6 canary writes (start x2, 50% x2, promote x2)."""

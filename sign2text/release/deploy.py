@@ -23,7 +23,9 @@ template, so they change only together with storageUri); a rollback marks the se
 `sign2text.io/rolled-back-from`. A killed process cannot roll back, and errors before the
 canary starts (nothing to undo) or during promotion (promoted services cannot go back through the
 canary; the next run finishes the promotion) are raised as they are: the state stays on the
-cluster for the next run.
+cluster for the next run. A promotion that times out raises RolloutFailed (outcome
+`promotion-unconfirmed`) and patches nothing: rolling back then (canaryTrafficPercent 0) would
+put the previous model on a new revision at 0% and leave the promoted one at 100%.
 """
 
 from __future__ import annotations
@@ -443,6 +445,12 @@ def deploy(
         if not rolling:
             result.update(outcome="failed", reason=str(e))
             raise RolloutFailed(f"{e} (first deploy: nothing to roll back to)", result) from None
+        if not ro.in_canary:  # promoted: a rollback patch would leave the new model at 100%
+            reason = (f"{e}; the services are promoted to {model_uri} and stay so (a promoted "
+                      "revision cannot go back through the canary): rerun to wait for them, "
+                      "or deploy the previous model")  # fmt: skip
+            result.update(outcome="promotion-unconfirmed", reason=reason)
+            raise RolloutFailed(reason, result) from None
         _roll_back(ro, rolling, result, str(e))
     except Exception as e:
         if not ro.in_canary:
