@@ -39,7 +39,7 @@ class Batcher:
         with self._ready:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
-            if self._thread is None:  # started lazily: kserve pickles the model for --workers N
+            if self._thread is None:  # lazily: a batcher never asked starts no thread
                 self._thread = threading.Thread(target=self._run, name="sign2text-forward",
                                                 daemon=True)  # fmt: skip
                 self._thread.start()

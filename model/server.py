@@ -197,6 +197,15 @@ def serve(args: argparse.Namespace) -> int:
 
     from model.serving import Sign2TextModel
 
+    if args.workers > 1:
+        # kserve's multi-process REST server spawns fresh interpreters that import a bare app:
+        # none of the guards, handlers or the listen address set up below would be in them.
+        raise SystemExit(
+            f"sign2text: error: --workers {args.workers}: kserve's multi-process REST server "
+            "would serve without this server's request limits, client timeouts and --host; "
+            "one process already decodes on --decoders processes and batches forwards across "
+            "requests: add replicas (minReplicas/maxReplicas) to serve more"
+        )
     max_bytes = int(args.max_video_mb * MIB)
     # A video up to the limit, plus the rest of the message, must fit in one gRPC message.
     for name in ("grpc_max_send_message_length", "grpc_max_receive_message_length"):

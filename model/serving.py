@@ -204,7 +204,7 @@ class Sign2TextModel(kserve.Model):
         # forward; no more, as each thread grows its own malloc arena (measured: +25% RSS over
         # 300 requests with the default pool). Decoder processes are fewer (--decoders): each
         # may take up to its memory ceiling, so their number bounds the server's memory.
-        if self._pool is None:  # created lazily: kserve pickles the model for --workers N
+        if self._pool is None:  # lazily: a model never asked starts no decoder processes
             self._pool = ThreadPoolExecutor(self.max_in_flight, "sign2text-request")
             # Children start on their first video.
             self.decoders = [Decoder(self.decoder_memory_bytes) for _ in range(self.decoder_count)]

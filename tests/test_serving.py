@@ -269,6 +269,18 @@ def test_cli_serve_runs_the_server_with_its_own_parser(monkeypatch):
     assert (got[1].http_port, got[1].max_frames) == (9, 7)
 
 
+def test_more_than_one_rest_worker_is_refused_before_anything_starts(monkeypatch):
+    """kserve's --workers N spawns interpreters that import a bare app (no body limit, client
+    timeouts or --host): refused with the reason, before a model loads or a port opens."""
+    import kserve
+
+    from model import server
+
+    monkeypatch.setattr(kserve, "ModelServer", lambda **_: pytest.fail("a server was built"))
+    with pytest.raises(SystemExit, match="--workers 2: .*request limits.*replicas"):
+        server.main(["--model-dir", "does-not-exist", "--workers", "2"])
+
+
 def test_cli_serve_help_is_the_servers(capsys):
     from model.server import build_parser
     from sign2text import cli
