@@ -14,11 +14,11 @@ fields KServe does (knative ksvc_reconciler + PropagateStatus):
 - a latest ready revision at 100% becomes latestRolledoutRevision;
 - tagged traffic entries carry `url`s `http://<tag>-<name>-predictor.<ns>.example.com`.
 
-`stuck` holds the names of objects whose status the controller no longer updates (a controller
-that is down, or a rollout that never settles). `crash_after_writes=N` makes the (N+1)-th write
-raise Crash without applying it, as a killed process would never have sent it. `fail_write(verb, name, body)` may return an error that the
-write raises instead of being applied (nor kept in `writes`), as when the API server refuses it
-(KubernetesApi raises KubeError then).
+`stuck` holds the names of objects whose status the controller no longer updates (a controller that
+is down, or a rollout that never settles). `crash_after_writes=N` makes the (N+1)-th write raise
+Crash without applying it, as a killed process would never have sent it. `fail_write(verb, name,
+body)` may return an error that the write raises instead of being applied (nor kept in `writes`), as
+when the API server refuses it (KubernetesApi raises KubeError then).
 """
 
 from __future__ import annotations
