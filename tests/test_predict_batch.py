@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import yaml
 
 from model.predict import Classifier
 from pipelines.components import predict_videos
 from sign2text.cli import main
-from sign2text.release.batch import list_videos, load_results, predict_batch
+from sign2text.release.batch import DIED, list_videos, load_results, predict_batch
 from tests.conftest import FIXTURES, moving_square, write_video
 from tests.s3 import s3_env_fixture, s3_server_fixture  # noqa: F401
 
@@ -105,6 +107,59 @@ def test_rerun_skips_and_a_cut_off_line_is_scored_again(first_run, videos, tmp_p
     out.write_text('{"video": "a.mp4", "mode": "word"}\nnot json\n{"video": "b"}\n')
     with pytest.raises(ValueError, match=r"results.jsonl:2: not a predict-batch result line"):
         load_results(out, "word")
+
+
+class Killer:
+    """Kills (SIGKILL, as the OOM killer does) any process of this test that has a video named in
+    `always` open, and those in `once` the first time: a video that crashes its process, and a
+    worker that dies while scoring a harmless one."""
+
+    def __init__(self, always: set[str], once: set[str]) -> None:
+        self.always, self.once, self.killed, self.pids = always, set(once), [], set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self.stop.wait(0.01):
+            for child in me.children(recursive=True):
+                try:
+                    names = {Path(f.path).name for f in child.open_files()}
+                except psutil.Error:
+                    continue
+                hit = names & (self.always | self.once)
+                if hit and child.pid not in self.pids:  # a killed one shows until reaped
+                    child.kill()
+                    self.pids.add(child.pid)
+                    self.killed += sorted(hit)
+                    self.once -= hit
+
+    def __enter__(self) -> Killer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_a_video_that_kills_its_worker_gets_an_error_and_the_others_their_results(
+    videos, tmp_path, classifier
+):
+    src = tmp_path / "src"
+    shutil.copytree(videos, src)
+    for name in ("poison.mp4", "once.mp4"):  # long enough to be seen open while decoding
+        write_video(src / name, moving_square(n=400, h=360, w=640))
+    out = tmp_path / "results.jsonl"
+    with Killer(always={"poison.mp4"}, once={"once.mp4"}) as killer:
+        summary = predict_batch(MODEL, src, out, workers=2, top_k=3)
+    assert {"poison.mp4", "once.mp4"} <= set(killer.killed)  # poison.mp4: at least alone
+    lines = _lines(out)
+    assert sorted(lines) == sorted([*GOOD, BAD, "poison.mp4", "once.mp4"])
+    assert lines["poison.mp4"]["error"] == DIED
+    for name in [*GOOD, "once.mp4"]:
+        _check_word(lines[name], _expected_word(classifier, src / name))
+    assert (summary["scored"], summary["errors"]) == (4, 2)  # poison.mp4 and bad.mp4
 
 
 def test_sentence_mode_gives_words_with_spans(tmp_path):

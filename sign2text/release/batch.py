@@ -11,7 +11,9 @@ kill is dropped (the file is cut back to its last whole line) and that video sco
 A line: {"video": path relative to SRC (an s3 key relative to the prefix), "mode": ...} plus
 word mode's {"glosses", "scores"} or sentence mode's {"words", "spans", "confidences"} -- the
 served outputs' names -- or {"error": "<why>"} for a video that cannot be scored. A bad video
-never stops the batch; it is counted in the summary. Videos are the files with a video
+never stops the batch; it is counted in the summary. Not even one that kills its process (out
+of memory, a crash in the decoder): the videos that were in flight then are scored again one at
+a time, and the one whose process dies again gets an error line. Videos are the files with a video
 extension (VIDEO_EXTS, the containers the app accepts), found recursively; other files are
 ignored. From s3://, each worker downloads one object at a time to a file in its own temporary
 folder, named by the worker, never by the key: no key can write anywhere else.
@@ -24,9 +26,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from itertools import islice
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.util import Finalize
 from pathlib import Path
 
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mov", ".mkv")
@@ -118,26 +122,26 @@ def load_results(out: Path, mode: str, *, retry_errors: bool = False) -> dict[st
 _worker: dict = {}
 
 
-def _init(model_dir: str, device: str, threads: int, src: str, mode: str, top_k: int) -> None:
+def _init(
+    model_dir: str, device: str, threads: int, src: str, mode: str, top_k: int, env: dict
+) -> None:
     import cv2
     import torch
 
     from model.predict import Classifier
+    from sign2text.release.objstore import is_s3, s3_client
 
+    os.environ.clear()
+    os.environ.update(env)
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
-    _setup(Classifier(model_dir, device), src, mode, top_k)
-
-
-def _setup(classifier, src: str, mode: str, top_k: int) -> None:
-    from sign2text.release.objstore import is_s3
-
-    _worker.update(clf=classifier, src=src, mode=mode, top_k=top_k, client=None, tmp=None)
+    _worker.update(clf=Classifier(model_dir, device), src=src, mode=mode, top_k=top_k,
+                   client=None, tmp=None)  # fmt: skip
     if is_s3(src):
-        from sign2text.release.objstore import s3_client
-
         _worker["client"] = s3_client()
         _worker["tmp"] = Path(tempfile.mkdtemp(prefix="sign2text-batch-"))
+        # multiprocessing runs this as the worker exits at the pool's shutdown (not on a kill)
+        Finalize(None, shutil.rmtree, args=(_worker["tmp"], True), exitpriority=0)
 
 
 def _score(name: str) -> dict:
@@ -201,31 +205,49 @@ def _context():
 def _results(
     names: list[str], model_dir: str, src: str, mode: str, top_k: int, device: str, workers: int
 ) -> Iterator[dict]:
-    """Result lines in the order they finish; at most 2 videos per worker in flight."""
-    if workers <= 1:
-        from model.predict import Classifier
+    """Result lines in the order they finish, from worker processes (even one: a video that
+    kills its process must not end the run), at most 2 videos per worker in flight."""
+    # The caller's environment as it is now (S3 settings): forkserver's children get the
+    # environment the server started with, which may be older.
+    init = (model_dir, device, max(1, cores() // workers), src, mode, top_k, dict(os.environ))
+    todo = deque(names)
+    while todo:
+        # A worker that dies (killed, out of memory, a crash in the decoder) breaks the pool
+        # and every video in flight with it: each of those is scored again alone, so one video
+        # that kills its process gets an error line and the others their results.
+        for name in (yield from _pooled(todo, workers, init)):
+            if (yield from _pooled(deque([name]), 1, init)):
+                yield {"video": name, "mode": mode, "error": DIED}
 
-        _setup(Classifier(model_dir, device), src, mode, top_k)
-        try:
-            yield from map(_score, names)
-        finally:
-            if _worker.get("tmp"):
-                shutil.rmtree(_worker["tmp"], ignore_errors=True)
-            _worker.clear()
-        return
-    threads = max(1, cores() // workers)
-    ex = ProcessPoolExecutor(
-        workers, mp_context=_context(), initializer=_init,
-        initargs=(model_dir, device, threads, src, mode, top_k),
-    )  # fmt: skip
+
+DIED = ("the process scoring this video died (killed, out of memory, or crashed while "
+        "decoding), also when it was scored alone")  # fmt: skip
+
+
+def _pooled(todo: deque, workers: int, init: tuple) -> Generator[dict, None, list[str]]:
+    """Result lines from a pool of `workers` scoring videos taken from `todo`, at most 2 per
+    worker in flight. Returns (as a generator's value) the videos that were in flight when a
+    worker died, unscored; [] when `todo` is done."""
+    ex = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init, initargs=init)
+    pending: dict[Future, str] = {}
     try:
-        todo = iter(names)
-        pending: set[Future] = {ex.submit(_score, n) for n in islice(todo, 2 * workers)}
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        while todo or pending:
+            while todo and len(pending) < 2 * workers:
+                name = todo.popleft()
+                try:
+                    pending[ex.submit(_score, name)] = name
+                except BrokenProcessPool:
+                    todo.appendleft(name)
+                    return list(pending.values())
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in finished:
-                pending |= {ex.submit(_score, n) for n in islice(todo, 1)}
-                yield f.result()
+                try:
+                    rec = f.result()
+                except BrokenProcessPool:
+                    return list(pending.values())  # this one and every other in flight
+                del pending[f]
+                yield rec
+        return []
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
 
