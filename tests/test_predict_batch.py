@@ -13,6 +13,7 @@ import psutil
 import pytest
 import yaml
 
+from model.modeldir import ModelDirError
 from model.predict import Classifier
 from pipelines.components import predict_videos
 from sign2text.cli import main
@@ -160,6 +161,22 @@ def test_a_video_that_kills_its_worker_gets_an_error_and_the_others_their_result
     for name in [*GOOD, "once.mp4"]:
         _check_word(lines[name], _expected_word(classifier, src / name))
     assert (summary["scored"], summary["errors"]) == (4, 2)  # poison.mp4 and bad.mp4
+
+
+def test_a_model_its_workers_cannot_open_fails_before_any_video(videos, tmp_path):
+    """Opened as the workers open it: a model.onnx that is not the one config.json records
+    (torch's model.pt is fine) fails at once, not as every worker's pool breaks."""
+    model = tmp_path / "model"
+    shutil.copytree(MODEL, model)
+    for f in (FIXTURES / "sentence_model_onnx").iterdir():
+        shutil.copy(f, model / f.name)
+    onnx = bytearray((model / "model.onnx").read_bytes())
+    onnx[len(onnx) // 2] ^= 0xFF
+    (model / "model.onnx").write_bytes(bytes(onnx))
+    out = tmp_path / "results.jsonl"
+    with pytest.raises(ModelDirError, match="model.onnx: its sha256"):
+        predict_batch(model, videos, out, workers=2)
+    assert not out.exists()
 
 
 def test_sentence_mode_gives_words_with_spans(tmp_path):

@@ -269,19 +269,20 @@ def predict_batch(
     videos_per_s."""
     from tqdm import tqdm
 
-    from model.package import load_model_dir
+    from model.predict import Classifier
 
     if mode not in MODES:
         raise ValueError(f"mode must be 'word' or 'sentence', got {mode!r}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     workers = workers or default_workers()
-    bundle = load_model_dir(Path(model_dir))  # a bad model fails here, before any video
-    if not 1 <= top_k <= len(bundle.labels):
-        raise ValueError(f"top_k must be between 1 and {len(bundle.labels)}, got {top_k}")
-    if mode == "sentence" and bundle.sentence_window is None:
+    # Opened here as each worker opens it (the same runtime), so a bad model fails before any
+    # video, not once per worker as its pool breaks.
+    info = Classifier(model_dir, device).info
+    if not 1 <= top_k <= len(info.labels):
+        raise ValueError(f"top_k must be between 1 and {len(info.labels)}, got {top_k}")
+    if mode == "sentence" and info.sentence_window is None:
         raise ValueError(f"{model_dir}: this model has no no-sign output, so no sentence mode")
-    del bundle
     names = list_videos(src)
     out = Path(out)
     done = load_results(out, mode, retry_errors=retry_errors)
