@@ -49,20 +49,6 @@ def published_state_dict(num_classes: int = 400, seed: int = 0) -> dict[str, tor
     return state
 
 
-# The longest test files, longest first (fresh-clone CI durations). `make test` hands files to
-# its pytest-xdist workers in collection order: starting these first keeps one worker from
-# beginning a five-minute file while the other is nearly done. Unlisted files follow in order.
-LONGEST_FIRST = ("test_pipeline_local", "test_distributed", "test_dvc", "test_train",
-                 "test_learning", "test_sentence_model", "test_predict_batch", "test_image_envs",
-                 "test_export", "test_feedback")  # fmt: skip
-
-
-def pytest_collection_modifyitems(items: list) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    first = {id(item): rank.get(item.path.stem, len(rank)) for item in items}
-    items.sort(key=lambda item: first[id(item)])  # stable: files stay whole, tests in order
-
-
 @pytest.fixture
 def video_file(tmp_path: Path) -> Path:
     return write_video(tmp_path / "clip.mp4", moving_square())
