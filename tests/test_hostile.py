@@ -37,16 +37,22 @@ INFER = "/v2/models/sign2text/infer"
 
 
 def _rss(pid: int) -> int:
-    """Resident bytes of pid and every process below it (the decoder child)."""
-    total, todo = 0, [pid]
+    """Resident bytes of pid and every process below it (the decoder children). A child whose
+    command line is still its parent's has not exec'd yet: subprocess vforks, so until exec it
+    runs in the parent's memory and shows the parent's whole RSS as its own. Counting it would
+    double the server's memory for that instant (seen once on a loaded machine: 1786 MiB)."""
+    total, todo = 0, [(pid, None)]
     while todo:
-        p = todo.pop()
+        p, parent_cmdline = todo.pop()
         try:
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+            if cmdline == parent_cmdline:
+                continue
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
             for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
+                todo += [(int(c), cmdline) for c in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
     return total
