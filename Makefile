@@ -30,8 +30,8 @@ $(CHECKOV_STAMP): requirements-checkov.lock
 
 # Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one worker so its
 # module fixtures are built once. Most of the suite waits on subprocesses and servers (one core
-# busy on average when serial): 2 workers on CI's 2 cores take the suite from about 18-26 min to
-# about 13. TEST_WORKERS=0 runs serially.
+# busy on average when serial): 2 workers on CI's 2 cores take pytest from 18-26 min to 13-17 min
+# here. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: setup browser
 	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
