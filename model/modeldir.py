@@ -9,7 +9,9 @@ config.json   {"format": ..., "architecture": I3DConfig, "preprocess": Preproces
               W is the window (frames at preprocess.fps) it was trained on; sentence mode needs it
 labels.txt    index<TAB>gloss, one per gloss (WLASL class list format)
 model.onnx    optional: the same network as ONNX (`sign2text model export DIR --format onnx`),
-              recorded in config.json's "onnx" (file, sha256, input/output shapes, the model.pt
+              recorded in config.json's "onnx" (file, sha256, input/output shapes, the input's
+              dtype (uint8: the graph scales clips itself; exports without one take float32
+              clips already scaled), the model.pt
               sha256 it was exported from, its measured max |diff| to torch); see
               sign2text/release/export.py. Directories without it load as before.
 *.json        optional extras (metrics.json, lineage.json)
@@ -59,6 +61,13 @@ class ModelInfo:
         """The exported network, where config.json records one."""
         onnx = self.config.get("onnx")
         return self.path / onnx["file"] if onnx else None
+
+    @property
+    def onnx_takes_uint8(self) -> bool:
+        """Whether model.onnx takes preprocessing's uint8 clips and scales them in its graph.
+        Exports from before clips stayed uint8 take float32 ones, which their runtime scales."""
+        onnx = self.config.get("onnx") or {}
+        return (onnx.get("input") or {}).get("dtype") == "uint8"
 
 
 def check_classes(labels: list[str], num_classes: int, no_sign: dict | None, where) -> None:

@@ -8,12 +8,15 @@ import numpy as np
 import onnxruntime as ort
 
 from model.modeldir import ModelInfo
+from model.video import normalize
 
 
 class OnnxRuntime:
     name = "onnx"
 
-    def __init__(self, path: str | os.PathLike, threads: int = 0):
+    def __init__(self, path: str | os.PathLike, value_range=None, threads: int = 0):
+        """value_range: where model.onnx takes float32 clips (an export from before the graph
+        scaled them itself), their range, and they are scaled here; None: it takes uint8."""
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads  # 0: one per core, as torch
@@ -25,9 +28,16 @@ class OnnxRuntime:
         self.input = inp.name
         # An export with a fixed batch of 1 (older ones) runs clip by clip.
         self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        want = "tensor(uint8)" if value_range is None else "tensor(float)"
+        if inp.type != want:
+            raise ValueError(f"{path} takes {inp.type} clips, its record says {want}")
+        self.value_range = value_range
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(clips, dtype=np.float32)
+        if clips.dtype != np.uint8:
+            raise TypeError(f"clips must be uint8 (preprocessing's output), got {clips.dtype}")
+        x = np.ascontiguousarray(clips if self.value_range is None
+                                 else normalize(clips, self.value_range))  # fmt: skip
         if self.batch is not None and len(x) != self.batch:
             return np.concatenate([self.logits(x[i : i + self.batch])
                                    for i in range(0, len(x), self.batch)])  # fmt: skip
@@ -38,4 +48,5 @@ class OnnxRuntime:
 def load(info: ModelInfo, device: str = "cpu") -> OnnxRuntime:
     if device != "cpu":
         raise ValueError(f"the onnx runtime runs on the CPU only, not {device!r}")
-    return OnnxRuntime(info.onnx_file)
+    value_range = None if info.onnx_takes_uint8 else info.preprocess.value_range
+    return OnnxRuntime(info.onnx_file, value_range)

@@ -2,10 +2,11 @@
 `kserve-tritonserver` runtime, serving the repository `sign2text model triton-repo` writes) that
 this process fronts as a KServe transformer (model/runtime.py's contract).
 
-One v2 REST request per batch: input "clip" FP32 [B, 3, T, H, W], output "per_time_logits"
+One v2 REST request per batch: input "clip" UINT8 [B, 3, T, H, W] (FP32, scaled here, for an
+export from before the graph scaled clips itself), output "per_time_logits"
 FP32 [B, N, T'] (sign2text/release/export.py's names), both as raw little-endian bytes after the
 JSON header (the binary tensor data extension, which Triton and kserve both speak): a 64 x 224
-clip is 38 MB of floats, which JSON would triple. Batches larger than the predictor's
+clip is 9.6 MB of bytes, which JSON would quadruple. Batches larger than the predictor's
 max_batch_size (Triton's model configuration, asked for once) go as several requests.
 
 REST through httpx, kserve's own dependency: tritonclient.grpc cannot share a process with
@@ -20,6 +21,7 @@ import httpx
 import numpy as np
 
 from model.modeldir import ModelInfo
+from model.video import normalize
 
 INPUT, OUTPUT = "clip", "per_time_logits"
 MODEL = "sign2text"
@@ -27,6 +29,7 @@ MODEL = "sign2text"
 # predictor does not say (a v2 server without Triton's model configuration extension).
 MAX_BATCH_SIZE = 8
 HEADER = "Inference-Header-Content-Length"
+DATATYPES = {"uint8": "UINT8", "float32": "FP32"}  # numpy -> v2 (Triton: TYPE_ + the same)
 
 
 class PredictorError(RuntimeError):
@@ -44,7 +47,11 @@ class TritonRuntime:
         classes: int,
         timeout_s: float = 60.0,
         max_batch_size: int = MAX_BATCH_SIZE,
+        value_range=None,
     ):
+        """value_range: where the predictor's graph takes float32 clips, their range (the clips
+        are scaled here); None where it takes preprocessing's uint8 ones."""
+        self.value_range = value_range
         self.url = f"{base_url.rstrip('/')}/v2/models/{model}"
         self.classes = classes
         self.timeout_s = timeout_s
@@ -53,7 +60,11 @@ class TritonRuntime:
         self._client = httpx.Client(timeout=timeout_s)
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(clips, dtype="<f4")
+        if clips.dtype != np.uint8:
+            raise TypeError(f"clips must be uint8 (preprocessing's output), got {clips.dtype}")
+        if self.value_range is not None:
+            clips = normalize(clips, self.value_range).astype("<f4", copy=False)
+        x = np.ascontiguousarray(clips)
         if not self._asked:
             self.max_batch_size = self._predictor_max_batch() or self.max_batch_size
             self._asked = True
@@ -76,7 +87,7 @@ class TritonRuntime:
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         header = {
-            "inputs": [{"name": INPUT, "shape": list(x.shape), "datatype": "FP32",
+            "inputs": [{"name": INPUT, "shape": list(x.shape), "datatype": DATATYPES[x.dtype.name],
                         "parameters": {"binary_data_size": x.nbytes}}],
             "outputs": [{"name": OUTPUT, "parameters": {"binary_data": True}}],
         }  # fmt: skip
@@ -179,4 +190,7 @@ def load(
         predictor_host = f"{'https' if use_ssl else 'http'}://{predictor_host}"
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    return TritonRuntime(predictor_host, model, info.num_classes, timeout_s, max_batch_size)
+    value_range = None if info.onnx_takes_uint8 else info.preprocess.value_range
+    return TritonRuntime(
+        predictor_host, model, info.num_classes, timeout_s, max_batch_size, value_range
+    )

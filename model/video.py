@@ -1,10 +1,13 @@
 """The one video preprocessing path, shared by conversion, training, evaluation and serving.
 
     decode (only the frames needed) -> trim -> [bbox crop] -> resize short side
-        -> sample num_frames -> centre / random crop -> channel order + value range -> C x T x H x W
+        -> sample num_frames -> centre / random crop -> channel order -> C x T x H x W uint8
 
-Frames travel as uint8 BGR arrays (OpenCV's order) until the last step, which crops and converts
-to the model's channel order and range in one float32 pass per frame, straight into the output.
+Frames travel as uint8 BGR arrays (OpenCV's order); the last step crops each one into the
+model's channel order, straight into the output. A clip stays uint8: the model's value range is
+the network's first step (`normalize`, which every runtime and the ONNX graph apply), so a clip
+is a quarter of its float32 size in every copy, pipe and request, and preprocessing costs
+little more than decoding (make bench).
 load_clip and clip_from_frames take one sampled frame at a time from the decoder (or the input)
 through the resize into its place in the output: only the frame in flight is held, in arrays
 reused from frame to frame, with no intermediate copies; and only the part of each frame that the
@@ -395,10 +398,10 @@ def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, i
 def to_clip(
     frames: np.ndarray, cfg: PreprocessConfig, *, rng: np.random.Generator | None = None
 ) -> np.ndarray:
-    """Resized uint8 BGR frames T x H x W x 3 -> crop -> float32 C x T x crop x crop."""
+    """Resized uint8 BGR frames T x H x W x 3 -> crop -> uint8 C x T x crop x crop."""
     c = cfg.crop
     y, x = _crop_origin(*frames.shape[1:3], cfg, rng)
-    out = np.empty((len(frames), c, c, 3), np.float32)
+    out = np.empty((len(frames), c, c, 3), np.uint8)
     convert = _converter(cfg)
     for f, o in zip(frames, out, strict=True):  # frame by frame: each stays in cache
         convert(f[y : y + c, x : x + c], o)
@@ -421,18 +424,10 @@ def _crop_origin(
 
 
 def _converter(cfg: PreprocessConfig) -> Callable[[np.ndarray, np.ndarray], None]:
-    """(cropped uint8 BGR frame, its float32 place in the output) -> the model's channel order
-    and value range written there."""
-    scale, offset = _value_map(cfg.value_range)
-    rgb = cfg.channel_order == "RGB"
-
-    def convert(f: np.ndarray, o: np.ndarray) -> None:
-        # float32(v) * scale + offset, each step rounded to float32: the same float32 values,
-        # bit for bit, as torch's .to(float32).mul_((hi - lo) / 255).add_(lo)
-        np.multiply(f[..., ::-1] if rgb else f, scale, out=o, dtype=np.float32)
-        np.add(o, offset, out=o, dtype=np.float32)
-
-    return convert
+    """(cropped uint8 BGR frame, its place in the output) -> the model's channel order there."""
+    if cfg.channel_order == "RGB":
+        return lambda f, o: np.copyto(o, f[..., ::-1])
+    return lambda f, o: np.copyto(o, f)
 
 
 def _channels_first(out: np.ndarray) -> np.ndarray:
@@ -442,10 +437,23 @@ def _channels_first(out: np.ndarray) -> np.ndarray:
     return out.transpose(3, 0, 1, 2)
 
 
-def _value_map(value_range: tuple[float, float]) -> tuple[np.float32, np.float32]:
-    """uint8 [0, 255] -> value_range as float32 scale and offset."""
+def value_map(value_range: Sequence[float]) -> tuple[np.float32, np.float32]:
+    """uint8 [0, 255] -> value_range as float32 (scale, offset): x * scale + offset."""
     lo, hi = value_range
     return np.float32((hi - lo) / 255.0), np.float32(lo)
+
+
+def normalize(clips: np.ndarray, value_range: Sequence[float]) -> np.ndarray:
+    """uint8 clips (any shape) -> float32 in value_range, the network's first step.
+
+    float32(v) * scale + offset, each step rounded to float32: bit for bit what the torch
+    runtime's `.to(float32).mul_(scale).add_(offset)` and the ONNX graph's Cast, Mul, Add give.
+    The result keeps the input's memory layout (channels last stays channels last)."""
+    if clips.dtype != np.uint8:
+        raise TypeError(f"clips must be uint8 (preprocessing's output), got {clips.dtype}")
+    scale, offset = value_map(value_range)
+    out = np.multiply(clips, scale, dtype=np.float32)
+    return np.add(out, offset, out=out, dtype=np.float32)
 
 
 def clip_from_frames(
@@ -468,7 +476,7 @@ def clip_from_frames(
     y, x = _crop_origin(h, w, cfg, rng)
     upto = x + c, y + c
     resize = _frame_resizer(frames.shape[2], frames.shape[1], cfg, bbox, reuse=True, upto=upto)
-    out = np.empty((len(idx), c, c, 3), np.float32)
+    out = np.empty((len(idx), c, c, 3), np.uint8)
     convert = _converter(cfg)
     done: dict[int, int] = {}  # frame -> where it went first (a short clip's padding repeats)
     for at, i in enumerate(idx.tolist()):
@@ -527,7 +535,7 @@ def load_clip(
     rng: np.random.Generator | None = None,
     total: int | None = None,
 ) -> np.ndarray:
-    """A video file -> model input C x T x H x W, decoding only the sampled frames.
+    """A video file -> model input C x T x H x W uint8, decoding only the sampled frames.
 
     `total`: the video's frame_total, for a caller that probed it already. The result is
     to_clip of decode_trimmed's frames, each resized by frame_resizer, computed one frame at a
@@ -570,7 +578,7 @@ def _sampled_clip(
         # a failed attempt puts it back, so the draws stay those of decode_trimmed + to_clip.
         drawn = None if rng is None else rng.bit_generator.state
         c = cfg.crop
-        out = np.empty((len(indices), c, c, 3), np.float32)
+        out = np.empty((len(indices), c, c, 3), np.uint8)
         convert = _converter(cfg)
         first: list = []  # the first frame's shape, its resizer and the crop's top left corner
 

@@ -16,6 +16,7 @@ import torch
 
 from model.package import ModelDirError, load_model_dir
 from model.storage import hash_file
+from model.torch_runtime import normalized
 from sign2text.cli import main
 from sign2text.release import export
 from tests.conftest import CLASS_LIST, FIXTURES, published_state_dict
@@ -36,10 +37,11 @@ def _check_against_torch(model_dir, seed: int) -> float:
     assert record["weights_sha256"] == hash_file(model_dir / "model.pt")
     pre = bundle.preprocess
     shape = [3, 3, pre.num_frames, pre.crop, pre.crop]  # a batch size the export never saw
-    assert record["input"]["shape"] == ["batch", *shape[1:]]
-    x = 2 * torch.rand(shape, generator=torch.Generator().manual_seed(seed)) - 1
-    with torch.inference_mode():
-        want = bundle.model(x).numpy()
+    assert record["input"] == {"name": "clip", "shape": ["batch", *shape[1:]], "dtype": "uint8"}
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)  # preprocessing's clips
+    with torch.inference_mode():  # the graph scales them itself, as the torch runtime does
+        want = bundle.model(normalized(x, pre.value_range)).numpy()
     session = ort.InferenceSession(
         str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
     )
@@ -141,3 +143,45 @@ def test_serving_refuses_a_stale_or_altered_onnx(demo_export, tmp_path):
     assert Classifier(DEMO).runtime.name == "torch"
     with pytest.raises(ModelDirError, match="sign2text model export"):
         Classifier(DEMO, runtime="onnx")
+
+
+def _float_input_export(model_dir, out):
+    """model_dir's model.onnx as exports were before clips stayed uint8: float32 clips in,
+    already scaled (the graph's leading Cast, Mul, Add removed), and a record without a dtype."""
+    import onnx
+
+    shutil.copytree(model_dir, out)
+    graph = (m := onnx.load(out / "model.onnx")).graph
+    cast, mul, add = graph.node[:3]
+    assert [n.op_type for n in (cast, mul, add)] == ["Cast", "Mul", "Add"]
+    for node in graph.node[3:]:
+        node.input[:] = ["clip" if i == add.output[0] else i for i in node.input]
+    del graph.node[:3]
+    graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    onnx.save(m, out / "model.onnx")
+    config = json.loads((out / "config.json").read_text())
+    del config["onnx"]["input"]["dtype"]
+    config["onnx"]["sha256"] = hash_file(out / "model.onnx")
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_an_export_from_before_uint8_clips_still_serves(demo_export, tmp_path):
+    """An older model.onnx takes float32 clips: its runtime scales preprocessing's uint8 clips
+    itself and answers what the current export answers; Triton's repository declares FP32."""
+    from model.predict import Classifier
+    from sign2text.release.triton import write_repository
+
+    old = _float_input_export(demo_export, tmp_path / "old")
+    pre = load_model_dir(demo_export).preprocess
+    g = torch.Generator().manual_seed(3)
+    clips = torch.randint(0, 256, (2, 3, pre.num_frames, pre.crop, pre.crop), generator=g,
+                          dtype=torch.uint8).numpy()  # fmt: skip
+    new_clf, old_clf = Classifier(demo_export, runtime="onnx"), Classifier(old, runtime="onnx")
+    assert old_clf.runtime.value_range == pre.value_range and new_clf.runtime.value_range is None
+    np.testing.assert_allclose(old_clf.logits(clips), new_clf.logits(clips), rtol=0, atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        old_clf.logits(clips.astype(np.float32))  # already scaled? no way to tell: refused
+    for model_dir, want in ((old, "TYPE_FP32"), (demo_export, "TYPE_UINT8")):
+        config = write_repository(model_dir, tmp_path / f"repo-{want}") / "config.pbtxt"
+        assert f"data_type: {want}" in config.read_text().split("output")[0]

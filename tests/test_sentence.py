@@ -32,8 +32,8 @@ class StubClassifier:
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
         self.calls += 1
-        centre = clips[:, :, clips.shape[2] // 2].mean(axis=(1, 2, 3))  # B, in [-1, 1]
-        level = np.round((centre + 1) * 127.5 / 40).astype(int) - 1
+        centre = clips[:, :, clips.shape[2] // 2].mean(axis=(1, 2, 3))  # B, uint8 clips' scale
+        level = np.round(centre / 40).astype(int) - 1
         cls = np.where(level >= 0, np.minimum(level, NO_SIGN - 1), NO_SIGN)
         return 10.0 * np.eye(NO_SIGN + 1, dtype=np.float32)[cls]
 

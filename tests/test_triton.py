@@ -120,7 +120,7 @@ def test_repository_is_a_triton_onnx_model_with_dynamic_batching(exported, repos
     assert config["name"] == "sign2text" and config["platform"] == "onnxruntime_onnx"
     assert config["max_batch_size"] == MAX_BATCH
     (inp,), (out,) = config["input"], config["output"]
-    assert (inp["name"], inp["data_type"]) == ("clip", "TYPE_FP32")
+    assert (inp["name"], inp["data_type"]) == ("clip", "TYPE_UINT8")  # the graph scales clips
     assert [int(d) for d in inp["dims"]] == record["input"]["shape"][1:] == [3, 16, 112, 112]
     assert (out["name"], out["data_type"]) == ("per_time_logits", "TYPE_FP32")
     assert [int(d) for d in out["dims"]] == record["output"]["shape"][1:]
@@ -182,7 +182,7 @@ def test_triton_runtime_answers_as_onnx_runtime(exported, standin, video_file):
 
 
 def test_triton_runtime_errors_name_the_predictor(exported, standin):
-    clip = np.zeros((1, 3, 16, 112, 112), np.float32)
+    clip = np.zeros((1, 3, 16, 112, 112), np.uint8)
     port = free_port()  # nothing listens there
     down = Classifier(exported, runtime="triton", predictor_host=f"127.0.0.1:{port}")
     with pytest.raises(PredictorError, match=rf"127\.0\.0\.1:{port}/v2/models/sign2text .*unreach"):

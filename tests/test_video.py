@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model import video as V
+from model.torch_runtime import normalized
 from model.video import PreprocessConfig
 from tests.conftest import moving_square, write_video
 
@@ -83,13 +84,19 @@ def test_trim_range_is_one_based_inclusive():
 
 
 def test_load_clip_shape_range_and_channel_order(video_file):
+    """Clips stay uint8 (a quarter of float32's bytes); the value range is the network's first
+    step (V.normalize), so it does not change the clip."""
     clip = V.load_clip(video_file, CFG)
-    assert clip.shape == (3, 8, 56, 56) and clip.dtype == np.float32
-    assert clip.min() >= -1 and clip.max() <= 1
+    assert clip.shape == (3, 8, 56, 56) and clip.dtype == np.uint8 and clip.max() > clip.min()
     rgb = V.load_clip(video_file, PreprocessConfig(**{**CFG.to_dict(), "channel_order": "RGB"}))
     assert np.array_equal(rgb, clip[::-1])
     unit = V.load_clip(video_file, PreprocessConfig(**{**CFG.to_dict(), "value_range": (0, 1)}))
-    np.testing.assert_allclose(unit * 2 - 1, clip, rtol=1.3e-6, atol=1e-5)
+    assert np.array_equal(unit, clip)
+    scaled = V.normalize(clip, CFG.value_range)
+    assert scaled.dtype == np.float32 and scaled.min() >= -1 and scaled.max() <= 1
+    np.testing.assert_allclose(V.normalize(clip, (0, 1)) * 2 - 1, scaled, rtol=1.3e-6, atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        V.normalize(scaled, CFG.value_range)
 
 
 def test_load_clip_matches_a_direct_computation(video_file):
@@ -104,7 +111,7 @@ def test_load_clip_matches_a_direct_computation(video_file):
         y, x = (r.shape[0] - 56) // 2, (r.shape[1] - 56) // 2
         frames.append(r[y : y + 56, x : x + 56].astype(np.float64) / 255 * 2 - 1)
     expected = np.stack(frames).transpose(3, 0, 1, 2).astype(np.float32)
-    got = V.load_clip(video_file, CFG, frame_start=10, frame_end=30)
+    got = V.normalize(V.load_clip(video_file, CFG, frame_start=10, frame_end=30), CFG.value_range)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
@@ -114,7 +121,7 @@ def test_bbox_crop_keeps_only_the_box(tmp_path):
     path = write_video(tmp_path / "box.mp4", frames)
     cfg = PreprocessConfig(num_frames=4, resize=32, crop=32, bbox_crop=True, bbox_margin=0.0)
     clip = V.load_clip(path, cfg, bbox=[120, 20, 180, 80])
-    assert clip.mean() > 0.4  # almost all bright: the dark rest of the frame was cut away
+    assert clip.mean() > 178  # almost all bright: the dark rest of the frame was cut away
     whole = V.load_clip(path, PreprocessConfig(num_frames=4, resize=32, crop=32))
     assert whole.mean() < clip.mean()
 
@@ -209,9 +216,10 @@ def _reference_clip(
     return clip.to(torch.float32).mul_((hi - lo) / 255.0).add_(lo).permute(3, 0, 1, 2)
 
 
-def _same(a: np.ndarray, b: torch.Tensor) -> bool:
-    """Bit for bit (not just ==: -0.0 and 0.0 differ here), in the same memory layout."""
-    a = torch.from_numpy(a)
+def _same(clip: np.ndarray, b: torch.Tensor, cfg: PreprocessConfig) -> bool:
+    """The uint8 clip, as the network sees it (normalize), is b bit for bit (not just ==: -0.0
+    and 0.0 differ here), in the same memory layout."""
+    a = torch.from_numpy(V.normalize(clip, cfg.value_range))
     return a.stride() == b.stride() and torch.equal(a.view(torch.int32), b.view(torch.int32))
 
 
@@ -221,12 +229,19 @@ def test_value_map_is_bit_identical_for_every_uint8_value(value_range):
     for order in ("BGR", "RGB"):
         cfg = PreprocessConfig(num_frames=1, resize=256, crop=256, value_range=value_range,
                                channel_order=order)  # fmt: skip
-        assert _same(V.to_clip(every, cfg), _reference_clip(every, cfg, idx=[0]))
+        want = _reference_clip(every, cfg, idx=[0])
+        clip = V.to_clip(every, cfg)
+        assert _same(clip, want, cfg)
+        scaled = normalized(torch.from_numpy(clip), value_range)  # the torch runtime's
+        assert scaled.stride() == want.stride() and torch.equal(
+            scaled.view(torch.int32), want.view(torch.int32)
+        )
 
 
 def test_load_clip_is_bit_identical_to_the_reference(tmp_path):
-    """Every step of the fast path (resize as it decodes, one float32 pass per frame) gives
-    exactly the tensor of the plain sample -> resize -> crop -> torch conversion."""
+    """Every step of the fast path (resize as it decodes, one crop pass per frame, uint8 until
+    the network's normalize) gives exactly the tensor of the plain sample -> resize -> crop ->
+    torch conversion."""
     for i, (h, w, n) in enumerate([(120, 160, 40), (72, 128, 9), (96, 96, 30)]):
         path = write_video(tmp_path / f"{i}.mp4", moving_square(n, h, w, seed=i))
         every = _all_frames(path)
@@ -237,14 +252,13 @@ def test_load_clip_is_bit_identical_to_the_reference(tmp_path):
             PreprocessConfig(num_frames=8, resize=56, crop=56, value_range=(0.0, 1.0)),
             PreprocessConfig(num_frames=6, resize=48, crop=40, bbox_crop=True),
         ):
-            assert _same(V.load_clip(path, cfg, bbox=bbox), _reference_clip(every, cfg, bbox))
-            assert _same(
-                V.clip_from_frames(every, cfg, bbox=bbox), _reference_clip(every, cfg, bbox)
-            )
+            want = _reference_clip(every, cfg, bbox)
+            assert _same(V.load_clip(path, cfg, bbox=bbox), want, cfg)
+            assert _same(V.clip_from_frames(every, cfg, bbox=bbox), want, cfg)
             got = V.load_clip(path, cfg, bbox=bbox, rng=np.random.default_rng(i))
-            assert _same(got, _reference_clip(every, cfg, bbox, rng=np.random.default_rng(i)))
+            assert _same(got, _reference_clip(every, cfg, bbox, rng=np.random.default_rng(i)), cfg)
             trimmed = V.load_clip(path, cfg, frame_start=3, frame_end=8, bbox=bbox)
-            assert _same(trimmed, _reference_clip(every[2:8], cfg, bbox))
+            assert _same(trimmed, _reference_clip(every[2:8], cfg, bbox), cfg)
 
 
 def test_one_pass_paths_keep_the_reference_and_its_random_draws(tmp_path):
@@ -262,7 +276,7 @@ def test_one_pass_paths_keep_the_reference_and_its_random_draws(tmp_path):
         rng, ref = np.random.default_rng(5), np.random.default_rng(5)
         got = V.load_clip(path, cfg, rng=rng, total=37)  # 37 claimed, 30 decode: retried
         V.sample_indices(37, cfg.num_frames, rng=ref)  # the failed attempt's pick
-        assert _same(got, _reference_clip(every, cfg, rng=ref))
+        assert _same(got, _reference_clip(every, cfg, rng=ref), cfg)
         assert rng.integers(1 << 30) == ref.integers(1 << 30)
 
         strided = np.ascontiguousarray(every[..., ::-1])[..., ::-1]  # == every, negative strides
@@ -270,7 +284,7 @@ def test_one_pass_paths_keep_the_reference_and_its_random_draws(tmp_path):
         for frames in (strided, resized):
             rng, ref = np.random.default_rng(6), np.random.default_rng(6)
             got = V.clip_from_frames(frames, cfg, rng=rng)
-            assert _same(got, _reference_clip(np.ascontiguousarray(frames), cfg, rng=ref))
+            assert _same(got, _reference_clip(np.ascontiguousarray(frames), cfg, rng=ref), cfg)
             assert rng.integers(1 << 30) == ref.integers(1 << 30)
 
 

@@ -5,7 +5,8 @@ wrote, the way Triton's ONNX Runtime backend would:
 
 - the model is named by its directory and runs its highest version's model.onnx with ONNX
   Runtime: input "clip" -> output "per_time_logits";
-- config.pbtxt's max_batch_size is enforced (a larger batch is refused, as Triton refuses it)
+- config.pbtxt's input data_type is enforced (a tensor of another datatype is refused, as
+  Triton refuses it), and so is its max_batch_size (a larger batch is refused, as Triton refuses it)
   and answered at GET /v2/models/NAME/config (Triton's model configuration extension).
 
     python -m tests.triton_standin REPOSITORY --http_port PORT
@@ -36,6 +37,7 @@ class OnnxModel(kserve.Model):
         super().__init__(directory.name)
         config = (directory / "config.pbtxt").read_text()
         self.max_batch_size = int(re.search(r"^max_batch_size:\s*(\d+)", config, re.M)[1])
+        self.datatype = re.search(r"^input \[[^]]*?data_type: TYPE_(\w+)", config, re.M)[1]
         version = max(
             (d for d in directory.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)
         )
@@ -46,8 +48,8 @@ class OnnxModel(kserve.Model):
 
     async def predict(self, payload: InferRequest, headers=None, response_headers=None):
         (inp,) = payload.inputs
-        if inp.name != INPUT or inp.datatype != "FP32":
-            raise InvalidInput(f"unexpected input {inp.name} {inp.datatype}")
+        if inp.name != INPUT or inp.datatype != self.datatype:
+            raise InvalidInput(f"unexpected input {inp.name} {inp.datatype}, want {self.datatype}")
         x = inp.as_numpy()
         if len(x) > self.max_batch_size:
             raise InvalidInput(

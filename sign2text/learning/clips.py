@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from model.video import PreprocessConfig, clip_from_frames
+from model.video import PreprocessConfig, clip_from_frames, normalize
 from sign2text.data.convert import iter_shard, scratch_dir, split_shards
 from sign2text.learning.context import ContextWindows, rebuild_videos
 
@@ -120,7 +120,8 @@ def augment(
 ) -> torch.Tensor:
     """Frames -> the model's input clip; with `rng` (training) a random crop, temporal jitter,
     optional flip and colour changes, without it what evaluation and serving see."""
-    x = torch.from_numpy(clip_from_frames(frames, pre, rng=rng))  # bbox crop: done in convert
+    clip = clip_from_frames(frames, pre, rng=rng)  # bbox crop: done in convert
+    x = torch.from_numpy(normalize(clip, pre.value_range))  # the runtimes' first step, here
     if rng is not None and hflip and rng.random() < 0.5:
         x = x.flip(-1)
     if rng is not None and color_jitter > 0:

@@ -1,14 +1,17 @@
 """A model directory's network as ONNX: `sign2text model export DIR --format onnx`.
 
 The network is the one `load_model_dir` rebuilds from config.json and model.pt, in eval mode, and
-what is exported is its `forward`: per-time logits B x N x T' (clip logits, the max over time, and
-the softmax stay outside, as in torch). `centre_over_time` and every other config switch are part
-of that forward, so they are in the graph. Exporter: torch's dynamo exporter, opset 18 (the
+what is exported is its `forward` behind the value map (`Uint8Clips`): preprocessing's uint8 clips
+in, scaled to the model's value range inside the graph (Cast, Mul, Add: what the torch runtime
+does), per-time logits B x N x T' out (clip logits, the max over time, and the softmax stay
+outside, as in torch). A client -- the server, Triton's transformer, an edge device -- sends a
+quarter of the bytes float32 clips would take. `centre_over_time` and every other config switch
+are part of that forward, so they are in the graph. Exporter: torch's dynamo exporter, opset 18 (the
 legacy TorchScript exporter fails on the final pooling, whose kernel comes from the input shape).
 
 The batch dimension is dynamic ("batch"): serving batches concurrent requests and sentence mode's
 windows into one forward, and Triton's dynamic batcher needs it. The rest is static, 3 x T x H x
-W, exactly the input the model's preprocessing makes (T = num_frames, H = W = crop).
+W uint8, exactly the input the model's preprocessing makes (T = num_frames, H = W = crop).
 
 Before anything is written, ONNX Runtime runs the exported bytes on a seeded random input and on
 a real clip (a given video through model/video.py's `load_clip`, else a rendered clip of the
@@ -17,8 +20,8 @@ two as one batch, and the per-time
 logits must match torch's within `tol` (1e-4). A mismatch, or bytes ONNX Runtime cannot load, is
 an `ExportError` (the CLI's exit 2) and leaves the directory untouched. Then `model.onnx` is
 written atomically and config.json gains an "onnx" record (file, sha256, opset, input and output
-shapes, the model.pt it came from, the measured max |diff|); older model directories without it
-still load.
+shapes, the input's dtype, the model.pt it came from, the measured max |diff|); older model
+directories without it still load, and older exports (float32 input, no dtype) still serve.
 
 A release step, not part of model/: exporting needs torch.onnx's exporter (onnx, onnxscript), which
 the serving image has no use for, and the default clip comes from sign2text/data/synth.py.
@@ -36,6 +39,7 @@ import torch
 from model.i3d import InceptionI3d
 from model.package import CONFIG, ONNX, WEIGHTS, load_model_dir
 from model.storage import hash_file, write_atomic
+from model.torch_runtime import normalized
 from model.video import PreprocessConfig, clip_from_frames, load_clip
 
 OPSET = 18
@@ -47,7 +51,18 @@ class ExportError(ValueError):
     """An export that ONNX Runtime cannot load or that disagrees with torch."""
 
 
-def onnx_bytes(model: InceptionI3d, example: torch.Tensor, opset: int = OPSET) -> bytes:
+class Uint8Clips(torch.nn.Module):
+    """The network as every runtime runs it: uint8 clips, scaled to value_range, then forward."""
+
+    def __init__(self, net: InceptionI3d, value_range):
+        super().__init__()
+        self.net, self.value_range = net, tuple(value_range)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(normalized(x, self.value_range))
+
+
+def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = OPSET) -> bytes:
     """The eval-mode forward traced on `example` (B x C x T x H x W), its batch dimension dynamic
     -> a serialized ONNX model."""
     import warnings
@@ -78,7 +93,7 @@ def synthetic_clip(pre: PreprocessConfig) -> np.ndarray:
 
 
 def verify_onnx(
-    model: InceptionI3d, data: bytes, inputs: dict[str, torch.Tensor], tol: float = TOLERANCE
+    model: torch.nn.Module, data: bytes, inputs: dict[str, torch.Tensor], tol: float = TOLERANCE
 ) -> tuple[dict[str, float], list[int]]:
     """Run ONNX Runtime on `data` for every named input (C x T x H x W) and compare with torch.
 
@@ -133,18 +148,18 @@ def export_onnx(
     if arch.in_channels != 3:
         raise ExportError(f"in_channels {arch.in_channels}: clips have 3 channels")
     shape = [1, arch.in_channels, pre.num_frames, pre.crop, pre.crop]
-    lo, hi = pre.value_range
     g = torch.Generator().manual_seed(0)
-    random = lo + (hi - lo) * torch.rand(shape[1:], generator=g)
+    random = torch.randint(0, 256, shape[1:], generator=g, dtype=torch.uint8)
     real = torch.from_numpy(load_clip(video, pre) if video is not None else synthetic_clip(pre))
     if list(real.shape) != shape[1:]:
         raise ExportError(f"clip shape {list(real.shape)}, the model wants {shape[1:]}")
 
+    net = Uint8Clips(bundle.model, pre.value_range)
     t0 = time.monotonic()
-    data = onnx_bytes(bundle.model, torch.stack([random, real]), opset)
+    data = onnx_bytes(net, torch.stack([random, real]), opset)
     export_s = time.monotonic() - t0
     t0 = time.monotonic()
-    diffs, (_, *out_shape) = verify_onnx(bundle.model, data, {"random": random, "clip": real}, tol)
+    diffs, (_, *out_shape) = verify_onnx(net, data, {"random": random, "clip": real}, tol)
     verify_s = time.monotonic() - t0
 
     write_atomic(model_dir / ONNX, data, durable=True)
@@ -152,7 +167,7 @@ def export_onnx(
         "file": ONNX,
         "sha256": hash_file(model_dir / ONNX),
         "opset": opset,
-        "input": {"name": INPUT_NAME, "shape": ["batch", *shape[1:]]},
+        "input": {"name": INPUT_NAME, "shape": ["batch", *shape[1:]], "dtype": "uint8"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", *out_shape]},
         "weights_sha256": hash_file(model_dir / WEIGHTS),
         "max_abs_diff": diffs,

@@ -20,7 +20,7 @@ from pathlib import Path
 from model.modeldir import CONFIG, ModelDirError, read_model_info
 from model.runtime import check_onnx
 from model.storage import write_atomic
-from model.triton_runtime import INPUT, MAX_BATCH_SIZE, MODEL, OUTPUT
+from model.triton_runtime import DATATYPES, INPUT, MAX_BATCH_SIZE, MODEL, OUTPUT
 
 MAX_QUEUE_DELAY_US = 2000
 # The export's batch dimension allows 1..1024 (sign2text/release/export.py).
@@ -47,6 +47,7 @@ def model_config(
     input_dims: list[int],
     output_dims: list[int],
     *,
+    input_dtype: str = "uint8",
     max_batch_size: int = MAX_BATCH_SIZE,
     max_queue_delay_us: int = MAX_QUEUE_DELAY_US,
     name: str = MODEL,
@@ -65,7 +66,7 @@ max_batch_size: {max_batch_size}
 input [
   {{
     name: "{INPUT}"
-    data_type: TYPE_FP32
+    data_type: TYPE_{DATATYPES[input_dtype]}
     dims: [ {dims(input_dims)} ]
   }}
 ]
@@ -122,6 +123,7 @@ def write_repository(
     config = model_config(
         input_dims,
         output_dims,
+        input_dtype="uint8" if info.onnx_takes_uint8 else "float32",
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,
         source=f"{model_dir.resolve().name} (model.onnx sha256 {record['sha256'][:12]})",

@@ -29,7 +29,7 @@ import torch
 from model.i3d import I3DConfig, InceptionI3d
 from model.modeldir import read_model_info
 from model.onnx_runtime import OnnxRuntime
-from model.torch_runtime import fast_inference
+from model.torch_runtime import fast_inference, normalized
 from model.video import load_clip
 from sign2text.release.export import export_onnx
 from tools.bench.bench_model import alternate
@@ -90,6 +90,7 @@ class Runtimes:
     def __init__(self, model_dir: Path, calibration: list[np.ndarray], tmp: Path):
         from model.package import load_model_dir
 
+        self.value_range = read_model_info(model_dir).preprocess.value_range
         self.eager = load_model_dir(model_dir).model.eval()
         self.fast = fast_inference(load_model_dir(model_dir).model)
         self.ort = OnnxRuntime(model_dir / "model.onnx").session
@@ -99,17 +100,19 @@ class Runtimes:
         self.int8 = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"])
 
     def fns(self, x: np.ndarray) -> dict:
+        """x: uint8 clips. Every runtime scales them in its forward (ONNX: inside the graph)."""
+        vr = self.value_range
         t = torch.from_numpy(np.ascontiguousarray(x))
         t_cl = t.contiguous(memory_format=torch.channels_last_3d)
         c = np.ascontiguousarray(x)
 
         def eager():
             with torch.no_grad():
-                return self.eager(t).numpy()
+                return self.eager(normalized(t, vr)).numpy()
 
         def fast():
             with torch.inference_mode():
-                return self.fast(t_cl).numpy()
+                return self.fast(normalized(t_cl, vr)).numpy()
 
         return {
             "torch eager": eager,
@@ -121,7 +124,7 @@ class Runtimes:
 
 def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peak: float, tmp: Path):
     rt = Runtimes(model_dir, calibration, tmp)
-    gflops = clip_gflops(rt.eager, torch.from_numpy(np.ascontiguousarray(x)))
+    gflops = clip_gflops(rt.eager, normalized(torch.from_numpy(np.ascontiguousarray(x)), (0, 1)))
     fns = rt.fns(x)
     ref = fns["torch eager"]()
     for fn in fns.values():  # warm-up: first calls build kernels and caches
@@ -223,8 +226,8 @@ def main() -> None:
                         [f"g{i}" for i in range(400)])  # fmt: skip
         export_onnx(full)
         rng = np.random.default_rng(0)
-        x = rng.random((1, 3, 64, 224, 224), dtype=np.float32) * 2 - 1
-        calib = [rng.random((3, 64, 224, 224), dtype=np.float32) * 2 - 1 for _ in range(2)]
+        x = rng.integers(0, 256, (1, 3, 64, 224, 224), dtype=np.uint8)
+        calib = [rng.integers(0, 256, (3, 64, 224, 224), dtype=np.uint8) for _ in range(2)]
         bench_forward("full I3D 64x224x224, 400 classes (random weights: timing only)", full,
                       calib, x, peak, tmp)  # fmt: skip
 
