@@ -7,7 +7,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from model.modeldir import ModelInfo
+from model.modeldir import ModelDirError, ModelInfo
 from model.video import normalize
 
 
@@ -30,7 +30,7 @@ class OnnxRuntime:
         self.batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         want = "tensor(uint8)" if value_range is None else "tensor(float)"
         if inp.type != want:
-            raise ValueError(f"{path} takes {inp.type} clips, its record says {want}")
+            raise ModelDirError(f"{path} takes {inp.type} clips, its record says {want}")
         self.value_range = value_range
 
     def logits(self, clips: np.ndarray) -> np.ndarray:

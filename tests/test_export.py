@@ -182,6 +182,13 @@ def test_an_export_from_before_uint8_clips_still_serves(demo_export, tmp_path):
     np.testing.assert_allclose(old_clf.logits(clips), new_clf.logits(clips), rtol=0, atol=1e-5)
     with pytest.raises(TypeError, match="uint8"):
         old_clf.logits(clips.astype(np.float32))  # already scaled? no way to tell: refused
+    lying = tmp_path / "lying"  # the old graph, its record claiming uint8
+    shutil.copytree(old, lying)
+    config = json.loads((lying / "config.json").read_text())
+    config["onnx"]["input"]["dtype"] = "uint8"
+    (lying / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match=r"takes tensor\(float\) clips"):
+        Classifier(lying, runtime="onnx")
     for model_dir, want in ((old, "TYPE_FP32"), (demo_export, "TYPE_UINT8")):
         config = write_repository(model_dir, tmp_path / f"repo-{want}") / "config.pbtxt"
         assert f"data_type: {want}" in config.read_text().split("output")[0]
