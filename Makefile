@@ -51,8 +51,8 @@ browser:
 	else echo "no chromium/chromedriver and not root with apt-get: the browser test will skip"; fi
 
 lint: setup
-	$(BIN)/ruff check model sign2text pipelines tools tests app
-	$(BIN)/ruff format --check model sign2text pipelines tools tests app
+	$(BIN)/ruff check model components sign2text pipelines tools tests app
+	$(BIN)/ruff format --check model components sign2text pipelines tools tests app
 
 # The bundled dataset: a deterministic synthetic stand-in for WLASL (see README).
 data: setup
@@ -61,7 +61,7 @@ data: setup
 # The main job end to end on the bundled dataset: validate -> convert -> train -> evaluate -> package.
 demo: setup data
 	PATH="$(abspath $(BIN)):$$PATH" DVC_NO_ANALYTICS=1 $(BIN)/dvc repro
-	$(BIN)/python -m sign2text.demo
+	$(BIN)/python -m tools.demo
 
 # The demo recipe for seeds 0-4 with 1 and 2 threads, trained and evaluated (about an hour on 2
 # cores); prints a table and fails unless every run passes the gate. A benchmark, not a test.
@@ -125,7 +125,7 @@ data-pull: setup
 # A throwaway local S3 (SeaweedFS) on 127.0.0.1:$(S3_PORT) with bucket sign2text; prints the
 # variables to export. Runs in the foreground until Ctrl-C; its data is discarded on exit.
 s3-up: setup
-	S3_PORT=$(S3_PORT) $(BIN)/python -m tools.s3
+	S3_PORT=$(S3_PORT) $(BIN)/python -m tools.s3_server
 
 # Build and push the images (serving, its CUDA and ONNX builds, components, app), then point the
 # manifests and the compiled pipeline at them.

@@ -66,10 +66,21 @@ class ModelClient:
         params = {"mode": "sentence"} | ({"stride": stride} if stride else {})
         return await self._infer(params, "frames", "UINT8", [count, height, width, 3], rgb)
 
-    async def _infer(self, params: dict, name: str, datatype: str, shape: list, raw: bytes,
-                     outputs: tuple[str, ...] | None = None) -> dict:  # fmt: skip
-        spec = {"name": name, "datatype": datatype, "shape": shape,
-                "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
+    async def _infer(
+        self,
+        params: dict,
+        name: str,
+        datatype: str,
+        shape: list,
+        raw: bytes,
+        outputs: tuple[str, ...] | None = None,
+    ) -> dict:
+        spec = {
+            "name": name,
+            "datatype": datatype,
+            "shape": shape,
+            "parameters": {"binary_data_size": len(raw)},
+        }
         request = {"inputs": [spec], "parameters": params}
         if outputs:
             request["outputs"] = [{"name": o} for o in outputs]
@@ -78,9 +89,11 @@ class ModelClient:
             r = await self._http.post(
                 f"{self.base}/v2/models/{NAME}/infer",
                 content=header + raw,
-                headers={"Content-Type": "application/octet-stream",
-                         "Inference-Header-Content-Length": str(len(header))},
-            )  # fmt: skip
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Inference-Header-Content-Length": str(len(header)),
+                },
+            )
         except httpx.HTTPError as e:
             raise ModelError(f"the model server cannot be reached: {e}") from None
         if r.status_code != 200:

@@ -22,8 +22,9 @@ class FetchError(ValueError):
     """The URL cannot be fetched; the message says why (for the user)."""
 
 
-async def fetch(url: str, *, max_bytes: int, timeout_s: float = 20.0,
-                allow_private: bool = False) -> tuple[bytes, str]:  # fmt: skip
+async def fetch(
+    url: str, *, max_bytes: int, timeout_s: float = 20.0, allow_private: bool = False
+) -> tuple[bytes, str]:
     """The body at `url` and a file name for it."""
     try:
         return await asyncio.wait_for(_fetch(url, max_bytes, timeout_s, allow_private), timeout_s)

@@ -80,8 +80,13 @@ def _show(value: Any) -> str:
         return repr(value)
 
 
-_NOUNS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-          dict: "a mapping"}  # fmt: skip
+_NOUNS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a mapping",
+}
 
 
 def _typed(key: str, tp: Any, value: Any, r: Rule) -> Any:

@@ -1,6 +1,6 @@
 """Reading a model directory without torch: its config, preprocessing and labels.
 
-The layout (model/package.py writes it and rebuilds the torch network from it):
+The layout (model/network/bundle.py writes it and rebuilds the torch network from it):
 
 model.pt      state dict (tensors only; read with weights_only=True)
 config.json   {"format": ..., "architecture": I3DConfig, "preprocess": PreprocessConfig, ...}
@@ -13,7 +13,7 @@ model.onnx    optional: the same network as ONNX (`sign2text model export DIR --
               dtype (uint8: the graph scales clips itself; exports without one take float32
               clips already scaled), the model.pt
               sha256 it was exported from, its measured max |diff| to torch); see
-              sign2text/release/export.py. Directories without it load as before.
+              components/release/onnx_export.py. Directories without it load as before.
 *.json        optional extras (metrics.json, lineage.json)
 
 Everything here is what a runtime needs besides the network, so the ONNX serving image (no

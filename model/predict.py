@@ -20,13 +20,13 @@ import numpy as np
 from model import sentence as S
 from model import video as V
 from model.modeldir import CONFIG, ModelInfo, read_model_info
-from model.runtime import open_runtime, softmax
+from model.runtimes.choice import open_runtime, softmax
 
 Video = str | os.PathLike | np.ndarray  # a file, or T x H x W x 3 uint8 BGR frames
 Limits = V.Limits
 NO_LIMITS = Limits()  # in-process use: the caller trusts its own files
 # (path, mode, cfg, limits) -> the mode's resized frames: V.read_video in-process, or
-# model/decoder.py's child process when the video is untrusted (serving).
+# model/serving/decoder.py's child process when the video is untrusted (serving).
 Reader = Callable[[str | os.PathLike, str, V.PreprocessConfig, V.Limits], np.ndarray]
 # Called with "decode", "preprocess" or "inference" around each stage (serving times them).
 Timer = Callable[[str], AbstractContextManager]
@@ -45,7 +45,7 @@ class Prediction:
 class Classifier:
     """Loads a model directory once; answers word mode and sentence mode.
 
-    `runtime`: which network runs the forward (model/runtime.py): "torch" (model.pt), "onnx"
+    `runtime`: which network runs the forward (model/runtimes/choice.py): "torch" (model.pt), "onnx"
     (model.onnx, ONNX Runtime on the CPU) or "auto" (ONNX when the directory has it and the
     device is the CPU), or "triton" (a KServe v2 predictor elsewhere; `options` say where)."""
 
@@ -117,9 +117,15 @@ class Classifier:
         # Windowing, preprocessing and the forward passes interleave: one stage for all of it.
         with timer("inference"):
             return S.transcribe(
-                self, frames, window=window, stride=stride, threshold=threshold,
-                max_windows=S.max_windows(self, limits.max_frames), stop=stop, on_probs=on_probs,
-            )  # fmt: skip
+                self,
+                frames,
+                window=window,
+                stride=stride,
+                threshold=threshold,
+                max_windows=S.max_windows(self, limits.max_frames),
+                stop=stop,
+                on_probs=on_probs,
+            )
 
     def check_top_k(self, top_k: int) -> int:
         if not 1 <= top_k <= len(self.labels):

@@ -1,6 +1,6 @@
 """Sentence mode: a video with several signs in a row -> the words, their frame spans, confidences.
 
-The model must have been trained with context windows (sign2text/learning/context.py): besides the
+The model must have been trained with context windows (components/training/context.py): besides the
 glosses it has a "no sign" output, and it was taught to name the sign under the *centre frame*
 of a window of `window` frames, or "no sign" when the signer is at rest there. Sentence mode
 asks exactly that of every frame:
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.runtime import softmax, stack
+from model.runtimes.choice import softmax, stack
 from model.video import OverLimit, clip_from_frames, sample_indices
 
 DEFAULT_THRESHOLD = 0.5  # P(some sign) a frame needs to belong to a word
@@ -91,9 +91,13 @@ def max_windows(classifier, max_frames: int | None) -> int | None:
 
 
 def frame_probabilities(
-    classifier, frames: np.ndarray, window: int, stride: int, batch_size: int = 8,
+    classifier,
+    frames: np.ndarray,
+    window: int,
+    stride: int,
+    batch_size: int = 8,
     stop: Stop = never,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Step 1: T x H x W x 3 uint8 BGR frames -> T x (glosses + 1) per-frame probabilities."""
     cfg = classifier.info.preprocess
     n = len(frames)

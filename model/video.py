@@ -74,8 +74,10 @@ class PreprocessConfig:
             raise ValueError(f"model.crop must be <= model.resize ({self.resize}), got {self.crop}")
         lo, hi = self.value_range
         if not lo < hi:
-            raise ValueError(f"model.value_range must be [low, high] with low < high, got "
-                             f"{list(self.value_range)}")  # fmt: skip
+            raise ValueError(
+                f"model.value_range must be [low, high] with low < high, got "
+                f"{list(self.value_range)}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self) | {"value_range": list(self.value_range)}
@@ -93,7 +95,7 @@ class VideoInfo:
     height: int
 
 
-FFMPEG_THREADS: int | None = None  # FFmpeg's choice (one per core); model/decoder.py sets 1
+FFMPEG_THREADS: int | None = None  # FFmpeg's choice (one per core); model/serving/decoder.py sets 1
 
 
 def _open(path: str | os.PathLike) -> cv2.VideoCapture:
@@ -348,9 +350,13 @@ def _frame_resizer(
     w, h, fx, fy = part
     scratch = np.empty((round(h * fy), round(w * fx), 3), np.uint8) if reuse else None
     return lambda frame: cv2.resize(
-        frame[y0 : y0 + h, x0 : x0 + w], None, dst=scratch, fx=fx, fy=fy,
+        frame[y0 : y0 + h, x0 : x0 + w],
+        None,
+        dst=scratch,
+        fx=fx,
+        fy=fy,
         interpolation=cv2.INTER_LINEAR,
-    )  # fmt: skip
+    )
 
 
 def _top_left(
@@ -619,7 +625,7 @@ class Limits:
     """What one video may cost. Checked on the container's header before any frame decodes,
     and again on what decodes, so a header that lies gains nothing: OpenCV hands every frame
     over at the header's size, and the memory FFmpeg spends inside one frame is bounded by the
-    process it runs in (model/decoder.py). None / inf = no limit (in-process use)."""
+    process it runs in (model/serving/decoder.py). None / inf = no limit (in-process use)."""
 
     max_duration_s: float = math.inf
     max_frames: int | None = None  # frames a video may have (and the `frames` input)

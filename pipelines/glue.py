@@ -1,6 +1,6 @@
 """Glue between Kubeflow Pipelines components and the step functions.
 
-The component bodies in pipelines/components.py only unpack their artifacts and call one
+The component bodies in pipelines/kfp_components.py only unpack their artifacts and call one
 function here, which calls the same step functions the CLI and the DVC stages call. Everything
 KFP-specific that is worth testing (params from pipeline parameters, metrics and confusion
 matrices in the UI's artifact formats, the gate's baseline, where models are published) lives
@@ -17,17 +17,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.parameters import apply_recipe
-from sign2text import steps
-from sign2text.learning.evaluate import TOP_K
-from sign2text.learning.trainjob import (
+from components import steps
+from components.evaluation.evaluate import TOP_K
+from components.params import Params
+from components.steps import VALID
+from components.training.trainjob import (
     run_trainjob,
     train_command,
     trainjob_manifest,
     trainjob_name,
 )
-from sign2text.params import Params
-from sign2text.steps import VALID
+from pipelines.parameters import apply_recipe
 
 # Object store layout under s3://<model bucket>/models/<InferenceService name>/:
 #   <run id>/      one packaged model per pipeline run that passed the gate
@@ -73,7 +73,7 @@ def validate_step(data_dir: Path, params: str, out: Path, report_html: Path) -> 
     """Validation into `out` (report.json, report.html, valid.json, docs/); the UI's HTML
     artifact `report_html` is the self-contained report, not the Data Docs' index: the UI shows
     that one file alone, and the index's styles and links would point off it."""
-    from sign2text.data.validate_report import write_report_html
+    from components.validation.report import write_report_html
 
     report = steps.validate(_params(params), Path(data_dir), Path(out))
     write_report_html(Path(report_html), report, docs=None)  # docs/ are in `out`, not beside it
@@ -122,25 +122,33 @@ def train_step(
     training into the same checkpoint dir on the shared claim. `cluster` is the pipeline's JSON
     of what the job needs from the cluster (image, tolerations, node_selector, cpu, memory,
     pvc, mount); `api` a TrainJobApi (default: the in-cluster client)."""
-    from sign2text.learning.train import HISTORY, METRICS, MODEL_DIR
+    from components.training.train import HISTORY, METRICS, MODEL_DIR
 
     work = checkpoint_dir(checkpoint_root, shards_hash, params)
     if nodes == 1 and gpus_per_node <= 1:
         final = steps.train(_params(params), Path(shards), work, resume=True)
     else:
         settings = json.loads(cluster)
-        manifest = trainjob_for(work, Path(shards), shards_hash, params, nodes=nodes,
-                                gpus_per_node=gpus_per_node, image=image or settings["image"],
-                                settings=settings, namespace=namespace)  # fmt: skip
+        manifest = trainjob_for(
+            work,
+            Path(shards),
+            shards_hash,
+            params,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            image=image or settings["image"],
+            settings=settings,
+            namespace=namespace,
+        )
         if api is None:
-            from sign2text.release.kube import KubernetesTrainJobApi
+            from components.infra.kube import KubernetesTrainJobApi
 
             api = KubernetesTrainJobApi()
         run_trainjob(api, manifest, timeout_s=timeout_h * 3600, poll_s=poll_s)
         final = json.loads((work / METRICS).read_text())
     shutil.copytree(work / MODEL_DIR, model_out, dirs_exist_ok=True)
     if curves_html is not None:
-        from sign2text.learning.curves import curves_html as page
+        from components.training.curves import curves_html as page
 
         Path(curves_html).parent.mkdir(parents=True, exist_ok=True)
         Path(curves_html).write_text(page(json.loads((work / HISTORY).read_text())))
@@ -208,7 +216,7 @@ def trainjob_for(
 
 def fetch_baseline(root: str, dest: Path) -> Path | None:
     """Production's metrics.json when a model has been rolled out before, else None."""
-    from sign2text.release.objstore import fetch_dir, is_published
+    from components.infra.objstore import fetch_dir, is_published
 
     uri = root + PRODUCTION + "/"
     if not is_published(uri):
@@ -228,9 +236,13 @@ def evaluate_step(
     with tempfile.TemporaryDirectory() as tmp:
         baseline = fetch_baseline(baseline_root, Path(tmp)) if baseline_root else None
         _, decision = steps.evaluate(
-            _params(params), Path(model_dir), Path(data_dir), Path(validation) / VALID,
-            Path(out), baseline=baseline,
-        )  # fmt: skip
+            _params(params),
+            Path(model_dir),
+            Path(data_dir),
+            Path(validation) / VALID,
+            Path(out),
+            baseline=baseline,
+        )
     return decision
 
 
@@ -343,7 +355,7 @@ def deploy_step(
 ) -> dict:
     """Roll `model_uri` out (cluster: KServe canary; local: the local stand-in), then copy it to
     `root`/production/, the baseline the next run's gate compares against."""
-    from sign2text.release.objstore import publish_dir
+    from components.infra.objstore import publish_dir
 
     plan = canary_plan(canary_percent, canary_steps)
     if smoke_video is None:
@@ -360,7 +372,7 @@ def deploy_step(
             timeout_s=DEPLOY_TIMEOUT_S,
         )
     elif target == "local":
-        from sign2text.release.local_deploy import serve_and_smoke_test
+        from components.release.local_deploy import serve_and_smoke_test
 
         result = serve_and_smoke_test(model_uri, smoke_video)
     else:
@@ -376,11 +388,12 @@ def predict_batch_step(
     """Score every video under `videos` (s3:// prefix or a folder the pod sees) with the model
     at `model` (a published s3:// package or a folder) into `out` (JSON Lines); returns the
     summary. workers 0: the step's default (one per 2 cores)."""
-    from sign2text.release.objstore import local_input
+    from components.infra.objstore import local_input
 
     with local_input(model) as model_dir:
-        return steps.predict_batch(model_dir, videos, Path(out), mode=mode, top_k=top_k,
-                                   workers=workers or None)  # fmt: skip
+        return steps.predict_batch(
+            model_dir, videos, Path(out), mode=mode, top_k=top_k, workers=workers or None
+        )
 
 
 def smoke_video(data_dir: Path, validation: Path) -> Path:

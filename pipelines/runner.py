@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines.components import DEFAULT_IMAGE
+from pipelines.kfp_components import DEFAULT_IMAGE
 from pipelines.sign2text import COMPILED, NAME, PARAMS, build_pipeline
 
 HOST_TIMEOUT_S = 10

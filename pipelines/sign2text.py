@@ -13,10 +13,10 @@ from pathlib import Path
 
 from kfp import dsl, kubernetes
 
-from pipelines.components import DEFAULT_IMAGE, build
+from components.params import load_params
+from components.training.trainjob import SHM
+from pipelines.kfp_components import DEFAULT_IMAGE, build
 from pipelines.parameters import RECIPE, recipe_defaults
-from sign2text.learning.trainjob import SHM
-from sign2text.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -48,11 +48,18 @@ def _with_s3(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 def _cluster(image: str) -> str:
     """What a TrainJob needs from the cluster, as the train step's JSON parameter."""
-    return json.dumps({
-        "image": image, "cpu": TRAIN_CPU, "memory": TRAIN_MEMORY,
-        "tolerations": TRAIN_TOLERATIONS, "node_selector": TRAIN_NODE_SELECTOR,
-        "pvc": CHECKPOINT_PVC, "mount": CHECKPOINT_MOUNT,
-    }, sort_keys=True)  # fmt: skip
+    return json.dumps(
+        {
+            "image": image,
+            "cpu": TRAIN_CPU,
+            "memory": TRAIN_MEMORY,
+            "tolerations": TRAIN_TOLERATIONS,
+            "node_selector": TRAIN_NODE_SELECTOR,
+            "pvc": CHECKPOINT_PVC,
+            "mount": CHECKPOINT_MOUNT,
+        },
+        sort_keys=True,
+    )
 
 
 def _in_pod_training(task: dsl.PipelineTask) -> dsl.PipelineTask:

@@ -20,7 +20,7 @@ INITIAL_MODEL_URI = "s3://sign2text/models/initial/"
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from sign2text.data.synth import synthesize
+    from components.data.synth import synthesize
 
     summary = synthesize(
         Path(args.out),
@@ -34,7 +34,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_import_i3d(args: argparse.Namespace) -> None:
-    from model.package import import_i3d
+    from model.network.bundle import import_i3d
     from model.video import PreprocessConfig
 
     pre = PreprocessConfig(num_frames=args.frames, resize=args.resize, crop=args.crop)
@@ -56,21 +56,27 @@ def _cmd_predict_local(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict_batch(args: argparse.Namespace) -> None:
-    from sign2text import steps
-    from sign2text.release.batch import summary_line
-    from sign2text.release.objstore import local_input
+    from components import steps
+    from components.infra.objstore import local_input
+    from components.scoring.predict_batch import summary_line
 
     with local_input(args.model_dir) as model_dir:
         summary = steps.predict_batch(
-            model_dir, args.src, Path(args.out), mode=args.mode, top_k=args.top_k,
-            workers=args.workers, device=args.device, retry_errors=args.retry_errors,
+            model_dir,
+            args.src,
+            Path(args.out),
+            mode=args.mode,
+            top_k=args.top_k,
+            workers=args.workers,
+            device=args.device,
+            retry_errors=args.retry_errors,
             progress=not args.quiet,
-        )  # fmt: skip
+        )
     print(summary_line(summary))
 
 
 def _params(args: argparse.Namespace):
-    from sign2text.params import Params
+    from components.params import Params
 
     return Params.load(args.params)
 
@@ -91,8 +97,8 @@ def _check_params_file(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from sign2text import steps
-    from sign2text.release.objstore import local_output
+    from components import steps
+    from components.infra.objstore import local_output
 
     with local_output(args.out) as out:
         manifest = steps.convert(
@@ -107,8 +113,8 @@ def _path(value: str | None) -> Path | None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
-    from sign2text.data.feedback import ingest_feedback, is_feedback_source
-    from sign2text.data.ingest import ingest
+    from components.data.feedback_ingest import ingest_feedback, is_feedback_source
+    from components.data.ingest import ingest
 
     if is_feedback_source(args.source):
         other = ("videos", "class_list", "top", "link")
@@ -116,9 +122,12 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
             flags = ", ".join("--" + f.replace("_", "-") for f in given)
             raise ValueError(f"{flags}: not for a feedback source (the app's store)")
         summary = ingest_feedback(
-            args.source, Path(args.out), confirmed=args.confirmed,
-            split=args.split or "train", progress=not args.quiet,
-        )  # fmt: skip
+            args.source,
+            Path(args.out),
+            confirmed=args.confirmed,
+            split=args.split or "train",
+            progress=not args.quiet,
+        )
     elif args.confirmed or args.split:
         raise ValueError("--confirmed and --split are for a feedback source (s3:// or records/)")
     else:
@@ -135,7 +144,7 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def _cmd_add(args: argparse.Namespace) -> None:
-    from sign2text.data.merge import add_samples
+    from components.data.merge import add_samples
 
     summary = add_samples(Path(args.source), Path(args.to), new_glosses=args.new_glosses)
     print(json.dumps(summary, indent=2))
@@ -147,12 +156,16 @@ def _cmd_add(args: argparse.Namespace) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> None:
-    from sign2text import steps
+    from components import steps
 
     report = steps.validate(
-        _params(args), Path(args.dataset), Path(args.out), workers=args.workers,
-        cache_dir=_path(args.cache_dir), progress=not args.quiet,
-    )  # fmt: skip
+        _params(args),
+        Path(args.dataset),
+        Path(args.out),
+        workers=args.workers,
+        cache_dir=_path(args.cache_dir),
+        progress=not args.quiet,
+    )
     print(
         f"{report['total']} samples: {report['valid']} valid, {len(report['quarantined'])} "
         f"quarantined {report['reasons']}, {len(report['warnings'])} warnings; "
@@ -161,8 +174,8 @@ def _cmd_validate(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from sign2text import steps
-    from sign2text.release.objstore import local_input
+    from components import steps
+    from components.infra.objstore import local_input
 
     params = _params(args)
     _ = params.train  # a bad recipe, or a device this machine lacks, fails before any fetch
@@ -175,15 +188,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from sign2text import steps
-    from sign2text.learning.evaluate import sentence_summary
-    from sign2text.release.objstore import local_input
+    from components import steps
+    from components.evaluation.evaluate import sentence_summary
+    from components.infra.objstore import local_input
 
     with local_input(args.model) as model_dir:
         metrics, decision = steps.evaluate(
-            _params(args), model_dir, Path(args.data), _path(args.samples), Path(args.out),
-            baseline=_path(args.baseline), progress=not args.quiet,
-        )  # fmt: skip
+            _params(args),
+            model_dir,
+            Path(args.data),
+            _path(args.samples),
+            Path(args.out),
+            baseline=_path(args.baseline),
+            progress=not args.quiet,
+        )
     test = metrics.get("test") or {}
     print(
         f"test top1={test.get('top1')} top5={test.get('top5')} top10={test.get('top10')} "
@@ -195,33 +213,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_package(args: argparse.Namespace) -> None:
-    from sign2text import steps
-    from sign2text.release.objstore import local_output
+    from components import steps
+    from components.infra.objstore import local_output
 
     with local_output(args.out) as out:
         lineage = steps.package(
-            _params(args), Path(args.model), Path(args.eval), out,
+            _params(args),
+            Path(args.model),
+            Path(args.eval),
+            out,
             allow_failed_gate=args.allow_failed_gate,
-        )  # fmt: skip
+        )
     onnx = (lineage.get("onnx") or {}).get("exported")
     onnx = {True: "model.onnx checked", False: "model.pt only"}.get(onnx, "ONNX not asked for")
     print(f"packaged {args.out} (gate {lineage['gate']}, data {lineage['data_md5']}, {onnx})")
 
 
 def _cmd_params(args: argparse.Namespace) -> None:
-    from sign2text.params import profile_overrides
+    from components.params import profile_overrides
 
     print(" ".join(profile_overrides(_params(args).values, args.profile)))
 
 
 def _cmd_app(args: argparse.Namespace) -> None:
-    from app.server import run
+    from app.main import run
 
     run(args.server)
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from model import server
+    from model.serving import server
 
     server.serve(args.server)
 
@@ -235,11 +256,17 @@ def _add_params_arg(p: argparse.ArgumentParser, quiet: bool = True) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from sign2text.client import format_table, predict, to_json
+    from components.infra.v2client import format_table, predict, to_json
 
     sentence = {"window": args.window, "stride": args.stride, "threshold": args.threshold}
-    result = predict(args.video, url=args.url, grpc=args.grpc, mode=args.mode, top_k=args.top_k,
-                     sentence=sentence)  # fmt: skip
+    result = predict(
+        args.video,
+        url=args.url,
+        grpc=args.grpc,
+        mode=args.mode,
+        top_k=args.top_k,
+        sentence=sentence,
+    )
     print(to_json(result) if args.json else format_table(result))
 
 
@@ -260,8 +287,16 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
             )
             print(f"sign2text: warning: {warning}", file=sys.stderr)
     elif args.pipeline_command == "submit":
-        print(json.dumps(runner.submit(args.host, package=Path(args.package), arguments=arguments,
-                                       experiment=args.experiment)))  # fmt: skip
+        print(
+            json.dumps(
+                runner.submit(
+                    args.host,
+                    package=Path(args.package),
+                    arguments=arguments,
+                    experiment=args.experiment,
+                )
+            )
+        )
     else:
         print(f"run outputs: {runner.run_local(Path(args.data), Path(args.out), arguments)}")
 
@@ -269,14 +304,14 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 def _cmd_deploy(args: argparse.Namespace) -> None:
     import yaml
 
-    from sign2text import steps
-    from sign2text.release.deploy import (
+    from components import steps
+    from components.infra.kube import KubernetesApi
+    from components.release.deploy import (
         DEFAULT_NAMES,
         DEFAULT_TEMPLATES,
         RolloutFailed,
         load_templates,
     )
-    from sign2text.release.kube import KubernetesApi
 
     try:
         percents = [int(s) for s in args.steps.split(",")]
@@ -288,20 +323,28 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     names = list(load_templates(templates)) if args.template else list(DEFAULT_NAMES)
     try:
         result = steps.deploy(
-            Path(args.model_dir), args.model_uri, namespace=args.namespace,
-            names=names, steps=percents, soak_s=args.soak_s, timeout_s=args.timeout_s,
+            Path(args.model_dir),
+            args.model_uri,
+            namespace=args.namespace,
+            names=names,
+            steps=percents,
+            soak_s=args.soak_s,
+            timeout_s=args.timeout_s,
             max_error_rate_increase=args.max_error_rate_increase,
             max_p95_increase=args.max_p95_increase,
             smoke_videos=args.smoke_video,
-            api=KubernetesApi(args.kubeconfig, args.context), templates=templates,
-            dry_run=args.dry_run, log=lambda m: print(m, file=sys.stderr, flush=True),
-        )  # fmt: skip
+            api=KubernetesApi(args.kubeconfig, args.context),
+            templates=templates,
+            dry_run=args.dry_run,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
     except RolloutFailed as e:
         print(f"sign2text: deploy failed ({e.result.get('outcome')}): {e}", file=sys.stderr)
         raise SystemExit(1) from None
     if args.dry_run:
-        for a in result["actions"] + [{**a, "verb": "on failure: patch"}
-                                      for a in result.get("on_failure", [])]:  # fmt: skip
+        for a in result["actions"] + [
+            {**a, "verb": "on failure: patch"} for a in result.get("on_failure", [])
+        ]:
             print(f"# {a['verb']} InferenceService {args.namespace}/{a['name']}")
             print(yaml.safe_dump(a["body"], sort_keys=False), end="---\n")
         return
@@ -309,7 +352,7 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
 
 
 def _cmd_model_publish(args: argparse.Namespace) -> None:
-    from sign2text import steps
+    from components import steps
 
     manifest = steps.publish(Path(args.model_dir), args.uri, overwrite=args.overwrite)
     size = sum(f["size"] for f in manifest["files"])
@@ -317,7 +360,7 @@ def _cmd_model_publish(args: argparse.Namespace) -> None:
 
 
 def _cmd_model_export(args: argparse.Namespace) -> None:
-    from sign2text.release.export import export_onnx
+    from components.release.onnx_export import export_onnx
 
     rec = export_onnx(args.model_dir, video=args.video, tol=args.tolerance)
     diff = max(rec["max_abs_diff"].values())
@@ -329,7 +372,7 @@ def _cmd_model_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_model_triton_repo(args: argparse.Namespace) -> None:
-    from sign2text.release.triton import write_repository
+    from components.release.triton_repo import write_repository
 
     target = write_repository(
         args.model_dir,
@@ -346,7 +389,7 @@ def _cmd_model_triton_repo(args: argparse.Namespace) -> None:
 
 
 def _cmd_images_stamp(args: argparse.Namespace) -> None:
-    from sign2text.release.images import stamp_overlays
+    from components.release.images import stamp_overlays
 
     for overlay, images in stamp_overlays(Path(args.manifests), args.registry, args.tag).items():
         for image in images:
@@ -404,10 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("--class-list", help="wlasl_class_list.txt (index<TAB>gloss)")
     ig.add_argument("--top", type=int, help="keep the first N glosses (WLASL100: 100)")
     ig.add_argument("--link", action="store_true", help="hard-link videos instead of copying")
-    ig.add_argument("--confirmed", action="store_true",
-                    help="feedback: also the predictions people marked correct")  # fmt: skip
-    ig.add_argument("--split", choices=("train", "val", "test"),
-                    help="feedback: the split its samples go to (default train)")  # fmt: skip
+    ig.add_argument(
+        "--confirmed",
+        action="store_true",
+        help="feedback: also the predictions people marked correct",
+    )
+    ig.add_argument(
+        "--split",
+        choices=("train", "val", "test"),
+        help="feedback: the split its samples go to (default train)",
+    )
     ig.add_argument("--quiet", action="store_true", help="no progress bar")
     ig.set_defaults(func=_cmd_ingest)
 
@@ -421,8 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ad.add_argument("source", help="dataset folder to take samples from (WLASL layout)")
     ad.add_argument("--to", default="data", help="dataset folder to add to (default data)")
-    ad.add_argument("--new-glosses", action="store_true",
-                    help="append glosses TO lacks as new classes, after its own")  # fmt: skip
+    ad.add_argument(
+        "--new-glosses",
+        action="store_true",
+        help="append glosses TO lacks as new classes, after its own",
+    )
     ad.set_defaults(func=_cmd_add)
 
     v = data.add_parser(
@@ -528,8 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("model_dir", metavar="DIR", help="model directory (model.pt, config.json)")
     me.add_argument("--format", choices=("onnx",), required=True, help="export format: onnx")
     me.add_argument("--video", help="clip to verify on (default: a rendered synthetic clip)")
-    me.add_argument("--tolerance", type=float, default=1e-4,
-                    help="largest allowed |ONNX - torch| logit (default 1e-4)")  # fmt: skip
+    me.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed |ONNX - torch| logit (default 1e-4)",
+    )
     me.set_defaults(func=_cmd_model_export)
     mt = mdl.add_parser(
         "triton-repo",
@@ -541,11 +597,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mt.add_argument("model_dir", metavar="MODEL_DIR", help="model directory with model.onnx")
     mt.add_argument("out", metavar="OUT", help="repository directory to write")
-    mt.add_argument("--max-batch-size", type=int, default=8,
-                    help="most clips Triton runs in one forward (default 8)")  # fmt: skip
-    mt.add_argument("--max-queue-delay-us", type=int, default=2000,
-                    help="longest a request waits for others to batch with, in microseconds "
-                    "(default 2000)")  # fmt: skip
+    mt.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="most clips Triton runs in one forward (default 8)",
+    )
+    mt.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="longest a request waits for others to batch with, in microseconds (default 2000)",
+    )
     mt.add_argument("--overwrite", action="store_true", help="replace OUT/sign2text")
     mt.set_defaults(func=_cmd_model_triton_repo)
 
@@ -576,17 +639,20 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--top-k", type=int, default=5, help="word mode: how many glosses (5)")
     pb.add_argument("--workers", type=int, help="processes (default: 1 per 2 cores, at most 4)")
     pb.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default cpu)")
-    pb.add_argument("--retry-errors", action="store_true",
-                    help="score again the videos --out holds an error for")  # fmt: skip
+    pb.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="score again the videos --out holds an error for",
+    )
     pb.add_argument("--quiet", action="store_true", help="no progress bar")
     pb.set_defaults(func=_cmd_predict_batch)
 
     # `serve` declares no flags: parse_args hands its arguments, --help included, to
-    # model/server.py's own parser (kserve's flags and the server's), so only `serve` pays for
-    # importing kserve.
+    # model/serving/server.py's own parser (kserve's flags and the server's), so only `serve` pays
+    # for importing kserve.
     sv = sub.add_parser("serve", add_help=False, help="serve a model over KServe v2 REST + gRPC")
     sv.set_defaults(func=_cmd_serve)
-    # `app` likewise: app/server.py's parser (the app image runs `python -m app.server`).
+    # `app` likewise: app/main.py's parser (the app image runs `python -m app.main`).
     ap = sub.add_parser("app", add_help=False, help="the web app, against a served model")
     ap.set_defaults(func=_cmd_app)
 
@@ -643,12 +709,24 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--soak-s", type=float, default=60, help="seconds at each step (60)")
     dp.add_argument("--timeout-s", type=float, default=600, help="wait limit per step (600)")
     dp.add_argument("--smoke-video", action="append", default=[], help="sample video (repeat)")
-    dp.add_argument("--max-error-rate-increase", type=float, default=0.0,
-                    help="canary error rate may exceed prev's by this (default 0)")  # fmt: skip
-    dp.add_argument("--max-p95-increase", type=float, default=0.5,
-                    help="canary p95 may exceed prev's by this fraction (default 0.5)")  # fmt: skip
-    dp.add_argument("--template", action="append", default=[],
-                    help="InferenceService template (repeat; default: manifests/base)")  # fmt: skip
+    dp.add_argument(
+        "--max-error-rate-increase",
+        type=float,
+        default=0.0,
+        help="canary error rate may exceed prev's by this (default 0)",
+    )
+    dp.add_argument(
+        "--max-p95-increase",
+        type=float,
+        default=0.5,
+        help="canary p95 may exceed prev's by this fraction (default 0.5)",
+    )
+    dp.add_argument(
+        "--template",
+        action="append",
+        default=[],
+        help="InferenceService template (repeat; default: manifests/base)",
+    )
     dp.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, else ~/.kube/config)")
     dp.add_argument("--context", help="kubeconfig context")
     dp.add_argument("--dry-run", action="store_true", help="print the requests, send none")
@@ -675,11 +753,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
-        from model.server import build_parser as server_parser
+        from model.serving.server import build_parser as server_parser
 
         args.server = server_parser(prog="sign2text serve").parse_args(rest)
     elif args.command == "app":
-        from app.server import build_parser as app_parser
+        from app.main import build_parser as app_parser
 
         args.server = app_parser(prog="sign2text app").parse_args(rest)
     elif rest:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sign2text.data.synth import moving_square, write_video  # noqa: F401 (tests import them here)
-from sign2text.params import TrainConfig, load_params
+from components.data.synth import moving_square, write_video  # noqa: F401 (tests import them here)
+from components.params import TrainConfig, load_params
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]

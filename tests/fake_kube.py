@@ -1,6 +1,6 @@
 """FAKE Kubernetes API + KServe/Knative controller, in memory (no cluster can run here).
 
-Implements `sign2text.release.kube.KubeApi`. Every create and merge patch is validated against the
+Implements `components.infra.kube.KubeApi`. Every create and merge patch is validated against the
 KServe CRD schema (tests/crd_schema.py) before it is applied, and the object after it too.
 Patches are applied as RFC 7386 JSON merge patches. The controller moves status through the
 fields KServe does (knative ksvc_reconciler + PropagateStatus):
@@ -140,8 +140,14 @@ class FakeKServe:
             tpl = _template(obj)
             if not revs or revs[-1].template != tpl:
                 uri = tpl["predictor"]["model"]["storageUri"]
-                revs.append(Revision(f"{name}-predictor-{len(revs) + 1:05d}", copy.deepcopy(tpl),
-                                     self.ready_after, uri in self.never_ready))  # fmt: skip
+                revs.append(
+                    Revision(
+                        f"{name}-predictor-{len(revs) + 1:05d}",
+                        copy.deepcopy(tpl),
+                        self.ready_after,
+                        uri in self.never_ready,
+                    )
+                )
             status["observedGeneration"] = obj["metadata"]["generation"]
         else:
             for r in revs:
@@ -183,8 +189,12 @@ class FakeKServe:
         if latest.ready:
             cond = {"type": "Ready", "status": "True"}
         elif latest.never_ready:
-            cond = {"type": "Ready", "status": "False", "reason": "RevisionFailed",
-                    "message": f"Revision {latest.name} failed: model download failed"}  # fmt: skip
+            cond = {
+                "type": "Ready",
+                "status": "False",
+                "reason": "RevisionFailed",
+                "message": f"Revision {latest.name} failed: model download failed",
+            }
         else:
             cond = {"type": "Ready", "status": "Unknown", "reason": "RevisionMissing"}
         status["conditions"] = [cond]

@@ -1,7 +1,7 @@
 """FAKE Kubernetes API + Kubeflow Trainer (and JobSet) controller, in memory: no cluster can
 run here.
 
-Implements `sign2text.learning.trainjob.TrainJobApi`. Every TrainJob created is validated
+Implements `components.training.trainjob.TrainJobApi`. Every TrainJob created is validated
 against the TrainJob CRD's openAPIV3Schema (tests/crd_schema.py: strict, unknown fields
 rejected, plus the CRD's name rule), and again with its status after each controller step. Its
 runtimeRef must name the `torch-distributed` ClusterTrainingRuntime (the upstream copy in
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from sign2text.release.kube import KubeError
+from components.infra.kube import KubeError
 from tests.crd_schema import validate
 
 RUNTIME = yaml.safe_load(
@@ -41,8 +41,13 @@ def _stamp(t: dt.datetime) -> str:
 
 
 def _condition(kind: str, reason: str, message: str, when: dt.datetime) -> dict:
-    return {"type": kind, "status": "True", "reason": reason, "message": message,
-            "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}  # fmt: skip
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 def _check_runtime(obj: dict) -> None:
@@ -164,8 +169,12 @@ class FakeTrainer:
                     "jobset.sigs.k8s.io/replicatedjob-name": "node",
                     "batch.kubernetes.io/job-completion-index": str(i),
                 }
-                meta = {"name": pod, "namespace": ns, "labels": labels,
-                        "creationTimestamp": _stamp(self.now)}  # fmt: skip
+                meta = {
+                    "name": pod,
+                    "namespace": ns,
+                    "labels": labels,
+                    "creationTimestamp": _stamp(self.now),
+                }
                 self.pod_objects[(ns, pod)] = {"metadata": meta, "status": {"phase": "Running"}}
         else:
             counts["ready"] = 1
@@ -178,8 +187,9 @@ class FakeTrainer:
                 if self.on_complete:
                     self.on_complete(copy.deepcopy(obj))
                 counts["succeeded"] = 1
-                cond = _condition("Complete", "AllJobsCompleted", "jobset completed successfully",
-                                  self.now)  # fmt: skip
+                cond = _condition(
+                    "Complete", "AllJobsCompleted", "jobset completed successfully", self.now
+                )
             else:
                 counts["failed"] = 1
                 message = "jobset failed due to one or more job failures"

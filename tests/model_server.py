@@ -1,4 +1,4 @@
-"""The real KServe ModelServer (`python -m model.server`) for tests: a small input-sensitive
+"""The real KServe ModelServer (`python -m model.serving.server`) for tests: a small input-sensitive
 model directory and the server in a subprocess on free 127.0.0.1 ports.
 
 Imports neither kserve nor tritonclient, so any test module (and client subprocess) may use it.
@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.release.local_deploy import free_port, stop_process
 from model import video as V
-from model.i3d import I3DConfig, InceptionI3d
-from model.package import write_model_dir
-from sign2text.release.local_deploy import free_port, stop_process
+from model.network.bundle import write_model_dir
+from model.network.i3d import I3DConfig, InceptionI3d
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["hello", "thanks", "book", "drink", "computer", "before", "go"]
@@ -82,11 +82,12 @@ def serve(model_dir: Path, log: Path, *extra: str, env: dict | None = None) -> I
     """The server on free ports, ready to answer; stopped (and waited for) on exit. `env`:
     variables to add to the server's environment."""
     http, grpc = free_port(), free_port()
-    cmd = [sys.executable, "-m", "model.server", "--model-dir", str(model_dir)]
+    cmd = [sys.executable, "-m", "model.serving.server", "--model-dir", str(model_dir)]
     cmd += ["--http-port", str(http), "--grpc-port", str(grpc), *extra]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV | (env or {}), stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=ENV | (env or {}), stdout=out, stderr=subprocess.STDOUT
+        )
     srv = Server(proc, http, grpc, log)
     try:
         deadline = time.monotonic() + 60

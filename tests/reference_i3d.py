@@ -4,7 +4,8 @@ This restates the pytorch-i3d / WLASL computation as it is written there: every 
 pads explicitly with F.pad (zeros) by TensorFlow's "same" rule computed from the input size at
 call time, Unit3D = conv (no padding, no bias) -> BatchNorm(eps=1e-3) -> ReLU, and the head is a
 fixed AvgPool3d([2, 7, 7], stride 1) -> dropout -> 1x1x1 conv with bias, squeezed to [B, N, T'].
-It shares nothing with model/i3d.py, so agreement between the two is evidence, not tautology.
+It shares nothing with model/network/i3d.py, so agreement between the two is evidence, not
+tautology.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fixtures for a real S3 server on 127.0.0.1 (tools/s3.py). Import them into a test module:
+"""Fixtures for a real S3 server on 127.0.0.1 (tools/s3_server.py). Import them into a test module:
 
     from tests.s3 import s3_env_fixture, s3_server_fixture  # noqa: F401
 
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tools.s3 import S3Server, _free_ports, run_s3_server
+from tools.s3_server import S3Server, _free_ports, run_s3_server
 
 __all__ = ["Relay", "S3Server", "_free_ports", "s3_env_fixture", "s3_server_fixture"]
 

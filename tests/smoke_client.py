@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sign2text.release import deploy as D  # noqa: E402
-from sign2text.release.smoke import Margins, VideoSmoke  # noqa: E402
+from components.release import deploy as D  # noqa: E402
+from components.release.smoke import Margins, VideoSmoke  # noqa: E402
 
 
 def with_tag_urls(template: dict, latest: str, prev: str) -> dict:

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 import pytest
 
+from components.release.local_deploy import free_port, stop_process
 from model.predict import Classifier
-from sign2text.release.local_deploy import free_port, stop_process
 from tests.browser import LOCAL_ARGS, offline_chromium
 from tests.conftest import moving_square, write_video
 from tests.model_server import ENV, OPENER, ROOT, serve
@@ -36,8 +36,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "sentence_model"
 @contextlib.contextmanager
 def app_server(model_url: str, log: Path, *extra: str, env: dict | None = None):
     port = free_port()
-    cmd = [sys.executable, "-m", "app.server", "--model-url", model_url, "--port", str(port),
-           *extra]  # fmt: skip
+    cmd = [sys.executable, "-m", "app.main", "--model-url", model_url, "--port", str(port), *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -250,10 +249,10 @@ def _records(s3_server) -> dict[str, dict]:
 
 
 def test_wrong_plus_a_gloss_becomes_a_sample_that_validates(stack, videos, s3_server, tmp_path):
+    from components.data.dataset import load_samples
+    from components.data.feedback_ingest import ingest_feedback
+    from components.validation.validate import validate
     from model.storage import hash_file
-    from sign2text.data.dataset import load_samples
-    from sign2text.data.feedback import ingest_feedback
-    from sign2text.data.validate import validate
 
     driver, *_ = stack
     _mode(driver, "word")
@@ -365,8 +364,12 @@ def test_links_are_fetched_within_limits(videos):
         return asyncio.run(fetch(url, **{"max_bytes": 1 << 20, **kw}))
 
     with _file_server(videos) as files:
-        for url in ("ftp://example.org/a.mp4", "file:///etc/passwd", f"{files}/sign.mp4",
-                    "http://169.254.169.254/latest/meta-data/"):  # fmt: skip
+        for url in (
+            "ftp://example.org/a.mp4",
+            "file:///etc/passwd",
+            f"{files}/sign.mp4",
+            "http://169.254.169.254/latest/meta-data/",
+        ):
             with pytest.raises(FetchError, match="only http|private"):
                 get(url)
         data, name = get(f"{files}/sign.mp4", allow_private=True)

@@ -1,6 +1,6 @@
-"""Concurrent requests share forwards (model/batching.py): the batcher's rules with a recording
-runtime, then the real predictor answering concurrent requests in fewer forwards, each with the
-answer it gets alone."""
+"""Concurrent requests share forwards (model/serving/batching.py): the batcher's rules with a
+recording runtime, then the real predictor answering concurrent requests in fewer forwards, each
+with the answer it gets alone."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from model.batching import Batcher
-from model.serving import Sign2TextModel
+from model.serving.batching import Batcher
+from model.serving.predictor import Sign2TextModel
 from tests.conftest import moving_square
 from tests.test_serving import _frames_request, _outputs
 
@@ -104,8 +104,13 @@ def test_served_concurrent_requests_batch_and_answer_as_alone(onnx_sentence_mode
     """Six concurrent word-mode requests through the real predictor: fewer forwards than
     requests, and each gets the glosses and scores it gets alone."""
     videos = [moving_square(30, seed=i)[..., ::-1].copy() for i in range(6)]
-    m = Sign2TextModel(onnx_sentence_model, runtime=runtime, max_batch_size=8,
-                       max_batch_wait_s=0.5, max_in_flight=6)  # fmt: skip
+    m = Sign2TextModel(
+        onnx_sentence_model,
+        runtime=runtime,
+        max_batch_size=8,
+        max_batch_wait_s=0.5,
+        max_in_flight=6,
+    )
     m.load()
     assert m.classifier.runtime.name == runtime
     alone = [_outputs(asyncio.run(m.predict(_frames_request(v)))) for v in videos]

@@ -13,10 +13,13 @@ from sign2text.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
 STEP_MODULES = [
-    "sign2text.params",
-    *(f"sign2text.data.{m}" for m in ("validate", "convert")),
-    *(f"sign2text.learning.{m}" for m in ("train", "evaluate")),
-    *(f"sign2text.release.{m}" for m in ("package", "objstore")),
+    "components.params",
+    "components.validation.validate",
+    "components.conversion.convert",
+    "components.training.train",
+    "components.evaluation.evaluate",
+    "components.release.package",
+    "components.infra.objstore",
 ]
 
 
@@ -60,5 +63,7 @@ def test_an_explicit_params_file_that_is_missing_is_named(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     assert main(["--params", "conf/p.yaml", "params", "wlasl"]) == 2
     err = capsys.readouterr().err
-    assert err == f"sign2text: error: params file not found: conf/p.yaml in {tmp_path} " \
-        "(given with --params)\n"  # fmt: skip
+    assert (
+        err == f"sign2text: error: params file not found: conf/p.yaml in {tmp_path} "
+        "(given with --params)\n"
+    )

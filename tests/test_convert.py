@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-import sign2text.data.convert as conv
+import components.conversion.convert as conv
+from components.conversion.convert import convert, iter_samples, read_manifest
+from components.data.dataset import load_glosses, load_samples
+from components.data.synth import synthesize
 from model.video import PreprocessConfig, count_frames
-from sign2text.data.convert import convert, iter_samples, read_manifest
-from sign2text.data.dataset import load_glosses, load_samples
-from sign2text.data.synth import synthesize
 from tests.conftest import moving_square, write_video
 
 # Synth clips are 126-160 px on the short side: 112 shrinks them all, and a 16:9 one comes out

@@ -6,14 +6,21 @@ import json
 import re
 from xml.etree import ElementTree
 
-from sign2text.learning.curves import curves_html, write_curves
+from components.training.curves import curves_html, write_curves
 
 HISTORY = [
     {"epoch": 1, "loss": 1.6, "lr": 0.002, "val_top1": 0.25, "val_top5": 0.75, "seconds": 3.0},
     {"epoch": 2, "loss": 1.1, "lr": 0.001, "val_top1": 0.5, "val_top5": 1.0, "seconds": 2.9},
-    {"epoch": 3, "loss": 0.9, "lr": 0.0005, "val_top1": 0.5, "val_top5": 1.0,
-     "val_context_acc": 0.6, "seconds": 4.1},
-]  # fmt: skip
+    {
+        "epoch": 3,
+        "loss": 0.9,
+        "lr": 0.0005,
+        "val_top1": 0.5,
+        "val_top5": 1.0,
+        "val_context_acc": 0.6,
+        "seconds": 4.1,
+    },
+]
 
 
 def test_write_curves_replaces_both_files_whole(tmp_path):

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sign2text.release.deploy import (
+from components.infra.kube import KubeError
+from components.infra.objstore import fetch_dir, is_published
+from components.release.deploy import (
     ANN_COMMIT,
     ANN_DATA,
     ANN_MODEL,
@@ -19,9 +21,7 @@ from sign2text.release.deploy import (
     RolloutFailed,
     deploy,
 )
-from sign2text.release.kube import KubeError
-from sign2text.release.objstore import fetch_dir, is_published
-from sign2text.release.smoke import SmokeStats
+from components.release.smoke import SmokeStats
 from tests.crd_schema import validate, validate_patch
 from tests.fake_kube import Crash, FakeKServe
 from tests.s3 import s3_env_fixture, s3_server_fixture  # noqa: F401
@@ -72,11 +72,23 @@ def env(s3_env, tmp_path):
         return d, f"s3://{bucket}/models/{version}/"
 
     def run(version: str, checker=None, **kw):
-        d, uri = package(version) if not (tmp_path / version).exists() else (
-            tmp_path / version, f"s3://{bucket}/models/{version}/")  # fmt: skip
+        d, uri = (
+            package(version)
+            if not (tmp_path / version).exists()
+            else (tmp_path / version, f"s3://{bucket}/models/{version}/")
+        )
         kw = {"steps": (10, 50), "soak_s": 30, "timeout_s": 60, "poll_s": 5, **kw}
-        return deploy(d, model_uri=uri, namespace=NS, smoke=checker or Checker(kube), api=kube,
-                      clock=clock.now, sleep=clock.sleep, log=lambda _: None, **kw)  # fmt: skip
+        return deploy(
+            d,
+            model_uri=uri,
+            namespace=NS,
+            smoke=checker or Checker(kube),
+            api=kube,
+            clock=clock.now,
+            sleep=clock.sleep,
+            log=lambda _: None,
+            **kw,
+        )
 
     return kube, clock, run, bucket, tmp_path
 
@@ -90,8 +102,11 @@ def _pred_status(kube, name):
 
 
 def _patches(kube):
-    return [(n, b["spec"]["predictor"].get("canaryTrafficPercent", "-")) for v, n, b in kube.writes
-            if v == "patch"]  # fmt: skip
+    return [
+        (n, b["spec"]["predictor"].get("canaryTrafficPercent", "-"))
+        for v, n, b in kube.writes
+        if v == "patch"
+    ]
 
 
 def test_first_deploy_creates_both_services_at_100(env):
@@ -102,8 +117,10 @@ def test_first_deploy_creates_both_services_at_100(env):
     assert (fetch_dir(f"s3://{bucket}/models/v1/", tmp / "dl") / "model.pt").read_bytes() == (
         b"v1" * 1000
     )
-    assert [(v, n) for v, n, _ in kube.writes] == [("create", "sign2text"),
-                                                   ("create", "sign2text-grpc")]  # fmt: skip
+    assert [(v, n) for v, n, _ in kube.writes] == [
+        ("create", "sign2text"),
+        ("create", "sign2text-grpc"),
+    ]
     for name in NAMES:
         obj = kube.objects[(NS, name)]
         assert obj["metadata"]["namespace"] == NS
@@ -135,9 +152,13 @@ def test_canary_ramps_soaks_and_promotes(env):
     result = run("v2", checker)
     assert result["outcome"] == "promoted"
     assert _patches(kube) == [
-        ("sign2text", 10), ("sign2text-grpc", 10), ("sign2text", 50), ("sign2text-grpc", 50),
-        ("sign2text", None), ("sign2text-grpc", None),
-    ]  # fmt: skip
+        ("sign2text", 10),
+        ("sign2text-grpc", 10),
+        ("sign2text", 50),
+        ("sign2text-grpc", 50),
+        ("sign2text", None),
+        ("sign2text-grpc", None),
+    ]
     # Promote is a merge patch removing the field.
     promote = [b for v, _, b in kube.writes if v == "patch"][-1]
     assert promote == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
@@ -370,13 +391,16 @@ def test_dry_run_sends_nothing_and_shows_valid_requests(env, capsys):
     n = len(kube.writes)
     plan = run("v2", dry_run=True)
     assert len(kube.writes) == n
-    sent = [(a["name"], a["body"]["spec"]["predictor"]["canaryTrafficPercent"])
-            for a in plan["actions"]]  # fmt: skip
+    sent = [
+        (a["name"], a["body"]["spec"]["predictor"]["canaryTrafficPercent"]) for a in plan["actions"]
+    ]
     assert sent == [(nm, p) for p in (10, 50, None) for nm in NAMES]
     for a in plan["actions"] + plan["on_failure"]:
         validate_patch("InferenceService", "serving.kserve.io/v1beta1", a["body"])
-    assert all(a["body"]["spec"]["predictor"]["model"]["storageUri"].endswith("/v1/")
-               for a in plan["on_failure"])  # fmt: skip
+    assert all(
+        a["body"]["spec"]["predictor"]["model"]["storageUri"].endswith("/v1/")
+        for a in plan["on_failure"]
+    )
 
 
 def test_bad_arguments_are_clear_errors(env):

@@ -19,13 +19,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from components.conversion.convert import convert, read_manifest
+from components.data.synth import synthesize
+from components.training import clips as clips_module
+from components.training import stream as stream_module
+from components.training.clips import ShardClips, rank_items, steps_per_epoch
+from components.training.stream import StreamClips
 from model.video import PreprocessConfig
-from sign2text.data.convert import convert, read_manifest
-from sign2text.data.synth import synthesize
-from sign2text.learning import clips as clips_module
-from sign2text.learning import stream as stream_module
-from sign2text.learning.clips import ShardClips, rank_items, steps_per_epoch
-from sign2text.learning.stream import StreamClips
 from tests.test_train import tiny_params
 
 TIMING = ("seconds", "train_samples_per_s")  # wall-clock: differs run to run
@@ -84,8 +84,9 @@ def test_each_rank_reads_only_its_shards_and_takes_the_same_steps(shards, monkey
 def test_streamed_epochs_reshuffle_and_repeat_exactly(shards):
     """A streamed epoch is a function of (seed, epoch, rank): the same again (so a resumed run
     sees what an uninterrupted one saw), another order in the next epoch."""
-    ds = StreamClips(shards, "train", PRE, train=True, shuffle_buffer=8, context_buffer=4,
-                     **CONTEXT)  # fmt: skip
+    ds = StreamClips(
+        shards, "train", PRE, train=True, shuffle_buffer=8, context_buffer=4, **CONTEXT
+    )
     labels = []
     for epoch in (0, 0, 1):
         ds.set_epoch(epoch, context=False)
@@ -98,8 +99,8 @@ MEASURE = """
 import sys, torch
 from pathlib import Path
 from model.video import PreprocessConfig
-from sign2text.learning.clips import ShardClips, loader
-from sign2text.learning.stream import StreamClips
+from components.training.clips import ShardClips, loader
+from components.training.stream import StreamClips
 kind, shards, report = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 pre = PreprocessConfig(num_frames=8, resize=128, crop=112)
 kw = dict(train=True, context_fraction=1.0, context_window=12, no_sign=4)
@@ -139,8 +140,9 @@ def _grown(root: Path, times: int) -> Path:
             shutil.copyfile(root / "x1" / shard["name"], out / name)
             listed.append({**shard, "name": name})
     samples = manifest["splits"]["train"]["samples"] * times
-    manifest["splits"] = {"train": {**manifest["splits"]["train"], "shards": listed,
-                                    "samples": samples}}  # fmt: skip
+    manifest["splits"] = {
+        "train": {**manifest["splits"]["train"], "shards": listed, "samples": samples}
+    }
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -159,9 +161,14 @@ def test_a_streaming_worker_needs_no_more_memory_for_4x_the_data(tmp_path):
     for kind in ("streamed", "cached"):
         for shards in (tmp_path / "x1", big):
             report = tmp_path / f"{kind}-{shards.name}.txt"
-            r = subprocess.run([sys.executable, "-c", MEASURE, kind, str(shards), str(report)],
-                               cwd=ROOT, capture_output=True, text=True, timeout=300,
-                               check=True)  # fmt: skip
+            r = subprocess.run(
+                [sys.executable, "-c", MEASURE, kind, str(shards), str(report)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
             clips, mib = (int(v) for v in r.stdout.split())
             peak[kind, shards.name] = mib
         assert clips > 0
@@ -174,10 +181,25 @@ def test_a_streaming_worker_needs_no_more_memory_for_4x_the_data(tmp_path):
 
 def _torchrun(shards: Path, out: Path, params: Path, *extra: str) -> list[str]:
     cli = str(Path(sys.executable).with_name("sign2text"))  # the console script, as users run it
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc-per-node", "2", "--no-python", cli,
-            "train", "--shards", str(shards), "--out", str(out), "--params", str(params),
-            "--quiet", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--no-python",
+        cli,
+        "train",
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _curve(run: Path) -> list[dict]:  # everything but wall-clock time must match
@@ -192,18 +214,27 @@ def test_torchrun_job_killed_whole_then_resumed_ends_with_the_same_weights(shard
     params = tiny_params(tmp_path, epochs=3, cache=False, bn_clips=16)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    r = subprocess.run(_torchrun(shards, whole, params), env=env, capture_output=True, text=True,
-                       timeout=600)  # fmt: skip
+    r = subprocess.run(
+        _torchrun(shards, whole, params), env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((whole / "history.json").read_text())
     assert [row["world_size"] for row in rows] == [2] * 4
     assert all(len(set(row["samples_per_rank"])) == 1 for row in rows)  # equal shares
-    names = [line.split("train shards ")[1].split() for line in r.stdout.splitlines()
-             if "train shards" in line]  # fmt: skip
+    names = [
+        line.split("train shards ")[1].split()
+        for line in r.stdout.splitlines()
+        if "train shards" in line
+    ]
     assert len(names) == 2 and not set(names[0]) & set(names[1])
 
-    proc = subprocess.Popen(_torchrun(shards, broken, params), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _torchrun(shards, broken, params),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not (broken / "history.json").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "training never wrote a checkpoint"
@@ -218,8 +249,13 @@ def test_torchrun_job_killed_whole_then_resumed_ends_with_the_same_weights(shard
     psutil.wait_procs(everyone, timeout=10)
     epoch = torch.load(broken / "state.pt", weights_only=True)["epoch"]
     assert 1 <= epoch < 4 and not (broken / "model").exists()
-    r = subprocess.run(_torchrun(shards, broken, params, "--resume"), env=env,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    r = subprocess.run(
+        _torchrun(shards, broken, params, "--resume"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"after epoch {epoch}" in r.stdout, r.stdout
     a = torch.load(whole / "model" / "model.pt", weights_only=True)
@@ -238,8 +274,11 @@ def test_persistent_loader_workers_follow_the_epoch(shards, kind):
     for epoch in (0, 1):
         ds.set_epoch(epoch, context=epoch == 1)
         alone.set_epoch(epoch, context=epoch == 1)
-        mine = sorted((int(y), float(x.double().sum())) for xs, ys, _ in kept
-                      for x, y in zip(xs, ys, strict=True))  # fmt: skip
+        mine = sorted(
+            (int(y), float(x.double().sum()))
+            for xs, ys, _ in kept
+            for x, y in zip(xs, ys, strict=True)
+        )
         ref = sorted((int(y), float(x.double().sum())) for x, y, _ in alone)
         assert len(mine) == len(ref)  # epoch 1 adds context windows: the flag reached them
         if kind == "cached":  # the same clips, dealt to the workers in turn

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sign2text.data.synth import synthesize
+from components.data.synth import synthesize
 from tests.test_train import TINY_MODEL, TINY_TRAIN
 from tests.test_validate import plant
 
@@ -26,8 +26,12 @@ BIN = Path(sys.executable).parent
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "SIGN2TEXT_CACHE_DIR": str(cwd / ".probe-cache")}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "SIGN2TEXT_CACHE_DIR": str(cwd / ".probe-cache"),
+    }
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
     return r.stdout + r.stderr
@@ -43,8 +47,13 @@ def repo(tmp_path_factory) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"] = TINY_MODEL
     # DVC's bookkeeping is under test, not learning: the least training that makes every file
-    params["train"] = {**TINY_TRAIN, "epochs": 1, "context_fraction": 0.0, "context_epochs": 0,
-                       "bn_clips": 8}  # fmt: skip
+    params["train"] = {
+        **TINY_TRAIN,
+        "epochs": 1,
+        "context_fraction": 0.0,
+        "context_epochs": 0,
+        "bn_clips": 8,
+    }
     params["evaluate"]["sentences"] = 0
     params["package"]["onnx"] = False  # the export is tested elsewhere; this is bookkeeping
     params["evaluate"]["min_top1"] = 0.0
@@ -103,18 +112,25 @@ def test_repro_runs_all_then_nothing_then_only_what_a_param_touches(repo):
     assert "history.json" in plots and "confusion_test.png" in plots
 
 
-# The CLI and sign2text/steps.py import each step's code inside the function that runs it, so
+# The CLI and components/steps.py import each step's code inside the function that runs it, so
 # for them the import closure is taken per function; every other module counts whole.
-DISPATCHERS = {"sign2text.cli", "sign2text.steps"}
-# Params properties (sign2text/params.py) -> the params.yaml section each reads.
-SECTIONS = {"preprocess": "model", "arch": "model", "validate": "validate", "convert": "convert",
-            "train": "train", "evaluate": "evaluate", "package": "package"}  # fmt: skip
+DISPATCHERS = {"sign2text.cli", "components.steps"}
+# Params properties (components/params.py) -> the params.yaml section each reads.
+SECTIONS = {
+    "preprocess": "model",
+    "arch": "model",
+    "validate": "validate",
+    "convert": "convert",
+    "train": "train",
+    "evaluate": "evaluate",
+    "package": "package",
+}
 
 
 def _file(module: str) -> Path | None:
     p = ROOT.joinpath(*module.split("."))
     for f in (p / "__init__.py", p.with_suffix(".py")):
-        if f.is_file() and module.split(".")[0] in ("sign2text", "model"):
+        if f.is_file() and module.split(".")[0] in ("sign2text", "components", "model"):
             return f
     return None
 
@@ -145,7 +161,7 @@ def _function_closure(module: str, name: str, mods: set[str], seen: set) -> None
         if isinstance(call.func, ast.Name) and call.func.id in funcs:
             _function_closure(module, call.func.id, mods, seen)
         elif isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name):
-            target = f"sign2text.{call.func.value.id}"
+            target = {"steps": "components.steps"}.get(call.func.value.id, "")
             if target in DISPATCHERS:
                 _function_closure(target, call.func.attr, mods, seen)
 
@@ -153,8 +169,10 @@ def _function_closure(module: str, name: str, mods: set[str], seen: set) -> None
 def _code_closure(cli_function: str) -> set[str]:
     mods, seen = set(), set()
     _function_closure("sign2text.cli", cli_function, mods, seen)
+    # The dispatchers themselves and their packages, without their other functions' imports.
+    parents = {".".join(m.split(".")[:i]) for m, _ in seen for i in range(1, len(m.split(".")))}
     files = {_file(m) for m, _ in seen}
-    todo = sorted(m for m in mods if m not in DISPATCHERS)
+    todo = sorted({m for m in mods if m not in DISPATCHERS} | parents)
     while todo:
         parts = todo.pop().split(".")
         for i in range(1, len(parts) + 1):  # a module's parent packages are imported first
@@ -162,8 +180,10 @@ def _code_closure(cli_function: str) -> set[str]:
             if f and f not in files:
                 files.add(f)
                 todo += _imports(ast.parse(f.read_text()))
-                if f == ROOT / "model" / "runtime.py":  # it imports the runtimes by name
-                    from model.runtime import RUNTIMES
+                if (
+                    f == ROOT / "model" / "runtimes" / "choice.py"
+                ):  # it imports the runtimes by name
+                    from model.runtimes.choice import RUNTIMES
 
                     todo += RUNTIMES.values()
     return {str(f.relative_to(ROOT)) for f in files if f}
@@ -172,12 +192,15 @@ def _code_closure(cli_function: str) -> set[str]:
 def _step_sections(step: str) -> set[str]:
     """The sections a step function reads, from its code: its `params.<property>` uses, or
     the sections it names in `params.sections(...)`."""
-    from sign2text.steps import READS
+    from components.steps import READS
 
-    tree = ast.parse((ROOT / "sign2text" / "steps.py").read_text())
+    tree = ast.parse((ROOT / "components" / "steps.py").read_text())
     (func,) = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == step]
-    used = {n.attr for n in ast.walk(func) if isinstance(n, ast.Attribute)
-            and isinstance(n.value, ast.Name) and n.value.id == "params"}  # fmt: skip
+    used = {
+        n.attr
+        for n in ast.walk(func)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "params"
+    }
     if "sections" in used:
         assert "sections(*READS[" in ast.unparse(func).replace(" ", ""), step
         return set(READS[step])
@@ -188,9 +211,9 @@ def test_each_stage_depends_on_the_code_it_runs_and_the_params_it_reads():
     """DVC re-runs a stage only when a dep changes: a module the stage imports but does not
     list would let a code change keep a stale model (train once missed convert, package,
     checkpoint and params code). Deps are compared with the import closure of the stage's
-    command; params sections with those the step reads (sign2text/steps.py)."""
+    command; params sections with those the step reads (components/steps.py)."""
+    from components.steps import READS
     from sign2text.cli import parse_args
-    from sign2text.steps import READS
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from configobj import ConfigObj
 
-from sign2text.data.synth import synthesize
+from components.data.synth import synthesize
 from tests.s3 import S3Server, s3_server_fixture  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.i3d import I3DConfig, InceptionI3d
-from model.package import write_model_dir
+from components.data import synth
+from components.data.dataset import Sample, load_glosses, load_samples, read_reversed_pairs
+from components.evaluation.evaluate import evaluate, gate, write_gate
+from model.network.bundle import write_model_dir
+from model.network.i3d import I3DConfig, InceptionI3d
 from model.predict import Classifier
 from model.video import PreprocessConfig, load_clip
-from sign2text.data import synth
-from sign2text.data.dataset import Sample, load_glosses, load_samples, read_reversed_pairs
-from sign2text.learning.evaluate import evaluate, gate, write_gate
 
 SPLITS = ("val", "test")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -241,7 +241,7 @@ def test_parallel_decoding_scores_the_same_in_the_same_order(data, model_dir, tm
 def test_evaluation_runs_on_the_gpu_when_there_is_one(monkeypatch):
     """ "auto" (evaluate's default) is CUDA on a GPU machine, the CPU elsewhere. No GPU here:
     the choice is checked; the GPU run itself is `pytest -m gpu` on a GPU machine."""
-    from model.torch_runtime import resolve_device
+    from model.runtimes.torch_runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")

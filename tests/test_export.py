@@ -14,11 +14,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model.package import ModelDirError, load_model_dir
+from components.release import onnx_export as export
+from model.network.bundle import ModelDirError, load_model_dir
+from model.runtimes.torch_runtime import normalized
 from model.storage import hash_file
-from model.torch_runtime import normalized
 from sign2text.cli import main
-from sign2text.release import export
 from tests.conftest import CLASS_LIST, FIXTURES, published_state_dict
 
 DEMO = FIXTURES / "sentence_model"
@@ -77,9 +77,24 @@ def test_full_width_imported_checkpoint_exports(tmp_path, video_file, capsys):
     weights = tmp_path / "rgb_imagenet.pt"
     torch.save(published_state_dict(num_classes=400), weights)
     model_dir = tmp_path / "model"
-    args = ["model", "import-i3d", "--weights", str(weights), "--labels", str(CLASS_LIST),
-            "--num-classes", "400", "--out", str(model_dir),
-            "--frames", "8", "--resize", "128", "--crop", "112"]  # fmt: skip
+    args = [
+        "model",
+        "import-i3d",
+        "--weights",
+        str(weights),
+        "--labels",
+        str(CLASS_LIST),
+        "--num-classes",
+        "400",
+        "--out",
+        str(model_dir),
+        "--frames",
+        "8",
+        "--resize",
+        "128",
+        "--crop",
+        "112",
+    ]
     assert main(args) == 0
     assert _export(model_dir, "--video", str(video_file)) == 0
     assert "max |diff|" in capsys.readouterr().out
@@ -169,14 +184,15 @@ def _float_input_export(model_dir, out):
 def test_an_export_from_before_uint8_clips_still_serves(demo_export, tmp_path):
     """An older model.onnx takes float32 clips: its runtime scales preprocessing's uint8 clips
     itself and answers what the current export answers; Triton's repository declares FP32."""
+    from components.release.triton_repo import write_repository
     from model.predict import Classifier
-    from sign2text.release.triton import write_repository
 
     old = _float_input_export(demo_export, tmp_path / "old")
     pre = load_model_dir(demo_export).preprocess
     g = torch.Generator().manual_seed(3)
-    clips = torch.randint(0, 256, (2, 3, pre.num_frames, pre.crop, pre.crop), generator=g,
-                          dtype=torch.uint8).numpy()  # fmt: skip
+    clips = torch.randint(
+        0, 256, (2, 3, pre.num_frames, pre.crop, pre.crop), generator=g, dtype=torch.uint8
+    ).numpy()
     new_clf, old_clf = Classifier(demo_export, runtime="onnx"), Classifier(old, runtime="onnx")
     assert old_clf.runtime.value_range == pre.value_range and new_clf.runtime.value_range is None
     np.testing.assert_allclose(old_clf.logits(clips), new_clf.logits(clips), rtol=0, atol=1e-5)

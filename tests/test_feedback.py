@@ -18,16 +18,16 @@ from pathlib import Path
 import cv2
 import pytest
 
-import app.feedback as store_mod
-from app.feedback import ID_PATTERN, FeedbackStore, SpoolFull
+import app.feedback_store as store_mod
+from app.feedback_store import ID_PATTERN, FeedbackStore, SpoolFull
+from components.data import feedback_ingest as ingest_mod
+from components.data.dataset import VIDEO_ID_PATTERN, load_samples, read_metadata
+from components.data.feedback_ingest import ingest_feedback
+from components.data.merge import add_samples
+from components.data.synth import synthesize
+from components.data.version import local_hash
+from components.validation.validate import validate
 from sign2text.cli import main
-from sign2text.data import feedback as ingest_mod
-from sign2text.data.dataset import VIDEO_ID_PATTERN, load_samples, read_metadata
-from sign2text.data.feedback import ingest_feedback
-from sign2text.data.merge import add_samples
-from sign2text.data.synth import synthesize
-from sign2text.data.validate import validate
-from sign2text.data.version import local_hash
 from tests.conftest import moving_square, write_video
 from tests.s3 import Relay, _free_ports, s3_env_fixture, s3_server_fixture  # noqa: F401
 from tests.test_dvc_remote import DVC
@@ -87,8 +87,13 @@ def test_submit_writes_the_video_then_its_record(s3_env, clips, tmp_path):
     assert stored == _record() | {"id": fid, "video": f"videos/{fid}.webm"}
     assert store.pending() == 0 and not any((tmp_path / "spool").iterdir())
 
-    for name, ext in (("x.MP4", ".mp4"), ("clip.mov", ".mov"), ("noext", ".bin"),
-                      ("a.exe", ".bin"), ("", ".bin")):  # fmt: skip
+    for name, ext in (
+        ("x.MP4", ".mp4"),
+        ("clip.mov", ".mov"),
+        ("noext", ".bin"),
+        ("a.exe", ".bin"),
+        ("", ".bin"),
+    ):
         fid = store.submit(b"\0video", name, _record())["id"]
         assert _stored(s3_env, bucket, fid)["video"] == f"videos/{fid}{ext}"
 
@@ -303,10 +308,15 @@ def test_ingest_corrections_only_then_confirmed(feedback, clips, tmp_path):
     ]
     inst = meta[1]["instances"][0]
     assert inst == {
-        "video_id": f"feedback-{ids['up']}", "split": "train", "frame_start": 1,
-        "frame_end": -1, "signer_id": -1, "source": "feedback",
-        "url": f"{feedback['uri']}/videos/{ids['up']}.mp4", "fps": 25.0,
-    }  # fmt: skip
+        "video_id": f"feedback-{ids['up']}",
+        "split": "train",
+        "frame_start": 1,
+        "frame_end": -1,
+        "signer_id": -1,
+        "source": "feedback",
+        "url": f"{feedback['uri']}/videos/{ids['up']}.mp4",
+        "fps": 25.0,
+    }
     assert (out / "videos" / f"feedback-{ids['up']}.mp4").read_bytes() == clips["mp4"]
     webm = out / "videos" / f"feedback-{ids['down']}.mp4"  # re-encoded: a readable MPEG-4
     cap = cv2.VideoCapture(str(webm))
@@ -329,18 +339,36 @@ def test_ingest_corrections_only_then_confirmed(feedback, clips, tmp_path):
     odd = [w for w, r in skipped.items() if r == "not a feedback record name"]
     assert sorted(odd)[0] == "records/notes.txt" and sorted(odd)[1].startswith("records/sub/")
     assert summary["missing_videos"] == [f"feedback-{ids['gone']}"]
-    assert summary["records"] == {"records": 9, "wrong": 6, "correct": 1,
-                                  "confirmations_left_out": 1}  # fmt: skip
+    assert summary["records"] == {
+        "records": 9,
+        "wrong": 6,
+        "correct": 1,
+        "confirmations_left_out": 1,
+    }
     assert summary["videos"] == {"copied": 1, "reencoded": 1, "missing": 1}
     assert sorted(p.name for p in out.iterdir()) == [
-        "WLASL_v0.3.json", "ingest.json", "videos", "wlasl_class_list.txt"]  # fmt: skip
+        "WLASL_v0.3.json",
+        "ingest.json",
+        "videos",
+        "wlasl_class_list.txt",
+    ]
     assert not (tmp_path / "etc").exists()
 
-    rc = main(["data", "ingest", feedback["uri"], "--out", str(tmp_path / "all"), "--confirmed",
-               "--quiet"])  # fmt: skip
+    rc = main(
+        [
+            "data",
+            "ingest",
+            feedback["uri"],
+            "--out",
+            str(tmp_path / "all"),
+            "--confirmed",
+            "--quiet",
+        ]
+    )
     assert rc == 0
-    by_gloss = {e["gloss"]: [i["video_id"] for i in e["instances"]] for e in read_metadata(
-        tmp_path / "all")}  # fmt: skip
+    by_gloss = {
+        e["gloss"]: [i["video_id"] for i in e["instances"]] for e in read_metadata(tmp_path / "all")
+    }
     assert by_gloss == {
         "down": sorted([f"feedback-{ids['down']}", f"feedback-{ids['confirmed']}"]),
         "up": [f"feedback-{ids['up']}"],
@@ -408,9 +436,14 @@ def test_feedback_joins_the_dataset_as_a_new_dvc_version(feedback, tmp_path):
     again = tmp_path / "fb2"
     ingest_feedback(feedback["uri"], again, confirmed=True, progress=False)
     assert add_samples(again, data) | {"from": None} == {
-        "from": None, "to": str(data), "added": 0, "already_in_dataset": 3, "by_gloss": {},
-        "new_glosses": [], "videos": {"copied": 0, "already_there": 0},
-    }  # fmt: skip
+        "from": None,
+        "to": str(data),
+        "added": 0,
+        "already_in_dataset": 3,
+        "by_gloss": {},
+        "new_glosses": [],
+        "videos": {"copied": 0, "already_there": 0},
+    }
     assert local_hash(data) == after
     # The same id under another gloss is a clash, refused.
     meta = read_metadata(again)

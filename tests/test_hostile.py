@@ -1,5 +1,5 @@
-"""Hostile input against the real server (`python -m model.server` in its own process), watched
-by a memory watchdog: small crafted files and requests that would cost a naive server
+"""Hostile input against the real server (`python -m model.serving.server` in its own process),
+watched by a memory watchdog: small crafted files and requests that would cost a naive server
 gigabytes or minutes are answered 400 / 408 / 413 / 503 as the README documents, the server's
 memory (with its decoder process) stays under the bound, and a good request is answered right
 after each attack. The files are generated here (tests/bombs.py); nothing is downloaded."""
@@ -30,9 +30,19 @@ PEAK_BOUND = 1536 * MIB  # server + decoder, whatever the input (README "Limits"
 KILL_AT = 4096 * MIB  # the watchdog stops a runaway server before it hurts the machine
 GOOD_WITHIN_S = 10.0  # a good request right after an attack is answered within this
 OPTIONS = [
-    "--max-video-mb", "4", "--max-frames", "300", "--decoder-memory-mb", "192",
-    "--client-timeout-s", "2", "--time-budget-s", "30", "--max-in-flight", "4",
-]  # fmt: skip
+    "--max-video-mb",
+    "4",
+    "--max-frames",
+    "300",
+    "--decoder-memory-mb",
+    "192",
+    "--client-timeout-s",
+    "2",
+    "--time-budget-s",
+    "30",
+    "--max-in-flight",
+    "4",
+]
 INFER = "/v2/models/sign2text/infer"
 
 
@@ -170,7 +180,7 @@ BOMBS = {
     "truncated AVI": (
         lambda: _truncated(mjpeg_avi([small_jpeg(64, 64, v) for v in range(60)], 64, 64)),
         "cut off",
-    ),  # fmt: skip
+    ),
     "truncated WebM": (lambda: _truncated(_webm()), "cut off"),
 }
 
@@ -246,7 +256,7 @@ MALFORMED = [
                 "parameters": {"binary_data_size": 4},
             }
         ]
-    },  # fmt: skip
+    },
     {
         "inputs": [
             {
@@ -256,7 +266,7 @@ MALFORMED = [
                 "parameters": {"binary_data_size": -1},
             }
         ]
-    },  # fmt: skip
+    },
 ]
 
 
@@ -320,7 +330,7 @@ def test_concurrent_good_and_bad_clients(server, good_video):
 
 
 def test_a_killed_servers_spooled_input_is_removed_at_the_next_start(tmp_path):
-    from model.serving import SPOOL_PREFIX, sweep_orphans
+    from model.serving.predictor import SPOOL_PREFIX, sweep_orphans
 
     dead = 2**22 + 12345  # beyond pid_max's default: no such process
     shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile_dir())

@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointError, load_weights, normalize_state_dict, read_state_dict
-from model.i3d import I3DConfig, InceptionI3d, same_pad
+from model.network.checkpoint import (
+    CheckpointError,
+    load_weights,
+    normalize_state_dict,
+    read_state_dict,
+)
+from model.network.i3d import I3DConfig, InceptionI3d, same_pad
 from tests.conftest import published_state_dict, reference_keys
 from tests.reference_i3d import RefInceptionI3d
 

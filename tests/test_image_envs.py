@@ -53,14 +53,18 @@ def components() -> Image:
     """pipelines/Dockerfile: `pip install -c requirements.lock .`, no extras."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     # The steps run components.py's bodies (and glue.py); the CLI is the image's CMD.
-    entries = ("pipelines/components.py", "pipelines/glue.py", "sign2text/cli.py")
+    entries = ("pipelines/kfp_components.py", "pipelines/glue.py", "sign2text/cli.py")
     return Image(tuple(project["dependencies"]), PROJECT_PACKAGES, entries, ("sign2text",))
 
 
-# The serving images run model/server.py, and the runtime modules model/runtime.py imports by
-# name (so that nothing on the ONNX image's path names torch): each image the ones it serves.
-RUNTIMES = {"torch": "model/torch_runtime.py", "onnx": "model/onnx_runtime.py",
-            "triton": "model/triton_runtime.py"}  # fmt: skip
+# The serving images run model/serving/server.py, and the runtime modules model/runtimes/choice.py
+# imports by name (so that nothing on the ONNX image's path names torch): each image the ones it
+# serves.
+RUNTIMES = {
+    "torch": "model/runtimes/torch_runtime.py",
+    "onnx": "model/runtimes/onnx_runtime.py",
+    "triton": "model/runtimes/triton_runtime.py",
+}
 
 
 def serving() -> Image:
@@ -69,7 +73,7 @@ def serving() -> Image:
     reqs = ("torch==2.14.1", *(ln for ln in lines if ln and not ln.startswith("#")))
     # By default the image takes torch's CPU wheel, which requires none of the CUDA wheels this
     # venv's (PyPI) torch does; the -cuda build has them too, so checking without covers both.
-    entries = ("model/server.py", *RUNTIMES.values())
+    entries = ("model/serving/server.py", *RUNTIMES.values())
     return Image(reqs, ("model",), entries, never=("cuda-", "nvidia-", "triton"))
 
 
@@ -78,7 +82,9 @@ def serving_onnx() -> Image:
     Triton transformer's image (manifests/overlays/triton)."""
     lines = (ROOT / "model" / "requirements.txt").read_text().splitlines()
     reqs = tuple(ln for ln in lines if ln and not ln.startswith("#"))
-    return Image(reqs, ("model",), ("model/server.py", RUNTIMES["onnx"], RUNTIMES["triton"]))
+    return Image(
+        reqs, ("model",), ("model/serving/server.py", RUNTIMES["onnx"], RUNTIMES["triton"])
+    )
 
 
 def app() -> Image:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from components.release.images import stamp_overlays
+from components.release.package import COMMIT_ENV, git_commit
 from sign2text.cli import main
-from sign2text.release.images import stamp_overlays
-from sign2text.release.package import COMMIT_ENV, git_commit
 from tests.kustomize import BIN, OVERLAYS, ROOT, manifests_copy, one, render
 
 DOCKERFILES = (
@@ -150,7 +150,7 @@ def test_app_image_holds_app_alone_and_runs_its_server(tmp_path):
     assert copies == [["app/", "/app/app/"]]
     assert ("EXPOSE", "8501") in final
     (cmd,) = [json.loads(a) for op, a in final if op == "CMD"]
-    assert cmd[:3] == ["python", "-m", "app.server"]
+    assert cmd[:3] == ["python", "-m", "app.main"]
     args = dict(zip(cmd[3::2], cmd[4::2], strict=True))
     assert set(args) <= {"--host", "--port", "--model-url", "--feedback", "--spool"}
     assert args["--port"] == "8501" and "--model-url" in args
@@ -240,17 +240,26 @@ def test_components_image_knows_its_commit():
     assert ("ENV", f'{COMMIT_ENV}="${{GIT_COMMIT}}"') in final
     dry = subprocess.run(
         ["make", "-n", "images", "REGISTRY=r.test/t", "TAG=1", "GIT_COMMIT=abc123-dirty"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert dry.returncode == 0, dry.stderr
     builds = re.sub(r"\\\n\s*", " ", dry.stdout).splitlines()
     (components,) = [b for b in builds if "pipelines/Dockerfile" in b and "docker build" in b]
     assert "--build-arg GIT_COMMIT=abc123-dirty" in components
     if (ROOT / ".git").exists():  # by default: this checkout's HEAD
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-        dry = subprocess.run(["make", "-n", "images", "REGISTRY=r.test/t", "TAG=1"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dry = subprocess.run(
+            ["make", "-n", "images", "REGISTRY=r.test/t", "TAG=1"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert f"--build-arg GIT_COMMIT={head}" in dry.stdout
 
 

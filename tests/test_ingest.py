@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from components.data.dataset import load_glosses, load_samples, read_metadata
+from components.data.ingest import IngestError, ingest, read_class_list
+from components.validation.validate import validate
 from sign2text.cli import main
-from sign2text.data.dataset import load_glosses, load_samples, read_metadata
-from sign2text.data.ingest import IngestError, ingest, read_class_list
-from sign2text.data.validate import validate
 from tests.conftest import FIXTURES, moving_square, write_video
 from tests.test_validate import _tree
 
@@ -88,8 +88,9 @@ def test_nslt_split_file_with_the_class_list(tmp_path):
         s = samples[vid]
         assert (s.label, s.gloss, s.split) == (cid, classes[cid], rec["subset"])
         assert (s.frame_start, s.frame_end, s.fps) == (start, end, 25.0)
-    top10 = ingest(NSLT, tmp_path / "w10", videos=videos, class_list=CLASSES, top=10,
-                   progress=False)  # fmt: skip
+    top10 = ingest(
+        NSLT, tmp_path / "w10", videos=videos, class_list=CLASSES, top=10, progress=False
+    )
     assert top10["glosses"] == 10
     assert top10["instances"] == sum(r["action"][0] < 10 for r in nslt.values())
 
@@ -101,9 +102,19 @@ def _records(videos: Path) -> list[dict]:
     ):
         vid = f"r{i}"
         write_video(videos / f"{vid}.mp4", moving_square(12, seed=i))
-        recs.append({"gloss": gloss, "label": label, "video_id": vid, "frame_start": 1,
-                     "frame_end": 12, "split": split, "signer_id": i, "variation_id": 0,
-                     "bbox": [5, 5, 60, 60]})  # fmt: skip
+        recs.append(
+            {
+                "gloss": gloss,
+                "label": label,
+                "video_id": vid,
+                "frame_start": 1,
+                "frame_end": 12,
+                "split": split,
+                "signer_id": i,
+                "variation_id": 0,
+                "bbox": [5, 5, 60, 60],
+            }
+        )
     for vid in ("r4", "r5"):
         write_video(videos / f"{vid}.mp4", moving_square(12, seed=int(vid[1])))
     recs.append(recs[2] | {"video_id": "r4", "label": 7})  # drink's record with a wrong label
@@ -129,8 +140,14 @@ def test_record_lists_json_and_jsonl_then_validate(tmp_path):
     assert by_id["r5"][0] == 0 and by_id["r4"][0] == 1  # placed by gloss, or by label if none
     assert by_id["r4"][1] == {k: v for k, v in recs[4].items() if k != "gloss"}  # label 7 kept
 
-    report = validate(tmp_path / "a", tmp_path / "v", max_bad_fraction=0.5, progress=False,
-                      cache_dir=tmp_path / "cache", min_frames=4)  # fmt: skip
+    report = validate(
+        tmp_path / "a",
+        tmp_path / "v",
+        max_bad_fraction=0.5,
+        progress=False,
+        cache_dir=tmp_path / "cache",
+        min_frames=4,
+    )
     assert [(q["video_id"], q["reasons"]) for q in report["quarantined"]] == [("r4", ["bad_label"])]
     assert report["valid"] == 5
 

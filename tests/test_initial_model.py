@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.package import load_model_dir
+from components.infra.objstore import MANIFEST, is_published, split_uri
+from model.network.bundle import load_model_dir
 from model.storage import fetch
 from sign2text.cli import INITIAL_MODEL_URI, main
-from sign2text.release.objstore import MANIFEST, is_published, split_uri
 from tests.kustomize import OVERLAYS, manifests_copy, one, render
 from tests.s3 import s3_env_fixture, s3_server_fixture  # noqa: F401
 

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from sign2text.release.deploy import DEFAULT_TEMPLATES
-from sign2text.release.kube import KubeError, KubernetesApi, KubernetesTrainJobApi
+from components.infra.kube import KubeError, KubernetesApi, KubernetesTrainJobApi
+from components.release.deploy import DEFAULT_TEMPLATES
 from tests.crd_schema import validate
 from tests.fake_kube import merge_patch
 
@@ -68,8 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, obj)
         if url.path == PODS and self.command == "GET":
             meta = {"name": "job-node-0-0-x", "namespace": "ns1", "labels": {"a": "b"}}
-            return self._send(200, {"kind": "PodList", "apiVersion": "v1",
-                                    "items": [{"metadata": meta}]})  # fmt: skip
+            return self._send(
+                200, {"kind": "PodList", "apiVersion": "v1", "items": [{"metadata": meta}]}
+            )
         if url.path == f"{PODS}/job-node-0-0-x/log":
             data = b"2026-01-01T00:00:00.5Z epoch 1\n"
             self.send_response(200)
@@ -89,12 +90,20 @@ def apiserver(tmp_path):
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{srv.server_port}"}}],
-        "users": [{"name": "u", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
-    }))  # fmt: skip
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [
+                    {"name": "fake", "cluster": {"server": f"http://127.0.0.1:{srv.server_port}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
+            }
+        )
+    )
     yield srv, str(kubeconfig)
     srv.shutdown()
     srv.server_close()
@@ -135,8 +144,17 @@ def test_cli_dry_run_prints_valid_objects_and_sends_nothing(apiserver, tmp_path,
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "lineage.json").write_text(json.dumps({"data_md5": "d1", "git_commit": "c1"}))
-    args = ["deploy", "--model-dir", str(pkg), "--model-uri", "s3://models/sign2text/v7",
-            "--namespace", "ns1", "--kubeconfig", kubeconfig]  # fmt: skip
+    args = [
+        "deploy",
+        "--model-dir",
+        str(pkg),
+        "--model-uri",
+        "s3://models/sign2text/v7",
+        "--namespace",
+        "ns1",
+        "--kubeconfig",
+        kubeconfig,
+    ]
     assert main([*args, "--dry-run"]) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert [d["metadata"]["name"] for d in docs] == ["sign2text", "sign2text-grpc"]
@@ -170,8 +188,10 @@ def test_real_trainjob_client_paths_selector_log_and_foreground_delete(apiserver
     assert api.get("ns1", "job") is None
     with pytest.raises(KubeError, match="delete TrainJob ns1/job: HTTP 404"):
         api.delete("ns1", "job")
-    sent = {(verb, urlsplit(path).path): (urlsplit(path).query, body)
-            for verb, path, _, body in srv.seen}  # fmt: skip
+    sent = {
+        (verb, urlsplit(path).path): (urlsplit(path).query, body)
+        for verb, path, _, body in srv.seen
+    }
     assert ("POST", TRAINJOBS) in sent
     query = parse_qs(sent[("GET", PODS)][0])
     assert query["labelSelector"] == ["jobset.sigs.k8s.io/jobset-name=job,batch.kubernetes.io/x=0"]

@@ -23,12 +23,12 @@ import pytest
 import torch
 import yaml
 
-from model.i3d import InceptionI3d
-from model.package import load_model_dir
-from sign2text import steps
-from sign2text.data.synth import synthesize
-from sign2text.learning.clips import ShardClips
-from sign2text.params import Params, load_params, overrides
+from components import steps
+from components.data.synth import synthesize
+from components.params import Params, load_params, overrides
+from components.training.clips import ShardClips
+from model.network.bundle import load_model_dir
+from model.network.i3d import InceptionI3d
 
 ROOT = Path(__file__).resolve().parents[1]
 # up/down and right/left: the two pairs of exact time-reversals, so chance is 1/4 and a model
@@ -44,8 +44,9 @@ def recipe(tmp_path_factory) -> tuple[dict, Path]:
     params = load_params(ROOT / "params.yaml")
     params["model"] = {**params["model"], **SMALLER}
     root = tmp_path_factory.mktemp("learning")
-    synthesize(root / "data", classes=CLASSES, per_class=PER_CLASS, signers=SIGNERS, seed=5,
-               progress=False)  # fmt: skip
+    synthesize(
+        root / "data", classes=CLASSES, per_class=PER_CLASS, signers=SIGNERS, seed=5, progress=False
+    )
     # 10 train shards: 5 per rank when two processes share them
     small = overrides(params, {"convert.shard_size": 4, "convert.idle_clips": False}, "test")
     steps.convert(Params(small), root / "data", None, root / "shards")
@@ -68,8 +69,13 @@ def held_out_top1(model_dir: Path, shards: Path) -> float:
 @pytest.mark.parametrize(("seed", "processes"), [(0, 1), (1, 2)])
 def test_from_scratch_training_learns_motion_direction(recipe, tmp_path, seed, processes):
     params, shards = recipe
-    changes = {"train.context_fraction": 0.0, "train.context_epochs": 0,
-               "train.batch_size": 4, "train.epochs": STEPS // 10, "train.seed": seed}  # fmt: skip
+    changes = {
+        "train.context_fraction": 0.0,
+        "train.context_epochs": 0,
+        "train.batch_size": 4,
+        "train.epochs": STEPS // 10,
+        "train.seed": seed,
+    }
     if processes == 1:
         steps.train(Params(overrides(params, changes, "test")), shards, tmp_path)
     else:
@@ -77,10 +83,28 @@ def test_from_scratch_training_learns_motion_direction(recipe, tmp_path, seed, p
         path = tmp_path / "params.yaml"
         path.write_text(yaml.safe_dump(overrides(params, changes, "test")))
         cli = str(Path(sys.executable).with_name("sign2text"))
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        f"--nproc-per-node={processes}", "--no-python", cli, "train", "--shards",
-                        str(shards), "--out", str(tmp_path), "--params", str(path), "--quiet"],
-                       check=True, timeout=1800, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={processes}",
+                "--no-python",
+                cli,
+                "train",
+                "--shards",
+                str(shards),
+                "--out",
+                str(tmp_path),
+                "--params",
+                str(path),
+                "--quiet",
+            ],
+            check=True,
+            timeout=1800,
+            capture_output=True,
+        )
     history = (tmp_path / "history.json").read_text()
     assert json.loads(history)[-1]["world_size"] == processes
     top1 = held_out_top1(tmp_path / "model", shards)

@@ -38,7 +38,7 @@ VERSION_ANNOTATIONS = (
     "sign2text.io/git-commit",
 )
 APP = "sign2text-app"
-# `python -m app.server`'s command line (issue 15): flag -> takes a value.
+# `python -m app.main`'s command line (issue 15): flag -> takes a value.
 APP_FLAGS = {
     "--model-url": True,
     "--host": True,
@@ -149,15 +149,15 @@ def test_inference_service_files_keep_the_deploy_contract(name):
 
 
 def test_serving_runtime_runs_the_real_server_securely(rendered):
-    from model.server import build_parser
+    from model.serving.server import build_parser
 
     for objects in rendered.values():
         rt = one(objects, "ServingRuntime", "sign2text")
         assert rt["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
         assert [f["name"] for f in rt["spec"]["supportedModelFormats"]] == ["sign2text"]
         (c,) = rt["spec"]["containers"]
-        assert c["command"] == ["python", "-m", "model.server"]
-        args = build_parser().parse_args(c["args"])  # every flag exists in model/server.py
+        assert c["command"] == ["python", "-m", "model.serving.server"]
+        args = build_parser().parse_args(c["args"])  # every flag exists in model/serving/server.py
         assert (args.model_dir, args.http_port, args.grpc_port) == ("/mnt/models", 8080, 8081)
         assert "ports" not in c, "ports belong to each InferenceService (one per Knative service)"
         probe = c["readinessProbe"]["httpGet"]
@@ -275,15 +275,15 @@ def test_prod_runs_gpu_predictors_with_more_replicas(rendered):
 
 def app_args(argv: list[str]) -> dict[str, str | bool]:
     """The app's arguments by flag, each checked against its command line (APP_FLAGS), and the
-    whole list parsed by the app's own parser (app/server.py), as the container will."""
-    from app.server import build_parser
+    whole list parsed by the app's own parser (app/main.py), as the container will."""
+    from app.main import build_parser
 
     build_parser().parse_args(argv)  # exits (SystemExit) on a flag the server does not have
     args: dict[str, str | bool] = {}
     it = iter(argv)
     for arg in it:
         flag, eq, value = arg.partition("=")
-        assert flag in APP_FLAGS, f"app.server has no {flag}"
+        assert flag in APP_FLAGS, f"app.main has no {flag}"
         assert flag not in args, f"{flag} given twice"
         if APP_FLAGS[flag]:
             args[flag] = value if eq else next(it)
@@ -303,7 +303,7 @@ def test_web_app_serves_the_rest_model_securely(rendered):
         assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
         spec = pod["spec"]
         (c,) = spec["containers"]
-        assert c["command"] == ["python", "-m", "app.server"]
+        assert c["command"] == ["python", "-m", "app.main"]
         args = app_args(c["args"])
         # The REST InferenceService, by the cluster-local name of its Knative predictor.
         rest = one(objects, "InferenceService", "sign2text")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sign2text.release import objstore
-from sign2text.release.objstore import (
+from components.infra import objstore
+from components.infra.objstore import (
     MANIFEST,
     TMP_ROOT,
     AlreadyPublishedError,
@@ -112,7 +112,7 @@ def test_killed_process_leaves_no_manifest_and_next_publish_cleans_up(s3_env, tm
     script = textwrap.dedent(
         f"""
         import os, signal
-        from sign2text.release import objstore
+        from components.infra import objstore
         real, n = objstore._place, [0]
         def place(*a):
             if n[0] == 2:
@@ -123,8 +123,14 @@ def test_killed_process_leaves_no_manifest_and_next_publish_cleans_up(s3_env, tm
         objstore.publish_dir({str(src)!r}, {uri!r})
         """
     )
-    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ),
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == -9, r.stderr
     left = _keys(s3_env, bucket)
     assert any(k.startswith(TMP_ROOT) for k in left)  # the kill really happened mid-way
@@ -204,9 +210,9 @@ def test_unreachable_endpoint_fails_fast(s3_env, monkeypatch):
 
 def test_cli_steps_read_and_publish_s3(s3_env, tmp_path, capsys):
     """`data convert`, `train`, `evaluate`, `package` with s3:// in and out."""
-    from model.package import load_model_dir
+    from components.data.synth import synthesize
+    from model.network.bundle import load_model_dir
     from sign2text.cli import main
-    from sign2text.data.synth import synthesize
     from tests.test_train import tiny_params
 
     bucket = s3_env.make_bucket()

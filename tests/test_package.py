@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.package import ModelDirError, load_model_dir, read_labels, write_model_dir
+from model.network.bundle import ModelDirError, load_model_dir, read_labels, write_model_dir
 from model.predict import Classifier
-from model.runtime import softmax
+from model.runtimes.choice import softmax
 from model.video import PreprocessConfig
 from sign2text.cli import main
 from tests.conftest import CLASS_LIST, published_state_dict
@@ -116,7 +116,7 @@ def test_kinetics_checkpoint_gets_a_new_head(tmp_path, capsys):
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):
-    from model.i3d import I3DConfig, InceptionI3d
+    from model.network.i3d import I3DConfig, InceptionI3d
 
     model = InceptionI3d(I3DConfig(num_classes=3, width=0.25)).eval()
     pre = PreprocessConfig(num_frames=8, resize=64, crop=64)
@@ -135,7 +135,7 @@ def test_round_trip_gives_identical_outputs(tmp_path):
 def test_no_sign_output_round_trip_and_checks(tmp_path):
     """A context-trained model: one output past the labels, its window in config.json; word mode
     probabilities leave the no-sign output out."""
-    from model.i3d import I3DConfig, InceptionI3d
+    from model.network.i3d import I3DConfig, InceptionI3d
     from tests.model_server import input_sensitive
 
     model = input_sensitive(InceptionI3d(I3DConfig(num_classes=3, width=0.25))).eval()
@@ -150,8 +150,13 @@ def test_no_sign_output_round_trip_and_checks(tmp_path):
     assert logits.shape == (2, 3)
     np.testing.assert_allclose(clf.probabilities(x), softmax(logits[:, :2]), rtol=1e-5)
     with pytest.raises(ModelDirError, match="2 labels \\+ the no-sign output for a 2-class"):
-        write_model_dir(tmp_path / "n", InceptionI3d(I3DConfig(num_classes=2, width=0.25)), pre,
-                        ["a", "b"], sentence_window=20)  # fmt: skip
+        write_model_dir(
+            tmp_path / "n",
+            InceptionI3d(I3DConfig(num_classes=2, width=0.25)),
+            pre,
+            ["a", "b"],
+            sentence_window=20,
+        )
     with pytest.raises(ModelDirError, match="2 labels for a 3-class"):  # no window, no extra
         write_model_dir(tmp_path / "n", model, pre, ["a", "b"])
     config["no_sign"]["class"] = 0  # hand-edited: refused on load, not served wrongly

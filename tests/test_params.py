@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
+from components.params import TRAIN_RULES, Params, TrainConfig, load_params
+from components.training.train import _optimizer
 from sign2text.cli import main
-from sign2text.learning.train import _optimizer
-from sign2text.params import TRAIN_RULES, Params, TrainConfig, load_params
 from tests.conftest import demo_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,9 +44,17 @@ def _command(section: str, tmp: Path, params: Path) -> list[str]:
     return {
         "validate": ["data", "validate", missing, "--out", str(tmp / "v"), *common],
         "convert": ["data", "convert", "--data", missing, "--out", str(tmp / "c"), *common],
-        "evaluate": ["evaluate", "--model", missing, "--data", missing, "--out",
-                     str(tmp / "e"), *common],
-    }.get(section, ["train", "--shards", missing, "--out", str(tmp / "t"), *common])  # fmt: skip
+        "evaluate": [
+            "evaluate",
+            "--model",
+            missing,
+            "--data",
+            missing,
+            "--out",
+            str(tmp / "e"),
+            *common,
+        ],
+    }.get(section, ["train", "--shards", missing, "--out", str(tmp / "t"), *common])
 
 
 @pytest.fixture
@@ -62,8 +70,12 @@ BAD = [
     ("train", "epochs", -1, "train.epochs must be an integer >= 1, got -1"),
     ("train", "lr", "fast", 'train.lr must be a number > 0, got "fast"'),
     ("train", "optimizer", "sgdx", 'train.optimizer must be one of adam, adamw, got "sgdx"'),
-    ("train", "device", "cuda",
-     'train.device must be auto or cpu here (torch sees no CUDA device), got "cuda"'),
+    (
+        "train",
+        "device",
+        "cuda",
+        'train.device must be auto or cpu here (torch sees no CUDA device), got "cuda"',
+    ),
     # types: bool is not an int, an int is not a bool, a float is not an int, NaN is no number
     ("train", "epochs", True, "train.epochs must be an integer >= 1, got true"),
     ("train", "hflip", 1, "train.hflip must be true or false, got 1"),
@@ -71,18 +83,30 @@ BAD = [
     ("train", "lr", float("nan"), "train.lr must be a number > 0, got NaN"),
     ("train", "label_smoothing", 1, "train.label_smoothing must be a number in [0, 1), got 1"),
     ("train", "device", "gpu", 'train.device must be auto, cpu, cuda or cuda:N, got "gpu"'),
-    ("train", "device", "cuda:1",
-     'train.device must be auto or cpu here (torch sees no CUDA device), got "cuda:1"'),
+    (
+        "train",
+        "device",
+        "cuda:1",
+        'train.device must be auto or cpu here (torch sees no CUDA device), got "cuda:1"',
+    ),
     ("train", "batchsize", 8, "unknown train keys ['batchsize']; allowed: batch_size, bn_clips,"),
     ("model", "channel_order", "RGBA", 'model.channel_order must be one of BGR, RGB, got "RGBA"'),
     ("model", "crop", 999, "model.crop must be <= model.resize (128), got 999"),
     ("model", "value_range", [1.0], "model.value_range must be a list of 2 numbers, got [1.0]"),
-    ("model", "value_range", [1, -1],
-     "model.value_range must be [low, high] with low < high, got [1.0, -1.0]"),
+    (
+        "model",
+        "value_range",
+        [1, -1],
+        "model.value_range must be [low, high] with low < high, got [1.0, -1.0]",
+    ),
     ("model", "dropout", 1, "model.dropout must be a number in [0, 1), got 1"),
     ("model", "width", 0, "model.width must be a number > 0, got 0"),
-    ("validate", "max_bad_fraction", 2,
-     "validate.max_bad_fraction must be a number in [0, 1], got 2"),
+    (
+        "validate",
+        "max_bad_fraction",
+        2,
+        "validate.max_bad_fraction must be a number in [0, 1], got 2",
+    ),
     ("validate", "min_frames", "8", 'validate.min_frames must be an integer >= 1, got "8"'),
     ("convert", "shard_size", 2.5, "convert.shard_size must be an integer >= 1, got 2.5"),
     ("convert", "shard_size", DELETE, "convert.shard_size is missing"),
@@ -91,11 +115,12 @@ BAD = [
     ("evaluate", "batch_size", 0, "evaluate.batch_size must be an integer >= 1, got 0"),
     ("evaluate", "min_top1", None, "evaluate.min_top1 must be a number >= 0, got null"),
     ("data", "dir", "", 'data.dir must be a folder name, got ""'),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("section", "key", "value", "message"), BAD,
-                         ids=[f"{s}.{k}={v!r}" for s, k, v, _ in BAD])  # fmt: skip
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"), BAD, ids=[f"{s}.{k}={v!r}" for s, k, v, _ in BAD]
+)
 def test_bad_value_exits_2_with_one_line(section, key, value, message, tmp_path, capsys, no_cuda):
     params = _write(tmp_path, {(section, key): value})
     assert main(_command(section, tmp_path, params)) == 2
@@ -110,8 +135,11 @@ def test_console_script_reports_a_bad_value_in_one_line(tmp_path):
     params = _write(tmp_path, {("train", "batch_size"): 0})
     r = subprocess.run(
         [sys.executable, "-m", "sign2text.cli", *_command("train", tmp_path, params)],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 2
     assert r.stderr == (
         f"sign2text: error: {params}: train.batch_size must be an integer >= 1, got 0\n"
@@ -177,7 +205,7 @@ def test_params_yaml_is_the_one_place_for_defaults():
     keeps some (validate's, which data/validate.py also applies without params) must agree."""
     from dataclasses import MISSING, fields
 
-    from sign2text.params import ConvertParams, EvaluateParams, ValidateParams
+    from components.params import ConvertParams, EvaluateParams, ValidateParams
 
     for cls in (TrainConfig, ConvertParams, EvaluateParams):
         assert all(f.default is MISSING for f in fields(cls)), cls.__name__

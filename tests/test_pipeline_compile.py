@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.components import DEFAULT_IMAGE
+from pipelines.kfp_components import DEFAULT_IMAGE
 from pipelines.runner import compile_pipeline, parse_overrides, spec_image, spec_images, submit
 from pipelines.sign2text import (
     CHECKPOINT_MOUNT,
@@ -86,8 +86,12 @@ def test_train_pod_fits_gpu_nodes_and_can_launch_a_trainjob(spec):
     assert train["fieldPathAsEnv"] == [{"fieldPath": "metadata.namespace", "name": "POD_NAMESPACE"}]
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     defaults = {k: params[k]["defaultValue"] for k in params if k.startswith("train_")}
-    assert defaults == {"train_nodes": 1, "train_gpus_per_node": 1, "train_image": "",
-                        "train_timeout_h": 48}  # fmt: skip
+    assert defaults == {
+        "train_nodes": 1,
+        "train_gpus_per_node": 1,
+        "train_image": "",
+        "train_timeout_h": 48,
+    }
     task = _tasks(pipeline, "comp-exit-handler-1")["train-model"]
     cluster = json.loads(task["inputs"]["parameters"]["cluster"]["runtimeValue"]["constant"])
     assert cluster["image"] == "reg.test/s2t:9"  # train_image "" means the components image
@@ -230,8 +234,16 @@ def test_cli_submit_to_an_unreachable_host_fails_clearly(capsys, pushed_spec):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, err = _cli(capsys, "submit", "--host", f"http://127.0.0.1:{port}", "--arg", "epochs=2",
-                     "--package", str(pushed_spec))  # fmt: skip
+    code, err = _cli(
+        capsys,
+        "submit",
+        "--host",
+        f"http://127.0.0.1:{port}",
+        "--arg",
+        "epochs=2",
+        "--package",
+        str(pushed_spec),
+    )
     assert code == 2
     (line,) = [x for x in err.splitlines() if x.startswith("sign2text:")]  # kfp adds warnings
     assert line.startswith(f"sign2text: error: Kubeflow Pipelines at http://127.0.0.1:{port}")
@@ -256,8 +268,9 @@ def test_submit_uploads_a_new_version_each_time_and_starts_a_run(pushed_spec):
     """Against a FAKE Kubeflow Pipelines API on loopback (no cluster here): what kfp.Client
     sends for the first submit (create the pipeline) and the next (a new version)."""
     with run_fake_kfp() as kfp_api:
-        first = submit(kfp_api.url, package=pushed_spec, arguments={"epochs": 2, "data_rev": "v1"},
-                       version="a")  # fmt: skip
+        first = submit(
+            kfp_api.url, package=pushed_spec, arguments={"epochs": 2, "data_rev": "v1"}, version="a"
+        )
         second = submit(kfp_api.url, package=pushed_spec, arguments={}, version="b")
     uploads = [r for r in kfp_api.requests if r["path"].endswith(("/upload", "/upload_version"))]
     assert [u["path"].rsplit("/", 1)[1] for u in uploads] == ["upload", "upload_version"]

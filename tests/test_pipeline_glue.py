@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from kfp import dsl
 
+from components.evaluation.evaluate import confusion, write_confusion_csv
+from components.params import load_params
 from pipelines import glue
 from pipelines.parameters import RECIPE as TABLE
 from pipelines.parameters import recipe_defaults
-from sign2text.learning.evaluate import confusion, write_confusion_csv
-from sign2text.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = json.dumps(load_params(ROOT / "params.yaml"))
@@ -60,7 +60,7 @@ def test_a_run_with_the_default_parameters_has_params_yaml_values():
 
 
 def test_the_table_names_every_recipe_parameter_of_the_pipeline_and_configure():
-    from pipelines.components import configure
+    from pipelines.kfp_components import configure
     from pipelines.sign2text import build_pipeline
 
     spec = build_pipeline().pipeline_spec
@@ -70,8 +70,11 @@ def test_the_table_names_every_recipe_parameter_of_the_pipeline_and_configure():
     assert configure_inputs == set(TABLE) | {"base"}
     assert set(configure.__code__.co_varnames[: configure.__code__.co_argcount]) == configure_inputs
     # and the pipeline wires each one to configure's input of the same name
-    (inner,) = [c.dag.tasks["configure"].inputs.parameters
-                for c in spec.components.values() if "configure" in c.dag.tasks]  # fmt: skip
+    (inner,) = [
+        c.dag.tasks["configure"].inputs.parameters
+        for c in spec.components.values()
+        if "configure" in c.dag.tasks
+    ]
     for name in TABLE:
         assert inner[name].component_input_parameter == f"pipelinechannel--{name}", name
 

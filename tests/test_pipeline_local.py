@@ -24,14 +24,16 @@ import pytest
 import torch
 import yaml
 
-pytest.importorskip("sign2text.data.validate", reason="validate() comes with the data branch")
+pytest.importorskip(
+    "components.validation.validate", reason="validate() comes with the data branch"
+)
 
+from components.data.dataset import load_glosses  # noqa: E402
+from components.data.synth import synthesize  # noqa: E402
+from components.data.version import local_hash  # noqa: E402
+from components.params import load_params, overrides  # noqa: E402
 from pipelines import glue  # noqa: E402
 from pipelines.runner import run_local  # noqa: E402
-from sign2text.data.dataset import load_glosses  # noqa: E402
-from sign2text.data.synth import synthesize  # noqa: E402
-from sign2text.data.version import local_hash  # noqa: E402
-from sign2text.params import load_params, overrides  # noqa: E402
 from tests.s3 import s3_server_fixture  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,8 +42,14 @@ CLASSES = 3
 TINY = {"epochs": 1, "context_epochs": 1, "frames": 8, "image_size": 56, "batch_size": 4}
 # params.yaml's values with some changed, each read by a different step: a step that dropped
 # one of them on either path would compute something else than the other path.
-CHANGED = {"validate.min_frames": 9, "convert.shard_size": 16, "train.color_jitter": 0.05,
-           "train.bn_clips": 12, "train.weight_decay": 0.001, "evaluate.sentences": 4}  # fmt: skip
+CHANGED = {
+    "validate.min_frames": 9,
+    "convert.shard_size": 16,
+    "train.color_jitter": 0.05,
+    "train.bn_clips": 12,
+    "train.weight_decay": 0.001,
+    "evaluate.sentences": 4,
+}
 BASE = overrides(load_params(ROOT / "params.yaml"), CHANGED, "test")
 BASE.pop("profiles")
 
@@ -143,8 +151,9 @@ def test_a_retried_training_attempt_resumes_from_its_checkpoint(runs, tmp_path, 
     state = glue.checkpoint_dir(root, shards_hash, params) / "state.pt"
     assert state.is_file()
     stamp = state.stat().st_mtime_ns
-    final = glue.train_step(run / "convert-data" / "shards", shards_hash, params, root,
-                              tmp_path / "model")  # fmt: skip
+    final = glue.train_step(
+        run / "convert-data" / "shards", shards_hash, params, root, tmp_path / "model"
+    )
     assert "resumed from" in capsys.readouterr().out
     assert state.stat().st_mtime_ns == stamp  # no epoch was trained again
     assert final["loss"] == _artifact(run, "train-model", "metrics")["metadata"]["loss"]
@@ -161,11 +170,18 @@ def _dvc_repro(params: dict, data: Path, repo: Path) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(data, repo / "data")
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+    }
     # up to evaluate: what is compared (package adds only the ONNX export, tested elsewhere)
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "data"],
-                ["dvc", "repro", "-q", "evaluate"]):  # fmt: skip
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "add", "-q", "data"],
+        ["dvc", "repro", "-q", "evaluate"],
+    ):
         r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
 

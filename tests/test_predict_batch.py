@@ -13,11 +13,11 @@ import psutil
 import pytest
 import yaml
 
+from components.scoring.predict_batch import DIED, list_videos, load_results, predict_batch
 from model.modeldir import ModelDirError
 from model.predict import Classifier
-from pipelines.components import predict_videos
+from pipelines.kfp_components import predict_videos
 from sign2text.cli import main
-from sign2text.release.batch import DIED, list_videos, load_results, predict_batch
 from tests.conftest import FIXTURES, moving_square, write_video
 from tests.s3 import s3_env_fixture, s3_server_fixture  # noqa: F401
 
@@ -70,9 +70,14 @@ def test_workers_score_each_video_as_the_classifier_does(first_run, videos, clas
     out, summary = first_run
     assert list_videos(videos) == sorted([*GOOD, BAD])  # notes.txt is not a video
     assert summary | {"seconds": 0, "videos_per_s": 0} == {
-        "videos": 4, "scored": 3, "skipped": 0, "errors": 1, "seconds": 0, "videos_per_s": 0,
+        "videos": 4,
+        "scored": 3,
+        "skipped": 0,
+        "errors": 1,
+        "seconds": 0,
+        "videos_per_s": 0,
         "out": str(out),
-    }  # fmt: skip
+    }
     lines = _lines(out)
     assert sorted(lines) == sorted([*GOOD, BAD])
     for name in GOOD:
@@ -85,8 +90,21 @@ def test_rerun_skips_and_a_cut_off_line_is_scored_again(first_run, videos, tmp_p
     out = tmp_path / "results.jsonl"
     shutil.copy(first_run[0], out)
     before = out.read_text()
-    assert main(["predict-batch", str(MODEL), str(videos), "--out", str(out), "--quiet",
-                 "--workers", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict-batch",
+                str(MODEL),
+                str(videos),
+                "--out",
+                str(out),
+                "--quiet",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "scored 0, skipped 4 (already done), errors 0" in capsys.readouterr().out
     assert out.read_text() == before
 
@@ -199,8 +217,14 @@ def test_s3_prefix_through_the_kubeflow_component(s3_env, videos, first_run, tmp
     for name in [GOOD[1], BAD, "notes.txt"]:
         s3_env.put_file(bucket, f"batch/in/{name}", videos / name)
     results = SimpleNamespace(path=str(tmp_path / "results"), metadata={})
-    answer = predict_videos(model_uri=str(MODEL), videos=f"s3://{bucket}/batch/in", mode="word",
-                            top_k=3, workers=1, results=results)  # fmt: skip
+    answer = predict_videos(
+        model_uri=str(MODEL),
+        videos=f"s3://{bucket}/batch/in",
+        mode="word",
+        top_k=3,
+        workers=1,
+        results=results,
+    )
     summary = json.loads(answer)
     assert (summary["scored"], summary["errors"], summary["skipped"]) == (1, 1, 0)
     assert results.metadata["scored"] == 1
@@ -213,7 +237,7 @@ def test_s3_prefix_through_the_kubeflow_component(s3_env, videos, first_run, tmp
 def test_batch_pipeline_compiles_apart_from_the_training_pipeline(tmp_path):
     from kfp import compiler
 
-    from pipelines.batch import NAME, build_batch_pipeline
+    from pipelines.batch_scoring import NAME, build_batch_pipeline
     from pipelines.sign2text import S3_KEYS, S3_SECRET
 
     path = tmp_path / "batch.yaml"

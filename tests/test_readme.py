@@ -92,8 +92,11 @@ def test_every_sign2text_line_parses_and_every_make_target_exists():
             for k, tok in enumerate(tokens):
                 if tok == "make":
                     args = [t for t in tokens[k + 1 :] if "=" not in t and not t.startswith("-")]
-                    bad += [f"README.md:{line}: no make target {t!r}" for t in args[:1]
-                            if t not in targets]  # fmt: skip
+                    bad += [
+                        f"README.md:{line}: no make target {t!r}"
+                        for t in args[:1]
+                        if t not in targets
+                    ]
             if tokens[0] != "sign2text":
                 continue
             argv = [t.strip("[]") for t in tokens[1:]]  # "[--resume]": optional, still valid
@@ -111,8 +114,10 @@ def checkout_copy(dest: Path) -> Path:
     """The sources as a fresh clone has them (mtimes kept, so make sees .venv as current)."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    )
     if listed.returncode != 0:  # not a git checkout (an unpacked archive): copy the tree
         top = lambda d, names: NOT_SOURCES & set(names) if Path(d) == ROOT else set()  # noqa: E731
         return Path(shutil.copytree(ROOT, dest, ignore=top))
@@ -141,8 +146,9 @@ def test_run_blocks_succeed_in_a_fresh_shell(tmp_path):
         # make this checkout's code the one the console scripts import.
         "PYTHONPATH": str(work),
     }
-    current = subprocess.run(["make", "-q", "setup"], cwd=work, env=env, capture_output=True,
-                             text=True, timeout=60)  # fmt: skip
+    current = subprocess.run(
+        ["make", "-q", "setup"], cwd=work, env=env, capture_output=True, text=True, timeout=60
+    )
     if current.returncode == 1:  # `make test` runs setup first, so CI never gets here
         pytest.skip(".venv is older than pyproject.toml or a lock: run `make setup`")
     assert current.returncode == 0, current.stderr
@@ -150,9 +156,13 @@ def test_run_blocks_succeed_in_a_fresh_shell(tmp_path):
     script += [f": README.md:{b.line}\n{b.code}" for b in SH if b.run]
     done = subprocess.run(
         ["bash", "--noprofile", "--norc", "-c", "\n".join(script)],
-        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         timeout=600,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, f"a README block failed:\n{done.stdout[-6000:]}"
 
 

@@ -1,4 +1,4 @@
-"""model/request.py on its own: v2 requests -> Request, and every way a request is refused.
+"""model/serving/request.py on its own: v2 requests -> Request, and every way a request is refused.
 
 The same cases go through the real server over REST and gRPC in test_serving.py; here each
 is one function call, so the parsing rules can be read next to their messages."""
@@ -13,7 +13,7 @@ import pytest
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, serialize_byte_tensor
 
-from model.request import Request, parse, request_from_binary
+from model.serving.request import Request, parse, request_from_binary
 
 LIMITS = {"classes": 7, "max_video_bytes": 100, "max_frames": 8}
 

@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
+from components.data.dataset import load_samples
+from components.data.synth import synthesize
+from components.training.context import load_videos, score, sign_strings
 from model.predict import Classifier
 from model.sentence import transcribe
 from model.video import count_frames, decode
-from sign2text.data.dataset import load_samples
-from sign2text.data.synth import synthesize
-from sign2text.learning.context import load_videos, score, sign_strings
 from tests.model_server import ENV, ROOT, serve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sentence_model"
@@ -86,8 +86,9 @@ def test_served_sentence_mode_matches_in_process(clf, strings, onnx_sentence_mod
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text('raise ImportError("no torch in the ONNX image")\n')
     log = tmp_path / "server.log"
-    with serve(onnx_sentence_model, log, "--runtime", "onnx",
-               env={"PYTHONPATH": str(blocker.parent)}) as srv:  # fmt: skip
+    with serve(
+        onnx_sentence_model, log, "--runtime", "onnx", env={"PYTHONPATH": str(blocker.parent)}
+    ) as srv:
         assert "sign2text: onnx runtime" in log.read_text()
         for path, spans in strings[:1]:
             expected = _transcript(clf, path)

@@ -24,9 +24,9 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from model import video as V
-from model.guard import DEFAULT_LIMITS
 from model.predict import Classifier
-from model.serving import Sign2TextModel
+from model.serving.guard import DEFAULT_LIMITS
+from model.serving.predictor import Sign2TextModel
 from model.storage import hash_file
 from tests.conftest import moving_square, write_video
 from tests.model_server import ENV, LABELS, OPENER, ROOT, Server, serve, small_model_dir
@@ -259,7 +259,7 @@ def test_cli_serve_runs_the_server_with_its_own_parser(monkeypatch):
     from sign2text import cli
 
     got = []
-    monkeypatch.setattr("model.server.serve", lambda args: got.append(args) or 0)
+    monkeypatch.setattr("model.serving.server.serve", lambda args: got.append(args) or 0)
     argv = ["--model-dir", "s3://b/m", "--max-duration-s", "3", "--workers", "2", "--device=cpu"]
     assert cli.main(["serve", *argv]) == 0
     (args,) = got
@@ -274,7 +274,7 @@ def test_more_than_one_rest_worker_is_refused_before_anything_starts(monkeypatch
     timeouts or --host): refused with the reason, before a model loads or a port opens."""
     import kserve
 
-    from model import server
+    from model.serving import server
 
     monkeypatch.setattr(kserve, "ModelServer", lambda **_: pytest.fail("a server was built"))
     with pytest.raises(SystemExit, match="--workers 2: .*request limits.*replicas"):
@@ -282,7 +282,7 @@ def test_more_than_one_rest_worker_is_refused_before_anything_starts(monkeypatch
 
 
 def test_cli_serve_help_is_the_servers(capsys):
-    from model.server import build_parser
+    from model.serving.server import build_parser
     from sign2text import cli
 
     with pytest.raises(SystemExit) as e:
@@ -290,15 +290,40 @@ def test_cli_serve_help_is_the_servers(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: sign2text serve")
-    for flag in ("--device", "--workers", "--max-frames", "--http_port", "--grpc_port",
-                 "--model-dir", "--http-port", "--grpc-port", "--max-video-mb",
-                 "--max-duration-s"):  # fmt: skip
+    for flag in (
+        "--device",
+        "--workers",
+        "--max-frames",
+        "--http_port",
+        "--grpc_port",
+        "--model-dir",
+        "--http-port",
+        "--grpc-port",
+        "--max-video-mb",
+        "--max-duration-s",
+    ):
         assert flag in out, flag
     # every flag the repository's own callers pass still parses
     args = build_parser().parse_args(
-        ["--model-dir", "d", "--http-port", "1", "--grpc-port", "2", "--max-video-mb", "3",
-         "--max-duration-s", "4", "--max-frames", "5", "--workers", "2", "--device", "cpu"]
-    )  # fmt: skip
+        [
+            "--model-dir",
+            "d",
+            "--http-port",
+            "1",
+            "--grpc-port",
+            "2",
+            "--max-video-mb",
+            "3",
+            "--max-duration-s",
+            "4",
+            "--max-frames",
+            "5",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert (args.http_port, args.grpc_port, args.workers, args.model_name) == (1, 2, 2, "sign2text")
 
 
@@ -464,24 +489,32 @@ def test_predict_cli_over_rest_and_grpc(server, files, model_dir):
 
 
 def test_predict_cli_reports_server_errors_in_one_line(server, files):
-    r = _cli("predict", str(files / "good.mp4"), "--url", f"http://127.0.0.1:{server.http}",
-             "--top-k", "99")  # fmt: skip
+    r = _cli(
+        "predict",
+        str(files / "good.mp4"),
+        "--url",
+        f"http://127.0.0.1:{server.http}",
+        "--top-k",
+        "99",
+    )
     assert r.returncode == 2 and "top_k" in r.stderr and "Traceback" not in r.stderr
     r = _cli("predict", str(files / "good.mp4"), "--url", "http://127.0.0.1:9")  # nothing there
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_client_needs_neither_torch_nor_kserve():
-    code = ("import sys, sign2text.cli, sign2text.client; "
-            "assert not {'torch', 'kserve'} & set(sys.modules), sorted(sys.modules)")  # fmt: skip
+    code = (
+        "import sys, sign2text.cli, components.infra.v2client; "
+        "assert not {'torch', 'kserve'} & set(sys.modules), sorted(sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
 
 
 def test_evaluation_and_serving_feed_identical_tensors(model_dir, files, tmp_path, monkeypatch):
     """Same video, same config: the tensor evaluation scores is the tensor serving scores."""
-    from sign2text.data.dataset import Sample
-    from sign2text.learning.evaluate import evaluate
+    from components.data.dataset import Sample
+    from components.evaluation.evaluate import evaluate
 
     seen: list = []
     real = Classifier.probabilities
@@ -494,8 +527,14 @@ def test_evaluation_and_serving_feed_identical_tensors(model_dir, files, tmp_pat
     (tmp_path / "data" / "videos").mkdir(parents=True)
     shutil.copy(files / "good.mp4", tmp_path / "data" / "videos" / "v1.mp4")
     sample = Sample("v1", 0, LABELS[0], "test", 0, 1, -1, None, 25.0)
-    evaluate(model_dir, tmp_path / "data", tmp_path / "eval", splits=("test",),
-             samples=[sample], progress=False)  # fmt: skip
+    evaluate(
+        model_dir,
+        tmp_path / "data",
+        tmp_path / "eval",
+        splits=("test",),
+        samples=[sample],
+        progress=False,
+    )
     served = Sign2TextModel(model_dir)
     served.load()
     asyncio.run(served.predict(_video_request((files / "good.mp4").read_bytes())))
@@ -508,7 +547,7 @@ SENTENCE_FIXTURE = Path(__file__).parent / "fixtures" / "sentence_model"
 
 
 def test_over_max_in_flight_is_refused_at_once_with_a_retry_time():
-    from model.guard import Overloaded, overloaded_handler
+    from model.serving.guard import Overloaded, overloaded_handler
 
     m = Sign2TextModel(SENTENCE_FIXTURE, max_in_flight=2)
     m.load()
@@ -536,7 +575,7 @@ def _counting_forwards(m, monkeypatch, delay_s: float = 0.0) -> list:
 
 
 def test_a_request_past_its_time_budget_stops_between_windows(monkeypatch):
-    from model.guard import Overloaded
+    from model.serving.guard import Overloaded
 
     m = Sign2TextModel(SENTENCE_FIXTURE, time_budget_s=0.5)
     m.load()
@@ -573,7 +612,7 @@ def test_a_cancelled_request_stops_its_work(monkeypatch, caplog):
 
 
 def test_stop_removes_a_downloaded_model_and_the_decoder(tmp_path, monkeypatch):
-    import model.serving as serving
+    import model.serving.predictor as serving
 
     download = tmp_path / "sign2text-fetch-x"
     shutil.copytree(SENTENCE_FIXTURE, download)

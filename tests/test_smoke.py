@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sign2text.release.smoke import Margins, SmokeStats, compare, p95
+from components.release.smoke import Margins, SmokeStats, compare, p95
 from tests.conftest import moving_square, write_video
 from tests.model_server import ENV, ROOT, free_port, serve, small_model_dir
 
@@ -38,8 +38,13 @@ def server(tmp_path_factory):
         yield srv
 
 
-def smoke_step(canary: tuple[str, str], prev: tuple[str, str], videos: list[Path],
-               timeout_s: float = 30.0, rounds: int = ROUNDS) -> dict:  # fmt: skip
+def smoke_step(
+    canary: tuple[str, str],
+    prev: tuple[str, str],
+    videos: list[Path],
+    timeout_s: float = 30.0,
+    rounds: int = ROUNDS,
+) -> dict:
     """deploy's smoke step with (REST URL, gRPC URL) as the tag URLs of `latest` and `prev`."""
     cmd = [sys.executable, "tests/smoke_client.py", "--canary-rest", canary[0]]
     cmd += ["--canary-grpc", canary[1], "--prev-rest", prev[0], "--prev-grpc", prev[1]]

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from model import storage
-from model.checkpoint import CheckpointError, load_weights, read_state_dict
-from model.i3d import I3DConfig, InceptionI3d
+from model.network.checkpoint import CheckpointError, load_weights, read_state_dict
+from model.network.i3d import I3DConfig, InceptionI3d
 from model.storage import (
     StorageError,
     display_uri,
@@ -217,7 +217,7 @@ def test_fetch_refuses_a_non_empty_dest_dir(s3_env, tmp_path):
 
 def test_train_init_from_s3_uri(s3_env, tmp_path):
     """The train step's `init: s3://...` goes through the same loader."""
-    from sign2text.learning.train import build_model
+    from components.training.train import build_model
     from tests.conftest import demo_recipe
 
     bucket = s3_env.make_bucket()
@@ -233,8 +233,8 @@ def test_train_init_from_s3_uri(s3_env, tmp_path):
 
 
 def test_served_model_loads_from_s3(s3_env, tmp_path):
-    from model.package import write_model_dir
-    from model.serving import Sign2TextModel
+    from model.network.bundle import write_model_dir
+    from model.serving.predictor import Sign2TextModel
     from model.video import PreprocessConfig
 
     bucket = s3_env.make_bucket()

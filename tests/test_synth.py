@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sign2text.data import synth
+from components.data import synth
 
 SMALL = {"classes": 4, "per_class": 6, "signers": 4}
 FIELDS = {

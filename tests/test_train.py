@@ -15,26 +15,52 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from model.i3d import I3DConfig, InceptionI3d
-from model.package import load_model_dir
+from components.conversion.convert import convert
+from components.data.synth import synthesize
+from components.training.clips import ShardClips
+from model.network.bundle import load_model_dir
+from model.network.i3d import I3DConfig, InceptionI3d
 from model.video import PreprocessConfig
 from sign2text.cli import main
-from sign2text.data.convert import convert
-from sign2text.data.synth import synthesize
-from sign2text.learning.clips import ShardClips
 from tests.conftest import demo_recipe
 
 TIMING = ("seconds", "train_samples_per_s")  # wall-clock: differs run to run
-TINY_MODEL = {"width": 0.25, "dropout": 0.0, "num_frames": 8, "resize": 64, "crop": 56,
-              "channel_order": "BGR", "value_range": [-1.0, 1.0], "bbox_crop": False,
-              "bbox_margin": 0.1, "fps": 25.0}  # fmt: skip
-TINY_TRAIN = {"epochs": 3, "batch_size": 4, "optimizer": "adamw", "lr": 0.002,
-              "weight_decay": 0.0001, "warmup_epochs": 1, "label_smoothing": 0.1,
-              "hflip": True, "color_jitter": 0.2, "context_fraction": 0.5,
-              "context_epochs": 1, "context_lr": 0.001, "context_window": 12, "bn_clips": 256,
-              "freeze_backbone": False, "init": "",
-              "seed": 0, "num_workers": 0, "cache": True, "shuffle_buffer": 16,
-              "context_buffer": 8, "device": "cpu"}  # fmt: skip
+TINY_MODEL = {
+    "width": 0.25,
+    "dropout": 0.0,
+    "num_frames": 8,
+    "resize": 64,
+    "crop": 56,
+    "channel_order": "BGR",
+    "value_range": [-1.0, 1.0],
+    "bbox_crop": False,
+    "bbox_margin": 0.1,
+    "fps": 25.0,
+}
+TINY_TRAIN = {
+    "epochs": 3,
+    "batch_size": 4,
+    "optimizer": "adamw",
+    "lr": 0.002,
+    "weight_decay": 0.0001,
+    "warmup_epochs": 1,
+    "label_smoothing": 0.1,
+    "hflip": True,
+    "color_jitter": 0.2,
+    "context_fraction": 0.5,
+    "context_epochs": 1,
+    "context_lr": 0.001,
+    "context_window": 12,
+    "bn_clips": 256,
+    "freeze_backbone": False,
+    "init": "",
+    "seed": 0,
+    "num_workers": 0,
+    "cache": True,
+    "shuffle_buffer": 16,
+    "context_buffer": 8,
+    "device": "cpu",
+}
 
 
 def tiny_params(tmp: Path, **train) -> Path:
@@ -62,8 +88,9 @@ def shards(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("pipeline")
     data = root / "data"
     synthesize(data, classes=4, per_class=6, signers=4, seed=3, progress=False)
-    pre = PreprocessConfig.from_dict({k: v for k, v in TINY_MODEL.items()
-                                      if k not in ("width", "dropout")})  # fmt: skip
+    pre = PreprocessConfig.from_dict(
+        {k: v for k, v in TINY_MODEL.items() if k not in ("width", "dropout")}
+    )
     convert(data, root / "shards", pre, shard_size=8, progress=False, idle_clips=True)
     return data, root / "shards"
 
@@ -72,8 +99,12 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
     data, shard_dir = shards
     params = str(tiny_params(tmp_path))
     out = tmp_path / "train"
-    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params", params,
-                 "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["train", "--shards", str(shard_dir), "--out", str(out), "--params", params, "--quiet"]
+        )
+        == 0
+    )
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # 3 + 1 context epoch
     assert all({"loss", "val_top1", "val_top5", "lr"} <= set(r) for r in history)
@@ -87,8 +118,23 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
     assert bundle.sentence_window == 12
 
     ev = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(out / "model"), "--data", str(data), "--out",
-                 str(ev), "--params", params, "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(out / "model"),
+                "--data",
+                str(data),
+                "--out",
+                str(ev),
+                "--params",
+                params,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     m = json.loads((ev / "metrics.json").read_text())
     for split in ("val", "test"):
         assert {"top1", "top5", "top10", "per_class_mean"} <= set(m[split])
@@ -97,8 +143,22 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
     assert json.loads((ev / "gate.json").read_text())["decision"] == "pass"
 
     pkg = tmp_path / "package"
-    assert main(["package", "--model", str(out / "model"), "--eval", str(ev), "--out",
-                 str(pkg), "--params", params]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "package",
+                "--model",
+                str(out / "model"),
+                "--eval",
+                str(ev),
+                "--out",
+                str(pkg),
+                "--params",
+                params,
+            ]
+        )
+        == 0
+    )
     lineage = json.loads((pkg / "lineage.json").read_text())
     assert lineage["params"]["train"]["epochs"] == 3 and lineage["gate"] == "pass"
     assert load_model_dir(pkg).sentence_window == 12  # packaging keeps the no-sign output
@@ -118,14 +178,51 @@ def test_failed_gate_blocks_packaging(shards, tmp_path, capsys):
     raw["evaluate"]["min_top1"] = 1.01  # impossible
     params.write_text(yaml.safe_dump(raw))
     out, ev, pkg = tmp_path / "t", tmp_path / "e", tmp_path / "p"
-    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params",
-                 str(params), "--quiet"]) == 0  # fmt: skip
-    assert main(["evaluate", "--model", str(out / "model"), "--data", str(data), "--out",
-                 str(ev), "--params", str(params), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--shards",
+                str(shard_dir),
+                "--out",
+                str(out),
+                "--params",
+                str(params),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(out / "model"),
+                "--data",
+                str(data),
+                "--out",
+                str(ev),
+                "--params",
+                str(params),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     gate = json.loads((ev / "gate.json").read_text())
     assert gate["decision"] == "fail" and "below the minimum" in gate["reasons"][0]
-    args = ["package", "--model", str(out / "model"), "--eval", str(ev), "--out", str(pkg),
-            "--params", str(params)]  # fmt: skip
+    args = [
+        "package",
+        "--model",
+        str(out / "model"),
+        "--eval",
+        str(ev),
+        "--out",
+        str(pkg),
+        "--params",
+        str(params),
+    ]
     assert main(args) == 2
     assert "gate failed" in capsys.readouterr().err and not pkg.exists()
     assert main([*args, "--allow-failed-gate"]) == 0 and pkg.is_dir()
@@ -154,8 +251,20 @@ def test_overfits_one_batch(shards):
 
 
 def _train_cmd(shard_dir: Path, out: Path, params: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "sign2text.cli", "train", "--shards", str(shard_dir),
-            "--out", str(out), "--params", str(params), "--quiet", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "sign2text.cli",
+        "train",
+        "--shards",
+        str(shard_dir),
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
@@ -163,11 +272,16 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
     params = tiny_params(tmp_path, epochs=4)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    subprocess.run(_train_cmd(shard_dir, whole, params), check=True, env=env, timeout=300,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        _train_cmd(shard_dir, whole, params), check=True, env=env, timeout=300, capture_output=True
+    )
 
-    proc = subprocess.Popen(_train_cmd(shard_dir, broken, params), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _train_cmd(shard_dir, broken, params),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     # history.json is written right after each checkpoint: waiting for it waits for both
     while not (broken / "history.json").exists() and proc.poll() is None:
@@ -183,8 +297,13 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
     assert 1 <= len(partial) <= state["epoch"] and partial == state["history"][: len(partial)]
     assert json.loads((broken / "metrics.json").read_text()) == partial[-1]
 
-    r = subprocess.run(_train_cmd(shard_dir, broken, params, "--resume"), env=env,
-                       timeout=300, capture_output=True, text=True)  # fmt: skip
+    r = subprocess.run(
+        _train_cmd(shard_dir, broken, params, "--resume"),
+        env=env,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert f"resumed from {broken / 'state.pt'} after epoch {state['epoch']}" in r.stdout
     a = torch.load(whole / "model" / "model.pt", weights_only=True)
@@ -203,7 +322,7 @@ def test_killed_run_resumes_to_the_same_weights(shards, tmp_path):
 def test_curves_grow_on_disk_while_training_runs(shards, tmp_path, monkeypatch):
     """history.json / metrics.json have a row per finished epoch during the run, for `dvc plots
     show` and `dvc exp show` mid-run, not only once training ends."""
-    import sign2text.learning.train as train_module
+    import components.training.train as train_module
 
     _, shard_dir = shards
     out, seen = tmp_path / "run", []
@@ -213,14 +332,32 @@ def test_curves_grow_on_disk_while_training_runs(shards, tmp_path, monkeypatch):
         path = out / "history.json"
         rows = json.loads(path.read_text()) if path.exists() else []
         metrics = json.loads((out / "metrics.json").read_text()) if rows else None
-        seen.append(([r["epoch"] for r in rows], metrics == (rows[-1] if rows else None),
-                     (out / "model").exists()))  # fmt: skip
+        seen.append(
+            (
+                [r["epoch"] for r in rows],
+                metrics == (rows[-1] if rows else None),
+                (out / "model").exists(),
+            )
+        )
         return validate(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "_validate", spy)
     params = tiny_params(tmp_path, epochs=2)  # + 1 context epoch
-    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params",
-                 str(params), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--shards",
+                str(shard_dir),
+                "--out",
+                str(out),
+                "--params",
+                str(params),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     # epoch N+1 runs with N rows on disk, metrics.json = the last, and no model yet
     assert seen == [([], True, False), ([1], True, False), ([1, 2], True, False)]
     assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2, 3]
@@ -230,10 +367,32 @@ def test_curves_grow_on_disk_while_training_runs(shards, tmp_path, monkeypatch):
 def test_resume_refuses_other_params(shards, tmp_path):
     _, shard_dir = shards
     out = tmp_path / "run"
-    assert main(["train", "--shards", str(shard_dir), "--out", str(out), "--params",
-                 str(tiny_params(tmp_path, epochs=1)), "--quiet"]) == 0  # fmt: skip
-    args = ["train", "--shards", str(shard_dir), "--out", str(out), "--params",
-            str(tiny_params(tmp_path, epochs=1, lr=0.5)), "--resume", "--quiet"]  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--shards",
+                str(shard_dir),
+                "--out",
+                str(out),
+                "--params",
+                str(tiny_params(tmp_path, epochs=1)),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    args = [
+        "train",
+        "--shards",
+        str(shard_dir),
+        "--out",
+        str(out),
+        "--params",
+        str(tiny_params(tmp_path, epochs=1, lr=0.5)),
+        "--resume",
+        "--quiet",
+    ]
     assert main(args) == 2
 
 
@@ -287,8 +446,9 @@ def test_batchnorm_clips_are_capped_and_spread_over_the_split(shards):
     assert len(shuffled.epoch_items(8)) == 3
     # Training's view decodes the split once for both; the clips are the same as on its own.
     source = ShardClips(shard_dir, "val", pre, train=True, cache=True, **kw)
-    shared = ShardClips(shard_dir, "val", pre, train=False, cache=True, max_items=4,
-                        decoded_by=source, **kw)  # fmt: skip
+    shared = ShardClips(
+        shard_dir, "val", pre, train=False, cache=True, max_items=4, decoded_by=source, **kw
+    )
     shared.set_epoch(0, context=True)
     own = list(capped)
     assert all(torch.equal(a[0], b[0]) and a[1:] == b[1:] for a, b in zip(own, shared, strict=True))
@@ -301,10 +461,11 @@ def test_batchnorm_clips_are_capped_and_spread_over_the_split(shards):
 
 def test_learning_rate_phases():
     """Sign epochs warm up and decay from lr; context epochs restart from context_lr."""
-    from sign2text.learning.train import _optimizer
+    from components.training.train import _optimizer
 
-    cfg = demo_recipe(epochs=2, warmup_epochs=1, lr=0.01, context_fraction=1.0,
-                      context_epochs=2, context_lr=0.001)  # fmt: skip
+    cfg = demo_recipe(
+        epochs=2, warmup_epochs=1, lr=0.01, context_fraction=1.0, context_epochs=2, context_lr=0.001
+    )
     opt, sched = _optimizer(cfg, torch.nn.Linear(1, 1), [4, 4, 8, 8])
     lrs = []
     for _ in range(24):

@@ -1,4 +1,4 @@
-"""Multi-node training as a Kubeflow Trainer TrainJob (sign2text/learning/trainjob.py) and the
+"""Multi-node training as a Kubeflow Trainer TrainJob (components/training/trainjob.py) and the
 pipeline's train step on that path, against the FAKE API + controller in tests/fake_trainer.py
 (no cluster can run here): every TrainJob created is checked against the CRD schema."""
 
@@ -11,8 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from pipelines.glue import checkpoint_dir, train_step
-from sign2text.learning.trainjob import (
+from components.training.trainjob import (
     MANAGED_BY,
     MANAGED_LABEL,
     SHM,
@@ -23,6 +22,7 @@ from sign2text.learning.trainjob import (
     trainjob_manifest,
     trainjob_name,
 )
+from pipelines.glue import checkpoint_dir, train_step
 from tests.crd_schema import validate
 from tests.fake_trainer import FakeTrainer
 
@@ -66,8 +66,9 @@ def manifest(name: str = "sign2text-train-test", nodes: int = 2, gpus: int = 4) 
 def run(fake: FakeTrainer, m: dict, timeout_s: float = 3600) -> tuple[dict, list[str]]:
     lines: list[str] = []
     clock = Clock()
-    obj = run_trainjob(fake, m, timeout_s=timeout_s, poll_s=10, log=lines.append, clock=clock,
-                       sleep=clock.sleep)  # fmt: skip
+    obj = run_trainjob(
+        fake, m, timeout_s=timeout_s, poll_s=10, log=lines.append, clock=clock, sleep=clock.sleep
+    )
     return obj, lines
 
 
@@ -80,12 +81,25 @@ def test_two_nodes_of_four_gpus_validate_and_run_the_contract_command():
         "kind": "ClusterTrainingRuntime",
     }
     assert trainer["command"] == [
-        "torchrun", "--no-python", "sign2text", "train", "--shards", f"{WORK}/shards",
-        "--out", str(WORK), "--resume", "--params", f"{WORK}/params.yaml", "--quiet",
-    ]  # fmt: skip
+        "torchrun",
+        "--no-python",
+        "sign2text",
+        "train",
+        "--shards",
+        f"{WORK}/shards",
+        "--out",
+        str(WORK),
+        "--resume",
+        "--params",
+        f"{WORK}/params.yaml",
+        "--quiet",
+    ]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
-    assert trainer["resourcesPerNode"]["limits"] == {"cpu": "8", "memory": "64G",
-                                                     "nvidia.com/gpu": "4"}  # fmt: skip
+    assert trainer["resourcesPerNode"]["limits"] == {
+        "cpu": "8",
+        "memory": "64G",
+        "nvidia.com/gpu": "4",
+    }
     (patch,) = m["spec"]["runtimePatches"]
     (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     assert job["name"] == "node"
@@ -200,7 +214,7 @@ def test_a_job_of_that_name_with_another_spec_is_not_adopted():
 
 
 def _train_params() -> str:
-    from sign2text.params import load_params
+    from components.params import load_params
 
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     return json.dumps({k: p[k] for k in ("model", "train")}, sort_keys=True)
@@ -214,9 +228,17 @@ def test_pipeline_step_stages_shards_runs_the_trainjob_and_copies_the_model(tmp_
     (shards / "train" / "shard-000000.tar").write_bytes(b"samples")
     (shards / "manifest.json").write_text('{"content_hash": "abc"}')
     root, params = tmp_path / "checkpoints", _train_params()
-    cluster = json.dumps({"image": "reg.test/s2t:9", "cpu": "8", "memory": "64G",
-                          "tolerations": [GPU_TAINT], "node_selector": SELECTOR,
-                          "pvc": "sign2text-checkpoints", "mount": str(root)})  # fmt: skip
+    cluster = json.dumps(
+        {
+            "image": "reg.test/s2t:9",
+            "cpu": "8",
+            "memory": "64G",
+            "tolerations": [GPU_TAINT],
+            "node_selector": SELECTOR,
+            "pvc": "sign2text-checkpoints",
+            "mount": str(root),
+        }
+    )
     history = [
         {"epoch": 1, "loss": 2.0, "val_top1": 0.5},
         {"epoch": 2, "loss": 1.0, "val_top1": 0.7},
@@ -236,9 +258,20 @@ def test_pipeline_step_stages_shards_runs_the_trainjob_and_copies_the_model(tmp_
     fake.on_complete = simulate_training
 
     def step(model_out: Path) -> dict:
-        return train_step(shards, "abc", params, root, model_out, tmp_path / "curves.html",
-                          nodes=2, gpus_per_node=4, cluster=cluster, namespace=NS, api=fake,
-                          poll_s=0)  # fmt: skip
+        return train_step(
+            shards,
+            "abc",
+            params,
+            root,
+            model_out,
+            tmp_path / "curves.html",
+            nodes=2,
+            gpus_per_node=4,
+            cluster=cluster,
+            namespace=NS,
+            api=fake,
+            poll_s=0,
+        )
 
     final = step(tmp_path / "model")
     work = checkpoint_dir(root, "abc", params)
@@ -259,8 +292,18 @@ def test_pipeline_step_stages_shards_runs_the_trainjob_and_copies_the_model(tmp_
 
 
 def test_pipeline_step_needs_the_claim_and_a_namespace(tmp_path):
-    cluster = json.dumps({"image": "i", "cpu": "1", "memory": "1G", "pvc": "p",
-                          "mount": "/elsewhere"})  # fmt: skip
+    cluster = json.dumps(
+        {"image": "i", "cpu": "1", "memory": "1G", "pvc": "p", "mount": "/elsewhere"}
+    )
     with pytest.raises(ValueError, match="must lie on the claim"):
-        train_step(tmp_path, "abc", _train_params(), tmp_path, tmp_path / "m", nodes=2,
-                   cluster=cluster, namespace=NS, api=FakeTrainer())  # fmt: skip
+        train_step(
+            tmp_path,
+            "abc",
+            _train_params(),
+            tmp_path,
+            tmp_path / "m",
+            nodes=2,
+            cluster=cluster,
+            namespace=NS,
+            api=FakeTrainer(),
+        )

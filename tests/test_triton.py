@@ -1,5 +1,5 @@
 """The Triton path: the repository `sign2text model triton-repo` writes, the triton runtime
-(model/triton_runtime.py) against a v2 server, and manifests/overlays/triton.
+(model/runtimes/triton_runtime.py) against a v2 server, and manifests/overlays/triton.
 
 Triton itself cannot run here; tests/triton_standin.py stands in for it: a real KServe
 ModelServer serving the written repository with ONNX Runtime, enforcing its max_batch_size.
@@ -19,12 +19,12 @@ import urllib.request
 import numpy as np
 import pytest
 
+from components.data.synth import class_spec, render_clip, signer_look
+from components.release.local_deploy import free_port, stop_process
 from model.predict import Classifier
-from model.triton_runtime import PredictorError, TritonRuntime
-from model.triton_runtime import load as load_triton
+from model.runtimes.triton_runtime import PredictorError, TritonRuntime
+from model.runtimes.triton_runtime import load as load_triton
 from sign2text.cli import main
-from sign2text.data.synth import class_spec, render_clip, signer_look
-from sign2text.release.local_deploy import free_port, stop_process
 from tests.crd_schema import validate as validate_kserve
 from tests.kustomize import OVERLAYS, manifests_copy, one, render
 from tests.model_server import ENV, ROOT, serve
@@ -42,8 +42,16 @@ def exported(onnx_sentence_model):
 @pytest.fixture(scope="module")
 def repository(exported, tmp_path_factory):
     out = tmp_path_factory.mktemp("repo")
-    argv = ["model", "triton-repo", str(exported), str(out),
-            "--max-batch-size", str(MAX_BATCH), "--max-queue-delay-us", "500"]  # fmt: skip
+    argv = [
+        "model",
+        "triton-repo",
+        str(exported),
+        str(out),
+        "--max-batch-size",
+        str(MAX_BATCH),
+        "--max-queue-delay-us",
+        "500",
+    ]
     assert main(argv) == 0
     return out
 
@@ -107,13 +115,19 @@ print(json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=T
 def test_repository_is_a_triton_onnx_model_with_dynamic_batching(exported, repository):
     model = repository / "sign2text"
     assert sorted(p.relative_to(repository).as_posix() for p in model.rglob("*")) == [
-        "sign2text/1", "sign2text/1/model.onnx", "sign2text/config.pbtxt"
-    ]  # fmt: skip
+        "sign2text/1",
+        "sign2text/1/model.onnx",
+        "sign2text/config.pbtxt",
+    ]
     assert (model / "1" / "model.onnx").read_bytes() == (exported / "model.onnx").read_bytes()
     # Parsed with Triton's own ModelConfig proto, in a process of its own (tritonclient.grpc
     # and kserve cannot share one): an unknown field or a malformed value fails here.
-    done = subprocess.run([sys.executable, "-c", PARSE, str(model / "config.pbtxt")],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE, str(model / "config.pbtxt")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     config = json.loads(done.stdout)
     record = json.loads((exported / "config.json").read_text())["onnx"]
@@ -177,8 +191,7 @@ def test_triton_runtime_answers_as_onnx_runtime(exported, standin, video_file):
     want, got = onnx.sentence(frames, stride=4), triton.sentence(frames, stride=4)
     assert want, "a vacuous comparison: no words in the sentence"
     assert [(w.gloss, w.start, w.end) for w in got] == [(w.gloss, w.start, w.end) for w in want]
-    np.testing.assert_allclose([w.confidence for w in got], [w.confidence for w in want],
-                               rtol=1e-4)  # fmt: skip
+    np.testing.assert_allclose([w.confidence for w in got], [w.confidence for w in want], rtol=1e-4)
 
 
 def test_triton_runtime_errors_name_the_predictor(exported, standin):
@@ -203,12 +216,13 @@ def test_a_predictor_outage_is_a_503_not_the_clients_fault(exported):
     """Served in front of a predictor that is down: 503 with Retry-After, not a 400 or 500."""
     import asyncio
 
-    from model.guard import Overloaded
-    from model.serving import Sign2TextModel
+    from model.serving.guard import Overloaded
+    from model.serving.predictor import Sign2TextModel
     from tests.test_serving import _frames_request
 
-    m = Sign2TextModel(exported, runtime="triton",
-                       runtime_options={"predictor_host": f"127.0.0.1:{free_port()}"})  # fmt: skip
+    m = Sign2TextModel(
+        exported, runtime="triton", runtime_options={"predictor_host": f"127.0.0.1:{free_port()}"}
+    )
     m.load()
     with pytest.raises(Overloaded, match="predictor is unavailable") as e:
         asyncio.run(m.predict(_frames_request(_signs(1)[..., ::-1].copy())))
@@ -217,9 +231,10 @@ def test_a_predictor_outage_is_a_503_not_the_clients_fault(exported):
 
 
 def test_server_in_front_of_the_standin_is_a_transformer(exported, standin, tmp_path):
-    """`python -m model.server --predictor_host H` (what KServe runs as the transformer) answers
-    word mode with the in-process ONNX Runtime answer, the network running on the stand-in."""
-    from model.server import _runtime, build_parser
+    """`python -m model.serving.server --predictor_host H` (what KServe runs as the transformer)
+    answers word mode with the in-process ONNX Runtime answer, the network running on the
+    stand-in."""
+    from model.serving.server import _runtime, build_parser
 
     args = build_parser().parse_args(["--model-dir", "m", "--predictor_host", "p.ns"])
     options = {"predictor_host": "p.ns", "protocol": "v2", "use_ssl": False, "timeout_s": 600.0}
@@ -260,7 +275,7 @@ def rendered(tmp_path_factory):
 
 
 def test_triton_overlay_validates_against_the_crds(rendered):
-    from model.server import build_parser
+    from model.serving.server import build_parser
 
     assert "triton" in OVERLAYS
     isvc = one(rendered, "InferenceService", "sign2text-triton")
@@ -280,7 +295,7 @@ def test_triton_overlay_validates_against_the_crds(rendered):
     (c,) = tf["containers"]
     assert c["name"] == "kserve-container" and c["image"].startswith("sign2text-serving:")
     assert not c["image"].endswith("-cuda"), "decoding and preprocessing need no GPU"
-    assert c["command"] == ["python", "-m", "model.server"]
+    assert c["command"] == ["python", "-m", "model.serving.server"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["STORAGE_URI"].startswith("s3://sign2text/models/")
     # KServe appends --predictor_host (and --model_name, --http_port where absent) to these.

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.conversion.convert import iter_samples, read_manifest
+from components.data.dataset import Sample, load_samples
+from components.data.synth import synthesize
+from components.validation.validate import REASONS, DatasetInvalid, validate
 from model.video import count_frames
 from pipelines import glue
 from sign2text.cli import main
-from sign2text.data.convert import iter_samples, read_manifest
-from sign2text.data.dataset import Sample, load_samples
-from sign2text.data.synth import synthesize
-from sign2text.data.validate import REASONS, DatasetInvalid, validate
 from tests.browser import external_requests, offline_chromium, open_page
 from tests.conftest import moving_square, write_video
 from tests.test_train import tiny_params
@@ -119,8 +119,9 @@ def cache(tmp_path_factory) -> Path:
 def result(planted, cache, tmp_path_factory) -> tuple[dict, Path, dict, dict]:
     before = _tree(planted)
     out = tmp_path_factory.mktemp("validate")
-    report = validate(planted, out, max_bad_fraction=0.5, workers=2, progress=False,
-                      cache_dir=cache)  # fmt: skip
+    report = validate(
+        planted, out, max_bad_fraction=0.5, workers=2, progress=False, cache_dir=cache
+    )
     return report, out, before, _tree(planted)
 
 
@@ -188,7 +189,7 @@ def test_report_page_shows_the_quarantine_in_a_browser_with_no_network(
     # opening a file goes by the suffix.
     calls = []
     monkeypatch.setattr(
-        "sign2text.data.validate.validate", lambda *a, **k: calls.append(k) or report
+        "components.validation.validate.validate", lambda *a, **k: calls.append(k) or report
     )
     artifact = tmp_path / "kfp-html-artifact.html"
     params = json.dumps({"validate": {"max_bad_fraction": 0.5}})
@@ -230,8 +231,7 @@ def test_report_page_shows_the_quarantine_in_a_browser_with_no_network(
 def test_revalidation_decodes_only_changed_files(result, planted, cache, tmp_path):
     report, _, _, _ = result
     assert report["probe"]["decoded"] > 0
-    again = validate(planted, tmp_path / "a", max_bad_fraction=0.5, progress=False,
-                     cache_dir=cache)  # fmt: skip
+    again = validate(planted, tmp_path / "a", max_bad_fraction=0.5, progress=False, cache_dir=cache)
     assert again["probe"] == {"decoded": 0, "cached": report["probe"]["decoded"]}
     assert again["quarantined"] == report["quarantined"] and again["valid"] == report["valid"]
     # Same name, new content: only that file is decoded again, and what it now is counts.

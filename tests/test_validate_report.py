@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from html.parser import HTMLParser
 
-from sign2text.data.validate_report import render, write_report_html
+from components.validation.report import render, write_report_html
 from tests.browser import external_requests, offline_chromium, open_page
 
 TITLE = "sign2text validation report"
@@ -16,27 +16,80 @@ TITLE = "sign2text validation report"
 SCRIPT = "<script>document.title='pwned'</script>"
 IMG = '"><img src="https://evil.example/x.png" onerror="document.title=\'pwned\'">'
 CSS = "</code><style>@import url(https://evil.example/x.css);</style>"
-TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "span", "code",
-        "table", "thead", "tbody", "tr", "th", "td", "ul", "li", "a"}  # fmt: skip
+TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "span",
+    "code",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "ul",
+    "li",
+    "a",
+}
 
 
 def hostile_report() -> dict:
     quarantined = [
-        {"video_id": SCRIPT, "reasons": ["bad_metadata"], "details": [CSS], "gloss": IMG,
-         "split": "train", "where": f"gloss #0 {IMG!r}"},
-        {"video_id": None, "reasons": ["bad_metadata", "bad_label"], "details": ["x & y"],
-         "gloss": "book", "split": "val", "where": "gloss #1"},
-    ]  # fmt: skip
-    suites = {"metadata": {"success": False, "expectations": 1, "failed": ["x"], "results": [
-        {"why": "video_id must be a plain file name", "column": "video_id",
-         "reason": "bad_metadata", "success": False, "failing_rows": 2}]}}  # fmt: skip
+        {
+            "video_id": SCRIPT,
+            "reasons": ["bad_metadata"],
+            "details": [CSS],
+            "gloss": IMG,
+            "split": "train",
+            "where": f"gloss #0 {IMG!r}",
+        },
+        {
+            "video_id": None,
+            "reasons": ["bad_metadata", "bad_label"],
+            "details": ["x & y"],
+            "gloss": "book",
+            "split": "val",
+            "where": "gloss #1",
+        },
+    ]
+    suites = {
+        "metadata": {
+            "success": False,
+            "expectations": 1,
+            "failed": ["x"],
+            "results": [
+                {
+                    "why": "video_id must be a plain file name",
+                    "column": "video_id",
+                    "reason": "bad_metadata",
+                    "success": False,
+                    "failing_rows": 2,
+                }
+            ],
+        }
+    }
     return {
-        "dataset": "/data/" + SCRIPT, "total": 3, "valid": 1, "quarantined": quarantined,
+        "dataset": "/data/" + SCRIPT,
+        "total": 3,
+        "valid": 1,
+        "quarantined": quarantined,
         "warnings": [{"video_id": IMG, "reason": "fps_mismatch", "detail": CSS}],
-        "reasons": {"bad_metadata": 2, "bad_label": 1}, "splits": {"train": 1},
-        "probe": {"decoded": 1, "cached": 2}, "suites": suites, "failure": None,
-        "thresholds": {"min_frames": 8}, "max_bad_fraction": 0.5,
-    }  # fmt: skip
+        "reasons": {"bad_metadata": 2, "bad_label": 1},
+        "splits": {"train": 1},
+        "probe": {"decoded": 1, "cached": 2},
+        "suites": suites,
+        "failure": None,
+        "thresholds": {"min_frames": 8},
+        "max_bad_fraction": 0.5,
+    }
 
 
 class _Markup(HTMLParser):
@@ -85,8 +138,15 @@ def test_hostile_text_shows_as_text_in_an_offline_browser(tmp_path):
 
 
 def test_a_rejected_dataset_gets_a_page_without_suites_or_docs_link():
-    report = {"dataset": "d", "total": 0, "valid": 0, "quarantined": [], "warnings": [],
-              "failure": "metadata unreadable: not valid JSON", "thresholds": {}}  # fmt: skip
+    report = {
+        "dataset": "d",
+        "total": 0,
+        "valid": 0,
+        "quarantined": [],
+        "warnings": [],
+        "failure": "metadata unreadable: not valid JSON",
+        "thresholds": {},
+    }
     page = render(report, docs=None)
     assert "Dataset rejected: metadata unreadable: not valid JSON" in page
     assert "suites did not run" in page and "No sample quarantined" in page

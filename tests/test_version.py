@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from sign2text.data.dataset import METADATA, load_glosses, load_samples
-from sign2text.data.synth import synthesize
-from sign2text.data.version import (
+from components.data.dataset import METADATA, load_glosses, load_samples
+from components.data.synth import synthesize
+from components.data.version import (
     DataVersionError,
     fetch_from_remote,
     local_hash,
@@ -109,7 +109,7 @@ def test_fetch_refuses_a_corrupted_object(versioned, s3_boto_env, s3_server, tmp
 
 def test_remote_reader_takes_the_s3_settings(monkeypatch, tmp_path):
     """The DVC-remote reader builds its client as objstore does: S3_* timeouts/retries apply."""
-    from sign2text.release import objstore
+    from components.infra import objstore
 
     (port,) = _free_ports(1)
     env = {

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import video as V
-from model.torch_runtime import normalized
+from model.runtimes.torch_runtime import normalized
 from model.video import PreprocessConfig
 from tests.conftest import moving_square, write_video
 
@@ -227,8 +227,9 @@ def _same(clip: np.ndarray, b: torch.Tensor, cfg: PreprocessConfig) -> bool:
 def test_value_map_is_bit_identical_for_every_uint8_value(value_range):
     every = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (256, 1, 3))[None]  # 1x256x256x3
     for order in ("BGR", "RGB"):
-        cfg = PreprocessConfig(num_frames=1, resize=256, crop=256, value_range=value_range,
-                               channel_order=order)  # fmt: skip
+        cfg = PreprocessConfig(
+            num_frames=1, resize=256, crop=256, value_range=value_range, channel_order=order
+        )
         want = _reference_clip(every, cfg, idx=[0])
         clip = V.to_clip(every, cfg)
         assert _same(clip, want, cfg)
@@ -312,8 +313,9 @@ def test_resizing_only_the_part_the_crop_keeps_is_bit_identical():
     parts = 0
     for i, (w, h) in enumerate(sizes):
         crop = int(rng.integers(4, 240))
-        cfg = PreprocessConfig(num_frames=1, resize=crop + int(rng.integers(0, 50)), crop=crop,
-                               bbox_crop=i % 3 == 0)  # fmt: skip
+        cfg = PreprocessConfig(
+            num_frames=1, resize=crop + int(rng.integers(0, 50)), crop=crop, bbox_crop=i % 3 == 0
+        )
         x, y = rng.uniform(0, w * 0.5), rng.uniform(0, h * 0.5)
         bbox = [x, y, x + rng.uniform(2, w * 0.5 + 2), y + rng.uniform(2, h * 0.5 + 2)]
         frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)

@@ -27,7 +27,7 @@ from kserve import model_server
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from model.server import BinaryBytesDataPlane
+from model.serving.server import BinaryBytesDataPlane
 
 INPUT, OUTPUT = "clip", "per_time_logits"
 

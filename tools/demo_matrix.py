@@ -26,7 +26,7 @@ def _set(params: dict, assignments: list[str]) -> dict:
     """`section.key=value` overrides (value parsed as YAML), for trying a variant of the recipe."""
     import yaml
 
-    from sign2text.params import overrides
+    from components.params import overrides
 
     values = {}
     for a in assignments:
@@ -42,9 +42,9 @@ def run_one(params: dict, data: Path, shards: Path, out: Path, seed: int, thread
     import torch
 
     torch.set_num_threads(threads)
-    from sign2text import steps
-    from sign2text.learning.train import HISTORY
-    from sign2text.params import Params, overrides
+    from components import steps
+    from components.params import Params, overrides
+    from components.training.train import HISTORY
 
     t0 = time.perf_counter()
     run = Params(overrides(params, {"train.seed": seed}, "--one"))
@@ -73,13 +73,28 @@ def passes(row: dict, min_top1: float) -> bool:
 
 
 def table(rows: list[dict], min_top1: float) -> str:
-    head = ("seed", "threads", "val>0.5 at epoch", "test top-1", "reversed pairs",
-            "sentences", "wall s", "pass")  # fmt: skip
+    head = (
+        "seed",
+        "threads",
+        "val>0.5 at epoch",
+        "test top-1",
+        "reversed pairs",
+        "sentences",
+        "wall s",
+        "pass",
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = (r["seed"], r["threads"], r["val_top1_above_half_at"], r["test_top1"],
-                 r["reversed_pairs"], r["sentence_correct"], r["wall_s"],
-                 "yes" if passes(r, min_top1) else "NO")  # fmt: skip
+        cells = (
+            r["seed"],
+            r["threads"],
+            r["val_top1_above_half_at"],
+            r["test_top1"],
+            r["reversed_pairs"],
+            r["sentence_correct"],
+            r["wall_s"],
+            "yes" if passes(r, min_top1) else "NO",
+        )
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
@@ -99,14 +114,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="artifacts/matrix")
     ap.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,3")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1,
-                    help="runs overlap while their threads fit in this many cores")  # fmt: skip
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="try a variant of the recipe")  # fmt: skip
+    ap.add_argument(
+        "--cores",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="runs overlap while their threads fit in this many cores",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="try a variant of the recipe",
+    )
     ap.add_argument("--one", nargs=2, type=int, metavar=("SEED", "THREADS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
 
-    from sign2text.params import load_params
+    from components.params import load_params
 
     try:
         params = _set(load_params(a.params), a.set)
@@ -123,21 +147,36 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     if not (shards / "manifest.json").is_file():
-        from sign2text import steps
-        from sign2text.params import Params
+        from components import steps
+        from components.params import Params
 
         steps.convert(Params(params), data, None, shards)
     # Widest runs first, so that narrower ones can share the cores at the end.
     runs = sorted(((s, t) for s in _ints(a.seeds) for t in _ints(a.threads)), key=lambda r: -r[1])
     sets = [x for s in a.set for x in ("--set", s)]
-    child = [sys.executable, "-m", "tools.demo_matrix", "--params", a.params,
-             "--data", a.data, "--out", a.out, *sets]  # fmt: skip
+    child = [
+        sys.executable,
+        "-m",
+        "tools.demo_matrix",
+        "--params",
+        a.params,
+        "--data",
+        a.data,
+        "--out",
+        a.out,
+        *sets,
+    ]
 
     def start(seed: int, threads: int) -> tuple[subprocess.Popen, int]:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         log = open(out / f"seed{seed}-t{threads}.log", "w")  # noqa: SIM115 (closed with the run)
-        proc = subprocess.Popen([*child, "--one", str(seed), str(threads)], env=env,
-                                stdout=subprocess.PIPE, stderr=log, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [*child, "--one", str(seed), str(threads)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
         return proc, threads
 
     rows, pending, running = [], list(runs), []
@@ -154,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         proc = done[0]
         stdout = proc.stdout.read()
         if proc.returncode != 0:
-            print(f"a run failed (exit {proc.returncode}): {proc.args[-2:]}, see {out}/*.log",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"a run failed (exit {proc.returncode}): {proc.args[-2:]}, see {out}/*.log",
+                file=sys.stderr,
+            )
             return 1
         rows.append(json.loads(stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)

@@ -1,5 +1,5 @@
 "use strict";
-// The page's whole logic: ask the app's JSON API (app/server.py), show what it answers.
+// The page's whole logic: ask the app's JSON API (app/main.py), show what it answers.
 const $ = (id) => document.getElementById(id);
 let last = null;      // the last answer: {token, mode, result, model}
 let recorder = null;  // a MediaRecorder while recording

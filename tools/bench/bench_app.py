@@ -28,11 +28,11 @@ import cv2
 import httpx
 import numpy as np
 
+from components.data.dataset import load_samples
+from components.data.synth import synthesize
+from components.release.local_deploy import free_port, stop_process
+from components.training.context import load_videos, signer_groups, string_together
 from model.predict import Classifier
-from sign2text.data.dataset import load_samples
-from sign2text.data.synth import synthesize
-from sign2text.learning.context import load_videos, signer_groups, string_together
-from sign2text.release.local_deploy import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "fixtures" / "sentence_model"
@@ -56,18 +56,26 @@ def _start(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
 
 
 def _direct(client: httpx.Client, model_url: str, video: bytes) -> None:
-    spec = {"name": "video", "shape": [1], "datatype": "BYTES",
-            "parameters": {"binary_data_size": len(video) + 4}}  # fmt: skip
+    spec = {
+        "name": "video",
+        "shape": [1],
+        "datatype": "BYTES",
+        "parameters": {"binary_data_size": len(video) + 4},
+    }
     header = json.dumps({"inputs": [spec], "parameters": {"mode": "word", "top_k": 5}}).encode()
     body = header + len(video).to_bytes(4, "little") + video
-    r = client.post(f"{model_url}/v2/models/sign2text/infer", content=body,
-                    headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    r = client.post(
+        f"{model_url}/v2/models/sign2text/infer",
+        content=body,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
     r.raise_for_status()
 
 
 def _via_app(client: httpx.Client, app_url: str, video: bytes) -> None:
-    r = client.post(f"{app_url}/api/predict", files={"file": ("sign.mp4", video)},
-                    data={"mode": "word"})  # fmt: skip
+    r = client.post(
+        f"{app_url}/api/predict", files={"file": ("sign.mp4", video)}, data={"mode": "word"}
+    )
     r.raise_for_status()
 
 
@@ -87,15 +95,18 @@ def upload_ratio(model_url: str, app_url: str, video: bytes) -> dict:
 def _stream(tmp: Path) -> tuple[np.ndarray, list[tuple[int, int, int]], list[str]]:
     """One signer's test videos strung together: (BGR frames, [(start, end, label)], labels)."""
     data = tmp / "data"
-    synthesize(data, classes=10, per_class=12, signers=24, seed=7, progress=False,
-               only_splits=("test",))  # fmt: skip
+    synthesize(
+        data, classes=10, per_class=12, signers=24, seed=7, progress=False, only_splits=("test",)
+    )
     labels = Classifier(MODEL).labels
     samples = [s for s in load_samples(data) if s.split == "test"]
     videos = load_videos(data, samples, labels)
     # Signers one after another (the page sends 160 x 120 whatever the camera's size).
     order = [i for g in signer_groups(videos) for i in g][:SIGNS]
-    resized = [dataclasses.replace(v, frames=np.stack([cv2.resize(f, (W, H)) for f in v.frames]))
-               for v in videos]  # fmt: skip
+    resized = [
+        dataclasses.replace(v, frames=np.stack([cv2.resize(f, (W, H)) for f in v.frames]))
+        for v in videos
+    ]
     return (*string_together(resized, order), labels)
 
 
@@ -112,8 +123,11 @@ def live_latency(app_url: str, tmp: Path) -> dict:
             time.sleep(max(0.0, due - time.perf_counter()))
             now = time.perf_counter()
             sent_at.update(dict.fromkeys(range(i, i + CHUNK), now))
-            r = client.post(f"{app_url}/api/live/{sid}", params={"width": W, "height": H},
-                            content=rgb[i : i + CHUNK].tobytes())  # fmt: skip
+            r = client.post(
+                f"{app_url}/api/live/{sid}",
+                params={"width": W, "height": H},
+                content=rgb[i : i + CHUNK].tobytes(),
+            )
             got = time.perf_counter()
             heard += [(w["word"], w["start"], w["end"], got) for w in r.json()["final"]]
     latencies, named = [], 0
@@ -123,8 +137,13 @@ def live_latency(app_url: str, tmp: Path) -> dict:
             named += 1
             latencies.append(match[0][3] - sent_at[e])
     q = np.percentile(latencies, [50, 95]) * 1000 if latencies else [float("nan")] * 2
-    return {"signs": len(spans), "named": named, "words_heard": len(heard),
-            "p50_ms": float(q[0]), "p95_ms": float(q[1])}  # fmt: skip
+    return {
+        "signs": len(spans),
+        "named": named,
+        "words_heard": len(heard),
+        "p50_ms": float(q[0]),
+        "p95_ms": float(q[1]),
+    }
 
 
 # Recorded in the page: when the camera presents each frame (requestVideoFrameCallback's
@@ -161,10 +180,17 @@ def page_live_latency(app_url: str, tmp: Path) -> dict:
     camera = _y4m(frames, tmp / "stream.y4m")
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1",
-                "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                f"--use-file-for-fake-video-capture={camera}"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=127.0.0.1",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
@@ -199,8 +225,13 @@ def page_live_latency(app_url: str, tmp: Path) -> dict:
                 named, j = named + 1, i + 1
                 break
     q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
-    return {"signs": len(spans), "named": named, "timed": len(latencies),
-            "p50_ms": float(q[0]), "p95_ms": float(q[1])}  # fmt: skip
+    return {
+        "signs": len(spans),
+        "named": named,
+        "timed": len(latencies),
+        "p50_ms": float(q[0]),
+        "p95_ms": float(q[1]),
+    }
 
 
 def main() -> None:
@@ -208,14 +239,30 @@ def main() -> None:
         tmp = Path(d)
         mport, aport = free_port(), free_port()
         model_url, app_url = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{aport}"
-        model = _start([sys.executable, "-m", "model.server", "--model-dir", str(MODEL),
-                        "--http-port", str(mport), "--grpc-port", str(free_port()),
-                        "--host", "127.0.0.1"], f"{model_url}/v2/health/ready",
-                       tmp / "model.log")  # fmt: skip
-        app = _start([sys.executable, "-m", "app.server", "--model-url", model_url,
-                      "--port", str(aport)], f"{app_url}/healthz", tmp / "app.log")  # fmt: skip
+        model = _start(
+            [
+                sys.executable,
+                "-m",
+                "model.serving.server",
+                "--model-dir",
+                str(MODEL),
+                "--http-port",
+                str(mport),
+                "--grpc-port",
+                str(free_port()),
+                "--host",
+                "127.0.0.1",
+            ],
+            f"{model_url}/v2/health/ready",
+            tmp / "model.log",
+        )
+        app = _start(
+            [sys.executable, "-m", "app.main", "--model-url", model_url, "--port", str(aport)],
+            f"{app_url}/healthz",
+            tmp / "app.log",
+        )
         try:
-            from sign2text.data.synth import moving_square, write_video
+            from components.data.synth import moving_square, write_video
 
             video = write_video(tmp / "sign.mp4", moving_square(40)).read_bytes()
             up = upload_ratio(model_url, app_url, video)
@@ -224,15 +271,19 @@ def main() -> None:
                 f"straight to the model {up['direct_ms']:.1f} ms: {up['ratio']:.2f}x"
             )
             live = live_latency(app_url, tmp)
-            print(f"live: {live['named']} of {live['signs']} signs named "
-                  f"({live['words_heard']} words final); end of sign -> word: "
-                  f"p50 {live['p50_ms']:.0f} ms, p95 {live['p95_ms']:.0f} ms (API)")  # fmt: skip
+            print(
+                f"live: {live['named']} of {live['signs']} signs named "
+                f"({live['words_heard']} words final); end of sign -> word: "
+                f"p50 {live['p50_ms']:.0f} ms, p95 {live['p95_ms']:.0f} ms (API)"
+            )
             if shutil.which("chromium") and shutil.which("chromedriver"):
                 page = page_live_latency(app_url, tmp / "page")
-                print(f"live on the page (headless Chromium, fake camera): {page['named']} of "
-                      f"{page['signs']} signs named, {page['timed']} timed; camera presents the "
-                      f"sign's last frame -> word on the page: p50 {page['p50_ms']:.0f} ms, "
-                      f"p95 {page['p95_ms']:.0f} ms")  # fmt: skip
+                print(
+                    f"live on the page (headless Chromium, fake camera): {page['named']} of "
+                    f"{page['signs']} signs named, {page['timed']} timed; camera presents the "
+                    f"sign's last frame -> word on the page: p50 {page['p50_ms']:.0f} ms, "
+                    f"p95 {page['p95_ms']:.0f} ms"
+                )
             else:
                 print("live on the page: skipped (no chromium + chromedriver on PATH)")
         finally:

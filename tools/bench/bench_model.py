@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 import torch
 
-from model.i3d import InceptionI3d
-from model.torch_runtime import TorchRuntime
+from components.data.synth import moving_square, write_video
+from model.network.i3d import InceptionI3d
+from model.runtimes.torch_runtime import TorchRuntime
 from model.video import PreprocessConfig, load_clip, normalize, sample_indices
-from sign2text.data.synth import moving_square, write_video
 
 WLASL = PreprocessConfig(num_frames=64, resize=256, crop=224)
 
@@ -125,20 +125,26 @@ def bench_preprocess(repeats: int = 7) -> None:
                 (name, "floor"): lambda v=video: decode_floor(v, WLASL),
             }
         med, cpu = alternate_cpu(fns, repeats)
-    print(f"(a)/(b) preprocessing, 125-frame mp4v clips -> {WLASL.num_frames}x{WLASL.crop}px, "
-          f"median of {repeats} (ms)")  # fmt: skip
-    print(f"  {'clip':<8} {'naive':>8} {'read all':>9} {'floor':>8} {'ours':>8} {'+scale':>8}   "
-          f"{'naive/ours':>10} {'ours/read':>9} {'ours/floor':>10} {'+scale/floor':>12}   "
-          f"{'CPU: floor':>10} {'ours':>6} {'ours/floor':>10}")  # fmt: skip
+    print(
+        f"(a)/(b) preprocessing, 125-frame mp4v clips -> {WLASL.num_frames}x{WLASL.crop}px, "
+        f"median of {repeats} (ms)"
+    )
+    print(
+        f"  {'clip':<8} {'naive':>8} {'read all':>9} {'floor':>8} {'ours':>8} {'+scale':>8}   "
+        f"{'naive/ours':>10} {'ours/read':>9} {'ours/floor':>10} {'+scale/floor':>12}   "
+        f"{'CPU: floor':>10} {'ours':>6} {'ours/floor':>10}"
+    )
     for name in videos:
         m = {k: med[name, k] for k in ("naive", "read", "floor", "ours", "scaled")}
         c = {k: cpu[name, k] for k in ("floor", "ours")}
-        print(f"  {name:<8} {m['naive'] * 1e3:8.1f} {m['read'] * 1e3:9.1f} "
-              f"{m['floor'] * 1e3:8.1f} {m['ours'] * 1e3:8.1f} {m['scaled'] * 1e3:8.1f}   "
-              f"{m['naive'] / m['ours']:9.2f}x {m['ours'] / m['read']:8.2f}x "
-              f"{m['ours'] / m['floor']:9.2f}x {m['scaled'] / m['floor']:11.2f}x   "
-              f"{c['floor'] * 1e3:10.1f} {c['ours'] * 1e3:6.1f} "
-              f"{c['ours'] / c['floor']:9.2f}x")  # fmt: skip
+        print(
+            f"  {name:<8} {m['naive'] * 1e3:8.1f} {m['read'] * 1e3:9.1f} "
+            f"{m['floor'] * 1e3:8.1f} {m['ours'] * 1e3:8.1f} {m['scaled'] * 1e3:8.1f}   "
+            f"{m['naive'] / m['ours']:9.2f}x {m['ours'] / m['read']:8.2f}x "
+            f"{m['ours'] / m['floor']:9.2f}x {m['scaled'] / m['floor']:11.2f}x   "
+            f"{c['floor'] * 1e3:10.1f} {c['ours'] * 1e3:6.1f} "
+            f"{c['ours'] / c['floor']:9.2f}x"
+        )
     print(
         "  read all: decode every frame to BGR; floor: decode only what ours decodes;\n"
         "  ours: the uint8 clip every runtime takes; +scale: ours, then scaled to float32 in\n"
@@ -160,7 +166,7 @@ def bench_sentence() -> None:
     """Sentence mode's cost: one window per `stride` frames over the whole video."""
     from types import SimpleNamespace
 
-    from model.i3d import I3DConfig
+    from model.network.i3d import I3DConfig
     from model.predict import Classifier
     from model.sentence import transcribe
 
@@ -168,8 +174,9 @@ def bench_sentence() -> None:
         def __init__(self):  # the demo model's size, random weights: timing only
             pre = PreprocessConfig(num_frames=16, resize=128, crop=112)
             net = InceptionI3d(I3DConfig(num_classes=11, width=0.25))
-            self.info = SimpleNamespace(preprocess=pre, sentence_window=30,
-                                        labels=[f"g{i}" for i in range(10)])  # fmt: skip
+            self.info = SimpleNamespace(
+                preprocess=pre, sentence_window=30, labels=[f"g{i}" for i in range(10)]
+            )
             self.runtime = TorchRuntime(SimpleNamespace(model=net), torch.device("cpu"))
 
     clf = Bench()
@@ -182,13 +189,17 @@ def bench_sentence() -> None:
         },
         repeats=3,
     )
-    print(f"(d) sentence mode, 250 frames (10 s), {windows} windows of 30 frames -> 16x112x112, "
-          "demo-sized I3D, median of 3")  # fmt: skip
+    print(
+        f"(d) sentence mode, 250 frames (10 s), {windows} windows of 30 frames -> 16x112x112, "
+        "demo-sized I3D, median of 3"
+    )
     print(row("one window per forward", med["one"]))
     print(row("ours: 8 windows per forward", med["batched"], med["one"]))
     per_window = med["batched"] / windows * 1000
-    print(f"  one / batched = {med['one'] / med['batched']:.2f}x; real-time factor "
-          f"{10.0 / med['batched']:.1f}x ({per_window:.1f} ms per window)")  # fmt: skip
+    print(
+        f"  one / batched = {med['one'] / med['batched']:.2f}x; real-time factor "
+        f"{10.0 / med['batched']:.1f}x ({per_window:.1f} ms per window)"
+    )
     sys.stdout.flush()
 
 

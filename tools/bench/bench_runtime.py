@@ -26,12 +26,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from model.i3d import I3DConfig, InceptionI3d
+from components.release.onnx_export import export_onnx
 from model.modeldir import read_model_info
-from model.onnx_runtime import OnnxRuntime
-from model.torch_runtime import fast_inference, normalized
+from model.network.i3d import I3DConfig, InceptionI3d
+from model.runtimes.onnx_runtime import OnnxRuntime
+from model.runtimes.torch_runtime import fast_inference, normalized
 from model.video import load_clip
-from sign2text.release.export import export_onnx
 from tools.bench.bench_model import alternate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,8 +79,15 @@ def quantized(model_dir: Path, clips: list[np.ndarray], out: Path) -> Path:
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(model_dir / "model.onnx"), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     return out
 
 
@@ -88,7 +95,7 @@ class Runtimes:
     """One network four ways; each `forward(x)` -> per-time logits as numpy."""
 
     def __init__(self, model_dir: Path, calibration: list[np.ndarray], tmp: Path):
-        from model.package import load_model_dir
+        from model.network.bundle import load_model_dir
 
         self.value_range = read_model_info(model_dir).preprocess.value_range
         self.eager = load_model_dir(model_dir).model.eval()
@@ -130,8 +137,10 @@ def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peak: 
     for fn in fns.values():  # warm-up: first calls build kernels and caches
         fn()
     med = alternate(fns, repeats=3)
-    print(f"(e) {name}: {gflops:.1f} GFLOPs per clip, median of 3 ({torch.get_num_threads()} "
-          "threads); % of the measured GEMM rate; max |per-time logit - eager|")  # fmt: skip
+    print(
+        f"(e) {name}: {gflops:.1f} GFLOPs per clip, median of 3 ({torch.get_num_threads()} "
+        "threads); % of the measured GEMM rate; max |per-time logit - eager|"
+    )
     for k, s in med.items():
         diff = float(np.abs(fns[k]() - ref).max())
         print(
@@ -145,8 +154,8 @@ def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peak: 
 def test_clips(tmp: Path) -> tuple[list[np.ndarray], list[int], list[np.ndarray], list[Path]]:
     """The bundled dataset's test split as the demo model's clips and label indices, a few
     training clips for calibration, and the test videos' files."""
-    from sign2text.data.dataset import load_samples
-    from sign2text.data.synth import synthesize
+    from components.data.dataset import load_samples
+    from components.data.synth import synthesize
 
     data = tmp / "data"
     synthesize(data, progress=False, only_splits=("train", "test"))
@@ -156,9 +165,14 @@ def test_clips(tmp: Path) -> tuple[list[np.ndarray], list[int], list[np.ndarray]
     def clips(split: str):
         samples = [s for s in load_samples(data, (split,)) if s.gloss in index]
         return samples, [
-            load_clip(s.video_path(data), info.preprocess, frame_start=s.frame_start,
-                      frame_end=s.frame_end) for s in samples
-        ]  # fmt: skip
+            load_clip(
+                s.video_path(data),
+                info.preprocess,
+                frame_start=s.frame_start,
+                frame_end=s.frame_end,
+            )
+            for s in samples
+        ]
 
     samples, test = clips("test")
     _, train = clips("train")
@@ -174,8 +188,10 @@ def bench_accuracy(rt: Runtimes, clips: list[np.ndarray], labels: list[int]) -> 
     n = len(read_model_info(DEMO).labels)  # glosses only, not no-sign
     fns = rt.fns(x)
     ref = fns["torch eager"]().max(axis=2)[:, :n]
-    print(f"(f) demo test split, {len(clips)} clips, {n} glosses: top-1, agreement with torch "
-          "fp32, max |clip logit - fp32|")  # fmt: skip
+    print(
+        f"(f) demo test split, {len(clips)} clips, {n} glosses: top-1, agreement with torch "
+        "fp32, max |clip logit - fp32|"
+    )
     for k, fn in fns.items():
         logits = fn().max(axis=2)[:, :n]
         top1 = float((logits.argmax(1) == np.array(labels)).mean())
@@ -186,7 +202,7 @@ def bench_accuracy(rt: Runtimes, clips: list[np.ndarray], labels: list[int]) -> 
 
 
 def bench_predict_batch(model_dir: Path, videos: Path, tmp: Path) -> None:
-    from sign2text.release.batch import predict_batch
+    from components.scoring.predict_batch import predict_batch
 
     torch_only = tmp / "torch-only"
     shutil.copytree(model_dir, torch_only)
@@ -199,8 +215,10 @@ def bench_predict_batch(model_dir: Path, videos: Path, tmp: Path) -> None:
     for name, m in (("ONNX Runtime", model_dir), ("torch", torch_only)):
         out = tmp / f"{name}.jsonl"
         summary = predict_batch(m, videos, out)
-        print(f"  {name:<12} {summary['videos']} videos, {summary['videos_per_s']:.1f} videos/s, "
-              f"{summary['errors']} errors")  # fmt: skip
+        print(
+            f"  {name:<12} {summary['videos']} videos, {summary['videos_per_s']:.1f} videos/s, "
+            f"{summary['errors']} errors"
+        )
 
 
 def main() -> None:
@@ -212,24 +230,35 @@ def main() -> None:
         demo = tmp / "demo"
         shutil.copytree(DEMO, demo)
         export_onnx(demo)
-        rt = bench_forward("demo model 16x112x112, width 0.25", demo, calibration, clips[0][None],
-                           peak, tmp)  # fmt: skip
+        rt = bench_forward(
+            "demo model 16x112x112, width 0.25", demo, calibration, clips[0][None], peak, tmp
+        )
         bench_accuracy(rt, clips, labels)
         bench_predict_batch(demo, videos, tmp)
         if "--demo" in sys.argv[1:]:
             return
         full = tmp / "i3d"
-        from model.package import write_model_dir
+        from model.network.bundle import write_model_dir
         from model.video import PreprocessConfig
 
-        write_model_dir(full, InceptionI3d(I3DConfig(num_classes=400)).eval(), PreprocessConfig(),
-                        [f"g{i}" for i in range(400)])  # fmt: skip
+        write_model_dir(
+            full,
+            InceptionI3d(I3DConfig(num_classes=400)).eval(),
+            PreprocessConfig(),
+            [f"g{i}" for i in range(400)],
+        )
         export_onnx(full)
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (1, 3, 64, 224, 224), dtype=np.uint8)
         calib = [rng.integers(0, 256, (3, 64, 224, 224), dtype=np.uint8) for _ in range(2)]
-        bench_forward("full I3D 64x224x224, 400 classes (random weights: timing only)", full,
-                      calib, x, peak, tmp)  # fmt: skip
+        bench_forward(
+            "full I3D 64x224x224, 400 classes (random weights: timing only)",
+            full,
+            calib,
+            x,
+            peak,
+            tmp,
+        )
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from model.i3d import I3DConfig, InceptionI3d
-from model.package import write_model_dir
+from components.data.synth import moving_square, write_video
+from model.network.bundle import write_model_dir
+from model.network.i3d import I3DConfig, InceptionI3d
 from model.predict import Classifier
 from model.video import PreprocessConfig
-from sign2text.data.synth import moving_square, write_video
 
 LABELS = [f"g{i}" for i in range(10)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,10 +55,21 @@ def _rss_mb(pid: int) -> float:
 class Served:
     def __init__(self, model_dir: Path, *extra: str):
         self.http, self.grpc = _port(), _port()
-        cmd = [sys.executable, "-m", "model.server", "--model-dir", str(model_dir),
-               "--http-port", str(self.http), "--grpc-port", str(self.grpc), *extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "model.serving.server",
+            "--model-dir",
+            str(model_dir),
+            "--http-port",
+            str(self.http),
+            "--grpc-port",
+            str(self.grpc),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         url = f"http://127.0.0.1:{self.http}/v2/models/sign2text/ready"
         deadline = time.monotonic() + 120
         while True:
@@ -92,17 +103,29 @@ def _infer(module, client, video: bytes) -> None:
 
 def _rest_binary(port: int, video: bytes) -> None:
     """One REST request with the binary-data extension, over plain urllib (thread-safe)."""
-    header = json.dumps({
-        "inputs": [{"name": "video", "shape": [1], "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(video) + 4}}],
-        "parameters": {"top_k": 3},
-    }).encode()  # fmt: skip
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "video",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(video) + 4},
+                }
+            ],
+            "parameters": {"top_k": 3},
+        }
+    ).encode()
     body = header + struct.pack("<I", len(video)) + video  # BYTES element: 4-byte length + data
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v2/models/sign2text/infer", data=body, method="POST",
-        headers={"Inference-Header-Content-Length": str(len(header)),
-                 "Content-Type": "application/octet-stream"},
-    )  # fmt: skip
+        f"http://127.0.0.1:{port}/v2/models/sign2text/infer",
+        data=body,
+        method="POST",
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+    )
     with OPENER.open(req, timeout=300) as r:
         assert r.status == 200 and "glosses" in r.read().decode()
 
@@ -140,18 +163,22 @@ def latency(root: Path, video: Path, repeats: int = 9) -> None:
     print(f"1. one 64x224x224 clip (I3D width 0.25), {repeats} interleaved runs each")
     for k, v in times.items():
         p50, p95 = statistics.median(v), float(np.percentile(v, 95))
-        print(f"   {k:<12} p50 {p50 * 1000:8.1f} ms  p95 {p95 * 1000:8.1f} ms  "
-              f"p50 / in-process {p50 / base:5.2f}x")  # fmt: skip
+        print(
+            f"   {k:<12} p50 {p50 * 1000:8.1f} ms  p95 {p95 * 1000:8.1f} ms  "
+            f"p50 / in-process {p50 / base:5.2f}x"
+        )
 
 
 def throughput(root: Path, video: Path, total: int = 240) -> None:
-    from sign2text.release.export import export_onnx
+    from components.release.onnx_export import export_onnx
 
     model_dir = _model_dir(root, "m16", 16, 112)
     export_onnx(model_dir)
     data = video.read_bytes()
-    print(f"2. demo-sized model (16x112x112), REST binary, {total // 3} requests per row; "
-          "req/s, p50 / p95 latency ms")  # fmt: skip
+    print(
+        f"2. demo-sized model (16x112x112), REST binary, {total // 3} requests per row; "
+        "req/s, p50 / p95 latency ms"
+    )
     rates: dict[tuple[str, int, int], float] = {}
     for runtime in ("torch", "onnx"):
         for batch in (1, 8):
@@ -164,18 +191,25 @@ def throughput(root: Path, video: Path, total: int = 240) -> None:
                 for conc in (1, 4, 8):
                     rate, p50, p95, errors = _load(srv, data, conc, total // 3)
                     rates[runtime, batch, conc] = rate
-                    cells.append(f"{conc}: {rate:5.1f} req/s {p50:5.0f}/{p95:5.0f} ms"
-                                 + (f" {errors} errors" if errors else ""))  # fmt: skip
+                    cells.append(
+                        f"{conc}: {rate:5.1f} req/s {p50:5.0f}/{p95:5.0f} ms"
+                        + (f" {errors} errors" if errors else "")
+                    )
                 rss1 = _rss_mb(srv.proc.pid)
             finally:
                 srv.close()
-            print(f"   {runtime:<5} batch {batch}:  " + "   ".join(cells)
-                  + f"   RSS {rss0:.0f} -> {rss1:.0f} MB")  # fmt: skip
+            print(
+                f"   {runtime:<5} batch {batch}:  "
+                + "   ".join(cells)
+                + f"   RSS {rss0:.0f} -> {rss1:.0f} MB"
+            )
     for runtime in ("torch", "onnx"):
         on, off = (rates[runtime, b, 8] for b in (8, 1))
-        print(f"   {runtime}: 8 clients / 1 client with batching {on / rates[runtime, 8, 1]:.2f}x, "
-              f"without {off / rates[runtime, 1, 1]:.2f}x; at 8 clients batching / not "
-              f"{on / off:.2f}x")  # fmt: skip
+        print(
+            f"   {runtime}: 8 clients / 1 client with batching {on / rates[runtime, 8, 1]:.2f}x, "
+            f"without {off / rates[runtime, 1, 1]:.2f}x; at 8 clients batching / not "
+            f"{on / off:.2f}x"
+        )
     print(
         f"   onnx / torch at 8 clients with batching: "
         f"{rates['onnx', 8, 8] / rates['torch', 8, 8]:.2f}x"

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from model.i3d import I3DConfig, InceptionI3d
+from components.conversion.convert import convert
+from components.data.synth import synthesize
+from components.params import Params, load_params, overrides
+from components.training.clips import loader
+from components.training.stream import StreamClips
+from model.network.i3d import I3DConfig, InceptionI3d
 from model.video import PreprocessConfig
-from sign2text.data.convert import convert
-from sign2text.data.synth import synthesize
-from sign2text.learning.clips import loader
-from sign2text.learning.stream import StreamClips
-from sign2text.params import Params, load_params, overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("sign2text"))
@@ -42,11 +42,32 @@ def _train(shards: Path, out: Path, params: Path, processes: int) -> float:
     if processes == 1:
         cmd, env = [CLI], {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={processes}", "--no-python", CLI]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            "--no-python",
+            CLI,
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*cmd, "train", "--shards", str(shards), "--out", str(out), "--params",
-                    str(params), "--quiet"], check=True, env=env, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            *cmd,
+            "train",
+            "--shards",
+            str(shards),
+            "--out",
+            str(out),
+            "--params",
+            str(params),
+            "--quiet",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return json.loads((out / "history.json").read_text())[-1]["train_samples_per_s"]
 
 
@@ -54,10 +75,14 @@ def processes(root: Path) -> None:
     params = load_params(ROOT / "params.yaml")
     params.pop("profiles", None)
     synthesize(root / "data", classes=8, per_class=8, signers=4, seed=0, progress=False)
-    convert(root / "data", root / "shards", Params(params).preprocess, shard_size=4,
-            progress=False)  # fmt: skip
-    changes = {"train.epochs": 2, "train.context_fraction": 0.0, "train.context_epochs": 0,
-               "train.cache": True, "train.bn_clips": 8}  # fmt: skip
+    convert(root / "data", root / "shards", Params(params).preprocess, shard_size=4, progress=False)
+    changes = {
+        "train.epochs": 2,
+        "train.context_fraction": 0.0,
+        "train.context_epochs": 0,
+        "train.cache": True,
+        "train.bn_clips": 8,
+    }
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(overrides(params, changes, "bench")))
     runs: dict[int, list[float]] = {1: [], 2: []}
@@ -65,9 +90,11 @@ def processes(root: Path) -> None:
         for n in (1, 2):
             runs[n].append(_train(root / "shards", root / f"run{n}-{i}", path, n))
     one, two = (statistics.median(runs[n]) for n in (1, 2))
-    print(f"(a) demo recipe, global batch {params['train']['batch_size']}: 1 process "
-          f"{one:.2f} samples/s, 2 processes {two:.2f} samples/s: x{two / one:.2f} "
-          f"(runs {runs})")  # fmt: skip
+    print(
+        f"(a) demo recipe, global batch {params['train']['batch_size']}: 1 process "
+        f"{one:.2f} samples/s, 2 processes {two:.2f} samples/s: x{two / one:.2f} "
+        f"(runs {runs})"
+    )
 
 
 def loader_vs_step(root: Path) -> None:
@@ -75,8 +102,15 @@ def loader_vs_step(root: Path) -> None:
     synthesize(root / "wdata", classes=4, per_class=6, signers=4, seed=1, progress=False)
     convert(root / "wdata", root / "wshards", pre, shard_size=2, progress=False, idle_clips=True)
     workers = os.cpu_count() or 1
-    ds = StreamClips(root / "wshards", "train", pre, train=True, context_fraction=1.0,
-                     context_window=30, no_sign=4)  # fmt: skip
+    ds = StreamClips(
+        root / "wshards",
+        "train",
+        pre,
+        train=True,
+        context_fraction=1.0,
+        context_window=30,
+        no_sign=4,
+    )
     ds.set_epoch(0, context=True)
     clips, t = 0, time.perf_counter()
     for x, _, _ in loader(ds, 2, workers):  # as training reads it

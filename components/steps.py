@@ -1,0 +1,214 @@
+"""Every step of the pipeline, defined once: validate, convert, train, evaluate, package, publish,
+deploy; and batch scoring with a released model (predict_batch).
+
+Each entry takes the run's `Params` (params.yaml, or a pipeline run's values) and its inputs, and
+returns its outputs. The CLI (sign2text/cli.py, which the DVC stages in dvc.yaml run) and the
+Kubeflow components (pipelines/glue.py) are thin callers: they turn paths and artifacts into
+these arguments and never pick a value out of params themselves, so both paths compute the same
+thing from the same params (tests/test_pipeline_local.py holds them to the same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components.params import Params
+
+VALID = "valid.json"  # validate's list of the samples every later step uses
+# The params.yaml sections each step reads: what its DVC stage declares (dvc.yaml `params:`) and
+# what its Kubeflow cache key covers (pipelines/glue.py). tests/test_dvc.py checks both, and
+# that each step below reads exactly these. package records them all in its lineage.
+READS = {
+    "validate": ("validate",),
+    "convert": ("model", "convert"),
+    "train": ("model", "train"),
+    "evaluate": ("evaluate",),
+    "package": ("data", "model", "validate", "convert", "train", "evaluate", "package"),
+}
+
+
+def read_samples(valid_json: Path | None) -> list | None:
+    """The samples validation kept (its valid.json); None = every sample of the dataset."""
+    from components.data.dataset import Sample
+
+    if valid_json is None:
+        return None
+    return [Sample.from_dict(d) for d in json.loads(Path(valid_json).read_text())]
+
+
+def validate(
+    params: Params,
+    dataset: Path,
+    out: Path,
+    *,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """Great Expectations checks (params `validate:`) -> out/{report.json, report.html,
+    valid.json, docs/}; returns the report."""
+    from dataclasses import asdict
+
+    from components.validation.validate import validate as run
+
+    limits = asdict(params.validate)
+    return run(
+        Path(dataset),
+        Path(out),
+        max_bad_fraction=limits.pop("max_bad_fraction"),
+        workers=workers,
+        progress=progress,
+        cache_dir=cache_dir,
+        **limits,
+    )
+
+
+def convert(
+    params: Params, dataset: Path, valid_json: Path | None, out: Path, *, progress: bool = False
+) -> dict:
+    """Valid samples -> WebDataset shards in `out` (params `model:` preprocessing, `convert:`);
+    returns the manifest."""
+    from components.conversion.convert import convert as run
+
+    cfg = params.convert
+    return run(
+        Path(dataset),
+        Path(out),
+        params.preprocess,
+        shard_size=cfg.shard_size,
+        idle_clips=cfg.idle_clips,
+        samples=read_samples(valid_json),
+        progress=progress,
+    )
+
+
+def train(
+    params: Params, shards: Path, out: Path, *, resume: bool = False, progress: bool = False
+) -> dict:
+    """I3D on the shards (params `model:`, `train:`) -> out/{model/, state.pt, metrics.json,
+    history.json}; returns the last epoch's metrics."""
+    from components.training.train import train as run
+
+    cfg = params.train  # a device this machine lacks fails here, before any data is read
+    return run(
+        Path(shards),
+        Path(out),
+        params.preprocess,
+        cfg,
+        params.arch,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def evaluate(
+    params: Params,
+    model: Path,
+    dataset: Path,
+    valid_json: Path | None,
+    out: Path,
+    *,
+    baseline: Path | None = None,
+    progress: bool = False,
+) -> tuple[dict, dict]:
+    """Scores on val and test (and sentence mode) plus the release gate (params `evaluate:`)
+    -> out/{metrics.json, gate.json, predictions, confusion matrices}; returns (metrics,
+    decision). `baseline` (production's metrics.json) overrides params' `evaluate.baseline`."""
+    from components.evaluation.evaluate import evaluate as run
+    from components.evaluation.evaluate import gate, write_gate
+
+    cfg = params.evaluate
+    metrics = run(
+        Path(model),
+        Path(dataset),
+        Path(out),
+        samples=read_samples(valid_json),
+        batch_size=cfg.batch_size,
+        sentences=cfg.sentences,
+        progress=progress,
+    )
+    if baseline is None and cfg.baseline:
+        baseline = Path(cfg.baseline)
+    decision = gate(metrics, min_top1=cfg.min_top1, tolerance=cfg.tolerance, baseline=baseline)
+    write_gate(Path(out), decision)
+    return metrics, decision
+
+
+def package(
+    params: Params,
+    model: Path,
+    eval_dir: Path,
+    out: Path,
+    *,
+    data_pointer: Path = Path("data.dvc"),
+    allow_failed_gate: bool = False,
+) -> dict:
+    """The release candidate: the trained model with its metrics, gate and lineage (data
+    version, commit, params) -> out/; returns the lineage."""
+    from components.release.package import package as run
+
+    return run(
+        Path(model),
+        Path(eval_dir),
+        Path(out),
+        params=params.sections(*READS["package"]),
+        data_pointer=Path(data_pointer),
+        allow_failed_gate=allow_failed_gate,
+        onnx=params.package.onnx,
+    )
+
+
+def publish(package_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
+    """A servable package -> s3:// (verified, manifest last); returns the manifest."""
+    from components.infra.objstore import publish_dir
+    from model.network.bundle import load_model_dir
+
+    load_model_dir(package_dir)  # only a servable package goes where predictors load from
+    return publish_dir(Path(package_dir), uri, overwrite=overwrite)
+
+
+def predict_batch(
+    model_dir: Path,
+    src: str,
+    out: Path,
+    *,
+    mode: str = "word",
+    top_k: int = 5,
+    workers: int | None = None,
+    device: str = "cpu",
+    retry_errors: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Every video under `src` (a folder or an s3:// prefix) scored with the model in
+    `model_dir` -> `out`, one JSON line per video, resumable; returns the summary
+    (release/batch.py)."""
+    from components.scoring.predict_batch import predict_batch as run
+
+    return run(
+        Path(model_dir),
+        src,
+        Path(out),
+        mode=mode,
+        top_k=top_k,
+        workers=workers,
+        device=device,
+        retry_errors=retry_errors,
+        progress=progress,
+    )
+
+
+def deploy(
+    package_dir: Path, model_uri: str, *, smoke_videos: list[Path], dry_run: bool = False, **rollout
+) -> dict:
+    """Publish the package at `model_uri` and roll it out to the InferenceServices through the
+    canary steps, each smoke-checked with `smoke_videos` against the previous revision; promote,
+    or roll back and raise RolloutFailed. `rollout`: release/deploy.py's deploy() options
+    (namespace, names, steps, soak_s, timeout_s, margins, api, templates, log)."""
+    from components.release.deploy import deploy as run
+    from components.release.smoke import VideoSmoke
+
+    if not dry_run and not smoke_videos:
+        raise ValueError("a rollout needs at least one video to smoke-test the model with")
+    smoke = None if dry_run else VideoSmoke([Path(v) for v in smoke_videos])
+    return run(Path(package_dir), model_uri=model_uri, smoke=smoke, dry_run=dry_run, **rollout)

@@ -1,0 +1,365 @@
+"""Serving entry point: `python -m model.serving.server --model-dir DIR_OR_URI` (the serving image's
+CMD; `sign2text serve` parses with the same build_parser and runs serve()).
+
+Starts kserve's ModelServer (REST on --http-port, gRPC on --grpc-port) with the `sign2text`
+predictor from model/serving/predictor.py. KServe's own flags (--workers, --max_threads, ...) are
+here too: the parser is built on kserve.model_server.parser, as KServe's own model servers are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import logging
+import sys
+from concurrent import futures
+
+import kserve
+from kserve import model_server
+from kserve.errors import InvalidInput
+from kserve.protocol.dataplane import DataPlane
+
+from model.runtimes.choice import CHOICES
+from model.serving import guard
+from model.serving.guard import DEFAULT_LIMITS
+from model.serving.request import NAME, request_from_binary
+from model.storage import display_uri
+from model.video import Limits
+
+MIB = 1 << 20
+
+
+class BinaryBytesDataPlane(DataPlane):
+    """kserve's DataPlane with binary REST BYTES kept as bytes (see request_from_binary).
+
+    Targets kserve 0.21.0 (DataPlane.decode_inference_request(body, headers, model_name)).
+    """
+
+    async def model_metadata(self, model_name: str) -> dict:
+        """kserve's metadata plus `versions`: the model's version (its weights' hash)."""
+        metadata = await super().model_metadata(model_name)
+        version = getattr(self.get_model_from_registry(model_name), "version", None)
+        return metadata | ({"versions": [version]} if version else {})
+
+    def decode_inference_request(self, body, headers, model_name):
+        json_length = headers.get("inference-header-content-length")
+        if isinstance(body, bytes) and json_length is not None:
+            return request_from_binary(body, json_length, model_name)
+        return super().decode_inference_request(body, headers, model_name)
+
+
+async def _not_a_v2_request(request, exc):
+    from kserve.errors import invalid_input_handler
+
+    where = "; ".join(
+        f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5]
+    )
+    return await invalid_input_handler(
+        request, InvalidInput(f"not a v2 inference request: {where}")
+    )
+
+
+def build_parser(
+    prog: str = "python -m model.serving.server", add_help: bool = True
+) -> argparse.ArgumentParser:
+    """This server's flags on top of kserve's own (--http_port, --grpc_port, --workers, ...)."""
+    # A copy, so that our defaults below do not change kserve's parser for anyone else.
+    kserve_flags = copy.deepcopy(model_server.parser)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve sign2text over KServe v2 REST + gRPC.",
+        parents=[kserve_flags],
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model-dir",
+        "--model_dir",
+        required=True,
+        default=argparse.SUPPRESS,
+        help="model directory or s3:// gs:// ... URI",
+    )
+    # The spellings our manifests, Makefile and README use, for kserve's --http_port/--grpc_port.
+    p.add_argument(
+        "--http-port",
+        dest="http_port",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="REST port (as --http_port)",
+    )
+    p.add_argument(
+        "--grpc-port",
+        dest="grpc_port",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="gRPC port (as --grpc_port)",
+    )
+    p.add_argument(
+        "--host",
+        default="0.0.0.0",  # noqa: S104  (a container listens on all)
+        help="address to listen on (REST and gRPC), e.g. 127.0.0.1",
+    )
+    limits = p.add_argument_group(
+        "limits", "what one request may cost; every one is checked before the work is spent"
+    )
+    d = DEFAULT_LIMITS
+    limits.add_argument(
+        "--max-video-mb",
+        type=float,
+        default=32,
+        help="largest video; the gRPC message limits follow it unless "
+        "--grpc_max_*_message_length are given",
+    )
+    limits.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=None,
+        help="largest REST body (413 beyond it); default: twice the video limit plus 1 MiB",
+    )
+    limits.add_argument(
+        "--max-duration-s", type=float, default=d.max_duration_s, help="longest video"
+    )
+    limits.add_argument(
+        "--max-frames",
+        type=int,
+        default=d.max_frames,
+        help="most frames a video (or the `frames` input) may have",
+    )
+    limits.add_argument(
+        "--max-pixels",
+        type=int,
+        default=d.max_pixels,
+        help="most pixels per frame (width x height)",
+    )
+    limits.add_argument(
+        "--max-aspect",
+        type=float,
+        default=d.max_aspect,
+        help="largest long side / short side of a frame",
+    )
+    limits.add_argument(
+        "--max-kept-mb",
+        type=float,
+        default=d.max_kept_bytes / MIB,
+        help="resized frames sentence mode may hold",
+    )
+    limits.add_argument(
+        "--decoder-memory-mb",
+        type=float,
+        default=768,
+        help="memory ceiling of the video decoder process",
+    )
+    limits.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=60,
+        help="longest a request may take, waiting included (503 beyond)",
+    )
+    limits.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=4,
+        help="requests waiting or running at once (503 + Retry-After beyond)",
+    )
+    limits.add_argument(
+        "--decoders",
+        type=int,
+        default=2,
+        help="video decoder processes (each up to --decoder-memory-mb); requests beyond "
+        "wait for one",
+    )
+    limits.add_argument(
+        "--client-timeout-s",
+        type=float,
+        default=30,
+        help="longest wait for a client's headers, or between body chunks",
+    )
+    batching = p.add_argument_group(
+        "batching", "concurrent requests' clips share one forward (model/serving/batching.py)"
+    )
+    batching.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="most clips in one forward; 1: one request's clips at a time",
+    )
+    batching.add_argument(
+        "--max-batch-wait-ms",
+        type=float,
+        default=5,
+        help="longest the first clip waits for others to join its batch",
+    )
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument(
+        "--runtime",
+        choices=CHOICES,
+        default="auto",
+        help="the network's runtime: onnx (ONNX Runtime on model.onnx), torch "
+        "(model.pt), auto (onnx where the model directory has it and --device is "
+        "the CPU), triton (a KServe v2 predictor: set by --predictor_host); the "
+        "ONNX serving image has no torch",
+    )
+    # --predictor_protocol: kserve's default is v1; this server's predictor speaks only v2.
+    p.set_defaults(
+        model_name=NAME,
+        grpc_max_send_message_length=None,
+        grpc_max_receive_message_length=None,
+        predictor_protocol="v2",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve(build_parser().parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server with build_parser's arguments until it is stopped."""
+    from fastapi.exceptions import RequestValidationError
+    from kserve.logging import logger
+
+    from model.serving.predictor import Sign2TextModel
+
+    if args.workers > 1:
+        # kserve's multi-process REST server spawns fresh interpreters that import a bare app:
+        # none of the guards, handlers or the listen address set up below would be in them.
+        raise SystemExit(
+            f"sign2text: error: --workers {args.workers}: kserve's multi-process REST server "
+            "would serve without this server's request limits, client timeouts and --host; "
+            "one process already decodes on --decoders processes and batches forwards across "
+            "requests: add replicas (minReplicas/maxReplicas) to serve more"
+        )
+    max_bytes = int(args.max_video_mb * MIB)
+    # A video up to the limit, plus the rest of the message, must fit in one gRPC message.
+    for name in ("grpc_max_send_message_length", "grpc_max_receive_message_length"):
+        if getattr(args, name) is None:
+            setattr(args, name, max_bytes + MIB)
+    # kserve reads part of its settings (logging; gRPC options: GRPCServer gets
+    # vars(model_server.args)) from the namespace it parsed out of sys.argv at import, which
+    # `sign2text serve` does not share: that namespace takes ours.
+    vars(model_server.args).update({k: getattr(args, k) for k in vars(model_server.args)})
+    # ModelServer's defaults were bound from that namespace at import, so each is passed.
+    wanted = inspect.signature(kserve.ModelServer).parameters
+    server = kserve.ModelServer(**{k: v for k, v in vars(args).items() if k in wanted})
+    server.dataplane = BinaryBytesDataPlane(model_registry=server.registered_models)
+    # A body that is not a v2 request (malformed JSON, no "inputs") is the client's fault too:
+    # 400 with the reason, like every other bad input, rather than FastAPI's 422.
+    app = model_server.app
+    app.add_exception_handler(RequestValidationError, _not_a_v2_request)
+    for exc, handler in guard.HANDLERS.items():
+        app.add_exception_handler(exc, handler)
+    max_body = int((args.max_body_mb * MIB) if args.max_body_mb else 2 * max_bytes + MIB)
+    app.add_middleware(
+        guard.RequestGuard, max_body_bytes=max_body, body_timeout_s=args.client_timeout_s
+    )
+    logging.getLogger("kserve").addFilter(guard.OneLineClientErrors())
+    _listen(args.host, args.client_timeout_s)
+
+    limits = Limits(
+        max_duration_s=args.max_duration_s,
+        max_frames=args.max_frames,
+        max_pixels=args.max_pixels,
+        max_aspect=args.max_aspect,
+        max_kept_bytes=int(args.max_kept_mb * MIB),
+    )
+    model = Sign2TextModel(
+        args.model_dir,
+        max_video_bytes=max_bytes,
+        limits=limits,
+        decoder_memory_bytes=int(args.decoder_memory_mb * MIB),
+        time_budget_s=args.time_budget_s,
+        max_in_flight=args.max_in_flight,
+        decoders=args.decoders,
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+        max_batch_wait_s=args.max_batch_wait_ms / 1000,
+        name=args.model_name,
+        **_runtime(args),
+    )
+    logger.info("sign2text: loading model from %s", display_uri(args.model_dir))
+    model.load()
+    logger.info("sign2text: %s runtime", model.classifier.runtime.name)
+    logger.info(
+        "sign2text: %d classes; limits: video %d bytes, body %d bytes, %s; decoder "
+        "%g MiB; %g s per request, %d in flight",
+        len(model.classifier.labels),
+        max_bytes,
+        max_body,
+        limits,
+        args.decoder_memory_mb,
+        args.time_budget_s,
+        args.max_in_flight,
+    )
+    try:
+        server.start([model])
+    finally:
+        model.stop()  # kserve stops models on SIGTERM/SIGINT; this covers any other way out
+    return 0
+
+
+def _runtime(args: argparse.Namespace) -> dict:
+    """KServe passes --predictor_host to a transformer: the network then runs on that predictor
+    (Triton, model/runtimes/triton_runtime.py) and this server decodes and preprocesses in front of
+    it."""
+    if not args.predictor_host:
+        if args.runtime == "triton":
+            raise SystemExit("sign2text: error: --runtime triton needs --predictor_host")
+        return {"runtime": args.runtime}
+    return {
+        "runtime": "triton",
+        "runtime_options": {
+            "predictor_host": args.predictor_host,
+            "protocol": args.predictor_protocol,
+            "use_ssl": args.predictor_use_ssl,
+            "timeout_s": float(args.predictor_request_timeout_seconds),
+        },
+    }
+
+
+def _listen(host: str, client_timeout_s: float) -> None:  # noqa: C901
+    """REST and gRPC on `host`, REST with a time limit on request headers.
+
+    kserve 0.21 hard-codes 0.0.0.0 / [::] and uvicorn's default protocol; both servers are
+    built inside ModelServer.start(), so the classes it builds them from are swapped here."""
+    from kserve.logging import logger
+    from kserve.protocol.grpc import server as grpc_server
+
+    class Headers(guard.SlowHeaders):
+        header_timeout_s = client_timeout_s
+
+    class RESTServer(model_server.RESTServer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.config.host, self.config.http = host, Headers
+
+    class GRPCServer(grpc_server.GRPCServer):
+        async def start(self, max_workers):  # kserve 0.21's, with the address as a parameter
+            self._server = grpc_server.aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(
+                    grpc_server.LoggingInterceptor(),
+                    grpc_server.ExceptionToStatusInterceptor(),
+                ),
+                options=[
+                    (f"grpc.{k}", self._kwargs.get(f"grpc_{k}"))
+                    for k in ("max_send_message_length", "max_receive_message_length")
+                ],
+            )
+            servicer = grpc_server.InferenceServicer(
+                self._data_plane, self._model_repository_extension
+            )
+            grpc_server.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                servicer, self._server
+            )
+            address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
+            self._server.add_insecure_port(address)
+            logger.info("Starting gRPC server on %s", address)
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    model_server.RESTServer, model_server.GRPCServer = RESTServer, GRPCServer
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""Data steps: the dataset layout, synthesis, ingest, validation, conversion to shards, versions."""

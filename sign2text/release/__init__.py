@@ -1,1 +1,0 @@
-"""Release steps: packaging, the object store, rollout to KServe (canary, smoke checks)."""
