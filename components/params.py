@@ -6,8 +6,8 @@ named overrides (e.g. `wlasl`) applied with `dvc exp run $(sign2text params wlas
 Every section is checked when the file is loaded (types, ranges, choices, unknown keys), so a bad
 value stops a command with one line such as `params.yaml: train.batch_size must be an integer
 >= 1, got 0` instead of a traceback hours into a run. What each key may be is declared once, with
-its config class: `model` in model/video.py and model/network/i3d.py (serving rebuilds those from
-config.json), `train` in TRAIN_RULES below, the other sections in the dataclasses below.
+its config class: `model` in model/video/clip.py and model/network/i3d.py (serving rebuilds those
+from config.json), `train` in TRAIN_RULES below, the other sections in the dataclasses below.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import yaml
 
 from model.config import Rule, check_fields, rule, strict_from_dict
 from model.network.i3d import I3DConfig
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 
 DEFAULT = Path("params.yaml")
 _ARCH_KEYS = ("width", "dropout", "centre_over_time")

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 
 FORMAT = "sign2text-model/1"
 WEIGHTS, CONFIG, LABELS, ONNX = "model.pt", "config.json", "labels.txt", "model.onnx"

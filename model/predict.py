@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from model import sentence as S
-from model import video as V
 from model.modeldir import CONFIG, ModelInfo, read_model_info
 from model.runtimes.choice import open_runtime, softmax
+from model.video.clip import PreprocessConfig, clip_from_frames, resize_frames, to_clip
+from model.video.limits import Limits, check_frames, read_video
 
 Video = str | os.PathLike | np.ndarray  # a file, or T x H x W x 3 uint8 BGR frames
-Limits = V.Limits
 NO_LIMITS = Limits()  # in-process use: the caller trusts its own files
-# (path, mode, cfg, limits) -> the mode's resized frames: V.read_video in-process, or
+# (path, mode, cfg, limits) -> the mode's resized frames: read_video in-process, or
 # model/serving/decoder.py's child process when the video is untrusted (serving).
-Reader = Callable[[str | os.PathLike, str, V.PreprocessConfig, V.Limits], np.ndarray]
+Reader = Callable[[str | os.PathLike, str, PreprocessConfig, Limits], np.ndarray]
 # Called with "decode", "preprocess" or "inference" around each stage (serving times them).
 Timer = Callable[[str], AbstractContextManager]
 
@@ -72,20 +72,20 @@ class Classifier:
         *,
         limits: Limits = NO_LIMITS,
         timer: Timer = untimed,
-        reader: Reader = V.read_video,
+        reader: Reader = read_video,
     ) -> Prediction:
         """The video as one sign: its top_k glosses."""
         self.check_top_k(top_k)
         cfg = self.info.preprocess
         if isinstance(video, np.ndarray):
-            V.check_frames(video, limits)
+            check_frames(video, limits)
             with timer("preprocess"):
-                clip = V.clip_from_frames(video, cfg)
+                clip = clip_from_frames(video, cfg)
         else:
             with timer("decode"):
                 frames = reader(video, "word", cfg, limits)  # sampled and resized: load_clip's
             with timer("preprocess"):
-                clip = V.to_clip(frames, cfg)
+                clip = to_clip(frames, cfg)
         with timer("inference"):
             probs = self.probabilities(clip)[0]
         return self.top_k(probs, top_k)
@@ -99,7 +99,7 @@ class Classifier:
         threshold: float | None = None,
         limits: Limits = NO_LIMITS,
         timer: Timer = untimed,
-        reader: Reader = V.read_video,
+        reader: Reader = read_video,
         stop: S.Stop = S.never,
         on_probs=None,
     ) -> list[S.Word]:
@@ -110,8 +110,8 @@ class Classifier:
         cfg = self.info.preprocess
         with timer("decode"):
             if isinstance(video, np.ndarray):
-                V.check_frames(video, limits)
-                frames = V.resize_frames(video, cfg)  # once, not once per window
+                check_frames(video, limits)
+                frames = resize_frames(video, cfg)  # once, not once per window
             else:
                 frames = reader(video, "sentence", cfg, limits)
         # Windowing, preprocessing and the forward passes interleave: one stage for all of it.

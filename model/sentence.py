@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.runtimes.choice import softmax, stack
-from model.video import OverLimit, clip_from_frames, sample_indices
+from model.video.clip import clip_from_frames
+from model.video.decode import OverLimit, sample_indices
 
 DEFAULT_THRESHOLD = 0.5  # P(some sign) a frame needs to belong to a word
 Stop = Callable[[], None]  # called between batches of windows; raises to stop the work

@@ -35,7 +35,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 def _cmd_import_i3d(args: argparse.Namespace) -> None:
     from model.network.bundle import import_i3d
-    from model.video import PreprocessConfig
+    from model.video.clip import PreprocessConfig
 
     pre = PreprocessConfig(num_frames=args.frames, resize=args.resize, crop=args.crop)
     out, summary = import_i3d(args.weights, args.labels, args.num_classes, args.out, pre)

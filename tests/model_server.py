@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from components.release.local_deploy import free_port, stop_process
-from model import video as V
 from model.network.bundle import write_model_dir
 from model.network.i3d import I3DConfig, InceptionI3d
+from model.video.clip import PreprocessConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["hello", "thanks", "book", "drink", "computer", "before", "go"]
@@ -53,7 +53,7 @@ def input_sensitive(model: InceptionI3d, seed: int = 0) -> InceptionI3d:
 def small_model_dir(path: Path) -> Path:
     """A quarter-width I3D over LABELS, 8 frames at 56 px: fast enough for CPU tests."""
     model = input_sensitive(InceptionI3d(I3DConfig(num_classes=len(LABELS), width=0.25)))
-    pre = V.PreprocessConfig(num_frames=8, resize=64, crop=56)
+    pre = PreprocessConfig(num_frames=8, resize=64, crop=56)
     return write_model_dir(path, model, pre, LABELS)
 
 

@@ -18,7 +18,8 @@ import components.conversion.convert as conv
 from components.conversion.convert import convert, iter_samples, read_manifest
 from components.data.dataset import load_glosses, load_samples
 from components.data.synth import synthesize
-from model.video import PreprocessConfig, count_frames
+from model.video.clip import PreprocessConfig
+from model.video.decode import count_frames
 from tests.conftest import moving_square, write_video
 
 # Synth clips are 126-160 px on the short side: 112 shrinks them all, and a 16:9 one comes out

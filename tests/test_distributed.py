@@ -25,7 +25,7 @@ from components.training import clips as clips_module
 from components.training import stream as stream_module
 from components.training.clips import ShardClips, rank_items, steps_per_epoch
 from components.training.stream import StreamClips
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 from tests.test_train import tiny_params
 
 TIMING = ("seconds", "train_samples_per_s")  # wall-clock: differs run to run

@@ -14,7 +14,7 @@ from components.evaluation.evaluate import evaluate, gate, write_gate
 from model.network.bundle import write_model_dir
 from model.network.i3d import I3DConfig, InceptionI3d
 from model.predict import Classifier
-from model.video import PreprocessConfig, load_clip
+from model.video.clip import PreprocessConfig, load_clip
 
 SPLITS = ("val", "test")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

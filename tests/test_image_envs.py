@@ -37,7 +37,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_PACKAGES = ("model", "sign2text", "pipelines", "app")
+PROJECT_PACKAGES = ("model", "components", "sign2text", "pipelines", "app")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 from model.network.bundle import ModelDirError, load_model_dir, read_labels, write_model_dir
 from model.predict import Classifier
 from model.runtimes.choice import softmax
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 from sign2text.cli import main
 from tests.conftest import CLASS_LIST, published_state_dict
 
@@ -82,7 +82,7 @@ def test_predict_local_prints_top_k_from_the_class_list(imported, video_file, ca
 def test_predict_matches_the_network_on_the_same_clip(imported, video_file):
     clf = Classifier(imported)
     pred = clf.word(video_file, 100)
-    from model.video import load_clip, normalize
+    from model.video.clip import load_clip, normalize
 
     clip = load_clip(video_file, clf.info.preprocess)
     with torch.inference_mode():

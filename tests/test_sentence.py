@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from model.sentence import SentenceUnsupported, Word, centred_window, segment, transcribe
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 
 LABELS = ["a", "b", "c"]
 NO_SIGN = len(LABELS)

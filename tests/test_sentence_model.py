@@ -21,7 +21,7 @@ from components.data.synth import synthesize
 from components.training.context import load_videos, score, sign_strings
 from model.predict import Classifier
 from model.sentence import transcribe
-from model.video import count_frames, decode
+from model.video.decode import count_frames, decode
 from tests.model_server import ENV, ROOT, serve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sentence_model"

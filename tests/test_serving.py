@@ -23,11 +23,15 @@ import pytest
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from model import video as V
 from model.predict import Classifier
 from model.serving.guard import DEFAULT_LIMITS
 from model.serving.predictor import Sign2TextModel
 from model.storage import hash_file
+from model.video import decode as video_decode
+from model.video import limits as video_limits
+from model.video.clip import PreprocessConfig, clip_from_frames, resize_frames
+from model.video.decode import OverLimit, decode
+from model.video.limits import read_video
 from tests.conftest import moving_square, write_video
 from tests.model_server import ENV, LABELS, OPENER, ROOT, Server, serve, small_model_dir
 
@@ -91,12 +95,12 @@ def test_in_process_frames_are_rgb(model_dir):
     bgr = moving_square(12)
     out = _outputs(asyncio.run(m.predict(_frames_request(bgr[..., ::-1].copy(), top_k=7))))
     clf = Classifier(model_dir)
-    probs = clf.probabilities(V.clip_from_frames(bgr, clf.info.preprocess))[0]
+    probs = clf.probabilities(clip_from_frames(bgr, clf.info.preprocess))[0]
     expected = clf.top_k(probs, 7)
     assert [g.decode() for g in out["glosses"]] == expected.glosses
     np.testing.assert_allclose(out["scores"], expected.scores, rtol=1e-5)
     # ...and the channel flip matters to the model, so the check above could fail.
-    unflipped = clf.probabilities(V.clip_from_frames(bgr[..., ::-1].copy(), clf.info.preprocess))
+    unflipped = clf.probabilities(clip_from_frames(bgr[..., ::-1].copy(), clf.info.preprocess))
     assert not np.allclose(probs, unflipped[0], rtol=0, atol=1e-7)
 
 
@@ -122,12 +126,12 @@ def test_in_process_sentence_mode_wiring(model_dir, files, monkeypatch):
     np.testing.assert_allclose(out["confidences"], [0.9, 0.75])
     assert calls[0][0] is m.classifier
     cfg = m.classifier.info.preprocess  # frames arrive resized to the model's size, once
-    np.testing.assert_array_equal(calls[0][1], V.resize_frames(rgb[..., ::-1], cfg))  # BGR
+    np.testing.assert_array_equal(calls[0][1], resize_frames(rgb[..., ::-1], cfg))  # BGR
 
     video = (files / "good.mp4").read_bytes()
     asyncio.run(m.predict(_video_request(video, mode="sentence")))
-    every = V.decode(files / "good.mp4", np.arange(40))
-    np.testing.assert_array_equal(calls[1][1], V.resize_frames(every, cfg))
+    every = decode(files / "good.mp4", np.arange(40))
+    np.testing.assert_array_equal(calls[1][1], resize_frames(every, cfg))
 
     with pytest.raises(InvalidInput, match="mode"):
         asyncio.run(m.predict(_video_request(video, mode="paragraph")))
@@ -212,7 +216,7 @@ class _Counting:
 def video_reads(monkeypatch) -> dict:
     """How often a request opens the video, probes it, and reads a frame out of it."""
     counts = {"opens": 0, "probes": 0, "frames": 0}
-    real_open, real_probe = V._open, V.probe
+    real_open, real_probe = video_decode.open_video, video_limits.probe
 
     def counted_open(path):
         counts["opens"] += 1
@@ -222,30 +226,30 @@ def video_reads(monkeypatch) -> dict:
         counts["probes"] += 1
         return real_probe(path)
 
-    monkeypatch.setattr(V, "_open", counted_open)
-    monkeypatch.setattr(V, "probe", counted_probe)
+    monkeypatch.setattr(video_decode, "open_video", counted_open)
+    monkeypatch.setattr(video_limits, "probe", counted_probe)
     return counts
 
 
 def test_a_request_probes_once_and_reads_each_frame_once(files, video_reads):
-    """What the decoder process runs per request (V.read_video), counted in-process."""
-    cfg = V.PreprocessConfig(num_frames=8, resize=64, crop=56)
-    V.read_video(files / "good.mp4", "word", cfg, DEFAULT_LIMITS)  # 40 frames
+    """What the decoder process runs per request (read_video), counted in-process."""
+    cfg = PreprocessConfig(num_frames=8, resize=64, crop=56)
+    read_video(files / "good.mp4", "word", cfg, DEFAULT_LIMITS)  # 40 frames
     # word mode: the probe, then one pass that stops after the last frame it samples
     assert video_reads["probes"] == 1 and video_reads["opens"] == 2, video_reads
     assert video_reads["frames"] <= 41, video_reads
 
     video_reads.update(opens=0, probes=0, frames=0)
-    V.read_video(files / "good.mp4", "sentence", cfg, DEFAULT_LIMITS)
+    read_video(files / "good.mp4", "sentence", cfg, DEFAULT_LIMITS)
     # sentence mode: the probe, then every frame decoded once (+1: the read that finds the end)
     assert video_reads == {"opens": 2, "probes": 1, "frames": 41}
 
 
 def test_frame_limit_refuses_on_the_claim_and_reads_no_further(model_dir, files, video_reads):
     limits = dataclasses.replace(DEFAULT_LIMITS, max_frames=10)
-    cfg = V.PreprocessConfig(num_frames=8, resize=64, crop=56)
-    with pytest.raises(V.OverLimit, match="video has 40 frames; the limit is 10"):
-        V.read_video(files / "good.mp4", "sentence", cfg, limits)
+    cfg = PreprocessConfig(num_frames=8, resize=64, crop=56)
+    with pytest.raises(OverLimit, match="video has 40 frames; the limit is 10"):
+        read_video(files / "good.mp4", "sentence", cfg, limits)
     assert video_reads["frames"] == 0  # the container's claim is enough to refuse
     m = Sign2TextModel(model_dir, limits=limits)
     m.load()

@@ -235,7 +235,7 @@ def test_train_init_from_s3_uri(s3_env, tmp_path):
 def test_served_model_loads_from_s3(s3_env, tmp_path):
     from model.network.bundle import write_model_dir
     from model.serving.predictor import Sign2TextModel
-    from model.video import PreprocessConfig
+    from model.video.clip import PreprocessConfig
 
     bucket = s3_env.make_bucket()
     model = InceptionI3d(I3DConfig(num_classes=3, width=0.25))

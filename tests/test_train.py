@@ -20,7 +20,7 @@ from components.data.synth import synthesize
 from components.training.clips import ShardClips
 from model.network.bundle import load_model_dir
 from model.network.i3d import I3DConfig, InceptionI3d
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 from sign2text.cli import main
 from tests.conftest import demo_recipe
 

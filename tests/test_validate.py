@@ -18,7 +18,7 @@ from components.conversion.convert import iter_samples, read_manifest
 from components.data.dataset import Sample, load_samples
 from components.data.synth import synthesize
 from components.validation.validate import REASONS, DatasetInvalid, validate
-from model.video import count_frames
+from model.video.decode import count_frames
 from pipelines import glue
 from sign2text.cli import main
 from tests.browser import external_requests, offline_chromium, open_page

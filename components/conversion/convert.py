@@ -38,14 +38,8 @@ from tqdm import tqdm
 
 from components.data.dataset import SPLITS, Sample, load_glosses, load_samples
 from model.storage import hash_file
-from model.video import (
-    PreprocessConfig,
-    VideoError,
-    decode,
-    decode_trimmed,
-    probe,
-    resize_frames,
-)
+from model.video.clip import PreprocessConfig, resize_frames
+from model.video.decode import VideoError, decode, decode_trimmed, probe
 
 FORMAT = "sign2text-shards/1"
 MANIFEST = "manifest.json"

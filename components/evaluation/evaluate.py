@@ -1,6 +1,6 @@
 """Evaluation step: score a model directory on dataset splits, then gate its promotion.
 
-Clips come from model.video.load_clip with the model's own PreprocessConfig and rng=None, the
+Clips come from model.video.clip.load_clip with the model's own PreprocessConfig and rng=None, the
 tensors serving builds, so the numbers describe the model as it will be deployed.
 
 out/metrics.json            {split: {top1, top5, top10, per_class_mean, n, ...}, "overall": ...,
@@ -34,7 +34,8 @@ from components.training.context import load_videos, score, sign_strings
 from model.predict import Classifier
 from model.runtimes.choice import stack
 from model.sentence import transcribe
-from model.video import VideoError, load_clip
+from model.video.clip import load_clip
+from model.video.decode import VideoError
 
 TOP_K = (1, 5, 10)
 MAX_ANNOTATED = 30  # beyond this many classes, numbers in the cells are unreadable

@@ -14,7 +14,7 @@ windows into one forward, and Triton's dynamic batcher needs it. The rest is sta
 W uint8, exactly the input the model's preprocessing makes (T = num_frames, H = W = crop).
 
 Before anything is written, ONNX Runtime runs the exported bytes on a seeded random input and on
-a real clip (a given video through model/video.py's `load_clip`, else a rendered clip of the
+a real clip (a given video through model/video/clip.py's `load_clip`, else a rendered clip of the
 bundled dataset's signer through `clip_from_frames`, the same preprocessing), each alone and the
 two as one batch, and the per-time
 logits must match torch's within `tol` (1e-4). A mismatch, or bytes ONNX Runtime cannot load, is
@@ -40,7 +40,7 @@ from model.network.bundle import CONFIG, ONNX, WEIGHTS, load_model_dir
 from model.network.i3d import InceptionI3d
 from model.runtimes.torch_runtime import normalized
 from model.storage import hash_file, write_atomic
-from model.video import PreprocessConfig, clip_from_frames, load_clip
+from model.video.clip import PreprocessConfig, clip_from_frames, load_clip
 
 OPSET = 18
 TOLERANCE = 1e-4

@@ -167,7 +167,7 @@ def _score(name: str) -> dict:
             "confidences": [x.confidence for x in words],
         }
     except Exception as e:  # bad input of any kind: recorded, and the batch goes on
-        from model.video import VideoError
+        from model.video.decode import VideoError
 
         text = str(e) if isinstance(e, VideoError) else f"{type(e).__name__}: {e}"
         if shown:  # the reason names the video as the results do, not a temp or mount path

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from components.conversion.convert import iter_shard, scratch_dir, split_shards
 from components.training.context import ContextWindows, rebuild_videos
-from model.video import PreprocessConfig, clip_from_frames, normalize
+from model.video.clip import PreprocessConfig, clip_from_frames, normalize
 
 Part = tuple[int, int]  # (rank, world size)
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

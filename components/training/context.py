@@ -23,7 +23,7 @@ import numpy as np
 
 from components.data.dataset import Sample
 from model.sentence import Word, centred_window
-from model.video import count_frames, decode, trim_range
+from model.video.decode import count_frames, decode, trim_range
 
 SPEED_JITTER = (0.8, 1.25)  # training windows vary in length: people sign at different speeds
 MIN_IOU = 0.5  # a word's span must overlap its sign's true span this much to count

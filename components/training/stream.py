@@ -36,7 +36,7 @@ from components.training.clips import (
     worker_share,
 )
 from components.training.context import SignerBuffer, Video, rebuild_videos
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 
 Packed = list[tuple[dict, bytes]]  # one video's samples (its sign, then its rest), undecoded
 

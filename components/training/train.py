@@ -42,7 +42,7 @@ from model.network.bundle import write_model_dir
 from model.network.checkpoint import load_weights, read_state_dict
 from model.network.i3d import I3DConfig, InceptionI3d
 from model.storage import write_atomic
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 
 STATE = "state.pt"  # resumable training state
 MODEL_DIR = "model"  # the trained model, in the serving format

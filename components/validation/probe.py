@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from model.storage import hash_file, write_atomic
-from model.video import VideoError, count_frames, probe
+from model.video.decode import VideoError, count_frames, probe
 
 # Bump when probe_video's output changes meaning: entries of another version are ignored.
 PROBE_VERSION = 1
@@ -46,7 +46,7 @@ def file_digest(path: str) -> dict:
 
 
 def probe_video(path: str) -> dict:
-    """Open and fully decode one video (through model/video.py, the path training uses)."""
+    """Open and fully decode one video (through model/video/, the path training uses)."""
     try:
         info = probe(path)
         frames = count_frames(path)

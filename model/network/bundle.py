@@ -30,7 +30,7 @@ from model.modeldir import (
 from model.network.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.network.i3d import I3DConfig, InceptionI3d
 from model.storage import hash_file, replace_dir
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 
 __all__ = [
     "CONFIG",

@@ -3,7 +3,7 @@
 Every runtime answers one call, `logits(clips)`: B x C x T x H x W uint8 clips, as preprocessing
 makes them -> B x classes float32 clip logits (the max over time of the per-time logits, as
 InceptionI3d.clip_logits). Scaling the clips to the model's value range is the network's first
-step, in every runtime (model/video.py's normalize; inside the ONNX graph).
+step, in every runtime (model/video/clip.py's normalize; inside the ONNX graph).
 Both sit behind model/predict.py's Classifier, so word and sentence mode, serving, batch scoring
 and evaluation are the same code whichever network runs.
 

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model.modeldir import ModelDirError, ModelInfo
-from model.video import normalize
+from model.video.clip import normalize
 
 
 class OnnxRuntime:

@@ -8,7 +8,7 @@ import torch
 
 from model.modeldir import ModelInfo
 from model.network.bundle import ModelBundle, load_model_dir
-from model.video import value_map
+from model.video.clip import value_map
 
 
 def fast_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -17,7 +17,7 @@ def fast_inference(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def normalized(x: torch.Tensor, value_range) -> torch.Tensor:
-    """uint8 clips -> float32 in value_range: model/video.py's normalize, bit for bit, in torch
+    """uint8 clips -> float32 in value_range: model/video/clip.py's normalize, bit for bit, in torch
     (on the clip's device: a GPU gets a quarter of the bytes and scales them itself)."""
     scale, offset = (float(v) for v in value_map(value_range))
     return x.to(torch.float32).mul_(scale).add_(offset)

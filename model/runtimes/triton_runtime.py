@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 
 from model.modeldir import ModelInfo
-from model.video import normalize
+from model.video.clip import normalize
 
 INPUT, OUTPUT = "clip", "per_time_logits"
 MODEL = "sign2text"

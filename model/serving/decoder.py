@@ -3,7 +3,7 @@
 A small file can make FFmpeg allocate gigabytes inside one frame (a 16000 x 16000 JPEG in an
 AVI whose header says 64 x 64): no check in Python runs before that memory is spent, so the
 bound comes from the operating system. The child (`python -m model.serving.decoder`) imports OpenCV
-and numpy only, sets RLIMIT_DATA, and runs model/video.py's read_video for each request; an
+and numpy only, sets RLIMIT_DATA, and runs model/video/limits.py's read_video for each request; an
 allocation past the ceiling fails inside FFmpeg (the frame does not decode) or kills the child,
 and either way the request gets a clear error while the server keeps its memory. A request
 that is cancelled or runs past its deadline kills the child too; the next request starts a
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.video import Limits, OverLimit, PreprocessConfig, VideoError
+from model.video.clip import PreprocessConfig
+from model.video.decode import OverLimit, VideoError
+from model.video.limits import Limits
 
 POLL_S = 0.05  # how often a waiting read looks at its deadline and cancellation
 
@@ -59,7 +61,7 @@ class Decoder:
         deadline: float = float("inf"),
         cancelled: threading.Event | None = None,
     ) -> np.ndarray:
-        """model.video.read_video(path, mode, cfg, limits), run in the child.
+        """model/video/limits.py's read_video(path, mode, cfg, limits), run in the child.
 
         Raises VideoError subclasses for the video's faults (OverLimit when it needs more
         memory than the ceiling), Cancelled when `cancelled` is set or time.monotonic() passes
@@ -136,9 +138,9 @@ def _stop_reason(deadline: float, cancelled: threading.Event | None) -> str | No
 
 
 def _error_kinds() -> dict[str, type[VideoError]]:
-    from model import video
+    from model.video import decode
 
-    kinds = [v for v in vars(video).values() if isinstance(v, type) and issubclass(v, VideoError)]
+    kinds = [v for v in vars(decode).values() if isinstance(v, type) and issubclass(v, VideoError)]
     return {k.__name__: k for k in kinds}
 
 
@@ -149,10 +151,11 @@ def _serve(recv: Connection, send: Connection) -> None:
     """The child's loop: one request at a time until the parent closes the pipe."""
     import cv2
 
-    from model import video
+    from model.video import decode
+    from model.video.limits import read_video
 
     cv2.setNumThreads(1)
-    video.FFMPEG_THREADS = 1
+    decode.FFMPEG_THREADS = 1
 
     while True:
         try:
@@ -160,7 +163,7 @@ def _serve(recv: Connection, send: Connection) -> None:
         except EOFError:
             return
         try:
-            frames = video.read_video(path, mode, PreprocessConfig.from_dict(cfg), Limits(**limits))
+            frames = read_video(path, mode, PreprocessConfig.from_dict(cfg), Limits(**limits))
         except VideoError as e:
             send.send(("error", type(e).__name__, str(e)))
         except (MemoryError, cv2.error) as e:

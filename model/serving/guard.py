@@ -23,7 +23,7 @@ from grpc_interceptor.exceptions import Unavailable
 from kserve.errors import InvalidInput
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from model.video import Limits
+from model.video.limits import Limits
 
 # Safe for any input: the decoded working set stays small whatever the file claims. The
 # server's --max-* options start from these.

@@ -43,7 +43,7 @@ from model.serving.decoder import POLL_S, Cancelled, Decoder
 from model.serving.guard import DEFAULT_LIMITS, Overloaded
 from model.serving.request import NAME, Request, parse
 from model.storage import fetch, hash_file, is_uri
-from model.video import Limits
+from model.video.limits import Limits
 
 STAGE_SECONDS = Histogram(
     "sign2text_stage_seconds",

@@ -25,7 +25,7 @@ from model.serving import guard
 from model.serving.guard import DEFAULT_LIMITS
 from model.serving.request import NAME, request_from_binary
 from model.storage import display_uri
-from model.video import Limits
+from model.video.limits import Limits
 
 MIB = 1 << 20
 

@@ -28,7 +28,8 @@ import torch
 from components.data.synth import moving_square, write_video
 from model.network.i3d import InceptionI3d
 from model.runtimes.torch_runtime import TorchRuntime
-from model.video import PreprocessConfig, load_clip, normalize, sample_indices
+from model.video.clip import PreprocessConfig, load_clip, normalize
+from model.video.decode import sample_indices
 
 WLASL = PreprocessConfig(num_frames=64, resize=256, crop=224)
 

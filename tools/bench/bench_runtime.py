@@ -31,7 +31,7 @@ from model.modeldir import read_model_info
 from model.network.i3d import I3DConfig, InceptionI3d
 from model.runtimes.onnx_runtime import OnnxRuntime
 from model.runtimes.torch_runtime import fast_inference, normalized
-from model.video import load_clip
+from model.video.clip import load_clip
 from tools.bench.bench_model import alternate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,7 +239,7 @@ def main() -> None:
             return
         full = tmp / "i3d"
         from model.network.bundle import write_model_dir
-        from model.video import PreprocessConfig
+        from model.video.clip import PreprocessConfig
 
         write_model_dir(
             full,

@@ -32,7 +32,7 @@ from components.data.synth import moving_square, write_video
 from model.network.bundle import write_model_dir
 from model.network.i3d import I3DConfig, InceptionI3d
 from model.predict import Classifier
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 
 LABELS = [f"g{i}" for i in range(10)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ from components.params import Params, load_params, overrides
 from components.training.clips import loader
 from components.training.stream import StreamClips
 from model.network.i3d import I3DConfig, InceptionI3d
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("sign2text"))
