@@ -43,16 +43,13 @@ outside the target either, and tar members pass tarfile's "data" filter (no link
 devices). On any failure the target folder is left empty (or removed, when fetch made it).
 
 Each s3:// fetch builds a new boto3 session, so it reads the AWS_* variables as they are now (one
-process may fetch from two stores in turn).
-
-The file helpers that model/ and sign2text/ share live here too, each once: `hash_file`,
-`write_atomic`, `replace_dir`, and `redact_secrets` / `display_uri` for messages and logs
-(model/ must not import sign2text/, and this module costs no heavy import).
+process may fetch from two stores in turn). `s3_client` is that client, and every S3 client of
+the serving and components images is built by it: one set of settings and timeouts
+(docs/object-storage.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import os
 import re
@@ -63,24 +60,15 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
-__all__ = [
-    "StorageError",
-    "display_uri",
-    "fetch",
-    "hash_file",
-    "is_uri",
-    "redact_secrets",
-    "replace_dir",
-    "write_atomic",
-]
+from model import kserve_compat
+from model.files import display_uri, redact_secrets
+
+__all__ = ["StorageError", "fetch", "is_uri", "s3_client"]
 
 # scheme://... with a scheme of 2+ characters, so a Windows drive ("C:\\x") is never a URI.
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
-# Environment variables whose values must never appear in an error message.
-_SECRET_ENV_RE = re.compile(r"(SECRET|TOKEN|PASSWORD|ACCESS_KEY|ACCOUNT_KEY|CREDENTIAL)", re.I)
 
 
 class StorageError(ValueError):
@@ -134,9 +122,7 @@ def fetch(uri_or_path: str | os.PathLike, dest_dir: str | os.PathLike | None = N
     try:
         if parts.scheme.lower() == "s3":
             return _fetch_s3(uri, out)
-        from kserve_storage import Storage
-
-        return _resolve(uri, Path(Storage.download(uri, str(out))))
+        return _resolve(uri, Path(kserve_compat.download(uri, str(out))))
     except Exception as e:  # kserve raises RuntimeError, botocore/requests raise their own
         _discard(out, owned)
         shown = display_uri(uri)
@@ -161,21 +147,14 @@ def _fetch_s3(uri: str, out: Path) -> Path:
     """Download s3://bucket/key into `out` as the module docstring says: the file when the URI
     names one object (not an archive), else `out`. Nothing is written before every key is
     checked."""
-    from kserve_storage.kserve_storage import Storage, _parse_patterns_from_env, _should_download
-
-    Storage._update_with_storage_spec()  # STORAGE_CONFIG may set AWS_* before the client reads them
+    kserve_compat.apply_storage_spec()  # STORAGE_CONFIG may set AWS_* before the client reads them
     parts = urlsplit(uri)
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if not bucket:
         raise StorageError("no bucket name in the URI")
-    allow = _parse_patterns_from_env("STORAGE_ALLOW_PATTERNS")
-    ignore = _parse_patterns_from_env("STORAGE_IGNORE_PATTERNS")
-    client = _s3_client()
+    client = s3_client()
     plan, exact = _plan(
-        _list_objects(client, bucket, key),
-        key,
-        out,
-        lambda rel: _should_download(rel, allow, ignore),
+        _list_objects(client, bucket, key), key, out, kserve_compat.download_filter()
     )
     if not plan:
         raise StorageError(f"no object found under key {key!r}")
@@ -187,21 +166,27 @@ def _fetch_s3(uri: str, out: Path) -> Path:
     return first if exact else out
 
 
-def _s3_client():
-    """A boto3 S3 client configured as kserve_storage configures its own (see the docstring).
+def s3_client():
+    """A boto3 S3 client configured as kserve's storage initializer configures its own (see the
+    docstring), but for S3_MAX_ATTEMPTS, which counts the first try here (kserve counts retries):
+    the one S3 client builder of the serving and components images. app/s3_client.py builds the
+    same client for the app image (tests/test_s3_clients.py holds the two to one configuration).
 
     A new session each time, not boto3's default one: that caches the credentials it first
     found, and one process may fetch from two stores in turn."""
     import boto3
-    from kserve_storage import Storage
+    from botocore.config import Config
 
-    return boto3.session.Session().client("s3", **Storage._get_s3_client_kwargs())
+    kwargs = kserve_compat.s3_client_kwargs()
+    attempts = max(1, int(os.environ.get("S3_MAX_ATTEMPTS", "3")))
+    retries = Config(retries={"total_max_attempts": attempts, "mode": "standard"})
+    kwargs["config"] = kwargs["config"].merge(retries)
+    return boto3.session.Session().client("s3", **kwargs)
 
 
 def _list_objects(client, bucket: str, key: str) -> Iterator[tuple[str, int]]:
     """(key, size) of every object whose key starts with `key`, in S3's (sorted) order."""
     from botocore.exceptions import BotoCoreError, ClientError
-    from kserve_storage.storage_errors import get_storage_error_message
 
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
     try:
@@ -210,7 +195,7 @@ def _list_objects(client, bucket: str, key: str) -> Iterator[tuple[str, int]]:
                 yield obj["Key"], obj["Size"]
     except (BotoCoreError, ClientError) as e:
         # kserve's wording, which names the bucket and says "not found", "access denied", ...
-        raise StorageError(get_storage_error_message("S3", e, bucket)) from e
+        raise StorageError(kserve_compat.storage_error_message(bucket, e)) from e
 
 
 def _plan(
@@ -322,18 +307,6 @@ def _resolve(uri: str, result: Path) -> Path:
     return result
 
 
-def display_uri(uri: str) -> str:
-    """The URI without user info or query string (presigned URLs carry signatures there).
-
-    Without a network location (a local path) it is returned as is: a "?" or "#" in a file
-    name is no secret."""
-    p = urlsplit(uri)
-    if not p.netloc:
-        return uri
-    netloc = p.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((p.scheme, netloc, p.path, "", ""))
-
-
 def _reason(e: BaseException) -> str:
     parts = []
     for exc in (e, e.__cause__):
@@ -344,58 +317,3 @@ def _reason(e: BaseException) -> str:
         if first not in parts:
             parts.append(first)
     return redact_secrets("; ".join(parts))
-
-
-def redact_secrets(text: str) -> str:
-    """`text` with the value of every secret-named environment variable replaced by ***."""
-    for name, value in os.environ.items():
-        if value and len(value) >= 6 and _SECRET_ENV_RE.search(name) and value in text:
-            text = text.replace(value, "***")
-    return text
-
-
-def hash_file(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes; read in chunks, as weights and shards run to gigabytes."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
-
-
-def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Move the finished directory `new` to `dest` (a sibling), replacing whatever is there.
-
-    A reader sees the old tree or the new one, never a mix: a directory cannot be renamed over
-    a non-empty one, so the old one is renamed aside first and deleted after."""
-    new, dest = Path(new), Path(dest)
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dest.rename(old)
-        new.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(dest)
-
-
-def write_atomic(
-    path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *, durable: bool = False
-) -> None:
-    """Write `data` (bytes, or a function that writes to the open file) to `path` via a temp
-    file beside it and os.replace, so a reader sees the old file or the new one, never half.
-    Never through a symlink: the temp file is created exclusively, and os.replace swaps a link
-    at `path` itself instead of its target.
-
-    `durable` fsyncs before the rename: for a file a crash must not lose, not for one that is
-    rebuilt from such a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover of a crashed write, or a planted link
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        if callable(data):
-            data(f)
-        else:
-            f.write(data)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -141,7 +141,7 @@ def train_step(
             namespace=namespace,
         )
         if api is None:
-            from components.infra.kube import KubernetesTrainJobApi
+            from components.training.trainjob import KubernetesTrainJobApi
 
             api = KubernetesTrainJobApi()
         run_trainjob(api, manifest, timeout_s=timeout_h * 3600, poll_s=poll_s)
@@ -367,7 +367,7 @@ def deploy_step(
             smoke_videos=[smoke_video],
             namespace=namespace,
             names=(isvc_name, f"{isvc_name}-grpc"),  # REST and gRPC InferenceServices
-            steps=plan,
+            percents=plan,
             soak_s=DEPLOY_SOAK_S,
             timeout_s=DEPLOY_TIMEOUT_S,
         )

@@ -305,11 +305,11 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
     import yaml
 
     from components import steps
-    from components.infra.kube import KubernetesApi
-    from components.release.deploy import (
+    from components.release.deploy import RolloutFailed
+    from components.release.isvc import (
         DEFAULT_NAMES,
         DEFAULT_TEMPLATES,
-        RolloutFailed,
+        cluster_api,
         load_templates,
     )
 
@@ -327,13 +327,13 @@ def _cmd_deploy(args: argparse.Namespace) -> None:
             args.model_uri,
             namespace=args.namespace,
             names=names,
-            steps=percents,
+            percents=percents,
             soak_s=args.soak_s,
             timeout_s=args.timeout_s,
             max_error_rate_increase=args.max_error_rate_increase,
             max_p95_increase=args.max_p95_increase,
             smoke_videos=args.smoke_video,
-            api=KubernetesApi(args.kubeconfig, args.context),
+            api=cluster_api(args.kubeconfig, args.context),
             templates=templates,
             dry_run=args.dry_run,
             log=lambda m: print(m, file=sys.stderr, flush=True),

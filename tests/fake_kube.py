@@ -18,7 +18,8 @@ fields KServe does (knative ksvc_reconciler + PropagateStatus):
 is down, or a rollout that never settles). `crash_after_writes=N` makes the (N+1)-th write raise
 Crash without applying it, as a killed process would never have sent it. `fail_write(verb, name,
 body)` may return an error that the write raises instead of being applied (nor kept in `writes`), as
-when the API server refuses it (KubernetesApi raises KubeError then).
+when the API server refuses it (the real API, components/release/isvc.py cluster_api, raises
+KubeError then).
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ def test_wrong_plus_a_gloss_becomes_a_sample_that_validates(stack, videos, s3_se
     from components.data.dataset import load_samples
     from components.data.feedback_ingest import ingest_feedback
     from components.validation.validate import validate
-    from model.storage import hash_file
+    from model.files import hash_file
 
     driver, *_ = stack
     _mode(driver, "word")

@@ -13,14 +13,8 @@ import pytest
 
 from components.infra.kube import KubeError
 from components.infra.objstore import fetch_dir, is_published
-from components.release.deploy import (
-    ANN_COMMIT,
-    ANN_DATA,
-    ANN_MODEL,
-    ANN_ROLLED_BACK,
-    RolloutFailed,
-    deploy,
-)
+from components.release.deploy import RolloutFailed, deploy
+from components.release.isvc import ANN_COMMIT, ANN_DATA, ANN_MODEL, ANN_ROLLED_BACK
 from components.release.smoke import SmokeStats
 from tests.crd_schema import validate, validate_patch
 from tests.fake_kube import Crash, FakeKServe
@@ -77,7 +71,7 @@ def env(s3_env, tmp_path):
             if not (tmp_path / version).exists()
             else (tmp_path / version, f"s3://{bucket}/models/{version}/")
         )
-        kw = {"steps": (10, 50), "soak_s": 30, "timeout_s": 60, "poll_s": 5, **kw}
+        kw = {"percents": (10, 50), "soak_s": 30, "timeout_s": 60, "poll_s": 5, **kw}
         return deploy(
             d,
             model_uri=uri,
@@ -405,10 +399,10 @@ def test_dry_run_sends_nothing_and_shows_valid_requests(env, capsys):
 
 def test_bad_arguments_are_clear_errors(env):
     _, _, run, _, tmp = env
-    with pytest.raises(ValueError, match="steps"):
-        run("v1", steps=(50, 10))
-    with pytest.raises(ValueError, match="steps"):
-        run("v1", steps=(0, 100))
+    with pytest.raises(ValueError, match="canary percents"):
+        run("v1", percents=(50, 10))
+    with pytest.raises(ValueError, match="canary percents"):
+        run("v1", percents=(0, 100))
     (tmp / "nolineage").mkdir()
     with pytest.raises(FileNotFoundError, match="lineage.json"):
         deploy(tmp / "nolineage", model_uri="s3://b/m/v9/", smoke=Checker(None), api=FakeKServe())

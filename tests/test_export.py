@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from components.release import onnx_export as export
+from model.files import hash_file
 from model.network.bundle import ModelDirError, load_model_dir
 from model.runtimes.torch_runtime import normalized
-from model.storage import hash_file
 from sign2text.cli import main
 from tests.conftest import CLASS_LIST, FIXTURES, published_state_dict
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.infra.objstore import MANIFEST, is_published, split_uri
+from components.infra.objstore import MANIFEST, is_published
+from components.infra.s3_access import split_uri
 from model.network.bundle import load_model_dir
 from model.storage import fetch
 from sign2text.cli import INITIAL_MODEL_URI, main

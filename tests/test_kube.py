@@ -1,4 +1,5 @@
-"""release.kube.KubernetesApi and KubernetesTrainJobApi (the real kubernetes client) and
+"""The InferenceService API (components/release/isvc.py) and KubernetesTrainJobApi
+(components/training/trainjob.py), both on components/infra/kube.py's real kubernetes client, and
 `sign2text deploy --dry-run` against a FAKE Kubernetes API server on 127.0.0.1 (no cluster can
 run here): what goes over the wire — paths, merge-patch content type, nulls kept, label
 selectors, log parameters, foreground deletion — and clear errors."""
@@ -13,8 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from components.infra.kube import KubeError, KubernetesApi, KubernetesTrainJobApi
-from components.release.deploy import DEFAULT_TEMPLATES
+from components.infra.kube import KubeError
+from components.release.isvc import DEFAULT_TEMPLATES, cluster_api
+from components.training.trainjob import KubernetesTrainJobApi
 from tests.crd_schema import validate
 from tests.fake_kube import merge_patch
 
@@ -111,7 +113,7 @@ def apiserver(tmp_path):
 
 def test_real_client_sends_merge_patches_with_nulls(apiserver):
     srv, kubeconfig = apiserver
-    api = KubernetesApi(kubeconfig)
+    api = cluster_api(kubeconfig)
     assert api.get("ns1", "sign2text") is None
     obj = yaml.safe_load(DEFAULT_TEMPLATES[0].read_text())
     api.create("ns1", obj)
@@ -132,9 +134,9 @@ def test_unreachable_api_server_is_a_clear_error(apiserver, tmp_path):
     srv.shutdown()
     srv.server_close()
     with pytest.raises(KubeError, match="cannot reach the API server"):
-        KubernetesApi(kubeconfig).get("ns1", "sign2text")
+        cluster_api(kubeconfig).get("ns1", "sign2text")
     with pytest.raises(KubeError, match="no usable Kubernetes config"):
-        KubernetesApi(str(tmp_path / "missing-kubeconfig"))
+        cluster_api(str(tmp_path / "missing-kubeconfig"))
 
 
 def test_cli_dry_run_prints_valid_objects_and_sends_nothing(apiserver, tmp_path, capsys):

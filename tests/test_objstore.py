@@ -19,11 +19,11 @@ from components.infra.objstore import (
     TMP_ROOT,
     AlreadyPublishedError,
     NotPublishedError,
-    ObjStoreError,
     fetch_dir,
     is_published,
     publish_dir,
 )
+from components.infra.s3_access import ObjStoreError
 from tests.s3 import _free_ports, s3_env_fixture, s3_server_fixture  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -23,10 +23,10 @@ import pytest
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from model.files import hash_file
 from model.predict import Classifier
 from model.serving.guard import DEFAULT_LIMITS
 from model.serving.predictor import Sign2TextModel
-from model.storage import hash_file
 from model.video import decode as video_decode
 from model.video import limits as video_limits
 from model.video.clip import PreprocessConfig, clip_from_frames, resize_frames

@@ -16,18 +16,10 @@ import pytest
 import torch
 
 from model import storage
+from model.files import display_uri, hash_file, redact_secrets, replace_dir, write_atomic
 from model.network.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.network.i3d import I3DConfig, InceptionI3d
-from model.storage import (
-    StorageError,
-    display_uri,
-    fetch,
-    hash_file,
-    is_uri,
-    redact_secrets,
-    replace_dir,
-    write_atomic,
-)
+from model.storage import StorageError, fetch, is_uri
 from tests.conftest import published_state_dict
 from tests.s3 import _free_ports, s3_env_fixture, s3_server_fixture  # noqa: F401
 
@@ -291,7 +283,7 @@ def fake_s3(monkeypatch):
 
     def install(objects: dict[str, bytes | Exception]) -> _FakeS3Client:
         client = _FakeS3Client(objects)
-        monkeypatch.setattr(storage, "_s3_client", lambda: client)
+        monkeypatch.setattr(storage, "s3_client", lambda: client)
         return client
 
     return install

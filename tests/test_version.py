@@ -108,8 +108,9 @@ def test_fetch_refuses_a_corrupted_object(versioned, s3_boto_env, s3_server, tmp
 
 
 def test_remote_reader_takes_the_s3_settings(monkeypatch, tmp_path):
-    """The DVC-remote reader builds its client as objstore does: S3_* timeouts/retries apply."""
-    from components.infra import objstore
+    """The DVC-remote reader builds its client with model/storage.py's s3_client, as every step
+    does: S3_* timeouts/retries apply."""
+    from model import storage
 
     (port,) = _free_ports(1)
     env = {
@@ -126,7 +127,7 @@ def test_remote_reader_takes_the_s3_settings(monkeypatch, tmp_path):
     for var, value in env.items():
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    real, clients, sent = objstore.s3_client, [], []
+    real, clients, sent = storage.s3_client, [], []
 
     def spy():
         c = real()
@@ -134,7 +135,7 @@ def test_remote_reader_takes_the_s3_settings(monkeypatch, tmp_path):
         clients.append(c)
         return c
 
-    monkeypatch.setattr(objstore, "s3_client", spy)
+    monkeypatch.setattr(storage, "s3_client", spy)
     with pytest.raises(DataVersionError, match="cannot fetch data"):
         fetch_from_remote("s3://bucket/dvc", "0123456789abcdef0123456789abcdef.dir", tmp_path)
     (client,) = clients

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.data.dataset import SPLITS, Sample, load_glosses, load_samples
-from model.storage import hash_file
+from model.files import hash_file
 from model.video.clip import PreprocessConfig, resize_frames
 from model.video.decode import VideoError, decode, decode_trimmed, probe
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from model.storage import write_atomic
+from model.files import write_atomic
 
 METADATA = "WLASL_v0.3.json"
 VIDEOS = "videos"

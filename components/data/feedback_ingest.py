@@ -91,18 +91,19 @@ class _DirSource(FeedbackSource):
 
 class _S3Source(FeedbackSource):
     def __init__(self, uri: str):
-        from components.infra.objstore import s3_client, split_uri
+        from components.infra.s3_access import split_uri
+        from model.storage import s3_client
 
         self.bucket, self.prefix = split_uri(uri)
         self.client = s3_client()
 
     def _error(self, rel: str, e: Exception) -> Exception:
         """KeyError for a missing object (the caller reports it); else one line naming the URI."""
-        from components.infra.objstore import _code, _fail
+        from components.infra.s3_access import error_code, failure
 
-        if _code(e) in ("NoSuchKey", "NotFound"):
+        if error_code(e) in ("NoSuchKey", "NotFound"):
             return KeyError(rel)
-        return _fail(self.url(rel), "reading feedback", e)
+        return failure(self.url(rel), "reading feedback", e)
 
     def names(self) -> Iterator[str]:
         base = self.prefix + RECORDS_DIR + "/"
@@ -142,7 +143,7 @@ class _S3Source(FeedbackSource):
 
 def is_feedback_source(source: str | os.PathLike) -> bool:
     """An s3:// prefix, or a folder laid out as the store writes (records/, no metadata file)."""
-    from components.infra.objstore import is_s3
+    from components.infra.s3_access import is_s3
 
     if is_s3(str(source)):
         return True
@@ -151,7 +152,7 @@ def is_feedback_source(source: str | os.PathLike) -> bool:
 
 
 def open_source(source: str | os.PathLike) -> FeedbackSource:
-    from components.infra.objstore import is_s3
+    from components.infra.s3_access import is_s3
 
     if is_s3(str(source)):
         return _S3Source(str(source))

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.data.dataset import write_json
-from model.storage import write_atomic
+from model.files import write_atomic
 
 GENERATOR = "sign2text.synth"
 FPS = 25

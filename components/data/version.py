@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from components.data.dataset import METADATA, VIDEOS
-from model.storage import hash_file
+from model.files import hash_file
 
 DIR_SUFFIX = ".dir"
 
@@ -94,12 +94,12 @@ def fetch_from_remote(remote: str, md5: str, out: Path, keep=lambda rel: True) -
     """Download the folder `md5` from a DVC 3 S3 remote (s3://bucket/prefix) into `out`.
 
     Only files for which keep(relpath) is true are fetched; each is checked against its md5.
-    Endpoint, keys, timeouts and retries come from the environment (AWS_ENDPOINT_URL,
-    AWS_ACCESS_KEY_ID, ..., S3_VERIFY_SSL, S3_MAX_ATTEMPTS, ...), read by `objstore.s3_client`.
+    Endpoint, keys, timeouts and retries come from the environment (docs/object-storage.md), read
+    by model/storage.py's `s3_client`.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from components.infra.objstore import s3_client
+    from model.storage import s3_client
 
     if not remote.startswith("s3://"):
         raise DataVersionError(f"data remote must be s3://bucket/prefix, got {remote!r}")

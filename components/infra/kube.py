@@ -1,21 +1,18 @@
-"""The three InferenceService calls the rollout needs, and their implementation on a cluster;
-likewise the TrainJob and pod calls of multi-node training (`components.training.trainjob`).
+"""The Kubernetes API as the steps use it: one namespaced custom resource kind, and pods.
 
-`KubeApi` is what `components.release.deploy` talks to; `KubernetesApi` implements it with the
-`kubernetes` client's CustomObjectsApi (kubernetes 30.1 sends its patches as
-`application/merge-patch+json`, RFC 7386: a null removes a field). KServeClient is not used: it
-breaks with newer kubernetes clients (see DESIGN.md). `KubernetesTrainJobApi` implements
-`components.training.trainjob.TrainJobApi` the same way, plus CoreV1Api for pods and logs.
+`CustomObjects` gets, creates, merge-patches and deletes objects of one kind (a `Resource`) with
+the `kubernetes` client's CustomObjectsApi (kubernetes 30.1 sends its patches as
+`application/merge-patch+json`, RFC 7386: a null removes a field); `Pods` lists pods and reads
+their logs. Release (InferenceServices) and training (TrainJobs) each build theirs from these;
+this module knows neither. KServeClient is not used: it breaks with newer kubernetes clients.
+Every call has a request timeout; every failure is a `KubeError` that names the call.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Protocol
+from dataclasses import dataclass
 
-GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "InferenceService"
 REQUEST_TIMEOUT_S = 30
 
 
@@ -23,17 +20,21 @@ class KubeError(ValueError):
     """The API server refused a request or could not be reached; says which call and why."""
 
 
-class KubeApi(Protocol):
-    def get(self, namespace: str, name: str) -> dict | None:
-        """The InferenceService, or None when it does not exist."""
+@dataclass(frozen=True)
+class Resource:
+    """A namespaced custom resource kind, as the API names it."""
 
-    def create(self, namespace: str, obj: dict) -> dict: ...
+    group: str
+    version: str
+    plural: str
+    kind: str
 
-    def patch(self, namespace: str, name: str, patch: dict) -> dict:
-        """Apply a JSON merge patch (RFC 7386)."""
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
 
 
-def _load_config(kubeconfig: str | None, context: str | None) -> None:
+def load_config(kubeconfig: str | None = None, context: str | None = None) -> None:
     """kubeconfig if given, else in-cluster, else ~/.kube/config."""
     from kubernetes import config
     from kubernetes.config.config_exception import ConfigException
@@ -51,7 +52,7 @@ def _load_config(kubeconfig: str | None, context: str | None) -> None:
         raise KubeError(f"no usable Kubernetes config ({where}): {e}") from e
 
 
-def _call(what: str, fn, *args, **kwargs):
+def call(what: str, fn, *args, **kwargs):
     """fn(*args) with the request timeout; a 404 on a get is None, other errors KubeError."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
@@ -70,71 +71,67 @@ def _call(what: str, fn, *args, **kwargs):
         raise KubeError(f"{what}: cannot reach the API server ({type(e).__name__})") from e
 
 
-class KubernetesApi:
-    """KubeApi on a real cluster: kubeconfig if given, else in-cluster, else ~/.kube/config."""
+class CustomObjects:
+    """Objects of one custom resource kind on a real cluster (kubeconfig if given, else
+    in-cluster, else ~/.kube/config)."""
 
-    def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
+    def __init__(
+        self, resource: Resource, kubeconfig: str | None = None, context: str | None = None
+    ) -> None:
         from kubernetes import client
 
-        _load_config(kubeconfig, context)
+        load_config(kubeconfig, context)
+        self.resource = resource
         self._api = client.CustomObjectsApi()
 
-    def _call(self, what: str, fn, *args):
-        return _call(what, fn, GROUP, VERSION, *args)
+    def _call(self, verb: str, namespace: str, name: str | None, fn, *args, **kwargs):
+        r = self.resource
+        what = f"{verb} {r.kind} {namespace}/{name}"
+        return call(what, fn, r.group, r.version, namespace, r.plural, *args, **kwargs)
 
     def get(self, namespace: str, name: str) -> dict | None:
-        fn = self._api.get_namespaced_custom_object
-        return self._call(f"get {KIND} {namespace}/{name}", fn, namespace, PLURAL, name)
+        """The object, or None when it does not exist."""
+        return self._call("get", namespace, name, self._api.get_namespaced_custom_object, name)
 
     def create(self, namespace: str, obj: dict) -> dict:
         name = obj.get("metadata", {}).get("name")
         fn = self._api.create_namespaced_custom_object
-        return self._call(f"create {KIND} {namespace}/{name}", fn, namespace, PLURAL, obj)
+        return self._call("create", namespace, name, fn, obj)
 
     def patch(self, namespace: str, name: str, patch: dict) -> dict:
+        """Apply a JSON merge patch (RFC 7386)."""
         fn = self._api.patch_namespaced_custom_object
-        return self._call(f"patch {KIND} {namespace}/{name}", fn, namespace, PLURAL, name, patch)
-
-
-class KubernetesTrainJobApi:
-    """TrainJobApi on a real cluster (the pipeline's train step, in-cluster)."""
-
-    def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
-        from kubernetes import client
-
-        from components.training import trainjob as tj
-
-        _load_config(kubeconfig, context)
-        self._api, self._core = client.CustomObjectsApi(), client.CoreV1Api()
-        self._crd = (tj.GROUP, tj.VERSION)
-        self._plural, self._kind, self._container = tj.PLURAL, tj.KIND, tj.NODE
-
-    def get(self, namespace: str, name: str) -> dict | None:
-        fn = self._api.get_namespaced_custom_object
-        what = f"get {self._kind} {namespace}/{name}"
-        return _call(what, fn, *self._crd, namespace, self._plural, name)
-
-    def create(self, namespace: str, obj: dict) -> dict:
-        name = obj.get("metadata", {}).get("name")
-        fn = self._api.create_namespaced_custom_object
-        what = f"create {self._kind} {namespace}/{name}"
-        return _call(what, fn, *self._crd, namespace, self._plural, obj)
+        return self._call("patch", namespace, name, fn, name, patch)
 
     def delete(self, namespace: str, name: str) -> None:
-        # Foreground: the JobSet and its pods go before the TrainJob does.
+        # Foreground: what the object owns (a TrainJob's JobSet and pods) goes before it does.
         fn = self._api.delete_namespaced_custom_object
-        what = f"delete {self._kind} {namespace}/{name}"
-        _call(what, fn, *self._crd, namespace, self._plural, name, propagation_policy="Foreground")
+        self._call("delete", namespace, name, fn, name, propagation_policy="Foreground")
 
-    def pods(self, namespace: str, label_selector: str) -> list[dict]:
+
+class Pods:
+    """Pods and their logs on a real cluster; `container` names the one whose log is read."""
+
+    def __init__(
+        self, container: str, kubeconfig: str | None = None, context: str | None = None
+    ) -> None:
+        from kubernetes import client
+
+        load_config(kubeconfig, context)
+        self.container = container
+        self._core = client.CoreV1Api()
+
+    def list(self, namespace: str, label_selector: str) -> list[dict]:
+        """Pods (as API dicts) matching the selector."""
         fn = self._core.list_namespaced_pod
         what = f"list pods {namespace} -l {label_selector}"
-        pods = _call(what, fn, namespace, label_selector=label_selector)
+        pods = call(what, fn, namespace, label_selector=label_selector)
         return [self._core.api_client.sanitize_for_serialization(p) for p in pods.items]
 
-    def pod_log(self, namespace: str, pod: str, since_seconds: int | None = None) -> str:
+    def log(self, namespace: str, pod: str, since_seconds: int | None = None) -> str:
+        """The pod's log, each line prefixed with its RFC 3339 timestamp and a space."""
         fn = self._core.read_namespaced_pod_log
-        kwargs = {"timestamps": True, "container": self._container}
+        kwargs = {"timestamps": True, "container": self.container}
         if since_seconds is not None:
             kwargs["since_seconds"] = since_seconds
-        return _call(f"log of pod {namespace}/{pod}", fn, pod, namespace, **kwargs)
+        return call(f"log of pod {namespace}/{pod}", fn, pod, namespace, **kwargs)

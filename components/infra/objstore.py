@@ -15,12 +15,8 @@ How `publish_dir` gets there:
 A process killed half-way leaves objects but never a manifest; the next publish to the same
 URI removes what it left. One writer per URI at a time.
 
-Endpoint and keys come from the environment, the variables `model/storage.py` documents:
-`AWS_ENDPOINT_URL` (full URL; https unless it says http), `AWS_ACCESS_KEY_ID`,
-`AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `S3_VERIFY_SSL`, `S3_CONNECT_TIMEOUT`,
-`S3_READ_TIMEOUT`, `S3_MAX_ATTEMPTS`. `s3_client` turns them into a boto3 client; it is the one
-place our code builds S3 clients (the DVC-remote reader in components/data/version.py uses it too),
-but for app/feedback_store.py's copy of it: the app image ships app/ without sign2text.
+Endpoint and keys come from the environment (docs/object-storage.md), through model/storage.py's
+`s3_client`.
 """
 
 from __future__ import annotations
@@ -35,10 +31,10 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit
 
-from app.s3_client import s3_client  # the one builder; app/ ships alone, so it lives there
-from model.storage import display_uri, hash_file, redact_secrets, replace_dir
+from components.infra.s3_access import ObjStoreError, error_code, failure, is_s3, split_uri
+from model.files import display_uri, hash_file, replace_dir
+from model.storage import s3_client
 
 MANIFEST = "_published.json"
 FORMAT = "sign2text-published/1"
@@ -49,10 +45,6 @@ _COPY_MAX = 5 << 30  # the most one CopyObject request copies
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 
 
-class ObjStoreError(ValueError):
-    """An object-store operation that failed; says which URI and why, never a credential."""
-
-
 class NotPublishedError(ObjStoreError):
     """The prefix has no manifest: nothing was published there, or the upload did not finish."""
 
@@ -61,65 +53,10 @@ class AlreadyPublishedError(ObjStoreError):
     """Another package is already published at this URI."""
 
 
-def is_s3(uri: str) -> bool:
-    return isinstance(uri, str) and uri.lower().startswith("s3://")
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/a/b` -> ("bucket", "a/b/"): a folder prefix, never the bucket root."""
-    parts = urlsplit(uri)
-    if parts.scheme.lower() != "s3" or not parts.netloc:
-        raise ObjStoreError(f"not an s3://bucket/prefix/ URI: {display_uri(uri)}")
-    prefix = parts.path.strip("/")
-    if not prefix:
-        raise ObjStoreError(f"{display_uri(uri)}: give a prefix under the bucket, not its root")
-    if any(p in ("", ".", "..") for p in prefix.split("/")):
-        raise ObjStoreError(f"{display_uri(uri)}: empty, '.' or '..' path segments")
-    return parts.netloc, prefix + "/"
-
-
 def _client():
     if not os.environ.get("AWS_ACCESS_KEY_ID") or not os.environ.get("AWS_SECRET_ACCESS_KEY"):
         raise ObjStoreError("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the object store")
     return s3_client()
-
-
-def _code(e: BaseException) -> str:
-    """The S3 error code of a botocore ClientError ("" for anything else).
-
-    HEAD requests carry no body, so their errors only have the HTTP status: named here."""
-    from botocore.exceptions import ClientError
-
-    if not isinstance(e, ClientError):
-        return ""
-    code = str(e.response.get("Error", {}).get("Code", ""))
-    return {"403": "AccessDenied", "404": "NotFound"}.get(code, code)
-
-
-def _fail(uri: str, what: str, e: BaseException) -> ObjStoreError:
-    """One clear line for a failed call: the URI, what was being done, the server's reason."""
-    from botocore.exceptions import ClientError, HTTPClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-
-    if isinstance(e, ObjStoreError):
-        return e
-    if isinstance(e, ClientError):
-        code = _code(e)
-        message = e.response.get("Error", {}).get("Message") or ""
-        reason = f"{code}: {message}" if message else code
-        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            reason += " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
-    else:
-        text = str(e).strip().splitlines()
-        reason = f"{type(e).__name__}: {text[0] if text else ''}"
-        if (
-            isinstance(e, (BotoConnectionError, HTTPClientError))
-            or "Connection" in reason
-            or "timed out" in reason
-        ):
-            endpoint = os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
-            reason = f"cannot reach {display_uri(endpoint)} ({reason})"
-    return ObjStoreError(redact_secrets(f"{display_uri(uri)}: {what} failed: {reason}"))
 
 
 def local_manifest(local_dir: Path) -> dict:
@@ -159,7 +96,7 @@ def _read_if_exists(client, bucket: str, key: str) -> bytes | None:
     try:
         return _read_object(client, bucket, key)
     except Exception as e:
-        if _code(e) in ("NoSuchKey", "NotFound"):
+        if error_code(e) in ("NoSuchKey", "NotFound"):
             return None
         raise
 
@@ -181,7 +118,7 @@ def _bucket_exists(client, bucket: str) -> bool:
         client.head_bucket(Bucket=bucket)
         return True
     except Exception as e:
-        if _code(e) in ("NoSuchBucket", "NotFound"):
+        if error_code(e) in ("NoSuchBucket", "NotFound"):
             return False
         raise
 
@@ -221,7 +158,7 @@ def read_published(uri: str) -> dict:
     except json.JSONDecodeError as e:
         raise ObjStoreError(f"{display_uri(uri)}: {MANIFEST} is not valid JSON ({e})") from e
     except Exception as e:
-        raise _fail(uri, "reading the manifest", e) from e
+        raise failure(uri, "reading the manifest", e) from e
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), list):
         raise ObjStoreError(f"{display_uri(uri)}: {MANIFEST} has format {manifest.get('format')!r}")
     return manifest
@@ -327,7 +264,7 @@ def publish_dir(local_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
     except Exception as e:
         if placing:  # no manifest was written: take back what was placed, too
             _try_remove(client, bucket, prefix)
-        raise _fail(uri, "publishing", e) from e
+        raise failure(uri, "publishing", e) from e
     finally:
         _try_remove(client, bucket, tmp)
 
@@ -376,7 +313,7 @@ def fetch_dir(uri: str, local_dir: Path) -> Path:
             try:
                 _download(client, bucket, prefix + str(rel), dest)
             except Exception as e:
-                raise _fail(f"s3://{bucket}/{prefix}{rel}", "download", e) from e
+                raise failure(f"s3://{bucket}/{prefix}{rel}", "download", e) from e
             size, digest = dest.stat().st_size, hash_file(dest)
             if (size, digest) != (f.get("size"), f.get("sha256")):
                 raise ObjStoreError(

@@ -30,31 +30,36 @@ put the previous model on a new revision at 0% and leave the promoted one at 100
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import yaml
-
-from components.infra.kube import KIND, KubeApi
-from components.release.smoke import Endpoint, Margins, SmokeCheck, compare
-
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TEMPLATES = (
-    ROOT / "manifests" / "base" / "inferenceservice-rest.yaml",
-    ROOT / "manifests" / "base" / "inferenceservice-grpc.yaml",
+from components.release.isvc import (
+    ANN_ROLLED_BACK,
+    DEFAULT_NAMES,
+    DEFAULT_TEMPLATES,
+    KIND,
+    TAG_ROUTING,
+    KubeApi,
+    annotations,
+    canary_percent,
+    cluster_api,
+    load_templates,
+    new_object,
+    protocol,
+    rollback_patch,
+    rolled_back,
+    start_patch,
+    state,
+    step_patch,
+    storage_uri,
+    traffic,
+    versions,
+    waiting_for,
 )
-DEFAULT_NAMES = ("sign2text", "sign2text-grpc")
-ANN_MODEL = "sign2text.io/model-version"
-ANN_DATA = "sign2text.io/data-version"
-ANN_COMMIT = "sign2text.io/git-commit"
-VERSION_ANNOTATIONS = (ANN_MODEL, ANN_DATA, ANN_COMMIT)
-ANN_ROLLBACK = "sign2text.io/rollback-to"
-ANN_ROLLED_BACK = "sign2text.io/rolled-back-from"
-TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+from components.release.smoke import Endpoint, Margins, SmokeCheck, compare
 
 
 class RolloutFailed(RuntimeError):  # noqa: N818 - reads as what happened
@@ -70,176 +75,6 @@ class _Abort(Exception):  # noqa: N818
 
 
 # ---- reading live objects ----------------------------------------------------------------
-
-
-def _predictor(obj: dict) -> dict:
-    return obj.get("spec", {}).get("predictor", {})
-
-
-def storage_uri(obj: dict) -> str | None:
-    return _predictor(obj).get("model", {}).get("storageUri")
-
-
-def canary_percent(obj: dict) -> int | None:
-    return _predictor(obj).get("canaryTrafficPercent")
-
-
-def _annotations(obj: dict) -> dict:
-    return obj.get("metadata", {}).get("annotations") or {}
-
-
-def _pstatus(obj: dict) -> dict:
-    return obj.get("status", {}).get("components", {}).get("predictor", {})
-
-
-def _traffic(obj: dict, tag: str) -> dict | None:
-    for t in _pstatus(obj).get("traffic") or []:
-        untagged_latest = tag == "latest" and t.get("latestRevision") and not t.get("tag")
-        if t.get("tag") == tag or untagged_latest:
-            return t
-    return None
-
-
-def _protocol(obj: dict) -> str:
-    ports = _predictor(obj).get("model", {}).get("ports") or []
-    return "grpc" if any(p.get("name") == "h2c" for p in ports) else "rest"
-
-
-def state(obj: dict | None, target: str) -> str:
-    """absent | done (serving target at 100%) | canary (rolling to target) | halted (target
-    at 0%: rolled back by hand) | other (serving another storageUri)."""
-    if obj is None:
-        return "absent"
-    if storage_uri(obj) != target:
-        return "other"
-    pct = canary_percent(obj)
-    return "done" if pct is None else "halted" if pct == 0 else "canary"
-
-
-def waiting_for(obj: dict, percent: int, *, new_revision: bool = True) -> str | None:
-    """Why `obj` has not yet settled with the latest revision at `percent` (None: it has)."""
-    gen, status = obj.get("metadata", {}).get("generation"), obj.get("status", {})
-    if gen is not None and status.get("observedGeneration", gen) < gen:
-        return f"controller has not seen generation {gen} yet"
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-    if ready.get("status") != "True":
-        why = ": ".join(x for x in (ready.get("reason"), ready.get("message")) if x)
-        return f"not Ready ({why or 'no Ready condition yet'})"
-    ps = _pstatus(obj)
-    created, latest_ready = ps.get("latestCreatedRevision"), ps.get("latestReadyRevision")
-    if not latest_ready or created != latest_ready:
-        return f"revision {created} not ready yet (latest ready: {latest_ready})"
-    latest = _traffic(obj, "latest")
-    if latest is None or latest.get("percent") != percent:
-        now = None if latest is None else latest.get("percent")
-        return f"latest traffic at {now}%, want {percent}%"
-    if latest.get("revisionName") not in (None, latest_ready):
-        return f"latest traffic on {latest.get('revisionName')}, not {latest_ready}"
-    rolled_out = ps.get("latestRolledoutRevision")
-    if percent == 100 and rolled_out != latest_ready:
-        return f"{latest_ready} not rolled out yet (latestRolledoutRevision {rolled_out})"
-    if percent < 100 and new_revision and latest_ready == rolled_out:
-        return f"no new revision yet ({latest_ready} is the rolled-out one)"
-    return None
-
-
-def _rolled_back(obj: dict) -> str | None:
-    """Why a rolled-back `obj` is not yet serving the previous revision at 100% (None: it is)."""
-    prev = _traffic(obj, "prev")
-    if prev is not None and prev.get("percent") == 100:
-        return None
-    return "previous revision not at 100% yet"
-
-
-# ---- building requests ---------------------------------------------------------------------
-
-
-def versions(model_dir: Path, model_uri: str) -> dict[str, str]:
-    """The version annotations: the URI's last segment, and data/commit from lineage.json."""
-    path = Path(model_dir) / "lineage.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a model package: no lineage.json")
-    lineage = json.loads(path.read_text())
-    return {
-        ANN_MODEL: model_uri.rstrip("/").rsplit("/", 1)[-1],
-        ANN_DATA: str(lineage.get("data_md5") or "unknown"),
-        ANN_COMMIT: str(lineage.get("git_commit") or "unknown"),
-    }
-
-
-def load_templates(paths: Sequence[Path]) -> dict[str, dict]:
-    """InferenceService templates by name (one object per file)."""
-    out = {}
-    for p in paths:
-        try:
-            obj = yaml.safe_load(Path(p).read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"InferenceService template not found: {p}") from None
-        if (
-            not isinstance(obj, dict)
-            or obj.get("kind") != KIND
-            or "name" not in obj.get("metadata", {})
-        ):
-            raise ValueError(f"{p}: expected one {KIND} with metadata.name")
-        out[obj["metadata"]["name"]] = obj
-    return out
-
-
-def new_object(template: dict, namespace: str, model_uri: str, vers: dict[str, str]) -> dict:
-    obj = copy.deepcopy(template)
-    obj.pop("status", None)
-    meta = obj.setdefault("metadata", {})
-    meta["namespace"] = namespace
-    meta.setdefault("annotations", {}).update(vers)
-    _predictor(obj).setdefault("model", {})["storageUri"] = model_uri
-    obj["spec"]["predictor"].pop("canaryTrafficPercent", None)
-    return obj
-
-
-def start_patch(obj: dict, model_uri: str, vers: dict[str, str], percent: int) -> dict:
-    ann = _annotations(obj)
-    previous = {
-        "storageUri": storage_uri(obj),
-        "annotations": {k: ann[k] for k in VERSION_ANNOTATIONS if k in ann},
-    }
-    return {
-        "metadata": {
-            "annotations": {
-                **vers,
-                ANN_ROLLBACK: json.dumps(previous, sort_keys=True),
-                ANN_ROLLED_BACK: None,
-            }
-        },
-        "spec": _predictor_patch(percent, model_uri),
-    }
-
-
-def _predictor_patch(percent: int, uri: str) -> dict:
-    return {"predictor": {"canaryTrafficPercent": percent, "model": {"storageUri": uri}}}
-
-
-def step_patch(percent: int | None) -> dict:
-    """`percent` None promotes: the merge patch removes the field."""
-    return {"spec": {"predictor": {"canaryTrafficPercent": percent}}}
-
-
-def rollback_patch(obj: dict, model_uri: str) -> tuple[dict, str | None]:
-    """The patch that sends all traffic back to the previous revision, and a note when the
-    previous storageUri is unknown (then only the traffic moves)."""
-    try:
-        previous = json.loads(_annotations(obj).get(ANN_ROLLBACK) or "null")
-    except ValueError:
-        previous = None
-    if not previous or not previous.get("storageUri"):
-        return step_patch(0), f"no {ANN_ROLLBACK} annotation: storageUri left at {model_uri}"
-    restored = {k: previous.get("annotations", {}).get(k) for k in VERSION_ANNOTATIONS}
-    return {
-        "metadata": {"annotations": {**restored, ANN_ROLLED_BACK: model_uri}},
-        "spec": _predictor_patch(0, previous["storageUri"]),
-    }, None
-
-
-# ---- the rollout ---------------------------------------------------------------------------
 
 
 class _Rollout:
@@ -315,17 +150,17 @@ class _Rollout:
             self.patch(n, body)
             back.append(n)
         try:
-            self.wait(back, _rolled_back, "the previous revision to take 100% again")
+            self.wait(back, rolled_back, "the previous revision to take 100% again")
         except _Abort as e:
             notes.append(str(e))
         return notes
 
 
-def _check_steps(steps: Sequence[int]) -> list[int]:
-    steps = [int(s) for s in steps]
-    if not steps or any(not 0 < s < 100 for s in steps) or steps != sorted(set(steps)):
-        raise ValueError(f"canary steps must be increasing percents in 1..99, got {steps}")
-    return steps
+def _check_percents(percents: Sequence[int]) -> list[int]:
+    percents = [int(s) for s in percents]
+    if not percents or any(not 0 < s < 100 for s in percents) or percents != sorted(set(percents)):
+        raise ValueError(f"canary percents must increase within 1..99, got {percents}")
+    return percents
 
 
 def deploy(
@@ -334,7 +169,7 @@ def deploy(
     model_uri: str,
     namespace: str = "sign2text",
     names: Sequence[str] = DEFAULT_NAMES,
-    steps: Sequence[int] = (10, 50),
+    percents: Sequence[int] = (10, 50),
     soak_s: float = 60.0,
     timeout_s: float = 600.0,
     max_error_rate_increase: float = 0.0,
@@ -354,9 +189,10 @@ def deploy(
     for bad arguments. `dry_run` reads the live objects and returns the requests it would send
     (`actions`, plus `on_failure` for the rollback) without publishing or changing anything.
     """
-    from components.infra.objstore import is_s3, publish_dir
+    from components.infra.objstore import publish_dir
+    from components.infra.s3_access import is_s3
 
-    steps = _check_steps(steps)
+    percents = _check_percents(percents)
     if not is_s3(model_uri):
         raise ValueError(f"--model-uri must be s3://bucket/prefix/, got {model_uri!r}")
     model_uri = model_uri.rstrip("/") + "/"
@@ -365,9 +201,7 @@ def deploy(
         raise ValueError("a smoke check is required (sample videos) unless dry_run")
     margins = Margins(max_error_rate_increase, max_p95_increase)
     if api is None:
-        from components.infra.kube import KubernetesApi
-
-        api = KubernetesApi()
+        api = cluster_api()
     ro = _Rollout(api, namespace, names, model_uri, timeout_s, soak_s, poll_s, clock, sleep, log)
     result: dict = {
         "model_uri": model_uri,
@@ -387,7 +221,7 @@ def deploy(
         raise ValueError(f"no template for {missing} among {[str(t) for t in templates]}")
 
     halted = [n for n, s in states.items() if s == "halted"]
-    marked = [n for n, o in live.items() if o and _annotations(o).get(ANN_ROLLED_BACK) == model_uri]
+    marked = [n for n, o in live.items() if o and annotations(o).get(ANN_ROLLED_BACK) == model_uri]
     if halted or (marked and any(s == "canary" for s in states.values())):
         if dry_run:
             ro.actions += [
@@ -403,7 +237,7 @@ def deploy(
         raise RolloutFailed(reason, result)
 
     current = max((canary_percent(live[n]) for n in rolling if states[n] == "canary"), default=None)
-    plan = [s for s in steps if current is None or s > current]
+    plan = [s for s in percents if current is None or s > current]
     plan = ([current] if current is not None else []) + plan
 
     if dry_run:
@@ -518,10 +352,10 @@ def _smoke_step(
     for n, o in objs.items():
         eps = {}
         for tag in ("latest", "prev") if prev else ("latest",):
-            t = _traffic(o, tag)
+            t = traffic(o, tag)
             if not t or not t.get("url"):
                 raise _Abort(f"{n}: no traffic entry tagged {tag!r} with a url ({TAG_ROUTING}?)")
-            eps[tag] = Endpoint(n, _protocol(o), tag, t["url"])
+            eps[tag] = Endpoint(n, protocol(o), tag, t["url"])
         stats = {tag: smoke(ep) for tag, ep in eps.items()}
         record["smoke"][n] = {tag: s.to_dict() for tag, s in stats.items()}
         failures += [f"{n}: {r}" for r in compare(stats["latest"], stats.get("prev"), margins)]

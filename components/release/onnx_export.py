@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.files import hash_file, write_atomic
 from model.network.bundle import CONFIG, ONNX, WEIGHTS, load_model_dir
 from model.network.i3d import InceptionI3d
 from model.runtimes.torch_runtime import normalized
-from model.storage import hash_file, write_atomic
 from model.video.clip import PreprocessConfig, clip_from_frames, load_clip
 
 OPSET = 18

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from model.files import write_atomic
 from model.network.bundle import load_model_dir, write_model_dir
-from model.storage import write_atomic
 
 
 def dvc_data_hash(pointer: str | os.PathLike = "data.dvc") -> str | None:

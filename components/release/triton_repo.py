@@ -17,10 +17,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from model.files import write_atomic
 from model.modeldir import CONFIG, ModelDirError, read_model_info
 from model.runtimes.choice import check_onnx
 from model.runtimes.triton_runtime import DATATYPES, INPUT, MAX_BATCH_SIZE, MODEL, OUTPUT
-from model.storage import write_atomic
 
 MAX_QUEUE_DELAY_US = 2000
 # The export's batch dimension allows 1..1024 (components/release/onnx_export.py).

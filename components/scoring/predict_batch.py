@@ -56,7 +56,7 @@ def is_video(name: str) -> bool:
 
 def list_videos(src: str | os.PathLike) -> list[str]:
     """The videos under `src` (a folder, or an s3:// prefix), as sorted names relative to it."""
-    from components.infra.objstore import is_s3
+    from components.infra.s3_access import is_s3
 
     if is_s3(str(src)):
         return _list_s3(str(src))
@@ -71,7 +71,8 @@ def list_videos(src: str | os.PathLike) -> list[str]:
 
 
 def _list_s3(uri: str) -> list[str]:
-    from components.infra.objstore import _fail, s3_client, split_uri
+    from components.infra.s3_access import failure, split_uri
+    from model.storage import s3_client
 
     bucket, prefix = split_uri(uri)
     names = []
@@ -80,7 +81,7 @@ def _list_s3(uri: str) -> list[str]:
         for page in pages:
             names += [o["Key"][len(prefix) :] for o in page.get("Contents", [])]
     except Exception as e:
-        raise _fail(uri, "listing the videos", e) from e
+        raise failure(uri, "listing the videos", e) from e
     return sorted(n for n in names if is_video(n))
 
 
@@ -128,8 +129,9 @@ def _init(
     import cv2
     import torch
 
-    from components.infra.objstore import is_s3, s3_client
+    from components.infra.s3_access import is_s3
     from model.predict import Classifier
+    from model.storage import s3_client
 
     os.environ.clear()
     os.environ.update(env)
@@ -179,14 +181,14 @@ def _score(name: str) -> dict:
 
 
 def _download(name: str) -> Path:
-    from components.infra.objstore import _fail, split_uri
+    from components.infra.s3_access import failure, split_uri
 
     bucket, prefix = split_uri(_worker["src"])
     dest = _worker["tmp"] / ("video" + os.path.splitext(name)[1].lower())  # never the key
     try:
         _worker["client"].download_file(bucket, prefix + name, str(dest))
     except Exception as e:
-        raise _fail(f"s3://{bucket}/{prefix}{name}", "download", e) from e
+        raise failure(f"s3://{bucket}/{prefix}{name}", "download", e) from e
     return dest
 
 

@@ -38,10 +38,10 @@ from components.training.clips import ShardClips, loader, rank_items, steps_per_
 from components.training.curves import write_curves
 from components.training.distributed import Group
 from components.training.stream import StreamClips
+from model.files import write_atomic
 from model.network.bundle import write_model_dir
 from model.network.checkpoint import load_weights, read_state_dict
 from model.network.i3d import I3DConfig, InceptionI3d
-from model.storage import write_atomic
 from model.video.clip import PreprocessConfig
 
 STATE = "state.pt"  # resumable training state

@@ -27,8 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
-API_VERSION = f"{GROUP}/{VERSION}"
+from components.infra.kube import CustomObjects, KubeError, Pods, Resource
+
+TRAINJOB = Resource("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
+GROUP, VERSION, PLURAL, KIND = TRAINJOB.group, TRAINJOB.version, TRAINJOB.plural, TRAINJOB.kind
+API_VERSION = TRAINJOB.api_version
 RUNTIME = "torch-distributed"
 NODE = "node"  # the runtime's replicated job and container that run the trainer
 MANAGER = "sign2text.io/pipeline"  # our runtimePatches entry (patches are keyed by manager)
@@ -65,6 +68,30 @@ class TrainJobApi(Protocol):
 
     def pod_log(self, namespace: str, pod: str, since_seconds: int | None = None) -> str:
         """The pod's log, each line prefixed with its RFC 3339 timestamp and a space."""
+
+
+class KubernetesTrainJobApi:
+    """TrainJobApi on a real cluster (the pipeline's train step, in-cluster): the TrainJobs, and
+    the pods of their `node` container with its log."""
+
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
+        self._jobs = CustomObjects(TRAINJOB, kubeconfig, context)
+        self._pods = Pods(NODE, kubeconfig, context)
+
+    def get(self, namespace: str, name: str) -> dict | None:
+        return self._jobs.get(namespace, name)
+
+    def create(self, namespace: str, obj: dict) -> dict:
+        return self._jobs.create(namespace, obj)
+
+    def delete(self, namespace: str, name: str) -> None:
+        self._jobs.delete(namespace, name)
+
+    def pods(self, namespace: str, label_selector: str) -> list[dict]:
+        return self._pods.list(namespace, label_selector)
+
+    def pod_log(self, namespace: str, pod: str, since_seconds: int | None = None) -> str:
+        return self._pods.log(namespace, pod, since_seconds)
 
 
 def trainjob_name(work_dir: Path, spec: dict) -> str:
@@ -222,8 +249,6 @@ class _LogTail:
         self.last: tuple[str, str] | None = None
 
     def lines(self) -> list[str]:
-        from components.infra.kube import KubeError
-
         try:
             pods = self.api.pods(self.namespace, self.selector)
             if not pods:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model.storage import hash_file, write_atomic
+from model.files import hash_file, write_atomic
 from model.video.decode import VideoError, count_frames, probe
 
 # Bump when probe_video's output changes meaning: entries of another version are ignored.

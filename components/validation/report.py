@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from model.storage import write_atomic
+from model.files import write_atomic
 
 REPORT_HTML = "report.html"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from model.files import hash_file, replace_dir
 from model.modeldir import (
     CONFIG,
     FORMAT,
@@ -29,7 +30,6 @@ from model.modeldir import (
 )
 from model.network.checkpoint import CheckpointError, load_weights, read_state_dict
 from model.network.i3d import I3DConfig, InceptionI3d
-from model.storage import hash_file, replace_dir
 from model.video.clip import PreprocessConfig
 
 __all__ = [

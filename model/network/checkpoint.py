@@ -43,7 +43,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     `path` may also be a storage URI (s3://bucket/i3d/rgb_imagenet.pt, gs://, https://): it is
     downloaded to a temp dir first (model.storage.fetch; failures raise StorageError).
     """
-    from model.storage import display_uri, fetch, is_uri
+    from model.files import display_uri
+    from model.storage import fetch, is_uri
 
     if is_uri(path):
         source = display_uri(path)

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
+from model.files import hash_file
 from model.modeldir import WEIGHTS, ModelDirError, ModelInfo
-from model.storage import hash_file
 
 # "triton": the network runs elsewhere, on a KServe v2 predictor (Triton) this process fronts as
 # a KServe transformer; its options say where (model/runtimes/triton_runtime.py).

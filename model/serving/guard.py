@@ -20,9 +20,9 @@ import math
 
 from fastapi.responses import JSONResponse
 from grpc_interceptor.exceptions import Unavailable
-from kserve.errors import InvalidInput
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from model.kserve_compat import InvalidInput
 from model.video.limits import Limits
 
 # Safe for any input: the decoded working set stays small whatever the file claims. The
@@ -176,6 +176,11 @@ class SlowHeaders(H11Protocol):
     def _too_slow(self):
         if self.cycle is None or self.cycle.response_complete:
             self.transport.close()
+
+
+def slow_headers(header_timeout_s: float) -> type[SlowHeaders]:
+    """SlowHeaders with this limit on a request's headers."""
+    return type("SlowHeaders", (SlowHeaders,), {"header_timeout_s": header_timeout_s})
 
 
 class OneLineClientErrors(logging.Filter):

@@ -27,13 +27,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import kserve
 import numpy as np
-from kserve.errors import InvalidInput, ModelNotReady
-from kserve.logging import logger
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Histogram
 
+from model.files import hash_file
+from model.kserve_compat import (
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    InvalidInput,
+    Model,
+    ModelNotReady,
+    logger,
+)
 from model.modeldir import WEIGHTS
 from model.predict import Classifier, Prediction
 from model.runtimes.triton_runtime import PredictorError
@@ -42,7 +48,7 @@ from model.serving.batching import Batcher
 from model.serving.decoder import POLL_S, Cancelled, Decoder
 from model.serving.guard import DEFAULT_LIMITS, Overloaded
 from model.serving.request import NAME, Request, parse
-from model.storage import fetch, hash_file, is_uri
+from model.storage import fetch, is_uri
 from model.video.limits import Limits
 
 STAGE_SECONDS = Histogram(
@@ -69,7 +75,7 @@ OUTPUTS = [
 ]
 
 
-class Sign2TextModel(kserve.Model):
+class Sign2TextModel(Model):
     def __init__(
         self,
         model_dir: str | os.PathLike,

@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import (
+
+from model.kserve_compat import (
     InferInput,
     InferRequest,
+    InvalidInput,
     RequestedOutput,
     deserialize_bytes_tensor,
+    to_np_dtype,
 )
-from kserve.utils.numpy_codec import to_np_dtype
 
 NAME = "sign2text"  # the model's name in the v2 paths, /v2/models/sign2text/...
 MODES = ("word", "sentence")

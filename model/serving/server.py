@@ -3,60 +3,33 @@ CMD; `sign2text serve` parses with the same build_parser and runs serve()).
 
 Starts kserve's ModelServer (REST on --http-port, gRPC on --grpc-port) with the `sign2text`
 predictor from model/serving/predictor.py. KServe's own flags (--workers, --max_threads, ...) are
-here too: the parser is built on kserve.model_server.parser, as KServe's own model servers are.
+here too: the parser is built on kserve's (model/kserve_compat.py), as KServe's own model servers
+are.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import inspect
 import logging
 import sys
-from concurrent import futures
 
-import kserve
-from kserve import model_server
-from kserve.errors import InvalidInput
-from kserve.protocol.dataplane import DataPlane
-
+from model import kserve_compat
+from model.files import display_uri
 from model.runtimes.choice import CHOICES
 from model.serving import guard
 from model.serving.guard import DEFAULT_LIMITS
 from model.serving.request import NAME, request_from_binary
-from model.storage import display_uri
 from model.video.limits import Limits
 
 MIB = 1 << 20
 
 
-class BinaryBytesDataPlane(DataPlane):
-    """kserve's DataPlane with binary REST BYTES kept as bytes (see request_from_binary).
-
-    Targets kserve 0.21.0 (DataPlane.decode_inference_request(body, headers, model_name)).
-    """
-
-    async def model_metadata(self, model_name: str) -> dict:
-        """kserve's metadata plus `versions`: the model's version (its weights' hash)."""
-        metadata = await super().model_metadata(model_name)
-        version = getattr(self.get_model_from_registry(model_name), "version", None)
-        return metadata | ({"versions": [version]} if version else {})
-
-    def decode_inference_request(self, body, headers, model_name):
-        json_length = headers.get("inference-header-content-length")
-        if isinstance(body, bytes) and json_length is not None:
-            return request_from_binary(body, json_length, model_name)
-        return super().decode_inference_request(body, headers, model_name)
-
-
 async def _not_a_v2_request(request, exc):
-    from kserve.errors import invalid_input_handler
-
     where = "; ".join(
         f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()[:5]
     )
-    return await invalid_input_handler(
-        request, InvalidInput(f"not a v2 inference request: {where}")
+    return await kserve_compat.invalid_input_response(
+        request, f"not a v2 inference request: {where}"
     )
 
 
@@ -64,8 +37,7 @@ def build_parser(
     prog: str = "python -m model.serving.server", add_help: bool = True
 ) -> argparse.ArgumentParser:
     """This server's flags on top of kserve's own (--http_port, --grpc_port, --workers, ...)."""
-    # A copy, so that our defaults below do not change kserve's parser for anyone else.
-    kserve_flags = copy.deepcopy(model_server.parser)
+    kserve_flags = kserve_compat.server_parser()
     p = argparse.ArgumentParser(
         prog=prog,
         description="Serve sign2text over KServe v2 REST + gRPC.",
@@ -217,10 +189,14 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Run the server with build_parser's arguments until it is stopped."""
     from fastapi.exceptions import RequestValidationError
-    from kserve.logging import logger
 
+    from model.kserve_compat import logger
     from model.serving.predictor import Sign2TextModel
 
+    try:
+        kserve_compat.check_versions()
+    except kserve_compat.KServeVersionError as e:
+        raise SystemExit(f"sign2text: error: {e}") from None
     if args.workers > 1:
         # kserve's multi-process REST server spawns fresh interpreters that import a bare app:
         # none of the guards, handlers or the listen address set up below would be in them.
@@ -235,17 +211,16 @@ def serve(args: argparse.Namespace) -> int:
     for name in ("grpc_max_send_message_length", "grpc_max_receive_message_length"):
         if getattr(args, name) is None:
             setattr(args, name, max_bytes + MIB)
-    # kserve reads part of its settings (logging; gRPC options: GRPCServer gets
-    # vars(model_server.args)) from the namespace it parsed out of sys.argv at import, which
-    # `sign2text serve` does not share: that namespace takes ours.
-    vars(model_server.args).update({k: getattr(args, k) for k in vars(model_server.args)})
-    # ModelServer's defaults were bound from that namespace at import, so each is passed.
-    wanted = inspect.signature(kserve.ModelServer).parameters
-    server = kserve.ModelServer(**{k: v for k, v in vars(args).items() if k in wanted})
-    server.dataplane = BinaryBytesDataPlane(model_registry=server.registered_models)
+    server = kserve_compat.new_model_server(
+        args,
+        host=args.host,
+        http_protocol=guard.slow_headers(args.client_timeout_s),
+        decode_binary=request_from_binary,
+        model_version=lambda model: getattr(model, "version", None),
+    )
     # A body that is not a v2 request (malformed JSON, no "inputs") is the client's fault too:
     # 400 with the reason, like every other bad input, rather than FastAPI's 422.
-    app = model_server.app
+    app = kserve_compat.rest_app()
     app.add_exception_handler(RequestValidationError, _not_a_v2_request)
     for exc, handler in guard.HANDLERS.items():
         app.add_exception_handler(exc, handler)
@@ -254,7 +229,6 @@ def serve(args: argparse.Namespace) -> int:
         guard.RequestGuard, max_body_bytes=max_body, body_timeout_s=args.client_timeout_s
     )
     logging.getLogger("kserve").addFilter(guard.OneLineClientErrors())
-    _listen(args.host, args.client_timeout_s)
 
     limits = Limits(
         max_duration_s=args.max_duration_s,
@@ -315,50 +289,6 @@ def _runtime(args: argparse.Namespace) -> dict:
             "timeout_s": float(args.predictor_request_timeout_seconds),
         },
     }
-
-
-def _listen(host: str, client_timeout_s: float) -> None:  # noqa: C901
-    """REST and gRPC on `host`, REST with a time limit on request headers.
-
-    kserve 0.21 hard-codes 0.0.0.0 / [::] and uvicorn's default protocol; both servers are
-    built inside ModelServer.start(), so the classes it builds them from are swapped here."""
-    from kserve.logging import logger
-    from kserve.protocol.grpc import server as grpc_server
-
-    class Headers(guard.SlowHeaders):
-        header_timeout_s = client_timeout_s
-
-    class RESTServer(model_server.RESTServer):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.config.host, self.config.http = host, Headers
-
-    class GRPCServer(grpc_server.GRPCServer):
-        async def start(self, max_workers):  # kserve 0.21's, with the address as a parameter
-            self._server = grpc_server.aio.server(
-                futures.ThreadPoolExecutor(max_workers=max_workers),
-                interceptors=(
-                    grpc_server.LoggingInterceptor(),
-                    grpc_server.ExceptionToStatusInterceptor(),
-                ),
-                options=[
-                    (f"grpc.{k}", self._kwargs.get(f"grpc_{k}"))
-                    for k in ("max_send_message_length", "max_receive_message_length")
-                ],
-            )
-            servicer = grpc_server.InferenceServicer(
-                self._data_plane, self._model_repository_extension
-            )
-            grpc_server.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                servicer, self._server
-            )
-            address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
-            self._server.add_insecure_port(address)
-            logger.info("Starting gRPC server on %s", address)
-            await self._server.start()
-            await self._server.wait_for_termination()
-
-    model_server.RESTServer, model_server.GRPCServer = RESTServer, GRPCServer
 
 
 if __name__ == "__main__":
