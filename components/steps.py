@@ -28,18 +28,18 @@ READS = {
 }
 
 
-def read_samples(valid_json: Path | None) -> list | None:
+def read_samples(samples: Path | None) -> list | None:
     """The samples validation kept (its valid.json); None = every sample of the dataset."""
     from components.data.dataset import Sample
 
-    if valid_json is None:
+    if samples is None:
         return None
-    return [Sample.from_dict(d) for d in json.loads(Path(valid_json).read_text())]
+    return [Sample.from_dict(d) for d in json.loads(Path(samples).read_text())]
 
 
 def validate(
     params: Params,
-    dataset: Path,
+    data: Path,
     out: Path,
     *,
     workers: int | None = None,
@@ -54,7 +54,7 @@ def validate(
 
     limits = asdict(params.validate)
     return run(
-        Path(dataset),
+        Path(data),
         Path(out),
         max_bad_fraction=limits.pop("max_bad_fraction"),
         workers=workers,
@@ -65,7 +65,7 @@ def validate(
 
 
 def convert(
-    params: Params, dataset: Path, valid_json: Path | None, out: Path, *, progress: bool = False
+    params: Params, data: Path, samples: Path | None, out: Path, *, progress: bool = False
 ) -> dict:
     """Valid samples -> WebDataset shards in `out` (params `model:` preprocessing, `convert:`);
     returns the manifest."""
@@ -73,12 +73,12 @@ def convert(
 
     cfg = params.convert
     return run(
-        Path(dataset),
+        Path(data),
         Path(out),
         params.preprocess,
         shard_size=cfg.shard_size,
         idle_clips=cfg.idle_clips,
-        samples=read_samples(valid_json),
+        samples=read_samples(samples),
         progress=progress,
     )
 
@@ -104,9 +104,9 @@ def train(
 
 def evaluate(
     params: Params,
-    model: Path,
-    dataset: Path,
-    valid_json: Path | None,
+    model_dir: Path,
+    data: Path,
+    samples: Path | None,
     out: Path,
     *,
     baseline: Path | None = None,
@@ -120,10 +120,10 @@ def evaluate(
 
     cfg = params.evaluate
     metrics = run(
-        Path(model),
-        Path(dataset),
+        Path(model_dir),
+        Path(data),
         Path(out),
-        samples=read_samples(valid_json),
+        samples=read_samples(samples),
         batch_size=cfg.batch_size,
         sentences=cfg.sentences,
         progress=progress,
@@ -137,7 +137,7 @@ def evaluate(
 
 def package(
     params: Params,
-    model: Path,
+    model_dir: Path,
     eval_dir: Path,
     out: Path,
     *,
@@ -149,7 +149,7 @@ def package(
     from components.release.package import package as run
 
     return run(
-        Path(model),
+        Path(model_dir),
         Path(eval_dir),
         Path(out),
         params=params.sections(*READS["package"]),
@@ -159,13 +159,14 @@ def package(
     )
 
 
-def publish(package_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
-    """A servable package -> s3:// (verified, manifest last); returns the manifest."""
+def publish(model_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
+    """A servable model directory (a package) -> s3:// (verified, manifest last); returns the
+    manifest."""
     from components.infra.objstore import publish_dir
     from model.network.bundle import load_model_dir
 
-    load_model_dir(package_dir)  # only a servable package goes where predictors load from
-    return publish_dir(Path(package_dir), uri, overwrite=overwrite)
+    load_model_dir(model_dir)  # only a servable package goes where predictors load from
+    return publish_dir(Path(model_dir), uri, overwrite=overwrite)
 
 
 def predict_batch(
@@ -199,16 +200,17 @@ def predict_batch(
 
 
 def deploy(
-    package_dir: Path, model_uri: str, *, smoke_videos: list[Path], dry_run: bool = False, **rollout
+    model_dir: Path, model_uri: str, *, smoke_videos: list[Path], dry_run: bool = False, **rollout
 ) -> dict:
-    """Publish the package at `model_uri` and roll it out to the InferenceServices through the
-    canary steps, each smoke-checked with `smoke_videos` against the previous revision; promote,
-    or roll back and raise RolloutFailed. `rollout`: release/deploy.py's deploy() options
-    (namespace, names, steps, soak_s, timeout_s, margins, api, templates, log)."""
+    """Publish the package `model_dir` at `model_uri` and roll it out to the InferenceServices
+    through the canary percents, each step smoke-checked with `smoke_videos` against the
+    previous revision; promote, or roll back and raise RolloutFailed. `rollout`:
+    release/deploy.py's deploy() options (namespace, names, percents, soak_s, timeout_s,
+    margins, api, templates, log)."""
     from components.release.deploy import deploy as run
     from components.release.smoke import VideoSmoke
 
     if not dry_run and not smoke_videos:
         raise ValueError("a rollout needs at least one video to smoke-test the model with")
     smoke = None if dry_run else VideoSmoke([Path(v) for v in smoke_videos])
-    return run(Path(package_dir), model_uri=model_uri, smoke=smoke, dry_run=dry_run, **rollout)
+    return run(Path(model_dir), model_uri=model_uri, smoke=smoke, dry_run=dry_run, **rollout)

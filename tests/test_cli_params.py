@@ -26,11 +26,11 @@ STEP_MODULES = [
 @pytest.mark.parametrize(
     "argv",
     [
-        ["data", "validate", "data", "--out", "v"],
+        ["data", "validate", "--data", "data", "--out", "v"],
         ["data", "convert", "--out", "s"],
         ["train", "--shards", "s", "--out", "t"],
-        ["evaluate", "--model", "m", "--out", "e"],
-        ["package", "--model", "m", "--eval", "e", "--out", "p"],
+        ["evaluate", "--model-dir", "m", "--out", "e"],
+        ["package", "--model-dir", "m", "--eval", "e", "--out", "p"],
         ["params", "wlasl"],
     ],
 )

@@ -112,9 +112,13 @@ def test_repro_runs_all_then_nothing_then_only_what_a_param_touches(repo):
     assert "history.json" in plots and "confusion_test.png" in plots
 
 
-# The CLI and components/steps.py import each step's code inside the function that runs it, so
-# for them the import closure is taken per function; every other module counts whole.
-DISPATCHERS = {"sign2text.cli", "components.steps"}
+# The CLI (sign2text/) and components/steps.py import each step's code inside the function that
+# runs it, so for them the import closure is taken per function (and their top level); every
+# other module counts whole.
+def _dispatcher(module: str) -> bool:
+    return module.split(".")[0] == "sign2text" or module == "components.steps"
+
+
 # Params properties (components/params.py) -> the params.yaml section each reads.
 SECTIONS = {
     "preprocess": "model",
@@ -145,48 +149,59 @@ def _imports(node: ast.AST) -> set[str]:
     return out
 
 
+def _top_level(tree: ast.Module) -> ast.Module:
+    return ast.Module([s for s in tree.body if not isinstance(s, ast.FunctionDef)], [])
+
+
 def _function_closure(module: str, name: str, mods: set[str], seen: set) -> None:
     """What calling `module.name` imports: the module's top level, the function's own imports,
-    and those of the dispatcher functions it calls (`helper(...)`, `steps.train(...)`)."""
+    and those of the dispatcher functions it calls: `helper(...)` in its module or imported by
+    name from another dispatcher (`load_params(args)`), `steps.train(...)`."""
     if (module, name) in seen:
         return
     seen.add((module, name))
     tree = ast.parse(_file(module).read_text())
     funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
-    mods |= _imports(ast.Module([s for s in tree.body if not isinstance(s, ast.FunctionDef)], []))
-    mods |= _imports(funcs[name])
+    imported = {
+        a.asname or a.name: n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and _dispatcher(n.module)
+        for a in n.names
+    }
+    mods |= _imports(_top_level(tree)) | _imports(funcs[name])
     for call in ast.walk(funcs[name]):
         if not isinstance(call, ast.Call):
             continue
         if isinstance(call.func, ast.Name) and call.func.id in funcs:
             _function_closure(module, call.func.id, mods, seen)
+        elif isinstance(call.func, ast.Name) and call.func.id in imported:
+            _function_closure(imported[call.func.id], call.func.id, mods, seen)
         elif isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name):
-            target = {"steps": "components.steps"}.get(call.func.value.id, "")
-            if target in DISPATCHERS:
-                _function_closure(target, call.func.attr, mods, seen)
+            if call.func.value.id == "steps":
+                _function_closure("components.steps", call.func.attr, mods, seen)
 
 
-def _code_closure(cli_function: str) -> set[str]:
-    mods, seen = set(), set()
-    _function_closure("sign2text.cli", cli_function, mods, seen)
-    # The dispatchers themselves and their packages, without their other functions' imports.
-    parents = {".".join(m.split(".")[:i]) for m, _ in seen for i in range(1, len(m.split(".")))}
-    files = {_file(m) for m, _ in seen}
-    todo = sorted({m for m in mods if m not in DISPATCHERS} | parents)
+def _code_closure(func) -> set[str]:
+    """The files running the CLI command `func` imports: the CLI's own modules at their top
+    level (parse_args runs first), and what `func` and the dispatchers it calls import."""
+    mods, seen = {"sign2text.cli"}, set()
+    _function_closure(func.__module__, func.__name__, mods, seen)
+    files: set[Path] = set()
+    todo = sorted(mods | {m for m, _ in seen})
     while todo:
         parts = todo.pop().split(".")
         for i in range(1, len(parts) + 1):  # a module's parent packages are imported first
-            f = _file(".".join(parts[:i]))
+            name = ".".join(parts[:i])
+            f = _file(name)
             if f and f not in files:
                 files.add(f)
-                todo += _imports(ast.parse(f.read_text()))
-                if (
-                    f == ROOT / "model" / "runtimes" / "choice.py"
-                ):  # it imports the runtimes by name
+                tree = ast.parse(f.read_text())
+                todo += _imports(_top_level(tree) if _dispatcher(name) else tree)
+                if f == ROOT / "model" / "runtimes" / "choice.py":  # it imports them by name
                     from model.runtimes.choice import RUNTIMES
 
                     todo += RUNTIMES.values()
-    return {str(f.relative_to(ROOT)) for f in files if f}
+    return {str(f.relative_to(ROOT)) for f in files}
 
 
 def _step_sections(step: str) -> set[str]:
@@ -219,7 +234,7 @@ def test_each_stage_depends_on_the_code_it_runs_and_the_params_it_reads():
     for name, stage in stages.items():
         argv = stage["cmd"].replace("${data.dir}", "data").split()
         assert argv[0] == "sign2text", name
-        command = parse_args(argv[1:]).func.__name__
+        command = parse_args(argv[1:]).func
         code = {d for d in stage["deps"] if d.endswith(".py")}
         assert code == _code_closure(command), f"{name}: deps differ from its import closure"
         params = {p.split(".")[0] for p in stage["params"]}

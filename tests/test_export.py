@@ -88,7 +88,7 @@ def test_full_width_imported_checkpoint_exports(tmp_path, video_file, capsys):
         "400",
         "--out",
         str(model_dir),
-        "--frames",
+        "--num-frames",
         "8",
         "--resize",
         "128",

@@ -15,7 +15,8 @@ from components.infra.objstore import MANIFEST, is_published
 from components.infra.s3_access import split_uri
 from model.network.bundle import load_model_dir
 from model.storage import fetch
-from sign2text.cli import INITIAL_MODEL_URI, main
+from sign2text.cli import main
+from sign2text.cmd_model import INITIAL_MODEL_URI
 from tests.kustomize import OVERLAYS, manifests_copy, one, render
 from tests.s3 import s3_env_fixture, s3_server_fixture  # noqa: F401
 

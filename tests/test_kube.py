@@ -169,7 +169,7 @@ def test_cli_dry_run_prints_valid_objects_and_sends_nothing(apiserver, tmp_path,
     assert {s[0] for s in srv.seen} == {"GET"}
     assert main([*args]) == 2  # no --smoke-video
     assert "--smoke-video" in capsys.readouterr().err
-    assert main([*args, "--steps", "10,x", "--dry-run"]) == 2
+    assert main([*args, "--canary-percents", "10,x", "--dry-run"]) == 2
 
 
 def test_real_trainjob_client_paths_selector_log_and_foreground_delete(apiserver):

@@ -226,17 +226,17 @@ def test_cli_steps_read_and_publish_s3(s3_env, tmp_path, capsys):
     assert is_published(shards)
     assert main(["train", "--shards", shards, "--out", str(tmp_path / "train"), *common]) == 0
     ev = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "eval"), *common]
-    assert main(["evaluate", "--model", str(tmp_path / "train" / "model"), *ev]) == 0
-    pk = ["--model", str(tmp_path / "train" / "model"), "--eval", str(tmp_path / "eval")]
+    assert main(["evaluate", "--model-dir", str(tmp_path / "train" / "model"), *ev]) == 0
+    pk = ["--model-dir", str(tmp_path / "train" / "model"), "--eval", str(tmp_path / "eval")]
     assert main(["package", *pk, "--out", model, *common]) == 0
     assert is_published(model)
     assert load_model_dir(fetch_dir(model, tmp_path / "pkg")).labels
     ev2 = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "eval2"), *common]
-    assert main(["evaluate", "--model", model, *ev2]) == 0
+    assert main(["evaluate", "--model-dir", model, *ev2]) == 0
     assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == json.loads(
         (tmp_path / "eval" / "metrics.json").read_text()
     )
     # A prefix that was never published is refused with one line and exit code 2.
     capsys.readouterr()
-    assert main(["evaluate", "--model", f"s3://{bucket}/models/none/", *ev2]) == 2
+    assert main(["evaluate", "--model-dir", f"s3://{bucket}/models/none/", *ev2]) == 2
     assert "not a published package" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from model.video.clip import PreprocessConfig
 from sign2text.cli import main
 from tests.conftest import CLASS_LIST, published_state_dict
 
-SMALL = ["--frames", "16", "--resize", "128", "--crop", "112"]
+SMALL = ["--num-frames", "16", "--resize", "128", "--crop", "112"]
 
 
 @pytest.fixture

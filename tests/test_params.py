@@ -42,11 +42,11 @@ def _command(section: str, tmp: Path, params: Path) -> list[str]:
     missing = str(tmp / "missing")
     common = ["--params", str(params), "--quiet"]
     return {
-        "validate": ["data", "validate", missing, "--out", str(tmp / "v"), *common],
+        "validate": ["data", "validate", "--data", missing, "--out", str(tmp / "v"), *common],
         "convert": ["data", "convert", "--data", missing, "--out", str(tmp / "c"), *common],
         "evaluate": [
             "evaluate",
-            "--model",
+            "--model-dir",
             missing,
             "--data",
             missing,

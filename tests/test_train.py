@@ -122,7 +122,7 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
         main(
             [
                 "evaluate",
-                "--model",
+                "--model-dir",
                 str(out / "model"),
                 "--data",
                 str(data),
@@ -147,7 +147,7 @@ def test_smoke_convert_train_evaluate_package(shards, tmp_path, capsys):
         main(
             [
                 "package",
-                "--model",
+                "--model-dir",
                 str(out / "model"),
                 "--eval",
                 str(ev),
@@ -197,7 +197,7 @@ def test_failed_gate_blocks_packaging(shards, tmp_path, capsys):
         main(
             [
                 "evaluate",
-                "--model",
+                "--model-dir",
                 str(out / "model"),
                 "--data",
                 str(data),
@@ -214,7 +214,7 @@ def test_failed_gate_blocks_packaging(shards, tmp_path, capsys):
     assert gate["decision"] == "fail" and "below the minimum" in gate["reasons"][0]
     args = [
         "package",
-        "--model",
+        "--model-dir",
         str(out / "model"),
         "--eval",
         str(ev),

@@ -279,19 +279,23 @@ def test_cli_exit_codes(planted, cache, tmp_path, capsys):
     params = _params(tmp_path)
     assert yaml.safe_load(params.read_text())["validate"]["max_bad_fraction"] < 15 / 41
     args = ["--params", str(params), "--quiet", "--cache-dir", str(cache)]
-    assert main(["data", "validate", str(planted), "--out", str(tmp_path / "v"), *args]) == 2
+    assert (
+        main(["data", "validate", "--data", str(planted), "--out", str(tmp_path / "v"), *args]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "max_bad_fraction" in err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "WLASL_v0.3.json").write_text("{not json")
-    assert main(["data", "validate", str(bad), "--out", str(tmp_path / "o"), *args]) == 2
+    assert main([*validate, str(bad), "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "metadata unreadable" in err and "not valid JSON" in err
     assert "not valid JSON" in json.loads((tmp_path / "o" / "report.json").read_text())["failure"]
     page = (tmp_path / "o" / "report.html").read_text()
     assert "Dataset rejected: metadata unreadable" in page and "docs/index.html" not in page
-    assert main(["data", "validate", str(planted), "--out", str(planted / "x"), *args]) == 2
+    assert (
+        main(["data", "validate", "--data", str(planted), "--out", str(planted / "x"), *args]) == 2
+    )
     assert "only read" in capsys.readouterr().err
 
 
@@ -320,7 +324,7 @@ def test_validate_deletes_only_its_own_docs_and_writes_through_no_link(cache, tm
     (bad / "WLASL_v0.3.json").write_text("{not json")
     args = ["--params", str(_params(tmp_path)), "--quiet", "--cache-dir", str(cache)]
     out = tmp_path / "out"
-    run = ["data", "validate", str(bad), "--out", str(out), *args]
+    run = ["data", "validate", "--data", str(bad), "--out", str(out), *args]
     docs = out / "docs"
     docs.mkdir(parents=True)
     (docs / "notes.txt").write_text("mine")

@@ -1,0 +1,68 @@
+"""`sign2text pipeline compile | submit | run-local`: the Kubeflow pipeline (pipelines/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _compile(args: argparse.Namespace) -> None:
+    from pipelines import runner
+
+    out = Path(args.out)
+    # Recompiling keeps the image `make images` compiled in, so the spec stays runnable.
+    image = args.image if args.image is not None else runner.spec_image(out)
+    print(f"wrote {runner.compile_pipeline(out, image)} for image {image}")
+    if runner.is_placeholder(image):
+        warning = (
+            f"{out} names the placeholder image {image}; it runs with `pipeline run-local` "
+            "but no cluster can pull it: compile with --image "
+            "REGISTRY/sign2text-components:TAG before uploading"
+        )
+        print(f"sign2text: warning: {warning}", file=sys.stderr)
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from pipelines import runner
+
+    run = runner.submit(
+        args.host,
+        package=Path(args.package),
+        arguments=runner.parse_overrides(args.arg or []),
+        experiment=args.experiment,
+    )
+    print(json.dumps(run))
+
+
+def _run_local(args: argparse.Namespace) -> None:
+    from pipelines import runner
+
+    arguments = runner.parse_overrides(args.arg or [])
+    print(f"run outputs: {runner.run_local(Path(args.data), Path(args.out), arguments)}")
+
+
+def add_to(sub: argparse._SubParsersAction) -> None:
+    pipe = sub.add_parser("pipeline", help="Kubeflow pipeline commands").add_subparsers(
+        dest="pipeline_command", required=True, metavar="COMMAND"
+    )
+    pp = pipe.add_parser("compile", help="write the pipeline spec the Kubeflow UI uploads")
+    pp.add_argument("--out", default="pipelines/sign2text.yaml", help="spec file to write")
+    pp.add_argument(
+        "--image",
+        help="components image REGISTRY/NAME:TAG (default: the one the existing --out file "
+        "names, else the placeholder DEFAULT_IMAGE)",
+    )
+    pp.set_defaults(func=_compile)
+    ps = pipe.add_parser("submit", help="upload a pipeline version and start a run")
+    ps.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://...:8888")
+    ps.add_argument("--package", default="pipelines/sign2text.yaml", help="compiled spec")
+    ps.add_argument("--experiment", default="sign2text", help="experiment name")
+    ps.set_defaults(func=_submit)
+    pr = pipe.add_parser("run-local", help="run the pipeline here with kfp.local")
+    pr.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
+    pr.add_argument("--out", default="artifacts/pipeline", help="folder for run outputs")
+    pr.set_defaults(func=_run_local)
+    for q in (ps, pr):
+        q.add_argument("--arg", action="append", metavar="KEY=VALUE", help="pipeline parameter")
