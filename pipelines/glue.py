@@ -69,19 +69,19 @@ def step_sections(params: str, step: str) -> str:
     return _params(params).to_json(*SECTIONS[step])
 
 
-def validate_step(data_dir: Path, params: str, out: Path, report_html: Path) -> dict:
+def validate_step(data: Path, params: str, out: Path, report_html: Path) -> dict:
     """Validation into `out` (report.json, report.html, valid.json, docs/); the UI's HTML
     artifact `report_html` is the self-contained report, not the Data Docs' index: the UI shows
     that one file alone, and the index's styles and links would point off it."""
     from components.validation.report import write_report_html
 
-    report = steps.validate(_params(params), Path(data_dir), Path(out))
+    report = steps.validate(_params(params), Path(data), Path(out))
     write_report_html(Path(report_html), report, docs=None)  # docs/ are in `out`, not beside it
     return report
 
 
-def convert_step(data_dir: Path, validation: Path, params: str, out: Path) -> dict:
-    return steps.convert(_params(params), Path(data_dir), Path(validation) / VALID, Path(out))
+def convert_step(data: Path, validation: Path, params: str, out: Path) -> dict:
+    return steps.convert(_params(params), Path(data), Path(validation) / VALID, Path(out))
 
 
 def _samples(validation: Path) -> list:
@@ -226,7 +226,7 @@ def fetch_baseline(root: str, dest: Path) -> Path | None:
 
 def evaluate_step(
     model_dir: Path,
-    data_dir: Path,
+    data: Path,
     validation: Path,
     params: str,
     out: Path,
@@ -238,7 +238,7 @@ def evaluate_step(
         _, decision = steps.evaluate(
             _params(params),
             Path(model_dir),
-            Path(data_dir),
+            Path(data),
             Path(validation) / VALID,
             Path(out),
             baseline=baseline,
@@ -332,37 +332,28 @@ def publish_step(
     return lineage
 
 
-def canary_plan(percent: int, steps: int) -> list[int]:
-    """Traffic percentages for the canary, from `percent` in `steps` even steps below 100."""
-    if not 0 < percent < 100:
-        raise ValueError(f"canary_percent must be in 1..99, got {percent}")
-    if steps < 1:
-        raise ValueError(f"canary_steps must be >= 1, got {steps}")
-    return [percent + (100 - percent) * i // steps for i in range(steps)]
-
-
 def deploy_step(
-    package_dir: Path,
+    model_dir: Path,
     *,
     root: str,
     model_uri: str,
     target: str,
     namespace: str,
     isvc_name: str,
-    canary_percent: int,
-    canary_steps: int,
+    canary_percents: str,
     smoke_video: Path | None,
 ) -> dict:
     """Roll `model_uri` out (cluster: KServe canary; local: the local stand-in), then copy it to
     `root`/production/, the baseline the next run's gate compares against."""
     from components.infra.objstore import publish_dir
+    from components.release.deploy import parse_percents
 
-    plan = canary_plan(canary_percent, canary_steps)
+    plan = parse_percents(canary_percents, "canary_percents")
     if smoke_video is None:
         raise ValueError("the deploy step needs a video to smoke-test the model with")
     if target == "cluster":
         result = steps.deploy(
-            Path(package_dir),
+            Path(model_dir),
             model_uri,
             smoke_videos=[smoke_video],
             namespace=namespace,
@@ -378,7 +369,7 @@ def deploy_step(
     else:
         raise ValueError(f"deploy_target must be 'cluster' or 'local', got {target!r}")
     # Replaces the previous production copy: this model is the next run's baseline now.
-    publish_dir(Path(package_dir), root + PRODUCTION + "/", overwrite=True)
+    publish_dir(Path(model_dir), root + PRODUCTION + "/", overwrite=True)
     return {"target": target, "model_uri": model_uri, "canary": plan, "result": result}
 
 
@@ -396,13 +387,13 @@ def predict_batch_step(
         )
 
 
-def smoke_video(data_dir: Path, validation: Path) -> Path:
+def smoke_video(data: Path, validation: Path) -> Path:
     """One valid test-split video to send to the deployed model."""
     samples = _samples(validation)
     test = [s for s in samples if s.split == "test"] or samples
     if not test:
         raise ValueError(f"{validation}: no valid samples to smoke-test the deployment with")
-    return test[0].video_path(data_dir)
+    return test[0].video_path(data)
 
 
 def outcome(status: Any, *, isvc_name: str) -> dict:

@@ -28,8 +28,9 @@ DEFAULT_IMAGE = "registry.example.com/sign2text-components:0.1.0"
 
 def configure(
     base: str,
-    frames: int,
-    image_size: int,
+    num_frames: int,
+    resize: int,
+    crop: int,
     epochs: int,
     context_epochs: int,
     batch_size: int,
@@ -201,8 +202,7 @@ def deploy_model(
     namespace: str,
     isvc_name: str,
     model_bucket: str,
-    canary_percent: int,
-    canary_steps: int,
+    canary_percents: str,
 ) -> str:
     """Canary rollout on the cluster (or the local stand-in); returns the result as JSON."""
     import json
@@ -217,8 +217,7 @@ def deploy_model(
         target=deploy_target,
         namespace=namespace,
         isvc_name=isvc_name,
-        canary_percent=canary_percent,
-        canary_steps=canary_steps,
+        canary_percents=canary_percents,
         smoke_video=smoke_video(Path(dataset.path), Path(validation.path)),
     )
     return json.dumps(result)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 
-# pipeline parameter -> the params.yaml key it sets
+# pipeline parameter -> the params.yaml key it sets: each named as that key is
 RECIPE = {
-    "frames": "model.num_frames",
-    "image_size": "model.crop",
+    "num_frames": "model.num_frames",
+    "resize": "model.resize",
+    "crop": "model.crop",
     "epochs": "train.epochs",
     "context_epochs": "train.context_epochs",
     "batch_size": "train.batch_size",
@@ -34,9 +35,9 @@ def recipe_defaults(params: dict) -> dict:
 
 
 def apply_recipe(params: dict, values: dict) -> dict:
-    """A copy of params with a run's recipe parameters set, and the keys that follow from them:
-    the resize keeps I3D's 224 / 256 ratio to the crop, and context epochs > 0 need a context
-    fraction (params' own, else one window per sign clip) while 0 means none."""
+    """A copy of params with a run's recipe parameters set, and the key that follows from them:
+    context epochs > 0 need a context fraction (params' own, else one window per sign clip)
+    while 0 means none."""
     unknown = set(values) - set(RECIPE)
     missing = set(RECIPE) - set(values)
     if unknown or missing:
@@ -47,9 +48,7 @@ def apply_recipe(params: dict, values: dict) -> dict:
     for name, key in RECIPE.items():
         head, _, tail = key.partition(".")
         out.setdefault(head, {})[tail] = values[name]
-    model, train = out["model"], out["train"]
-    if model["crop"] != params.get("model", {}).get("crop"):
-        model["resize"] = model["crop"] * 8 // 7
+    train = out["train"]
     fraction = float(train.get("context_fraction", 0.0)) or 1.0
     train["context_fraction"] = fraction if train["context_epochs"] else 0.0
     return out

@@ -92,16 +92,16 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
         data_remote: str = "s3://sign2text/dvc",
         data_path: str = "",
         subset: int = 0,
-        frames: int = int(d["frames"]),
-        image_size: int = int(d["image_size"]),
+        num_frames: int = int(d["num_frames"]),
+        resize: int = int(d["resize"]),
+        crop: int = int(d["crop"]),
         epochs: int = int(d["epochs"]),
         context_epochs: int = int(d["context_epochs"]),
         batch_size: int = int(d["batch_size"]),
         lr: float = float(d["lr"]),
         min_top1: float = float(d["min_top1"]),
         tolerance: float = float(d["tolerance"]),
-        canary_percent: int = 10,
-        canary_steps: int = 3,
+        canary_percents: str = "10,40,70",
         namespace: str = "sign2text",
         isvc_name: str = "sign2text",
         model_bucket: str = "sign2text",
@@ -115,10 +115,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
     ):
         """data_repo/data_rev: git repository and revision whose data.dvc names the dataset
         (data_path instead: a local folder, for local runs only); data_remote: its DVC remote;
-        subset: first N glosses (0 = all); frames, image_size (crop), epochs, batch_size, lr: the
-        training recipe; context_epochs: epochs with context windows after those (0 = no
-        sentence mode); min_top1, tolerance: the gate; canary_percent, canary_steps: the
-        rollout; deploy_target: cluster (KServe) or local (a local server, for local runs);
+        subset: first N glosses (0 = all); num_frames, resize, crop, epochs, batch_size, lr: the
+        training recipe, each the params.yaml key of its name; context_epochs: epochs with
+        context windows after those (0 = no sentence mode); min_top1, tolerance: the gate;
+        canary_percents: the rollout's traffic steps ("10,40,70"); deploy_target: cluster (KServe)
+        or local (a local server, for local runs);
         train_nodes x train_gpus_per_node above 1 x 1: a Kubeflow Trainer TrainJob trains
         (train_image, "" = the components image) and must end within train_timeout_h."""
         arguments = dict(locals())  # the parameters, before any other name is bound
@@ -198,8 +199,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
                         namespace=namespace,
                         isvc_name=isvc_name,
                         model_bucket=model_bucket,
-                        canary_percent=canary_percent,
-                        canary_steps=canary_steps,
+                        canary_percents=canary_percents,
                     )
                 ).set_caching_options(False)
 

@@ -13,7 +13,7 @@ def _deploy(args: argparse.Namespace) -> None:
     import yaml
 
     from components import steps
-    from components.release.deploy import RolloutFailed
+    from components.release.deploy import RolloutFailed, parse_percents
     from components.release.isvc import (
         DEFAULT_NAMES,
         DEFAULT_TEMPLATES,
@@ -21,12 +21,7 @@ def _deploy(args: argparse.Namespace) -> None:
         load_templates,
     )
 
-    try:
-        percents = [int(s) for s in args.canary_percents.split(",")]
-    except ValueError:
-        raise ValueError(
-            f"--canary-percents wants comma-separated percents, got {args.canary_percents!r}"
-        ) from None
+    percents = parse_percents(args.canary_percents)
     if not args.dry_run and not args.smoke_video:  # said in the CLI's words
         raise ValueError("--smoke-video is required (sample videos for the smoke checks)")
     templates = [Path(t) for t in args.template] or list(DEFAULT_TEMPLATES)

@@ -183,17 +183,17 @@ def test_parameters_have_defaults_from_params_yaml(spec):
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     active = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert params["epochs"]["defaultValue"] == active["train"]["epochs"]
-    assert params["frames"]["defaultValue"] == active["model"]["num_frames"]
+    assert params["num_frames"]["defaultValue"] == active["model"]["num_frames"]
+    assert params["resize"]["defaultValue"] == active["model"]["resize"]
     assert params["min_top1"]["defaultValue"] == active["evaluate"]["min_top1"]
     for name in (
         "data_rev",
         "subset",
-        "image_size",
+        "crop",
         "batch_size",
         "lr",
         "tolerance",
-        "canary_percent",
-        "canary_steps",
+        "canary_percents",
         "namespace",
         "isvc_name",
         "model_bucket",

@@ -1,5 +1,5 @@
 """The KFP glue (pipelines/glue.py) on its own: params from pipeline parameters, cache-key
-sections, the canary plan, and metrics / confusion matrix in KFP's real artifact classes."""
+sections, the canary percents, and metrics / confusion matrix in KFP's real artifact classes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from kfp import dsl
 
 from components.evaluation.evaluate import confusion, write_confusion_csv
 from components.params import load_params
+from components.release.deploy import parse_percents
 from pipelines import glue
 from pipelines.parameters import RECIPE as TABLE
 from pipelines.parameters import recipe_defaults
@@ -19,8 +20,9 @@ from pipelines.parameters import recipe_defaults
 ROOT = Path(__file__).resolve().parents[1]
 BASE = json.dumps(load_params(ROOT / "params.yaml"))
 RECIPE = dict(
-    frames=8,
-    image_size=224,
+    num_frames=8,
+    resize=256,
+    crop=224,
     epochs=3,
     context_epochs=0,
     batch_size=4,
@@ -33,7 +35,7 @@ RECIPE = dict(
 def test_run_params_apply_pipeline_parameters_and_keep_types():
     p = json.loads(glue.run_params(BASE, **RECIPE))
     assert p["model"]["num_frames"] == 8
-    assert (p["model"]["crop"], p["model"]["resize"]) == (224, 256)  # I3D's 224 / 256
+    assert (p["model"]["crop"], p["model"]["resize"]) == (224, 256)
     assert p["train"]["epochs"] == 3 and isinstance(p["train"]["epochs"], int)
     assert p["train"]["lr"] == 0.01 and p["evaluate"]["min_top1"] == 0.5
     assert p["model"]["value_range"] == [-1.0, 1.0] and isinstance(p["model"]["fps"], float)
@@ -48,8 +50,10 @@ def test_run_params_apply_pipeline_parameters_and_keep_types():
     assert ctx["context_epochs"] == 2 and ctx["context_fraction"] > 0
     with pytest.raises(ValueError, match="context_epochs must be an integer >= 0"):
         glue.run_params(BASE, **RECIPE | {"context_epochs": -1})
-    with pytest.raises(ValueError, match=r"unknown \['frame'\]"):
-        glue.run_params(BASE, **RECIPE | {"frame": 8})
+    with pytest.raises(ValueError, match=r"unknown \['frames'\]"):
+        glue.run_params(BASE, **RECIPE | {"frames": 8})
+    with pytest.raises(ValueError, match=r"model\.crop must be <= model\.resize"):
+        glue.run_params(BASE, **RECIPE | {"crop": 300})
 
 
 def test_a_run_with_the_default_parameters_has_params_yaml_values():
@@ -94,12 +98,12 @@ def test_sections_and_checkpoints_change_only_with_what_a_step_reads():
     assert same != glue.checkpoint_dir(root, "h2", a)  # other shards, other state
 
 
-def test_canary_plan_and_model_root():
-    assert glue.canary_plan(10, 3) == [10, 40, 70]
-    assert glue.canary_plan(25, 1) == [25]
-    for bad in ((0, 3), (100, 2), (10, 0)):
-        with pytest.raises(ValueError):
-            glue.canary_plan(*bad)
+def test_canary_percents_and_model_root():
+    assert parse_percents("10,40,70", "canary_percents") == [10, 40, 70]
+    assert parse_percents("25") == [25]
+    for bad in ("0,30", "10,100", "50,10", "10,x", ""):
+        with pytest.raises(ValueError, match="canary_percents wants increasing"):
+            parse_percents(bad, "canary_percents")
     assert glue.model_root("models", "sign2text") == "s3://models/models/sign2text/"
     with pytest.raises(ValueError, match="bucket name"):
         glue.model_root("s3://models", "sign2text")

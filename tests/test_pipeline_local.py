@@ -39,7 +39,14 @@ from tests.s3 import s3_server_fixture  # noqa: E402, F401
 ROOT = Path(__file__).resolve().parents[1]
 
 CLASSES = 3
-TINY = {"epochs": 1, "context_epochs": 1, "frames": 8, "image_size": 56, "batch_size": 4}
+TINY = {
+    "epochs": 1,
+    "context_epochs": 1,
+    "num_frames": 8,
+    "resize": 64,
+    "crop": 56,
+    "batch_size": 4,
+}
 # params.yaml's values with some changed, each read by a different step: a step that dropped
 # one of them on either path would compute something else than the other path.
 CHANGED = {

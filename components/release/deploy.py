@@ -156,6 +156,16 @@ class _Rollout:
         return notes
 
 
+def parse_percents(text: str, name: str = "--canary-percents") -> list[int]:
+    """ "10,50" -> [10, 50], checked as deploy() checks them."""
+    try:
+        return _check_percents([int(s) for s in text.split(",")])
+    except ValueError as e:
+        raise ValueError(
+            f"{name} wants increasing comma-separated percents in 1..99: {e}"
+        ) from None
+
+
 def _check_percents(percents: Sequence[int]) -> list[int]:
     percents = [int(s) for s in percents]
     if not percents or any(not 0 < s < 100 for s in percents) or percents != sorted(set(percents)):
