@@ -54,7 +54,7 @@ lint: setup
 	$(BIN)/ruff check model components sign2text pipelines tools tests app
 	$(BIN)/ruff format --check model components sign2text pipelines tools tests app
 
-# The bundled dataset: a deterministic synthetic stand-in for WLASL (see README).
+# The bundled dataset: a deterministic synthetic stand-in for WLASL (docs/data.md).
 data: setup
 	test -f $(DATA)/WLASL_v0.3.json || $(BIN)/sign2text data synth --out $(DATA)
 
@@ -157,7 +157,7 @@ images: setup
 
 # The model the InferenceServices start from (manifests/base storageUri
 # s3://sign2text/models/initial/), published once per object store; needs AWS_ENDPOINT_URL and
-# the keys (README, "Running on a real cluster"). MODEL_DIR: any packaged model directory.
+# the keys (docs/cluster.md). MODEL_DIR: any packaged model directory.
 .PHONY: initial-model
 MODEL_DIR ?= artifacts/model
 initial-model: setup

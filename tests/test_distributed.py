@@ -98,7 +98,7 @@ def test_streamed_epochs_reshuffle_and_repeat_exactly(shards):
 MEASURE = """
 import sys, torch
 from pathlib import Path
-from model.video import PreprocessConfig
+from model.video.clip import PreprocessConfig
 from components.training.clips import ShardClips, loader
 from components.training.stream import StreamClips
 kind, shards, report = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])

@@ -41,7 +41,7 @@ def _run(cmd: list[str], cwd: Path) -> str:
 def repo(tmp_path_factory) -> Path:
     """A copy of the project's pipeline files with tiny params and a tiny dataset."""
     root = tmp_path_factory.mktemp("repo")
-    for d in ("sign2text", "model"):
+    for d in ("sign2text", "components", "model"):
         shutil.copytree(ROOT / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
