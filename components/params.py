@@ -6,8 +6,8 @@ named overrides (e.g. `wlasl`) applied with `dvc exp run $(sign2text params wlas
 Every section is checked when the file is loaded (types, ranges, choices, unknown keys), so a bad
 value stops a command with one line such as `params.yaml: train.batch_size must be an integer
 >= 1, got 0` instead of a traceback hours into a run. What each key may be is declared once, with
-its config class: `model` in model/video/clip.py and model/network/i3d.py (serving rebuilds those
-from config.json), `train` in TRAIN_RULES below, the other sections in the dataclasses below.
+its config class, each field with its rule: `model` in model/video/clip.py and
+model/network/i3d.py (serving rebuilds those from config.json), the other sections below.
 """
 
 from __future__ import annotations
@@ -21,35 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from model.config import Rule, check_fields, rule, strict_from_dict
+from model.config import check_fields, rule, strict_from_dict
 from model.network.i3d import I3DConfig
 from model.video.clip import PreprocessConfig
 
 DEFAULT = Path("params.yaml")
 _ARCH_KEYS = ("width", "dropout", "centre_over_time")
-
-# What TrainConfig's fields (learning/train.py) may be, beyond their types. Kept here rather
-# than on the fields so the training recipe can change without touching these, and vice versa.
-TRAIN_RULES = {
-    "epochs": Rule(ge=1),
-    "batch_size": Rule(ge=1),
-    "optimizer": Rule(choices=("adam", "adamw")),
-    "lr": Rule(gt=0),
-    "weight_decay": Rule(ge=0),
-    "warmup_epochs": Rule(ge=0),
-    "label_smoothing": Rule(ge=0, lt=1),  # 1 would make every target uniform
-    "color_jitter": Rule(ge=0, le=1),  # beyond 1 a contrast or gain factor can go negative
-    "context_fraction": Rule(ge=0),
-    "context_epochs": Rule(ge=0),
-    "context_lr": Rule(gt=0),
-    "context_window": Rule(ge=1),
-    "bn_clips": Rule(ge=1),
-    "seed": Rule(ge=0),  # numpy refuses negative seeds
-    "num_workers": Rule(ge=0),
-    "shuffle_buffer": Rule(ge=1),
-    "context_buffer": Rule(ge=1),
-    "device": Rule(pattern=r"auto|cpu|cuda(:\d+)?", means="auto, cpu, cuda or cuda:N"),
-}
 
 
 @dataclass(frozen=True)
@@ -57,35 +34,46 @@ class TrainConfig:
     """params.yaml `train:`. No defaults: params.yaml (and its profiles) is the one place the
     recipe's values are written."""
 
-    epochs: int
-    batch_size: int
-    optimizer: str  # "adam" is the WLASL recipe
-    lr: float
-    weight_decay: float
-    warmup_epochs: int
-    label_smoothing: float
+    epochs: int = field(metadata=rule(ge=1))
+    batch_size: int = field(metadata=rule(ge=1))
+    optimizer: str = field(metadata=rule(choices=("adam", "adamw")))  # adam: the WLASL recipe
+    lr: float = field(metadata=rule(gt=0))
+    weight_decay: float = field(metadata=rule(ge=0))
+    warmup_epochs: int = field(metadata=rule(ge=0))
+    # below 1: at 1 every target would be uniform
+    label_smoothing: float = field(metadata=rule(ge=0, lt=1))
     hflip: bool  # handedness can carry meaning: off unless asked for
-    color_jitter: float  # per-clip brightness / contrast / per-channel gain, +- this
-    context_fraction: float  # context windows per epoch, as a fraction of the sign clips
-    context_epochs: int  # epochs with context windows, after `epochs` without
-    context_lr: float  # their peak learning rate (warm-up epoch, then cosine to zero)
-    context_window: int  # frames (at the model's fps) per context window: about one sign
-    bn_clips: int  # training clips, evenly spread, that BatchNorm's statistics come from
+    # per-clip brightness / contrast / per-channel gain, +- this; beyond 1 a contrast or gain
+    # factor can go negative
+    color_jitter: float = field(metadata=rule(ge=0, le=1))
+    # context windows per epoch, as a fraction of the sign clips
+    context_fraction: float = field(metadata=rule(ge=0))
+    context_epochs: int = field(metadata=rule(ge=0))  # with context windows, after `epochs`
+    # their peak learning rate (warm-up epoch, then cosine to zero)
+    context_lr: float = field(metadata=rule(gt=0))
+    # frames (at the model's fps) per context window: about one sign
+    context_window: int = field(metadata=rule(ge=1))
+    # training clips, evenly spread, that BatchNorm's statistics come from
+    bn_clips: int = field(metadata=rule(ge=1))
     freeze_backbone: bool
     init: str  # published I3D checkpoint to start from; "" = from scratch
-    seed: int
-    num_workers: int
+    seed: int = field(metadata=rule(ge=0))  # numpy refuses negative seeds
+    num_workers: int = field(metadata=rule(ge=0))
     cache: bool  # keep decoded clips in memory across epochs (small datasets)
-    shuffle_buffer: int  # streaming (cache false): compressed videos each loader worker shuffles
-    context_buffer: int  # ... and the decoded recent ones it strings context windows from
-    device: str
+    # streaming (cache false): compressed videos each loader worker shuffles ...
+    shuffle_buffer: int = field(metadata=rule(ge=1))
+    # ... and the decoded recent ones it strings context windows from
+    context_buffer: int = field(metadata=rule(ge=1))
+    device: str = field(
+        metadata=rule(pattern=r"auto|cpu|cuda(:\d+)?", means="auto, cpu, cuda or cuda:N")
+    )
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return strict_from_dict(cls, d, "train")
 
     def __post_init__(self):
-        check_fields(self, "train", TRAIN_RULES)  # types, ranges, choices: one line each
+        check_fields(self, "train")  # types, ranges, choices: one line each
         if (self.context_fraction > 0) != (self.context_epochs > 0):
             raise ValueError(
                 "train params: context_fraction and context_epochs go together (both > 0 to "
@@ -125,13 +113,13 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
-class ValidateParams(Thresholds):
+class ValidateConfig(Thresholds):
     # more quarantined samples than this fraction fails the dataset
     max_bad_fraction: float = field(default=0.25, metadata=rule(ge=0, le=1))
 
 
 @dataclass(frozen=True)
-class ConvertParams:
+class ConvertConfig:
     shard_size: int = field(metadata=rule(ge=1))
     idle_clips: bool  # also the rest before/after each sign: context windows need it
 
@@ -140,7 +128,7 @@ class ConvertParams:
 
 
 @dataclass(frozen=True)
-class EvaluateParams:
+class EvaluateConfig:
     # above 1 the gate always fails, which tests use to exercise a failing gate
     min_top1: float = field(metadata=rule(ge=0))
     tolerance: float = field(metadata=rule(ge=0))
@@ -153,7 +141,7 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
-class PackageParams:
+class PackageConfig:
     # Export model.onnx beside model.pt (checked against torch before it is kept): predictors
     # then serve it with ONNX Runtime. A failed check packages model.pt alone, and says why.
     onnx: bool
@@ -163,7 +151,7 @@ class PackageParams:
 
 
 @dataclass(frozen=True)
-class DataParams:
+class DataConfig:
     dir: str = field(default="data", metadata=rule(pattern=r".+", means="a folder name"))
 
     def __post_init__(self):
@@ -220,13 +208,13 @@ def _arch(model: dict) -> I3DConfig:
 
 # Each section's typed config, built one way for checking a file and for a step reading it.
 _BUILDERS = {
-    "data": lambda d: strict_from_dict(DataParams, d, "data"),
+    "data": lambda d: strict_from_dict(DataConfig, d, "data"),
     "model": lambda m: (_preprocess(m), _arch(m)),
-    "validate": lambda d: strict_from_dict(ValidateParams, d, "validate"),
-    "convert": lambda d: strict_from_dict(ConvertParams, d, "convert"),
+    "validate": lambda d: strict_from_dict(ValidateConfig, d, "validate"),
+    "convert": lambda d: strict_from_dict(ConvertConfig, d, "convert"),
     "train": TrainConfig.from_dict,
-    "evaluate": lambda d: strict_from_dict(EvaluateParams, d, "evaluate"),
-    "package": lambda d: strict_from_dict(PackageParams, d, "package"),
+    "evaluate": lambda d: strict_from_dict(EvaluateConfig, d, "evaluate"),
+    "package": lambda d: strict_from_dict(PackageConfig, d, "package"),
 }
 
 
@@ -282,11 +270,11 @@ class Params:
         return self._build("model")[1]
 
     @property
-    def validate(self) -> ValidateParams:
+    def validate(self) -> ValidateConfig:
         return self._build("validate")
 
     @property
-    def convert(self) -> ConvertParams:
+    def convert(self) -> ConvertConfig:
         return self._build("convert")
 
     @property
@@ -298,11 +286,11 @@ class Params:
         return cfg
 
     @property
-    def package(self) -> PackageParams:
+    def package(self) -> PackageConfig:
         return self._build("package")
 
     @property
-    def evaluate(self) -> EvaluateParams:
+    def evaluate(self) -> EvaluateConfig:
         return self._build("evaluate")
 
 

@@ -2,7 +2,7 @@
 
 A field's type comes from its annotation (bool, int, float, str, dict, tuple[float, float]); what
 values it may take comes from a `Rule`, declared with the field (`field(default=8,
-metadata=rule(ge=1))`) or in a table the class hands to `check_fields`. A bad value is one
+metadata=rule(ge=1))`). A bad value is one
 ValueError line naming the key and what is allowed, e.g. `train.batch_size must be an integer
 >= 1, got 0`, which the CLI prints as its exit-2 error.
 """
@@ -15,7 +15,6 @@ import json
 import math
 import re
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -120,13 +119,13 @@ def _hints(cls: type) -> dict:
     return typing.get_type_hints(cls)
 
 
-def check_fields(obj: Any, section: str, rules: Mapping[str, Rule] | None = None) -> None:
-    """Check (and for floats, normalise) every field of dataclass instance `obj`; call it from
-    __post_init__. `section` prefixes the key in messages (the params.yaml section)."""
-    rules = rules or {}
+def check_fields(obj: Any, section: str) -> None:
+    """Check (and for floats, normalise) every field of dataclass instance `obj` against its
+    type and its rule; call it from __post_init__. `section` prefixes the key in messages (the
+    params.yaml section)."""
     hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
-        r = rules.get(f.name) or f.metadata.get("rule") or Rule()
+        r = f.metadata.get("rule") or Rule()
         value = _typed(f"{section}.{f.name}", hints[f.name], getattr(obj, f.name), r)
         object.__setattr__(obj, f.name, value)  # frozen dataclasses too
 

@@ -171,7 +171,7 @@ def test_a_retried_training_attempt_resumes_from_its_checkpoint(runs, tmp_path, 
 
 def _dvc_repro(params: dict, data: Path, repo: Path) -> None:
     """`dvc repro evaluate` of the project's dvc.yaml with these params, in a fresh repository."""
-X
+    for d in ("sign2text", "components", "model"):  # the stages' code deps
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
