@@ -203,9 +203,9 @@ def test_params_yaml_is_the_one_place_for_defaults():
     keeps some (validate's, which data/validate.py also applies without params) must agree."""
     from dataclasses import MISSING, fields
 
-    from components.params import ConvertParams, EvaluateParams, ValidateParams
+    from components.params import ConvertConfig, EvaluateConfig, ValidateConfig
 
-    for cls in (TrainConfig, ConvertParams, EvaluateParams):
+    for cls in (TrainConfig, ConvertConfig, EvaluateConfig):
         assert all(f.default is MISSING for f in fields(cls)), cls.__name__
-    defaults = {f.name: f.default for f in fields(ValidateParams)}
+    defaults = {f.name: f.default for f in fields(ValidateConfig)}
     assert defaults == ACTIVE["validate"]

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from components.data import synth
+from components.data import synth, synth_render
 
 SMALL = {"classes": 4, "per_class": 6, "signers": 4}
 FIELDS = {
@@ -104,9 +104,9 @@ def test_side_files(small):
 
 
 def test_first_pairs_differ_in_path_and_shape():
-    specs = [synth.class_spec(c) for c in range(synth.MAX_CLASSES)]
-    assert len({(s.path, s.shape, s.direction) for s in specs}) == synth.MAX_CLASSES
-    assert len({s.gloss for s in specs}) == synth.MAX_CLASSES
+    specs = [synth_render.class_spec(c) for c in range(synth_render.MAX_CLASSES)]
+    assert len({(s.path, s.shape, s.direction) for s in specs}) == synth_render.MAX_CLASSES
+    assert len({s.gloss for s in specs}) == synth_render.MAX_CLASSES
     first = specs[0:10:2]  # one class per pair
     assert len({s.path for s in first}) == 5
     assert len({s.shape for s in first[:4]}) == 4
@@ -135,13 +135,13 @@ def test_same_seed_identical_other_seed_differs(small, tmp_path):
     assert all(other[k] != first[k] for k in first if k.endswith(".mp4"))
 
 
-@pytest.mark.parametrize("pair", range(synth.MAX_CLASSES // 2))
+@pytest.mark.parametrize("pair", range(synth_render.MAX_CLASSES // 2))
 def test_reversed_pair_is_time_reversal(pair):
-    a, b = synth.class_spec(2 * pair), synth.class_spec(2 * pair + 1)
+    a, b = synth_render.class_spec(2 * pair), synth_render.class_spec(2 * pair + 1)
     assert (a.path, a.shape) == (b.path, b.shape) and a.direction != b.direction
-    look = synth.signer_look(0, pair % 3)
-    fa, _ = synth.render_clip(a, look, (192, 144), 25)
-    fb, _ = synth.render_clip(b, look, (192, 144), 25)
+    look = synth_render.signer_look(0, pair % 3)
+    fa, _ = synth_render.render_clip(a, look, (192, 144), 25)
+    fb, _ = synth_render.render_clip(b, look, (192, 144), 25)
     assert all(np.array_equal(x, y) for x, y in zip(fa, fb[::-1], strict=True))
     assert np.array_equal(fa[12], fb[12])  # the middle frame cannot tell the pair apart
     assert not np.array_equal(fa[6], fb[6])  # but the motion can
@@ -150,8 +150,10 @@ def test_reversed_pair_is_time_reversal(pair):
 
 
 def test_idle_frames_show_hand_at_rest():
-    look = synth.signer_look(0, 0)
-    frames, _ = synth.render_clip(synth.class_spec(0), look, (160, 160), 17, n_pre=4, n_post=3)
+    look = synth_render.signer_look(0, 0)
+    frames, _ = synth_render.render_clip(
+        synth_render.class_spec(0), look, (160, 160), 17, n_pre=4, n_post=3
+    )
     assert len(frames) == 24
     idle, sign = frames[:4] + frames[-3:], frames[4:-3]
     assert all(np.array_equal(idle[0], f) for f in idle)
@@ -192,7 +194,7 @@ def test_frame_sizes_vary(small):
     ("kwargs", "match"),
     [
         ({"classes": 1}, "classes"),
-        ({"classes": synth.MAX_CLASSES + 1}, "classes"),
+        ({"classes": synth_render.MAX_CLASSES + 1}, "classes"),
         ({"signers": 2}, "signers"),
         ({"per_class": 2}, "per_class"),
         ({"per_class": 0}, "per_class"),

@@ -19,7 +19,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from components.data.synth import class_spec, render_clip, signer_look
+from components.data.synth_render import class_spec, render_clip, signer_look
 from components.release.local_deploy import free_port, stop_process
 from model.predict import Classifier
 from model.runtimes.triton_runtime import PredictorError, TritonRuntime

@@ -86,7 +86,7 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = OPSET
 
 def synthetic_clip(pre: PreprocessConfig) -> np.ndarray:
     """A rendered clip of the bundled dataset (class 0, signer 0), preprocessed for `pre`."""
-    from components.data.synth import class_spec, render_clip, signer_look
+    from components.data.synth_render import class_spec, render_clip, signer_look
 
     frames, _ = render_clip(class_spec(0), signer_look(0, 0), (160, 120), 40, 4, 4)
     return clip_from_frames(np.stack(frames), pre)
