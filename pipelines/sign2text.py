@@ -24,7 +24,7 @@ COMPILED = Path(__file__).with_name("sign2text.yaml")
 NAME = "sign2text"
 
 # Secret in the run's namespace with the object store's keys and, for MinIO, its endpoint
-# (AWS_ENDPOINT_URL, optional: without it the steps talk to AWS S3). See README.
+# (AWS_ENDPOINT_URL, optional: without it the steps talk to AWS S3). See docs/object-storage.md.
 S3_SECRET = "sign2text-s3"  # noqa: S105 - the Secret's name, not a secret
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_ENDPOINT = "AWS_ENDPOINT_URL"

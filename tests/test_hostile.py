@@ -1,6 +1,6 @@
 """Hostile input against the real server (`python -m model.serving.server` in its own process),
 watched by a memory watchdog: small crafted files and requests that would cost a naive server
-gigabytes or minutes are answered 400 / 408 / 413 / 503 as the README documents, the server's
+gigabytes or minutes are answered 400 / 408 / 413 / 503 as docs/serving.md documents, the server's
 memory (with its decoder process) stays under the bound, and a good request is answered right
 after each attack. The files are generated here (tests/bombs.py); nothing is downloaded."""
 
@@ -26,7 +26,8 @@ from tests.model_server import ROOT, serve
 
 MIB = 1 << 20
 FIXTURE = ROOT / "tests" / "fixtures" / "sentence_model"  # word and sentence mode
-PEAK_BOUND = 1536 * MIB  # server + decoder, whatever the input (README "Limits")
+# server + decoder, whatever the input (docs/serving.md, "Limits: what one request may cost")
+PEAK_BOUND = 1536 * MIB
 KILL_AT = 4096 * MIB  # the watchdog stops a runaway server before it hurts the machine
 GOOD_WITHIN_S = 10.0  # a good request right after an attack is answered within this
 OPTIONS = [

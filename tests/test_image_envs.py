@@ -112,7 +112,7 @@ def installed_mb(image: Image) -> float:
 def test_onnx_serving_image_has_no_torch_and_is_a_fraction_of_the_torch_one():
     """The ONNX build serves without torch; its install tree, against the torch build's (here
     torch is the PyPI wheel, whose own files hold its CUDA kernels too: the CPU wheel the torch
-    image takes is smaller, so the ratio below flatters the ONNX image; see the README)."""
+    image takes is smaller, so the ratio below flatters the ONNX image; see docs/serving.md)."""
     onnx, torch_image = installed_in(serving_onnx()), installed_in(serving())
     assert not [n for n in onnx if n.startswith(("torch", "nvidia-", "triton"))]
     assert "onnxruntime" in onnx and "torch" in torch_image

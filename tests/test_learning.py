@@ -3,9 +3,10 @@ recipe, scaled down.
 
 The demo once trained only by luck: from scratch, the signers' looks (background, clothes, body)
 outweigh the small moving hand, and the network sat at chance for epochs, for some seeds and
-CPUs to the end. `model.centre_over_time` fixes that (README "Training from scratch"). This
-trains params.yaml's recipe, shrunk in size only, on classes that differ by nothing but the
-direction of motion, and asserts it names held-out signers' signs far above chance for two seeds.
+CPUs to the end. `model.centre_over_time` fixes that (docs/training.md, "Training from scratch,
+and what reproduces"). This trains params.yaml's recipe, shrunk in size only, on classes that
+differ by nothing but the direction of motion, and asserts it names held-out signers' signs far
+above chance for two seeds.
 Without centring the same runs stay at chance (0.25 on every seed tried).
 
 The second seed trains as a scaled-out job does: two processes under torchrun (DDP over gloo,

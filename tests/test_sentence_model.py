@@ -72,7 +72,7 @@ def test_strung_together_signs_give_the_words_and_spans(clf, strings):
     correct = sum(r["correct"] for r in results)
     errors = sum(r["edit_distance"] for r in results) / sum(r["truth_words"] for r in results)
     # Every word in order with its span overlapping the truth (IoU >= 0.5) in at least 11 of 12;
-    # the fixture model gets all 12 (README, "Sentence mode").
+    # the fixture model gets all 12 (docs/serving.md, "Sentence mode").
     assert correct >= STRINGS - 1, f"{correct}/{STRINGS} strings right, word error rate {errors}"
     assert errors <= 0.05
 

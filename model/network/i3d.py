@@ -49,8 +49,8 @@ class I3DConfig:
     # Subtract each clip's mean frame (per channel and pixel) before the first layer, so the
     # network sees what moves and not who signs where. From scratch on few signers, appearance
     # (background, clothes, body) dominates the input and training sits at chance for epochs
-    # before it finds the hand (README "Training from scratch"). Published weights were trained
-    # on raw frames: False keeps them exact.
+    # before it finds the hand (docs/training.md, "Training from scratch, and what
+    # reproduces"). Published weights were trained on raw frames: False keeps them exact.
     centre_over_time: bool = False
 
     def __post_init__(self):

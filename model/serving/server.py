@@ -52,7 +52,7 @@ def build_parser(
         default=argparse.SUPPRESS,
         help="model directory or s3:// gs:// ... URI",
     )
-    # The spellings our manifests, Makefile and README use, for kserve's --http_port/--grpc_port.
+    # The spellings our manifests, Makefile and docs use, for kserve's --http_port/--grpc_port.
     p.add_argument(
         "--http-port",
         dest="http_port",
