@@ -146,8 +146,10 @@ def jitter_colour(
     return ((x - mid) * contrast * gain.float() + mid + shift).clamp_(lo, hi)
 
 
-class ShardClips(IterableDataset):
-    """Clips of one split, decoded into memory once with `cache` (else every epoch).
+class SplitClips(IterableDataset):
+    """What both loaders of a split share (ShardClips here, stream.py's StreamClips): the
+    split's shards and preprocessing, training or evaluation, augmentation, context windows,
+    this process's part of the run, and the epoch it is in.
 
     Yields (clip, label, is_context): the trimmed sign clips, plus -- with `context_fraction` and
     `set_epoch(epoch, context=True)` -- that many context windows per sign clip, labelled with
@@ -163,34 +165,17 @@ class ShardClips(IterableDataset):
         seed: int = 0,
         hflip: bool = False,
         color_jitter: float = 0.0,
-        cache: bool = False,
         context_fraction: float = 0.0,
         context_window: int = 30,
         no_sign: int = -1,
         max_items: int | None = None,
-        decoded_by: ShardClips | None = None,
         part: Part = (0, 1),
-        by_shard: bool | None = None,
     ):
         self.shards, self.split, self.pre = Path(shards), split, pre
-        self.train, self.seed, self.hflip, self.cache = train, seed, hflip, cache
-        self.color_jitter = color_jitter
+        self.train, self.seed, self.hflip, self.color_jitter = train, seed, hflip, color_jitter
         self.context_fraction, self.context_window = context_fraction, context_window
         self.no_sign, self.max_items, self.part = no_sign, max_items, part
-        # Training reads its rank's shards; evaluation its rank's share of the clips.
-        self.by_shard = train if by_shard is None else by_shard
         self.state = Epoch(context_fraction > 0)
-        self._cache: list[tuple[dict, np.ndarray]] | None = None
-        self._context: ContextWindows | None = None
-        # Another view of the same split (e.g. BatchNorm's beside training's) decodes it once.
-        self._decoded_by = decoded_by if cache and decoded_by is not None else None
-        if self._decoded_by is not None and self._source(decoded_by) != self._source(self):
-            raise ValueError("decoded_by must read the same split with the same preprocessing")
-
-    @staticmethod
-    def _source(c: ShardClips) -> tuple:
-        shards = c.part if c.by_shard else (0, 1)
-        return c.shards, c.split, c.pre, c.context_window, c.no_sign, shards
 
     @property
     def epoch(self) -> int:
@@ -203,6 +188,37 @@ class ShardClips(IterableDataset):
     def set_epoch(self, epoch: int, context: bool | None = None) -> None:
         ctx = self.context if context is None else context and self.context_fraction > 0
         self.state.set(epoch, ctx)
+
+
+class ShardClips(SplitClips):
+    """SplitClips decoded into memory once with `cache` (else every epoch)."""
+
+    def __init__(
+        self,
+        shards: Path,
+        split: str,
+        pre: PreprocessConfig,
+        *,
+        cache: bool = False,
+        decoded_by: ShardClips | None = None,
+        by_shard: bool | None = None,
+        **split_options,
+    ):
+        super().__init__(shards, split, pre, **split_options)
+        self.cache = cache
+        # Training reads its rank's shards; evaluation its rank's share of the clips.
+        self.by_shard = self.train if by_shard is None else by_shard
+        self._cache: list[tuple[dict, np.ndarray]] | None = None
+        self._context: ContextWindows | None = None
+        # Another view of the same split (e.g. BatchNorm's beside training's) decodes it once.
+        self._decoded_by = decoded_by if cache and decoded_by is not None else None
+        if self._decoded_by is not None and self._source(decoded_by) != self._source(self):
+            raise ValueError("decoded_by must read the same split with the same preprocessing")
+
+    @staticmethod
+    def _source(c: ShardClips) -> tuple:
+        shards = c.part if c.by_shard else (0, 1)
+        return c.shards, c.split, c.pre, c.context_window, c.no_sign, shards
 
     def shard_paths(self) -> list[Path]:
         paths = [path for path, _ in split_shards(self.shards, self.split)]

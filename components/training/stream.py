@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
 
 from components.conversion.convert import decode_clip, read_shard, scratch_dir, split_shards
 from components.training.clips import (
-    Epoch,
-    Part,
+    SplitClips,
     augment,
     rank_quota,
     rank_shards,
@@ -41,7 +40,7 @@ from model.video.clip import PreprocessConfig
 Packed = list[tuple[dict, bytes]]  # one video's samples (its sign, then its rest), undecoded
 
 
-class StreamClips(IterableDataset):
+class StreamClips(SplitClips):
     """Yields (clip, label, is_context) like ShardClips, from a stream.
 
     Training (`train`): each rank's share of the epoch (clips.rank_items), shuffled, from its
@@ -54,40 +53,25 @@ class StreamClips(IterableDataset):
         split: str,
         pre: PreprocessConfig,
         *,
-        train: bool,
-        seed: int = 0,
-        hflip: bool = False,
-        color_jitter: float = 0.0,
-        context_fraction: float = 0.0,
-        context_window: int = 30,
-        no_sign: int = -1,
-        max_items: int | None = None,
-        part: Part = (0, 1),
         shuffle_buffer: int = 256,
         context_buffer: int = 32,
+        **split_options,
     ):
-        self.shards, self.split, self.pre = Path(shards), split, pre
-        self.train, self.seed, self.hflip, self.color_jitter = train, seed, hflip, color_jitter
-        self.context_fraction, self.context_window = context_fraction, context_window
-        self.no_sign, self.max_items, self.part = no_sign, max_items, part
+        super().__init__(shards, split, pre, **split_options)
         self.shuffle_buffer, self.context_buffer = shuffle_buffer, context_buffer
-        self.state = Epoch(context_fraction > 0)
         listed = split_shards(self.shards, split)
         self.total = sum(n for _, n in listed)
-        if train and len(listed) < part[1]:
+        part = self.part
+        if self.train and len(listed) < part[1]:
             raise ValueError(
                 f"{self.shards}: the {split} split has {len(listed)} shards, fewer than the "
                 f"{part[1]} training processes; convert with a smaller convert.shard_size"
             )
         self._fewest = len(listed) // part[1]  # shards on the rank with the fewest
-        self.paths = [p for p, _ in (rank_shards(listed, part) if train else listed)]
+        self.paths = [p for p, _ in (rank_shards(listed, part) if self.train else listed)]
 
     def shard_paths(self) -> list[Path]:
         return list(self.paths)
-
-    def set_epoch(self, epoch: int, context: bool | None = None) -> None:
-        ctx = self.state.context if context is None else context and self.context_fraction > 0
-        self.state.set(epoch, ctx)
 
     def usable_workers(self, wanted: int) -> int:
         """DataLoader workers that each get a shard to read: the same number on every rank."""
