@@ -135,17 +135,10 @@ def evaluate(
     return metrics, decision
 
 
-def package(
-    params: Params,
-    model_dir: Path,
-    eval_dir: Path,
-    out: Path,
-    *,
-    data_pointer: Path = Path("data.dvc"),
-    allow_failed_gate: bool = False,
-) -> dict:
+def package(params: Params, model_dir: Path, eval_dir: Path, out: Path, **options) -> dict:
     """The release candidate: the trained model with its metrics, gate and lineage (data
-    version, commit, params) -> out/; returns the lineage."""
+    version, commit, params) -> out/; returns the lineage. `options`: release/package.py's
+    (data_pointer, the data.dvc the lineage records; allow_failed_gate)."""
     from components.release.package import package as run
 
     return run(
@@ -153,9 +146,8 @@ def package(
         Path(eval_dir),
         Path(out),
         params=params.sections(*READS["package"]),
-        data_pointer=Path(data_pointer),
-        allow_failed_gate=allow_failed_gate,
         onnx=params.package.onnx,
+        **options,
     )
 
 
@@ -169,34 +161,13 @@ def publish(model_dir: Path, uri: str, *, overwrite: bool = False) -> dict:
     return publish_dir(Path(model_dir), uri, overwrite=overwrite)
 
 
-def predict_batch(
-    model_dir: Path,
-    src: str,
-    out: Path,
-    *,
-    mode: str = "word",
-    top_k: int = 5,
-    workers: int | None = None,
-    device: str = "cpu",
-    retry_errors: bool = False,
-    progress: bool = False,
-) -> dict:
+def predict_batch(model_dir: Path, src: str, out: Path, **options) -> dict:
     """Every video under `src` (a folder or an s3:// prefix) scored with the model in
-    `model_dir` -> `out`, one JSON line per video, resumable; returns the summary
-    (release/batch.py)."""
+    `model_dir` -> `out`, one JSON line per video, resumable; returns the summary. `options`:
+    scoring/predict_batch.py's (mode, top_k, workers, device, retry_errors, progress)."""
     from components.scoring.predict_batch import predict_batch as run
 
-    return run(
-        Path(model_dir),
-        src,
-        Path(out),
-        mode=mode,
-        top_k=top_k,
-        workers=workers,
-        device=device,
-        retry_errors=retry_errors,
-        progress=progress,
-    )
+    return run(Path(model_dir), src, Path(out), **options)
 
 
 def deploy(

@@ -10,10 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from sign2text.options import add_params_arg, load_params, optional_path
+from sign2text.options import command, load_params, optional_path
 
 
 def _synth(args: argparse.Namespace) -> None:
+    """Write the bundled synthetic dataset in WLASL layout.
+
+    Write a deterministic synthetic sign dataset in WLASL layout (WLASL_v0.3.json +
+    videos/<video_id>.mp4) that stands in for WLASL."""
     from components.data.synth import synthesize
 
     summary = synthesize(
@@ -28,6 +32,11 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> None:
+    """Normalise WLASL json / nslt split + class list / record lists into our layout.
+
+    Write SOURCE (WLASL_v0.3.json, nslt_N.json with --class-list, or a JSON / JSON Lines list
+    of per-sample records) and its videos to OUT in our layout (WLASL_v0.3.json + videos/). The
+    source is only read."""
     from components.data.feedback_ingest import ingest_feedback, is_feedback_source
     from components.data.ingest import ingest
 
@@ -59,6 +68,12 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _add(args: argparse.Namespace) -> None:
+    """Add an ingested folder's samples (e.g. feedback) to the versioned dataset.
+
+    Add every sample of SOURCE (our layout, e.g. `data ingest` of the app's feedback) and its
+    videos to the dataset TO, under the glosses it has. Refuses glosses TO lacks (unless --new-
+    glosses), video ids it already has, and samples without videos; writes nothing then. Then
+    `dvc add TO` records the new data version."""
     from components.data.merge import add_samples
 
     summary = add_samples(Path(args.source), Path(args.to), new_glosses=args.new_glosses)
@@ -71,6 +86,12 @@ def _add(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    """Great Expectations checks; quarantine bad samples, write valid.json.
+
+    Validate a dataset's metadata and videos. Writes OUT/report.html (the report to open; works
+    offline), OUT/report.json, OUT/valid.json (the samples that passed) and GX Data Docs in
+    OUT/docs/. Exit 0 even with quarantined samples; 2 on a dataset-level failure. The dataset
+    is only read."""
     from components import steps
 
     report = steps.validate(
@@ -89,17 +110,16 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    """Decode, trim, crop, resize videos into WebDataset shards.
+
+    Apply the shared preprocessing up to resizing and write WebDataset tar shards per split,
+    with a manifest (counts, content hash)."""
     from components import steps
     from components.infra.objstore import local_output
 
+    params, data, samples = load_params(args), Path(args.data), optional_path(args.samples)
     with local_output(args.out) as out:
-        manifest = steps.convert(
-            load_params(args),
-            Path(args.data),
-            optional_path(args.samples),
-            out,
-            progress=not args.quiet,
-        )
+        manifest = steps.convert(params, data, samples, out, progress=not args.quiet)
     counts = {k: v["samples"] for k, v in manifest["splits"].items()}
     print(f"wrote {args.out}: {counts}, skipped {len(manifest['skipped'])}")
 
@@ -112,27 +132,15 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="dataset commands").add_subparsers(
         dest="data_command", required=True, metavar="COMMAND"
     )
-    s = data.add_parser(
-        "synth",
-        help="write the bundled synthetic dataset in WLASL layout",
-        description="Write a deterministic synthetic sign dataset in WLASL layout "
-        "(WLASL_v0.3.json + videos/<video_id>.mp4) that stands in for WLASL.",
-    )
+    s = command(data, "synth", _synth)
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--classes", type=int, default=10, help="number of glosses (default 10)")
     s.add_argument("--per-class", type=int, default=48, help="videos per gloss (default 48)")
     s.add_argument("--signers", type=int, default=24, help="number of signers (default 24)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=_synth)
 
-    ig = data.add_parser(
-        "ingest",
-        help="normalise WLASL json / nslt split + class list / record lists into our layout",
-        description="Write SOURCE (WLASL_v0.3.json, nslt_N.json with --class-list, or a JSON "
-        "/ JSON Lines list of per-sample records) and its videos to OUT in our layout "
-        "(WLASL_v0.3.json + videos/). The source is only read.",
-    )
+    ig = command(data, "ingest", _ingest)
     ig.add_argument(
         "source",
         help="metadata file (or a folder holding WLASL_v0.3.json), or the app's feedback: "
@@ -154,16 +162,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
         help="feedback: the split its samples go to (default train)",
     )
     ig.add_argument("--quiet", action="store_true", help="no progress bar")
-    ig.set_defaults(func=_ingest)
 
-    ad = data.add_parser(
-        "add",
-        help="add an ingested folder's samples (e.g. feedback) to the versioned dataset",
-        description="Add every sample of SOURCE (our layout, e.g. `data ingest` of the app's "
-        "feedback) and its videos to the dataset TO, under the glosses it has. Refuses glosses TO "
-        "lacks (unless --new-glosses), video ids it already has, and samples without videos; "
-        "writes nothing then. Then `dvc add TO` records the new data version.",
-    )
+    ad = command(data, "add", _add)
     ad.add_argument("source", help="dataset folder to take samples from (WLASL layout)")
     ad.add_argument("--to", default="data", help="dataset folder to add to (default data)")
     ad.add_argument(
@@ -171,31 +171,14 @@ def add_to(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="append glosses TO lacks as new classes, after its own",
     )
-    ad.set_defaults(func=_add)
 
-    v = data.add_parser(
-        "validate",
-        help="Great Expectations checks; quarantine bad samples, write valid.json",
-        description="Validate a dataset's metadata and videos. Writes OUT/report.html (the "
-        "report to open; works offline), OUT/report.json, OUT/valid.json (the samples that "
-        "passed) and GX Data Docs in OUT/docs/. Exit 0 even "
-        "with quarantined samples; 2 on a dataset-level failure. The dataset is only read.",
-    )
+    v = command(data, "validate", _validate, params=True)
     v.add_argument("--data", default="data", help=DATA_HELP)
     v.add_argument("--out", required=True, help="output folder")
     v.add_argument("--workers", type=int, help="parallel probes (default: up to 4 cores)")
     v.add_argument("--cache-dir", help="probe cache (default ~/.cache/sign2text)")
-    add_params_arg(v)
-    v.set_defaults(func=_validate)
 
-    c = data.add_parser(
-        "convert",
-        help="decode, trim, crop, resize videos into WebDataset shards",
-        description="Apply the shared preprocessing up to resizing and write WebDataset tar "
-        "shards per split, with a manifest (counts, content hash).",
-    )
+    c = command(data, "convert", _convert, params=True)
     c.add_argument("--data", default="data", help=DATA_HELP)
     c.add_argument("--out", required=True, help="output folder or s3://bucket/prefix/ for shards")
     c.add_argument("--samples", help=SAMPLES_HELP)
-    add_params_arg(c)
-    c.set_defaults(func=_convert)

@@ -8,11 +8,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sign2text.options import command
+
 # Where manifests/base's InferenceServices load their first model (a test keeps them equal).
 INITIAL_MODEL_URI = "s3://sign2text/models/initial/"
 
 
 def _import_i3d(args: argparse.Namespace) -> None:
+    """Turn a published I3D checkpoint into a model directory.
+
+    Turn a pytorch-i3d / WLASL state dict into a servable model directory (model.pt,
+    config.json, labels.txt). Loaded with weights_only=True."""
     from model.network.bundle import import_i3d
     from model.video.clip import PreprocessConfig
 
@@ -22,6 +28,11 @@ def _import_i3d(args: argparse.Namespace) -> None:
 
 
 def _publish(args: argparse.Namespace) -> None:
+    """Upload a model directory to s3:// (default: where the InferenceServices start).
+
+    Publish a packaged model directory (`make demo`'s artifacts/model, or `model import-i3d`
+    output) to an s3:// prefix, verified, manifest last. The default --uri is the storageUri the
+    manifests' InferenceServices start from. Endpoint and keys: docs/object-storage.md."""
     from components import steps
 
     manifest = steps.publish(Path(args.model_dir), args.uri, overwrite=args.overwrite)
@@ -30,6 +41,12 @@ def _publish(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    """Write the model directory's network as model.onnx, verified against torch.
+
+    Export the network the model directory rebuilds (eval mode, per-time logits, input B x 3 x
+    T x H x W with the batch dynamic) to DIR/model.onnx and record it in config.json. ONNX
+    Runtime must match torch within --tolerance on a random input and on a real clip, each
+    alone and as one batch, or nothing is written (exit 2)."""
     from components.release.onnx_export import export_onnx
 
     rec = export_onnx(args.model_dir, video=args.video, tol=args.tolerance)
@@ -42,6 +59,12 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _triton_repo(args: argparse.Namespace) -> None:
+    """Write a Triton model repository (ONNX, dynamic batching) from a model directory.
+
+    Write OUT/sign2text/config.pbtxt and OUT/sign2text/1/model.onnx for Triton's ONNX Runtime
+    backend, with dynamic batching, from a model directory with a verified model.onnx (`model
+    export DIR --format onnx` first). KServe's Triton runtime serves OUT
+    (manifests/overlays/triton)."""
     from components.release.triton_repo import write_repository
 
     target = write_repository(
@@ -62,12 +85,7 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     mdl = sub.add_parser("model", help="model commands").add_subparsers(
         dest="model_command", required=True, metavar="COMMAND"
     )
-    m = mdl.add_parser(
-        "import-i3d",
-        help="turn a published I3D checkpoint into a model directory",
-        description="Turn a pytorch-i3d / WLASL state dict into a servable model directory "
-        "(model.pt, config.json, labels.txt). Loaded with weights_only=True.",
-    )
+    m = command(mdl, "import-i3d", _import_i3d)
     m.add_argument("--weights", required=True, help="checkpoint file (.pt / .pth)")
     m.add_argument("--labels", required=True, help="wlasl_class_list.txt (index<TAB>gloss)")
     m.add_argument("--num-classes", type=int, required=True, help="WLASL-N: first N glosses")
@@ -75,29 +93,13 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--num-frames", type=int, default=64, help="frames per clip (default 64)")
     m.add_argument("--resize", type=int, default=256, help="short side before crop (256)")
     m.add_argument("--crop", type=int, default=224, help="centre crop size (default 224)")
-    m.set_defaults(func=_import_i3d)
 
-    mp = mdl.add_parser(
-        "publish",
-        help="upload a model directory to s3:// (default: where the InferenceServices start)",
-        description="Publish a packaged model directory (`make demo`'s artifacts/model, or "
-        "`model import-i3d` output) to an s3:// prefix, verified, manifest last. The default "
-        f"is {INITIAL_MODEL_URI}, the storageUri the manifests' InferenceServices start from. "
-        "Endpoint and keys: docs/object-storage.md.",
-    )
+    mp = command(mdl, "publish", _publish)
     mp.add_argument("model_dir", help="model directory (model.pt, config.json, labels.txt)")
-    mp.add_argument("--uri", default=INITIAL_MODEL_URI, help="target s3:// prefix")
+    mp.add_argument("--uri", default=INITIAL_MODEL_URI, help=f"target ({INITIAL_MODEL_URI})")
     mp.add_argument("--overwrite", action="store_true", help="replace another package at --uri")
-    mp.set_defaults(func=_publish)
 
-    me = mdl.add_parser(
-        "export",
-        help="write the model directory's network as model.onnx, verified against torch",
-        description="Export the network the model directory rebuilds (eval mode, per-time "
-        "logits, input B x 3 x T x H x W with the batch dynamic) to DIR/model.onnx and record "
-        "it in config.json. ONNX Runtime must match torch within --tolerance on a random input "
-        "and on a real clip, each alone and as one batch, or nothing is written (exit 2).",
-    )
+    me = command(mdl, "export", _export)
     me.add_argument("model_dir", metavar="DIR", help="model directory (model.pt, config.json)")
     me.add_argument("--format", choices=("onnx",), required=True, help="export format: onnx")
     me.add_argument("--video", help="clip to verify on (default: a rendered synthetic clip)")
@@ -107,16 +109,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
         default=1e-4,
         help="largest allowed |ONNX - torch| logit (default 1e-4)",
     )
-    me.set_defaults(func=_export)
 
-    mt = mdl.add_parser(
-        "triton-repo",
-        help="write a Triton model repository (ONNX, dynamic batching) from a model directory",
-        description="Write OUT/sign2text/config.pbtxt and OUT/sign2text/1/model.onnx for "
-        "Triton's ONNX Runtime backend, with dynamic batching, from a model directory with a "
-        "verified model.onnx (`model export DIR --format onnx` first). KServe's Triton runtime "
-        "serves OUT (manifests/overlays/triton).",
-    )
+    mt = command(mdl, "triton-repo", _triton_repo)
     mt.add_argument("model_dir", metavar="MODEL_DIR", help="model directory with model.onnx")
     mt.add_argument("out", metavar="OUT", help="repository directory to write")
     mt.add_argument(
@@ -132,4 +126,3 @@ def add_to(sub: argparse._SubParsersAction) -> None:
         help="longest a request waits for others to batch with, in microseconds (default 2000)",
     )
     mt.add_argument("--overwrite", action="store_true", help="replace OUT/sign2text")
-    mt.set_defaults(func=_triton_repo)

@@ -7,8 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from sign2text.options import command
+
 
 def _compile(args: argparse.Namespace) -> None:
+    """Write the pipeline spec the Kubeflow UI uploads."""
     from pipelines import runner
 
     out = Path(args.out)
@@ -25,6 +28,7 @@ def _compile(args: argparse.Namespace) -> None:
 
 
 def _submit(args: argparse.Namespace) -> None:
+    """Upload a pipeline version and start a run."""
     from pipelines import runner
 
     run = runner.submit(
@@ -37,6 +41,7 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _run_local(args: argparse.Namespace) -> None:
+    """Run the pipeline here with kfp.local."""
     from pipelines import runner
 
     arguments = runner.parse_overrides(args.arg or [])
@@ -47,22 +52,19 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     pipe = sub.add_parser("pipeline", help="Kubeflow pipeline commands").add_subparsers(
         dest="pipeline_command", required=True, metavar="COMMAND"
     )
-    pp = pipe.add_parser("compile", help="write the pipeline spec the Kubeflow UI uploads")
+    pp = command(pipe, "compile", _compile)
     pp.add_argument("--out", default="pipelines/sign2text.yaml", help="spec file to write")
     pp.add_argument(
         "--image",
         help="components image REGISTRY/NAME:TAG (default: the one the existing --out file "
         "names, else the placeholder DEFAULT_IMAGE)",
     )
-    pp.set_defaults(func=_compile)
-    ps = pipe.add_parser("submit", help="upload a pipeline version and start a run")
+    ps = command(pipe, "submit", _submit)
     ps.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://...:8888")
     ps.add_argument("--package", default="pipelines/sign2text.yaml", help="compiled spec")
     ps.add_argument("--experiment", default="sign2text", help="experiment name")
-    ps.set_defaults(func=_submit)
-    pr = pipe.add_parser("run-local", help="run the pipeline here with kfp.local")
+    pr = command(pipe, "run-local", _run_local)
     pr.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
     pr.add_argument("--out", default="artifacts/pipeline", help="folder for run outputs")
-    pr.set_defaults(func=_run_local)
     for q in (ps, pr):
         q.add_argument("--arg", action="append", metavar="KEY=VALUE", help="pipeline parameter")

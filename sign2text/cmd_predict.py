@@ -7,8 +7,13 @@ import argparse
 import json
 from pathlib import Path
 
+from sign2text.options import command
+
 
 def _predict_local(args: argparse.Namespace) -> None:
+    """Predict one video in-process, no server.
+
+    Print the top-k glosses and probabilities for a video."""
     from model.predict import Classifier
 
     clf = Classifier(args.model_dir)
@@ -22,6 +27,12 @@ def _predict_local(args: argparse.Namespace) -> None:
 
 
 def _predict_batch(args: argparse.Namespace) -> None:
+    """Score every video under a folder or s3:// prefix in-process, resumable.
+
+    Score every video (.mp4 .webm .avi .mov .mkv, recursively) under SRC with the model in
+    parallel processes; append one JSON line per video to --out as each finishes. A rerun skips
+    the videos --out already holds. A bad video gets an `error` line and the batch goes on. S3
+    endpoint and keys: docs/object-storage.md."""
     from components import steps
     from components.infra.objstore import local_input
     from components.scoring.predict_batch import summary_line
@@ -42,6 +53,9 @@ def _predict_batch(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    """Send a video to a running server (v2 protocol, REST or gRPC).
+
+    Client of a running sign2text server; needs neither torch nor the model."""
     from components.infra.v2client import format_table, predict, to_json
 
     sentence = {"window": args.window, "stride": args.stride, "threshold": args.threshold}
@@ -61,25 +75,13 @@ TOP_K_HELP = "word mode: how many glosses (5)"
 
 
 def add_to(sub: argparse._SubParsersAction) -> None:
-    pl = sub.add_parser(
-        "predict-local",
-        help="predict one video in-process, no server",
-        description="Print the top-k glosses and probabilities for a video.",
-    )
+    pl = command(sub, "predict-local", _predict_local)
     pl.add_argument("model_dir", help="model directory")
     pl.add_argument("video", help=VIDEO_HELP)
     pl.add_argument("--top-k", type=int, default=5, help="how many glosses (default 5)")
     pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    pl.set_defaults(func=_predict_local)
 
-    pb = sub.add_parser(
-        "predict-batch",
-        help="score every video under a folder or s3:// prefix in-process, resumable",
-        description="Score every video (.mp4 .webm .avi .mov .mkv, recursively) under SRC with "
-        "the model in parallel processes; append one JSON line per video to --out as each "
-        "finishes. A rerun skips the videos --out already holds. A bad video gets an `error` "
-        "line and the batch goes on. S3 endpoint and keys: docs/object-storage.md.",
-    )
+    pb = command(sub, "predict-batch", _predict_batch)
     pb.add_argument("model_dir", help="model directory or published s3:// URI")
     pb.add_argument("src", help="folder of videos, or s3://bucket/prefix/")
     pb.add_argument("--out", required=True, help="results file (JSON Lines), appended")
@@ -93,13 +95,8 @@ def add_to(sub: argparse._SubParsersAction) -> None:
         help="score again the videos --out holds an error for",
     )
     pb.add_argument("--quiet", action="store_true", help="no progress bar")
-    pb.set_defaults(func=_predict_batch)
 
-    pc = sub.add_parser(
-        "predict",
-        help="send a video to a running server (v2 protocol, REST or gRPC)",
-        description="Client of a running sign2text server; needs neither torch nor the model.",
-    )
+    pc = command(sub, "predict", _predict)
     pc.add_argument("video", help=VIDEO_HELP)
     where = pc.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="REST endpoint, e.g. http://127.0.0.1:8080")
@@ -110,4 +107,3 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--stride", type=int, help="sentence mode: frames between window centres")
     pc.add_argument("--threshold", type=float, help="sentence mode: P(sign) a frame needs (0.5)")
     pc.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    pc.set_defaults(func=_predict)

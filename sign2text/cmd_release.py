@@ -8,8 +8,15 @@ import json
 import sys
 from pathlib import Path
 
+from sign2text.options import command
+
 
 def _deploy(args: argparse.Namespace) -> None:
+    """Publish a model package and roll it out with a canary.
+
+    Publish the package to s3:// (atomic), then create the InferenceServices or roll the new
+    model out through the canary percents, smoke-checking the canary against the previous
+    revision; promote, or roll back and exit 1 with the reason."""
     import yaml
 
     from components import steps
@@ -57,6 +64,10 @@ def _deploy(args: argparse.Namespace) -> None:
 
 
 def _images_stamp(args: argparse.Namespace) -> None:
+    """Point the kustomize overlays at the pushed serving and app images.
+
+    Set REGISTRY/sign2text-serving:TAG (TAG-cuda where the overlay runs the CUDA build) and
+    REGISTRY/sign2text-app:TAG in manifests/overlays/*/kustomization.yaml."""
     from components.release.images import stamp_overlays
 
     for overlay, images in stamp_overlays(Path(args.manifests), args.registry, args.tag).items():
@@ -65,13 +76,7 @@ def _images_stamp(args: argparse.Namespace) -> None:
 
 
 def add_to(sub: argparse._SubParsersAction) -> None:
-    dp = sub.add_parser(
-        "deploy",
-        help="publish a model package and roll it out with a canary",
-        description="Publish the package to s3:// (atomic), then create the InferenceServices "
-        "or roll the new model out through the canary percents, smoke-checking the canary "
-        "against the previous revision; promote, or roll back and exit 1 with the reason.",
-    )
+    dp = command(sub, "deploy", _deploy)
     dp.add_argument("--model-dir", required=True, help="packaged model directory")
     dp.add_argument("--model-uri", required=True, help="s3://bucket/models/VERSION/")
     dp.add_argument("--namespace", default="sign2text", help="namespace (default sign2text)")
@@ -102,18 +107,11 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     dp.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, else ~/.kube/config)")
     dp.add_argument("--context", help="kubeconfig context")
     dp.add_argument("--dry-run", action="store_true", help="print the requests, send none")
-    dp.set_defaults(func=_deploy)
 
     im = sub.add_parser("images", help="container image commands").add_subparsers(
         dest="images_command", required=True, metavar="SUBCOMMAND"
     )
-    st = im.add_parser(
-        "stamp",
-        help="point the kustomize overlays at the pushed serving and app images",
-        description="Set REGISTRY/sign2text-serving:TAG (TAG-cuda where the overlay runs the "
-        "CUDA build) and REGISTRY/sign2text-app:TAG in manifests/overlays/*/kustomization.yaml.",
-    )
+    st = command(im, "stamp", _images_stamp)
     st.add_argument("--registry", required=True, help="e.g. ghcr.io/acme")
     st.add_argument("--tag", required=True, help="image tag, e.g. 0.2.0 or a git sha")
     st.add_argument("--manifests", default="manifests", help="manifests folder (default manifests)")
-    st.set_defaults(func=_images_stamp)

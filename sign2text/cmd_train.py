@@ -10,10 +10,14 @@ import os
 from pathlib import Path
 
 from sign2text.cmd_data import DATA_HELP, SAMPLES_HELP
-from sign2text.options import add_params_arg, load_params, optional_path
+from sign2text.options import command, load_params, optional_path
 
 
 def _train(args: argparse.Namespace) -> None:
+    """Train I3D on shards.
+
+    Train on the train split, validate on val each epoch, checkpoint every epoch; writes
+    OUT/model (serving format), OUT/metrics.json, OUT/history.json."""
     from components import steps
     from components.infra.objstore import local_input
 
@@ -28,6 +32,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    """Top-1/5/10, per-class accuracy, confusion matrix, release gate.
+
+    Evaluate a model directory on the dataset's val and test splits and decide the release gate
+    (OUT/metrics.json, OUT/gate.json)."""
     from components import steps
     from components.evaluation.evaluate import sentence_summary
     from components.infra.objstore import local_input
@@ -53,16 +61,16 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _package(args: argparse.Namespace) -> None:
+    """Write the release candidate model directory.
+
+    Model + metrics + gate + lineage -> a servable model directory."""
     from components import steps
     from components.infra.objstore import local_output
 
+    params, model_dir, eval_dir = load_params(args), Path(args.model_dir), Path(args.eval)
     with local_output(args.out) as out:
         lineage = steps.package(
-            load_params(args),
-            Path(args.model_dir),
-            Path(args.eval),
-            out,
-            allow_failed_gate=args.allow_failed_gate,
+            params, model_dir, eval_dir, out, allow_failed_gate=args.allow_failed_gate
         )
     onnx = (lineage.get("onnx") or {}).get("exported")
     onnx = {True: "model.onnx checked", False: "model.pt only"}.get(onnx, "ONNX not asked for")
@@ -70,56 +78,33 @@ def _package(args: argparse.Namespace) -> None:
 
 
 def _params(args: argparse.Namespace) -> None:
+    """Print `dvc exp run` overrides for a profile.
+
+    Print -S overrides that switch params.yaml to a named profile: dvc exp run $(sign2text
+    params wlasl)"""
     from components.params import profile_overrides
 
     print(" ".join(profile_overrides(load_params(args).values, args.profile)))
 
 
 def add_to(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser(
-        "train",
-        help="train I3D on shards",
-        description="Train on the train split, validate on val each epoch, checkpoint every "
-        "epoch; writes OUT/model (serving format), OUT/metrics.json, OUT/history.json.",
-    )
+    t = command(sub, "train", _train, params=True)
     t.add_argument("--shards", required=True, help="`data convert` output (folder or s3://)")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
-    add_params_arg(t)
-    t.set_defaults(func=_train)
 
-    e = sub.add_parser(
-        "evaluate",
-        help="top-1/5/10, per-class accuracy, confusion matrix, release gate",
-        description="Evaluate a model directory on the dataset's val and test splits and "
-        "decide the release gate (OUT/metrics.json, OUT/gate.json).",
-    )
+    e = command(sub, "evaluate", _evaluate, params=True)
     e.add_argument("--model-dir", required=True, help="model directory or published s3:// URI")
     e.add_argument("--data", default="data", help=DATA_HELP)
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--baseline", help="production model's metrics.json (overrides params)")
     e.add_argument("--samples", help=SAMPLES_HELP)
-    add_params_arg(e)
-    e.set_defaults(func=_evaluate)
 
-    pk = sub.add_parser(
-        "package",
-        help="write the release candidate model directory",
-        description="Model + metrics + gate + lineage -> a servable model directory.",
-    )
+    pk = command(sub, "package", _package, params=True)
     pk.add_argument("--model-dir", required=True, help="trained model directory")
     pk.add_argument("--eval", required=True, help="folder written by `evaluate`")
     pk.add_argument("--out", required=True, help="package folder or s3:// URI to publish")
     pk.add_argument("--allow-failed-gate", action="store_true", help="package anyway")
-    add_params_arg(pk)
-    pk.set_defaults(func=_package)
 
-    pr = sub.add_parser(
-        "params",
-        help="print `dvc exp run` overrides for a profile",
-        description="Print -S overrides that switch params.yaml to a named profile: "
-        "dvc exp run $(sign2text params wlasl)",
-    )
+    pr = command(sub, "params", _params, params=True, quiet=False)
     pr.add_argument("profile", help="profile name in params.yaml (e.g. wlasl)")
-    add_params_arg(pr, quiet=False)
-    pr.set_defaults(func=_params)

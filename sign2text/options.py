@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 PARAMS_FILE = "params.yaml"
@@ -16,6 +17,27 @@ def add_params_arg(p: argparse.ArgumentParser, quiet: bool = True) -> None:
     p.set_defaults(reads_params=True)
     if quiet:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func,
+    *,
+    params: bool = False,
+    quiet: bool = True,
+    **kwargs,
+) -> argparse.ArgumentParser:
+    """The subcommand `name`, run by `func`: its help is the first line of func's docstring and
+    its description the docstring, so the words a user reads stand beside the code they
+    describe. A step (`params`) reads params.yaml: --params, also after the subcommand, and
+    --quiet (unless not `quiet`); add_parser's own options (add_help, ...) pass through."""
+    doc = inspect.cleandoc(func.__doc__ or name)
+    p = sub.add_parser(name, help=doc.split("\n\n")[0].rstrip("."), description=doc, **kwargs)
+    if params:
+        add_params_arg(p, quiet)
+    p.set_defaults(func=func)
+    return p
 
 
 def check_params_file(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from components.data.synth import synthesize
 from components.training import clips as clips_module
 from components.training import stream as stream_module
 from components.training.clips import ShardClips, rank_items, steps_per_epoch
+from components.training.launch import local_torchrun, train_argv
 from components.training.stream import StreamClips
 from model.video.clip import PreprocessConfig
 from tests.test_train import tiny_params
@@ -181,25 +182,7 @@ def test_a_streaming_worker_needs_no_more_memory_for_4x_the_data(tmp_path):
 
 def _torchrun(shards: Path, out: Path, params: Path, *extra: str) -> list[str]:
     cli = str(Path(sys.executable).with_name("sign2text"))  # the console script, as users run it
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "--no-python",
-        cli,
-        "train",
-        "--shards",
-        str(shards),
-        "--out",
-        str(out),
-        "--params",
-        str(params),
-        "--quiet",
-        *extra,
-    ]
+    return local_torchrun(2, train_argv(shards, out, params, *extra), cli)
 
 
 def _curve(run: Path) -> list[dict]:  # everything but wall-clock time must match

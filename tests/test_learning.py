@@ -28,6 +28,7 @@ from components import steps
 from components.data.synth import synthesize
 from components.params import Params, load_params, overrides
 from components.training.clips import ShardClips
+from components.training.launch import local_torchrun, train_argv
 from model.network.bundle import load_model_dir
 from model.network.i3d import InceptionI3d
 
@@ -85,23 +86,7 @@ def test_from_scratch_training_learns_motion_direction(recipe, tmp_path, seed, p
         path.write_text(yaml.safe_dump(overrides(params, changes, "test")))
         cli = str(Path(sys.executable).with_name("sign2text"))
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc-per-node={processes}",
-                "--no-python",
-                cli,
-                "train",
-                "--shards",
-                str(shards),
-                "--out",
-                str(tmp_path),
-                "--params",
-                str(path),
-                "--quiet",
-            ],
+            local_torchrun(processes, train_argv(shards, tmp_path, path), cli),
             check=True,
             timeout=1800,
             capture_output=True,

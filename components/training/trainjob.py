@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from components.infra.kube import CustomObjects, KubeError, Pods, Resource
+from components.training.launch import train_argv
 
 TRAINJOB = Resource("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
 GROUP, VERSION, PLURAL, KIND = TRAINJOB.group, TRAINJOB.version, TRAINJOB.plural, TRAINJOB.kind
@@ -113,15 +114,7 @@ def train_command(shards: Path, work: Path, params_file: Path) -> list[str]:
         "torchrun",
         "--no-python",
         "sign2text",
-        "train",
-        "--shards",
-        str(shards),
-        "--out",
-        str(work),
-        "--resume",
-        "--params",
-        str(params_file),
-        "--quiet",
+        *train_argv(shards, work, params_file, "--resume"),
     ]
 
 

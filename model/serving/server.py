@@ -53,20 +53,9 @@ def build_parser(
         help="model directory or s3:// gs:// ... URI",
     )
     # The spellings our manifests, Makefile and docs use, for kserve's --http_port/--grpc_port.
-    p.add_argument(
-        "--http-port",
-        dest="http_port",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="REST port (as --http_port)",
-    )
-    p.add_argument(
-        "--grpc-port",
-        dest="grpc_port",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="gRPC port (as --grpc_port)",
-    )
+    for proto, name in (("http", "REST"), ("grpc", "gRPC")):
+        port, dest = f"--{proto}-port", f"{proto}_port"
+        p.add_argument(port, dest=dest, type=int, default=argparse.SUPPRESS, help=f"{name} port")
     p.add_argument(
         "--host",
         default="0.0.0.0",  # noqa: S104  (a container listens on all)
@@ -76,92 +65,29 @@ def build_parser(
         "limits", "what one request may cost; every one is checked before the work is spent"
     )
     d = DEFAULT_LIMITS
-    limits.add_argument(
-        "--max-video-mb",
-        type=float,
-        default=32,
-        help="largest video; the gRPC message limits follow it unless "
-        "--grpc_max_*_message_length are given",
-    )
-    limits.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=None,
-        help="largest REST body (413 beyond it); default: twice the video limit plus 1 MiB",
-    )
-    limits.add_argument(
-        "--max-duration-s", type=float, default=d.max_duration_s, help="longest video"
-    )
-    limits.add_argument(
-        "--max-frames",
-        type=int,
-        default=d.max_frames,
-        help="most frames a video (or the `frames` input) may have",
-    )
-    limits.add_argument(
-        "--max-pixels",
-        type=int,
-        default=d.max_pixels,
-        help="most pixels per frame (width x height)",
-    )
-    limits.add_argument(
-        "--max-aspect",
-        type=float,
-        default=d.max_aspect,
-        help="largest long side / short side of a frame",
-    )
-    limits.add_argument(
-        "--max-kept-mb",
-        type=float,
-        default=d.max_kept_bytes / MIB,
-        help="resized frames sentence mode may hold",
-    )
-    limits.add_argument(
-        "--decoder-memory-mb",
-        type=float,
-        default=768,
-        help="memory ceiling of the video decoder process",
-    )
-    limits.add_argument(
-        "--time-budget-s",
-        type=float,
-        default=60,
-        help="longest a request may take, waiting included (503 beyond)",
-    )
-    limits.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=4,
-        help="requests waiting or running at once (503 + Retry-After beyond)",
-    )
-    limits.add_argument(
-        "--decoders",
-        type=int,
-        default=2,
-        help="video decoder processes (each up to --decoder-memory-mb); requests beyond "
-        "wait for one",
-    )
-    limits.add_argument(
-        "--client-timeout-s",
-        type=float,
-        default=30,
-        help="longest wait for a client's headers, or between body chunks",
-    )
+    for flag, kind, default, text in (
+        ("--max-video-mb", float, 32, "largest video; the gRPC message limits follow it"),
+        ("--max-body-mb", float, None, "largest REST body, 413 beyond (None: 2 x video + 1 MiB)"),
+        ("--max-duration-s", float, d.max_duration_s, "longest video"),
+        ("--max-frames", int, d.max_frames, "most frames a video (or the `frames` input) has"),
+        ("--max-pixels", int, d.max_pixels, "most pixels per frame (width x height)"),
+        ("--max-aspect", float, d.max_aspect, "largest long side / short side of a frame"),
+        ("--max-kept-mb", float, d.max_kept_bytes / MIB, "resized frames sentence mode may hold"),
+        ("--decoder-memory-mb", float, 768, "memory ceiling of each video decoder process"),
+        ("--time-budget-s", float, 60, "longest a request may take, waiting included (503)"),
+        ("--max-in-flight", int, 4, "requests waiting or running at once (503 + Retry-After)"),
+        ("--decoders", int, 2, "video decoder processes; requests beyond wait for one"),
+        ("--client-timeout-s", float, 30, "longest wait for headers, or between body chunks"),
+    ):
+        limits.add_argument(flag, type=kind, default=default, help=text)
     batching = p.add_argument_group(
         "batching", "concurrent requests' clips share one forward (model/serving/batching.py)"
     )
-    batching.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=8,
-        help="most clips in one forward; 1: one request's clips at a time",
-    )
-    batching.add_argument(
-        "--max-batch-wait-ms",
-        type=float,
-        default=5,
-        help="longest the first clip waits for others to join its batch",
-    )
+    for flag, kind, default, text in (
+        ("--max-batch-size", int, 8, "most clips in one forward; 1: one request's at a time"),
+        ("--max-batch-wait-ms", float, 5, "longest the first clip waits for others to join"),
+    ):
+        batching.add_argument(flag, type=kind, default=default, help=text)
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument(
         "--runtime",

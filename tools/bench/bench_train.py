@@ -29,6 +29,7 @@ from components.conversion.convert import convert
 from components.data.synth import synthesize
 from components.params import Params, load_params, overrides
 from components.training.clips import loader
+from components.training.launch import local_torchrun, train_argv
 from components.training.stream import StreamClips
 from model.network.i3d import I3DConfig, InceptionI3d
 from model.video.clip import PreprocessConfig
@@ -39,35 +40,12 @@ CLI = str(Path(sys.executable).with_name("sign2text"))
 
 def _train(shards: Path, out: Path, params: Path, processes: int) -> float:
     """The last epoch's training samples/s (all processes together)."""
+    argv = train_argv(shards, out, params)
     if processes == 1:
-        cmd, env = [CLI], {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+        cmd, env = [CLI, *argv], {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={processes}",
-            "--no-python",
-            CLI,
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            *cmd,
-            "train",
-            "--shards",
-            str(shards),
-            "--out",
-            str(out),
-            "--params",
-            str(params),
-            "--quiet",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+        cmd, env = local_torchrun(processes, argv, CLI), {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
     return json.loads((out / "history.json").read_text())[-1]["train_samples_per_s"]
 
 
