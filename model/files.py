@@ -62,6 +62,15 @@ def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
         new.rename(dest)
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the names in a directory durable (a rename or a new file in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(
     path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None], *, durable: bool = False
 ) -> None:

@@ -166,27 +166,28 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
             trained.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
             _in_pod_training(trained)
 
+            # Where models are published, and production's: the gate's baseline.
+            models = {"model_bucket": model_bucket, "isvc_name": isvc_name}
+            model = trained.outputs["model"]
             evaluated = _with_s3(
                 c.evaluate_model(
-                    model=trained.outputs["model"],
+                    model=model,
                     dataset=dataset,
                     validation=validation,
                     params=cfg.outputs["evaluate"],
-                    model_bucket=model_bucket,
-                    isvc_name=isvc_name,
+                    **models,
                 )
             ).set_caching_options(False)
 
             with dsl.If(evaluated.outputs["Output"] == "pass", name="gate-passed"):
                 published = _with_s3(
                     c.publish_model(
-                        model=trained.outputs["model"],
+                        model=model,
                         evaluation=evaluated.outputs["evaluation"],
                         dataset=dataset,
                         params=cfg.outputs["full"],
-                        model_bucket=model_bucket,
-                        isvc_name=isvc_name,
                         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        **models,
                     )
                 ).set_caching_options(False)
                 _with_s3(
@@ -197,9 +198,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
                         model_uri=published.outputs["Output"],
                         deploy_target=deploy_target,
                         namespace=namespace,
-                        isvc_name=isvc_name,
-                        model_bucket=model_bucket,
                         canary_percents=canary_percents,
+                        **models,
                     )
                 ).set_caching_options(False)
 

@@ -151,11 +151,7 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     ig.add_argument("--class-list", help="wlasl_class_list.txt (index<TAB>gloss)")
     ig.add_argument("--top", type=int, help="keep the first N glosses (WLASL100: 100)")
     ig.add_argument("--link", action="store_true", help="hard-link videos instead of copying")
-    ig.add_argument(
-        "--confirmed",
-        action="store_true",
-        help="feedback: also the predictions people marked correct",
-    )
+    ig.add_argument("--confirmed", action="store_true", help="feedback: also those marked correct")
     ig.add_argument(
         "--split",
         choices=("train", "val", "test"),

@@ -89,11 +89,7 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     pb.add_argument("--top-k", type=int, default=5, help=TOP_K_HELP)
     pb.add_argument("--workers", type=int, help="processes (default: 1 per 2 cores, at most 4)")
     pb.add_argument("--device", default="cpu", help="cpu, cuda, or auto (default cpu)")
-    pb.add_argument(
-        "--retry-errors",
-        action="store_true",
-        help="score again the videos --out holds an error for",
-    )
+    pb.add_argument("--retry-errors", action="store_true", help="score errors in --out again")
     pb.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pc = command(sub, "predict", _predict)

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.data.dataset import SPLITS, Sample, load_glosses, load_samples
-from model.files import hash_file
+from model.files import fsync_dir, hash_file
 from model.video.clip import PreprocessConfig, resize_frames
 from model.video.decode import VideoError, decode, decode_trimmed, probe
 
@@ -158,14 +158,6 @@ def _run(jobs: list, workers: int) -> Iterator:
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _commit(out: Path, name: str, write) -> str:
     """Write `out/name` via a hidden temp file + fsync + rename; return its sha256."""
     tmp = out / f".{name}.tmp"
@@ -176,7 +168,7 @@ def _commit(out: Path, name: str, write) -> str:
             os.fsync(f.fileno())
         sha = hash_file(tmp)
         os.replace(tmp, out / name)
-        _fsync_dir(out)  # makes the rename itself durable
+        fsync_dir(out)  # makes the rename itself durable
     finally:
         tmp.unlink(missing_ok=True)
     return sha
@@ -231,7 +223,7 @@ def convert(
     out.mkdir(parents=True, exist_ok=True)
     # Shards are about to be overwritten: an old manifest must not vouch for them meanwhile.
     (out / MANIFEST).unlink(missing_ok=True)
-    _fsync_dir(out)
+    fsync_dir(out)
     for stale in out.glob(".*.tmp"):
         stale.unlink()
 

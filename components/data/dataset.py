@@ -15,6 +15,8 @@ from model.files import write_atomic
 
 METADATA = "WLASL_v0.3.json"
 VIDEOS = "videos"
+CLASS_LIST = "wlasl_class_list.txt"  # index<TAB>gloss, as WLASL ships it
+INGEST_SUMMARY = "ingest.json"  # what `data ingest` made the folder from
 SPLITS = ("train", "val", "test")
 # An instance's keys: WLASL's own, plus `label` (the class id a split file or record list gave,
 # kept by ingest so validation can check it against the gloss's position).
@@ -117,6 +119,29 @@ def read_metadata(root: str | os.PathLike) -> list[dict]:
 def write_json(path: Path, obj, *, indent: int = 1) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one."""
     write_atomic(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def write_ingested(
+    out: Path, entries: list[dict], summary: dict, *, splits: dict, videos: dict, skipped: list
+) -> dict:
+    """Finish an ingest into `out`: the metadata (`entries`, {"gloss", "instances"} each, in
+    class order), the class list, and INGEST_SUMMARY: `summary` (where from) with the counts
+    every ingest reports. `videos` counts how they were placed, and `missing` lists the ids
+    without one. Returns the summary."""
+    glosses = [e["gloss"] for e in entries]
+    write_json(out / METADATA, entries)
+    (out / CLASS_LIST).write_text("".join(f"{i}\t{g}\n" for i, g in enumerate(glosses)))
+    missing = videos.pop("missing")
+    summary |= {
+        "glosses": len(glosses),
+        "instances": sum(len(e["instances"]) for e in entries),
+        "splits": splits,
+        "videos": videos | {"missing": len(missing)},
+        "missing_videos": missing,
+        "skipped": skipped,
+    }
+    write_json(out / INGEST_SUMMARY, summary)
+    return summary
 
 
 def read_reversed_pairs(root: str | os.PathLike) -> list[tuple[str, str]]:

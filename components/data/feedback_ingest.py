@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from components.data.dataset import METADATA, SPLITS, VIDEOS, write_json
+from components.data.dataset import METADATA, SPLITS, VIDEOS, write_ingested
 
 # The store's names (app/feedback_store.py; a test keeps the two equal: sign2text cannot import app,
 # whose image does not ship it, nor the other way round).
@@ -41,7 +41,6 @@ ID_PATTERN = r"^\d{8}T\d{6}Z-[0-9a-f]{12}$"
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".avi", ".mkv", ".bin")
 RECORDS_DIR = "records"
 VIDEO_ID_PREFIX = "feedback-"
-SUMMARY, CLASS_LIST = "ingest.json", "wlasl_class_list.txt"
 REENCODE_FPS = 25.0  # when a container does not say its rate
 MAX_GLOSS_CHARS = 100
 
@@ -322,23 +321,15 @@ def ingest_feedback(
                 inst["fps"] = fps
             by_gloss.setdefault(rec["gloss"], []).append(inst)
 
-    glosses = sorted(by_gloss)
-    write_json(out / METADATA, [{"gloss": g, "instances": by_gloss[g]} for g in glosses])
-    (out / CLASS_LIST).write_text("".join(f"{i}\t{g}\n" for i, g in enumerate(glosses)))
+    entries = [{"gloss": g, "instances": by_gloss[g]} for g in sorted(by_gloss)]
     instances = sum(len(v) for v in by_gloss.values())
-    summary = {
-        "source": str(source),
-        "format": "feedback",
-        "confirmed": confirmed,
-        "records": {k: counts[k] for k in ("records", "wrong", "correct")}
-        | {"confirmations_left_out": counts["confirmations_left_out"]},
-        "glosses": len(glosses),
-        "instances": instances,
-        "splits": {split: instances} if instances else {},
-        "videos": {"copied": placed["copied"], "reencoded": placed["reencoded"]}
-        | {"missing": len(missing)},
-        "missing_videos": missing,
-        "skipped": skipped,
-    }
-    write_json(out / SUMMARY, summary)
-    return summary
+    keys = ("records", "wrong", "correct", "confirmations_left_out")
+    return write_ingested(
+        out,
+        entries,
+        {"source": str(source), "format": "feedback", "confirmed": confirmed}
+        | {"records": {k: counts[k] for k in keys}},
+        splits={split: instances} if instances else {},
+        videos={"copied": placed["copied"], "reencoded": placed["reencoded"], "missing": missing},
+        skipped=skipped,
+    )

@@ -26,10 +26,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from components.data.dataset import METADATA, VIDEO_ID_PATTERN, VIDEOS, write_json
+from components.data.dataset import METADATA, VIDEO_ID_PATTERN, VIDEOS, write_ingested
 
-SUMMARY = "ingest.json"
-CLASS_LIST = "wlasl_class_list.txt"
 NSLT_FPS = 25  # WLASL's split files index frames at 25 fps
 
 
@@ -210,19 +208,12 @@ def ingest(
             placed[_place(src, out / VIDEOS / f"{vid}.mp4", link)] += 1
         else:
             missing.append(vid)
-    write_json(out / METADATA, entries)
-    (out / CLASS_LIST).write_text("".join(f"{i}\t{g}\n" for i, g in enumerate(glosses)))
     splits = Counter(str(i.get("split")) for _, i in instances if isinstance(i, dict))
-    summary = {
-        "source": str(source),
-        "format": fmt,
-        "glosses": len(glosses),
-        "instances": len(instances),
-        "splits": dict(splits),
-        "videos": {"copied": placed["copied"], "linked": placed["linked"]}
-        | {"missing": len(missing)},
-        "missing_videos": missing,
-        "skipped": skipped,
-    }
-    write_json(out / SUMMARY, summary)
-    return summary
+    return write_ingested(
+        out,
+        entries,
+        {"source": str(source), "format": fmt},
+        splits=dict(splits),
+        videos={"copied": placed["copied"], "linked": placed["linked"], "missing": missing},
+        skipped=skipped,
+    )

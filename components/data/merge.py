@@ -25,9 +25,15 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from components.data.dataset import METADATA, VIDEO_ID_PATTERN, VIDEOS, read_metadata, write_json
+from components.data.dataset import (
+    CLASS_LIST,
+    METADATA,
+    VIDEO_ID_PATTERN,
+    VIDEOS,
+    read_metadata,
+    write_json,
+)
 
-CLASS_LIST = "wlasl_class_list.txt"
 SHOWN = 10  # ids / glosses an error lists before "and N more"
 
 

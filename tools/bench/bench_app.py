@@ -136,14 +136,7 @@ def live_latency(app_url: str, tmp: Path) -> dict:
         if match:
             named += 1
             latencies.append(match[0][3] - sent_at[e])
-    q = np.percentile(latencies, [50, 95]) * 1000 if latencies else [float("nan")] * 2
-    return {
-        "signs": len(spans),
-        "named": named,
-        "words_heard": len(heard),
-        "p50_ms": float(q[0]),
-        "p95_ms": float(q[1]),
-    }
+    return _latencies(len(spans), named, [s * 1000 for s in latencies], words_heard=len(heard))
 
 
 # Recorded in the page: when the camera presents each frame (requestVideoFrameCallback's
@@ -160,6 +153,12 @@ new MutationObserver(() => {
 }).observe(document.querySelector('[data-testid=prediction]'), {childList: true, subtree: true,
                                                                 characterData: true});
 """
+
+
+def _latencies(signs: int, named: int, ms: list[float], **counts) -> dict:
+    """How many signs were named, and the p50 / p95 of their latencies in ms."""
+    q = np.percentile(ms, [50, 95]) if ms else [float("nan")] * 2
+    return {"signs": signs, "named": named, **counts, "p50_ms": float(q[0]), "p95_ms": float(q[1])}
 
 
 def _y4m(frames: np.ndarray, path: Path) -> Path:
@@ -224,14 +223,7 @@ def page_live_latency(app_url: str, tmp: Path) -> dict:
                     latencies.append(appeared[i][1] - at[e])
                 named, j = named + 1, i + 1
                 break
-    q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
-    return {
-        "signs": len(spans),
-        "named": named,
-        "timed": len(latencies),
-        "p50_ms": float(q[0]),
-        "p95_ms": float(q[1]),
-    }
+    return _latencies(len(spans), named, latencies, timed=len(latencies))
 
 
 def main() -> None:
