@@ -179,12 +179,25 @@ def new_model_server(args, *, host: str, http_protocol, decode_binary, model_ver
     `model_version(model)` (None: none) in the model's metadata."""
     import kserve
     from kserve import model_server
-    from kserve.protocol.dataplane import DataPlane
 
     # kserve reads part of its settings (logging; gRPC options: GRPCServer gets
     # vars(model_server.args)) from the namespace it parsed out of sys.argv at import, which
     # `sign2text serve` does not share: that namespace takes ours.
     vars(model_server.args).update({k: getattr(args, k) for k in vars(model_server.args)})
+    _listen_on(host, http_protocol)
+    # ModelServer's defaults were bound from that namespace at import, so each is passed.
+    wanted = inspect.signature(kserve.ModelServer).parameters
+    server = kserve.ModelServer(**{k: v for k, v in vars(args).items() if k in wanted})
+    server.dataplane = data_plane(server.registered_models, decode_binary, model_version)
+    return server
+
+
+def data_plane(registry, decode_binary, model_version=lambda model: None):
+    """kserve's DataPlane over `registry`, handing binary-extension REST bodies to
+    `decode_binary(body, json_length, model_name)` (kserve's own turns binary BYTES into str,
+    and every binary tensor into a Python list) and adding `model_version(model)` to a model's
+    metadata as `versions` (None: none)."""
+    from kserve.protocol.dataplane import DataPlane
 
     class BinaryBytesDataPlane(DataPlane):
         async def model_metadata(self, model_name: str) -> dict:
@@ -198,12 +211,7 @@ def new_model_server(args, *, host: str, http_protocol, decode_binary, model_ver
                 return decode_binary(body, json_length, model_name)
             return super().decode_inference_request(body, headers, model_name)
 
-    _listen_on(host, http_protocol)
-    # ModelServer's defaults were bound from that namespace at import, so each is passed.
-    wanted = inspect.signature(kserve.ModelServer).parameters
-    server = kserve.ModelServer(**{k: v for k, v in vars(args).items() if k in wanted})
-    server.dataplane = BinaryBytesDataPlane(model_registry=server.registered_models)
-    return server
+    return BinaryBytesDataPlane(model_registry=registry)
 
 
 def _listen_on(host: str, http_protocol) -> None:

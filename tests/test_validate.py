@@ -279,9 +279,8 @@ def test_cli_exit_codes(planted, cache, tmp_path, capsys):
     params = _params(tmp_path)
     assert yaml.safe_load(params.read_text())["validate"]["max_bad_fraction"] < 15 / 41
     args = ["--params", str(params), "--quiet", "--cache-dir", str(cache)]
-    assert (
-        main(["data", "validate", "--data", str(planted), "--out", str(tmp_path / "v"), *args]) == 2
-    )
+    validate = ["data", "validate", "--data"]
+    assert main([*validate, str(planted), "--out", str(tmp_path / "v"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "max_bad_fraction" in err
     bad = tmp_path / "bad"

@@ -27,7 +27,8 @@ from kserve import model_server
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from model.serving.server import BinaryBytesDataPlane
+from model.kserve_compat import data_plane
+from model.serving.request import request_from_binary
 
 INPUT, OUTPUT = "clip", "per_time_logits"
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     server = kserve.ModelServer(http_port=args.http_port, enable_grpc=False)
     # The project's parse of binary requests: kserve 0.21's own turns every binary tensor into
     # a Python list (seconds per batch of clips), which Triton does not.
-    server.dataplane = BinaryBytesDataPlane(model_registry=server.registered_models)
+    server.dataplane = data_plane(server.registered_models, request_from_binary)
     server.start(models)
     return 0
 
