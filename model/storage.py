@@ -7,25 +7,8 @@ semantics and environment, listed below, but never writes outside the target fol
 each object key onto the folder unchecked, and AWS S3 stores keys such as `../x` (MinIO and
 SeaweedFS refuse them).
 
-What s3:// reads (kserve_storage 0.21's `_get_s3_client_kwargs`, `get_S3_config` and
-`_update_with_storage_spec` build the client here too, so these are checked in its source):
-
-- `AWS_ENDPOINT_URL`: the endpoint as a full URL, e.g. `http://minio.kubeflow:9000`; the scheme
-  decides http vs https. `S3_ENDPOINT` and `S3_USE_HTTPS` are NOT read in-process (KServe's
-  controller derives AWS_ENDPOINT_URL from them when it builds the pod; set them too for that, but
-  they have no effect here).
-- `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`: through boto3's normal chain.
-  With none set, boto3 falls back to its other providers (profile, instance metadata).
-- `S3_VERIFY_SSL`: "0"/"false" turns TLS verification off; otherwise `AWS_CA_BUNDLE` (or the
-  `CA_BUNDLE_CONFIGMAP_NAME`/`CA_BUNDLE_VOLUME_MOUNT_POINT` pair) may name a CA file.
-- `S3_MAX_ATTEMPTS` (default 3), `S3_CONNECT_TIMEOUT` (15 s), `S3_READ_TIMEOUT` (30 s): passed as
-  an explicit botocore Config, so they win over `AWS_MAX_ATTEMPTS`.
-- `awsAnonymousCredential=true`, `S3_USER_VIRTUAL_BUCKET=true`, `S3_USE_ACCELERATE=true`;
-  `STORAGE_CONFIG` / `STORAGE_OVERRIDE_CONFIG` (JSON, type "s3") overwrite the AWS_* variables.
-- `STORAGE_ALLOW_PATTERNS` / `STORAGE_IGNORE_PATTERNS` (JSON list or comma-separated fnmatch
-  patterns, matched against the path relative to the key; not applied to an exact object).
-- `S3_MAX_FILE_CONCURRENCY` (4): how many objects are downloaded at once (threads here; kserve
-  uses processes).
+What s3:// reads: the environment docs/object-storage.md explains (the one place that does),
+through kserve_storage's own settings (model/kserve_compat.py).
 
 Download semantics (kserve's, for s3://bucket/key): every non-empty object whose key starts with
 `key` is fetched, relative to `key`; if an object is exactly `key`, only that one. Prefix matching
