@@ -1,4 +1,4 @@
-"""Clients for tests/test_serving.py, run in their own process: kserve and tritonclient.grpc
+"""Clients for tests/test_serving_server.py, run in their own process: kserve and tritonclient.grpc
 register the same protobuf package, so they cannot share the test's (kserve-importing) process.
 
     python tests/serving_client.py SCENARIO --rest-addr HOST:PORT --grpc-addr HOST:PORT --files DIR

@@ -1,6 +1,6 @@
 """model/serving/request.py on its own: v2 requests -> Request, and every way a request is refused.
 
-The same cases go through the real server over REST and gRPC in test_serving.py; here each
+The same cases go through the real server over REST and gRPC in test_serving_server.py; here each
 is one function call, so the parsing rules can be read next to their messages."""
 
 from __future__ import annotations

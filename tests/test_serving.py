@@ -1,20 +1,16 @@
-"""KServe v2 serving: the predictor in-process, then the real server in a subprocess driven by
-real clients (tests/serving_client.py, in their own processes: kserve and tritonclient.grpc
-cannot share one) over REST binary, REST JSON and gRPC, plus the bad-input matrix."""
+"""The KServe v2 predictor in-process (model/serving/predictor.py): word and sentence mode over
+video and frames, matching the in-process Classifier number for number, sentence-mode parameters
+and per-frame probabilities, loading from a URI, how often a request reads its video, and the
+tensor evaluation scores being the tensor serving scores. The real server and its command line
+are in test_serving_server.py, the predictor's guards in test_serving_guards.py."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 import types
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -23,7 +19,6 @@ import pytest
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from model.files import hash_file
 from model.predict import Classifier
 from model.serving.guard import DEFAULT_LIMITS
 from model.serving.predictor import Sign2TextModel
@@ -33,16 +28,16 @@ from model.video.clip import PreprocessConfig, clip_from_frames, resize_frames
 from model.video.decode import OverLimit, decode
 from model.video.limits import read_video
 from tests.conftest import moving_square, write_video
-from tests.model_server import ENV, LABELS, OPENER, ROOT, Server, serve, small_model_dir
+from tests.model_server import LABELS, small_model_dir
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="model_dir")
+def model_dir_fixture(tmp_path_factory) -> Path:
     return small_model_dir(tmp_path_factory.mktemp("serving") / "model")
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="files")
+def files_fixture(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("videos")
     good = write_video(d / "good.mp4", moving_square(40)).read_bytes()
     (d / "truncated.mp4").write_bytes(good[: len(good) // 2])  # moov atom lost: won't open
@@ -259,262 +254,6 @@ def test_frame_limit_refuses_on_the_claim_and_reads_no_further(model_dir, files,
     m.stop()
 
 
-def test_cli_serve_runs_the_server_with_its_own_parser(monkeypatch):
-    from sign2text import cli
-
-    got = []
-    monkeypatch.setattr("model.serving.server.serve", lambda args: got.append(args) or 0)
-    argv = ["--model-dir", "s3://b/m", "--max-duration-s", "3", "--workers", "2", "--device=cpu"]
-    assert cli.main(["serve", *argv]) == 0
-    (args,) = got
-    assert (args.model_dir, args.max_duration_s, args.workers) == ("s3://b/m", 3.0, 2)
-    assert (args.http_port, args.grpc_port, args.max_video_mb) == (8080, 8081, 32)
-    assert cli.main(["serve", "--model-dir", "m", "--http_port", "9", "--max-frames", "7"]) == 0
-    assert (got[1].http_port, got[1].max_frames) == (9, 7)
-
-
-def test_more_than_one_rest_worker_is_refused_before_anything_starts(monkeypatch):
-    """kserve's --workers N spawns interpreters that import a bare app (no body limit, client
-    timeouts or --host): refused with the reason, before a model loads or a port opens."""
-    import kserve
-
-    from model.serving import server
-
-    monkeypatch.setattr(kserve, "ModelServer", lambda **_: pytest.fail("a server was built"))
-    with pytest.raises(SystemExit, match="--workers 2: .*request limits.*replicas"):
-        server.main(["--model-dir", "does-not-exist", "--workers", "2"])
-
-
-def test_cli_serve_help_is_the_servers(capsys):
-    from model.serving.server import build_parser
-    from sign2text import cli
-
-    with pytest.raises(SystemExit) as e:
-        cli.main(["serve", "--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    assert out.startswith("usage: sign2text serve")
-    for flag in (
-        "--device",
-        "--workers",
-        "--max-frames",
-        "--http_port",
-        "--grpc_port",
-        "--model-dir",
-        "--http-port",
-        "--grpc-port",
-        "--max-video-mb",
-        "--max-duration-s",
-    ):
-        assert flag in out, flag
-    # every flag the repository's own callers pass still parses
-    args = build_parser().parse_args(
-        [
-            "--model-dir",
-            "d",
-            "--http-port",
-            "1",
-            "--grpc-port",
-            "2",
-            "--max-video-mb",
-            "3",
-            "--max-duration-s",
-            "4",
-            "--max-frames",
-            "5",
-            "--workers",
-            "2",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert (args.http_port, args.grpc_port, args.workers, args.model_name) == (1, 2, 2, "sign2text")
-
-
-# --- the real server ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    # small limits to test them cheaply
-    with serve(model_dir, log, "--max-video-mb", "1", "--max-duration-s", "3") as srv:
-        yield srv
-
-
-def run_client(server: Server, files: Path, scenario: str) -> dict:
-    cmd = [sys.executable, "tests/serving_client.py", scenario, "--files", str(files)]
-    cmd += ["--rest-addr", f"127.0.0.1:{server.http}", "--grpc-addr", f"127.0.0.1:{server.grpc}"]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, f"{r.stderr[-3000:]}\nserver log:\n{server.log.read_text()[-2000:]}"
-    return json.loads(r.stdout)
-
-
-def _assert_ranked(result: dict, k: int = 3) -> None:
-    assert len(result["glosses"]) == k and set(result["glosses"]) <= set(LABELS)
-    assert all(a >= b for a, b in zip(result["scores"], result["scores"][1:], strict=False))
-    assert all(0 < s <= 1 for s in result["scores"])
-
-
-def test_tritonclient_rest_binary_rest_json_and_grpc(server, files, model_dir):
-    r = run_client(server, files, "triton")
-    _assert_ranked(r["http_binary"])  # REST binary extension carrying a real mp4
-    _assert_ranked(r["grpc_raw"])  # gRPC raw_input_contents, read back from raw_output_contents
-    assert r["grpc_raw"]["raw_output_contents"] == 2
-    assert r["rest_json_frames"]["status"] == 200
-    _assert_ranked(r["rest_json_frames"])
-    expected = Classifier(model_dir).word(files / "good.mp4", 3)
-    for transport in ("http_binary", "grpc_raw"):
-        assert r[transport]["glosses"] == expected.glosses
-        np.testing.assert_allclose(r[transport]["scores"], expected.scores, rtol=1e-5)
-    for meta in (r["http_metadata"], r["grpc_metadata"]):
-        assert meta["name"] == "sign2text"
-        inputs = {i["name"]: (i["datatype"], [int(d) for d in i["shape"]]) for i in meta["inputs"]}
-        assert inputs == {"video": ("BYTES", [1]), "frames": ("UINT8", [-1, -1, -1, 3])}
-        names = {o["name"] for o in meta["outputs"]}
-        assert names == {"glosses", "scores", "words", "spans", "confidences", "frame_probs"}
-    # the version is the weights' hash: what a feedback record names the model by (REST; kserve
-    # 0.21's gRPC servicer builds its metadata message without `versions`)
-    assert r["http_metadata"]["versions"] == [hash_file(model_dir / "model.pt")[:12]]
-    print("served latency (ms, median of 5):", r["latency_ms"])
-
-
-def test_kserve_grpc_client(server, files):
-    r = run_client(server, files, "kserve-grpc")
-    assert r["raw_input_contents"]
-    _assert_ranked(r)
-
-
-REST_ERRORS = {
-    "no_input": "no input",
-    "not_v2_json": "not a v2 inference request",
-    "malformed_json": "not a v2 inference request",
-    "binary_size_past_body": "runs past the body",
-    "both_inputs": "exactly one",
-    "unknown_input": "unknown input",
-    "video_wrong_datatype": "must be BYTES",
-    "frames_wrong_datatype": "must be UINT8",
-    "video_wrong_shape": "shape [1]",
-    "frames_wrong_shape": "[T, H, W, 3]",
-    "frames_data_mismatch": "does not match",
-    "empty": "empty",
-    "text": "not a readable video",
-    "png": "still image",
-    "random": "not a readable video",
-    "truncated": "not a readable video",
-    "zero_frames": "no decodable frames",
-    "too_long": "4.4 s long; the limit is 3 s",
-    "too_large": "the limit is 1048576 bytes",
-    "frames_1_channel": "[T, H, W, 3]",
-    "frames_4_channels": "[T, H, W, 3]",
-    "top_k_negative": "top_k must be between 1 and 7",
-    "top_k_too_big": "top_k must be between 1 and 7",
-    "top_k_not_int": "top_k must be an integer",
-    "unknown_mode": "mode must be one of",
-    "sentence_without_no_sign": "no no-sign output",  # the test model has none
-}
-
-
-def test_bad_inputs_rest(server, files):
-    results = run_client(server, files, "bad-rest")
-    assert set(results) == set(REST_ERRORS)
-    for case, phrase in REST_ERRORS.items():
-        r = results[case]
-        assert r["status"] == 400, (case, r)
-        assert phrase in r["error"], (case, r)
-        assert "/dev/shm" not in r["error"] and "/tmp" not in r["error"], (case, r)
-        assert r["followup_ok"], (case, r)
-    assert server.alive()
-
-
-def test_bad_inputs_grpc(server, files):
-    results = run_client(server, files, "bad-grpc")
-    for case, r in results.items():
-        want = "RESOURCE_EXHAUSTED" if case == "over_grpc_limit" else "INVALID_ARGUMENT"
-        assert r["status"] == f"StatusCode.{want}", (case, r)
-        if case in REST_ERRORS:
-            assert REST_ERRORS[case] in r["error"], (case, r)
-        assert r["followup_ok"], (case, r)
-    assert len(results) >= 12
-    assert server.alive()
-
-
-def test_stage_metrics(server):
-    frames = moving_square(6)[..., ::-1]
-    body = {
-        "inputs": [
-            {"name": "frames", "datatype": "UINT8", "shape": list(frames.shape)}
-            | {"data": frames.reshape(-1).tolist()}
-        ]
-    }
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{server.http}/v2/models/sign2text/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with OPENER.open(req, timeout=30) as r:
-        assert r.status == 200
-    status, text = server.get("/metrics")
-    assert status == 200
-    counts = {}
-    for line in text.decode().splitlines():
-        if line.startswith("sign2text_stage_seconds_count{"):
-            stage = line.split('stage="')[1].split('"')[0]
-            counts[stage] = float(line.rsplit(" ", 1)[1])
-    assert set(counts) == {"decode", "preprocess", "inference"}
-    assert all(c >= 1 for c in counts.values()), counts
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sign2text.cli", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-
-
-def test_predict_cli_over_rest_and_grpc(server, files, model_dir):
-    from model.predict import Classifier
-
-    video = str(files / "good.mp4")
-    expected = Classifier(model_dir).word(video, 3)
-    for where in (
-        ["--url", f"http://127.0.0.1:{server.http}"],
-        ["--grpc", f"127.0.0.1:{server.grpc}"],
-    ):
-        r = _cli("predict", video, *where, "--top-k", "3", "--json")
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout)
-        assert out["glosses"] == expected.glosses
-        np.testing.assert_allclose(out["scores"], expected.scores, rtol=1e-4)
-    table = _cli("predict", video, "--url", f"http://127.0.0.1:{server.http}", "--top-k", "2")
-    assert table.returncode == 0 and table.stdout.splitlines()[0].split() == [
-        "rank",
-        "gloss",
-        "probability",
-    ]
-
-
-def test_predict_cli_reports_server_errors_in_one_line(server, files):
-    r = _cli(
-        "predict",
-        str(files / "good.mp4"),
-        "--url",
-        f"http://127.0.0.1:{server.http}",
-        "--top-k",
-        "99",
-    )
-    assert r.returncode == 2 and "top_k" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("predict", str(files / "good.mp4"), "--url", "http://127.0.0.1:9")  # nothing there
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-
-
-def test_client_needs_neither_torch_nor_kserve():
-    code = (
-        "import sys, sign2text.cli, components.infra.v2client; "
-        "assert not {'torch', 'kserve'} & set(sys.modules), sorted(sys.modules)"
-    )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-500:]
-
-
 def test_evaluation_and_serving_feed_identical_tensors(model_dir, files, tmp_path, monkeypatch):
     """Same video, same config: the tensor evaluation scores is the tensor serving scores."""
     from components.data.dataset import Sample
@@ -548,87 +287,6 @@ def test_evaluation_and_serving_feed_identical_tensors(model_dir, files, tmp_pat
 
 
 SENTENCE_FIXTURE = Path(__file__).parent / "fixtures" / "sentence_model"
-
-
-def test_over_max_in_flight_is_refused_at_once_with_a_retry_time():
-    from model.serving.guard import Overloaded, overloaded_handler
-
-    m = Sign2TextModel(SENTENCE_FIXTURE, max_in_flight=2)
-    m.load()
-    m._in_flight = 2  # two requests already waiting or running
-    rgb = moving_square(20)[..., ::-1].copy()
-    with pytest.raises(Overloaded, match="busy") as e:
-        asyncio.run(m.predict(_frames_request(rgb)))
-    response = asyncio.run(overloaded_handler(None, e.value))
-    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
-    m._in_flight = 0
-    assert _outputs(asyncio.run(m.predict(_frames_request(rgb))))["glosses"].size == 5
-    m.stop()
-
-
-def _counting_forwards(m, monkeypatch, delay_s: float = 0.0) -> list:
-    calls, real = [], m.classifier.logits
-
-    def logits(clips):
-        calls.append(len(clips))
-        time.sleep(delay_s)
-        return real(clips)
-
-    monkeypatch.setattr(m.classifier, "logits", logits)
-    return calls
-
-
-def test_a_request_past_its_time_budget_stops_between_windows(monkeypatch):
-    from model.serving.guard import Overloaded
-
-    m = Sign2TextModel(SENTENCE_FIXTURE, time_budget_s=0.5)
-    m.load()
-    calls = _counting_forwards(m, monkeypatch, delay_s=0.2)
-    rgb = moving_square(200, 60, 80)[..., ::-1].copy()  # 101 windows at stride 2: 13 batches
-    with pytest.raises(Overloaded, match="time budget of 0.5 s"):
-        asyncio.run(m.predict(_frames_request(rgb, mode="sentence", stride=2)))
-    assert 1 <= len(calls) <= 4, calls  # stopped within a batch of the budget, not at 13
-    m.stop()
-
-
-def test_a_cancelled_request_stops_its_work(monkeypatch, caplog):
-    m = Sign2TextModel(SENTENCE_FIXTURE)
-    m.load()
-    calls = _counting_forwards(m, monkeypatch, delay_s=0.2)
-    rgb = moving_square(200, 60, 80)[..., ::-1].copy()
-
-    async def leave_early():
-        task = asyncio.ensure_future(m.predict(_frames_request(rgb, mode="sentence", stride=2)))
-        while not calls:
-            await asyncio.sleep(0.01)
-        task.cancel()  # what a REST disconnect (RequestGuard) or a gRPC cancel does
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    with caplog.at_level("INFO"):
-        asyncio.run(leave_early())
-        deadline = time.monotonic() + 10  # the worker stops at its next check
-        while "stopped a request's work" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(0.05)
-    assert len(calls) <= 3, calls  # of 13 batches
-    assert "stopped a request's work: the client went away" in caplog.text
-    m.stop()
-
-
-def test_stop_removes_a_downloaded_model_and_the_decoder(tmp_path, monkeypatch):
-    import model.serving.predictor as serving
-
-    download = tmp_path / "sign2text-fetch-x"
-    shutil.copytree(SENTENCE_FIXTURE, download)
-    monkeypatch.setattr(serving, "fetch", lambda uri: download)
-    m = Sign2TextModel("s3://bucket/models/v1/")
-    m.load()
-    video = write_video(tmp_path / "v.mp4", moving_square(20)).read_bytes()
-    asyncio.run(m.predict(_video_request(video)))
-    children = [d._proc for d in m.decoders if d._proc is not None]
-    assert len(children) == 1 and children[0].poll() is None
-    m.stop()
-    assert not download.exists() and children[0].poll() is not None
 
 
 def test_frame_probs_come_only_when_asked_for():
