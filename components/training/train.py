@@ -18,6 +18,7 @@ where they start and stop.
 from __future__ import annotations
 
 import json
+import sys
 import math
 import random
 import time
@@ -249,7 +250,10 @@ def _train(shards, out, pre, cfg, arch, group: Group, device, resume: bool, prog
     train_set, val_set, bn_set, workers = _datasets(shards, pre, cfg, no_sign, group)
     if group.world > 1:
         names = [p.name for p in train_set.shard_paths()]
-        print(f"rank {group.rank}/{group.world}: train shards {' '.join(names)}", flush=True)
+        # One write, line and newline together: the ranks share stdout, and print's two writes
+        # interleave between processes.
+        sys.stdout.write(f"rank {group.rank}/{group.world}: train shards {' '.join(names)}\n")
+        sys.stdout.flush()
     if cfg.context and not manifest["splits"]["train"].get("idle") and group.main:
         print(
             f"warning: {shards} has no idle clips (convert.idle_clips): context windows will "
