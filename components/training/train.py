@@ -18,9 +18,9 @@ where they start and stop.
 from __future__ import annotations
 
 import json
-import sys
 import math
 import random
+import sys
 import time
 import warnings
 from dataclasses import asdict, replace
