@@ -33,8 +33,20 @@ $(CHECKOV_STAMP): requirements-checkov.lock
 # busy on average when serial): 2 workers on CI's 2 cores take pytest from 18-26 min to 13-17 min
 # here. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
-test: setup browser
+test: setup browser test-images
 	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
+
+# The images the tests run as the cluster runs them (tests/containers.py): the app and ONNX serving
+# images, built from the repository's Dockerfiles (tools/images_local.py: as root with apt-get it
+# installs and starts Docker, and makes a Debian base where no registry serves one). Docker's
+# layer cache makes a rebuild of unchanged sources take seconds. Where no daemon can run, the
+# image tests skip, saying why, except under CI=true, where this fails.
+TEST_IMAGES := app serving-onnx
+.PHONY: test-images
+test-images: setup
+	@$(BIN)/python -m tools.images_local $(TEST_IMAGES) \
+		|| { echo "the image tests will skip (fail under CI)"; \
+			case "$$CI" in ""|0|false|False|FALSE) ;; *) exit 1;; esac; }
 
 # tests/browser.py opens the validation report in a headless Chromium cut off from the network.
 # CI runs as root on a fresh Debian: install Debian's chromium + chromedriver there (a no-op
@@ -126,6 +138,13 @@ data-pull: setup
 # variables to export. Runs in the foreground until Ctrl-C; its data is discarded on exit.
 s3-up: setup
 	S3_PORT=$(S3_PORT) $(BIN)/python -m tools.s3_server
+
+# Every image built here from the repository, without a registry: serving (torch and ONNX),
+# components and app, tagged sign2text-*:local (tools/images_local.py; docs/cluster.md, "Images").
+.PHONY: images-local
+IMAGES_LOCAL ?= app serving-onnx serving components
+images-local: setup
+	$(BIN)/python -m tools.images_local $(IMAGES_LOCAL)
 
 # Build and push the images (serving, its CUDA and ONNX builds, components, app), then point the
 # manifests and the compiled pipeline at them.

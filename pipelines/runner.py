@@ -140,12 +140,18 @@ def submit(
     return {"pipeline_id": pipeline_id, "version_id": version_id, "run_id": run.run_id}
 
 
-def run_local(data: Path, out: Path, arguments: dict | None = None) -> Path:
-    """Run this pipeline with kfp.local in this environment; returns the run's output folder.
+def run_local(
+    data: Path, out: Path, arguments: dict | None = None, image: str | None = None
+) -> Path:
+    """Run this pipeline with kfp.local; returns the run's output folder.
 
     The dataset comes from the local folder `data` (its DVC md5 is still recorded) and the
     deploy step serves the model on 127.0.0.1 instead of rolling it out on a cluster. Publishing
     and the gate's baseline use the S3 server the environment names (AWS_ENDPOINT_URL, keys).
+    Each step runs in this environment, or with `image` in that components image through the
+    local Docker daemon (kfp's DockerRunner), as a pipeline pod runs it: read-only root
+    filesystem, /tmp a tmpfs, the host's network, the S3 environment passed in; the run folder,
+    the dataset (read-only) and the checkpoints are the only folders it sees of this machine.
     """
     from kfp import local
 
@@ -157,10 +163,13 @@ def run_local(data: Path, out: Path, arguments: dict | None = None) -> Path:
             "run-local publishes to S3: set AWS_ENDPOINT_URL and the keys "
             "(`make s3-up` starts a local server and prints them)"
         )
-    runs = out / "runs"
+    runs, checkpoints = out / "runs", out / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
     before = set(runs.glob("*")) if runs.is_dir() else set()  # .kfp_cache/ is kept across runs
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=_docker_runner(data, checkpoints)
+        if image
+        else local.SubprocessRunner(use_venv=False),
         pipeline_root=str(runs),
         raise_on_error=True,
         enable_caching=True,
@@ -168,12 +177,42 @@ def run_local(data: Path, out: Path, arguments: dict | None = None) -> Path:
     args = {
         "data_path": str(data),
         "deploy_target": "local",
-        "checkpoint_root": str(out / "checkpoints"),
+        "checkpoint_root": str(checkpoints),
     } | (arguments or {})
     # Components run as `python3 -m ...` subprocesses; kfp swaps in this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    build_pipeline()(**args)
+    build_pipeline(image or DEFAULT_IMAGE)(**args)
     new = sorted(p for p in set(runs.glob("*")) - before if not p.name.startswith("."))
     if len(new) != 1:
         raise RuntimeError(f"expected one new run folder under {runs}, found {new}")
     return new[0]
+
+
+# What a step container gets of this process's environment: the object store's settings.
+PASSED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def _docker_runner(data: Path, checkpoints: Path):
+    """kfp's DockerRunner for run_local(image=...): every step in its own container."""
+    from docker.types import Mount
+    from kfp import local
+
+    env = {k: v for k, v in os.environ.items() if k in PASSED_ENV or k.startswith("S3_")}
+    return local.DockerRunner(
+        network_mode="host",
+        # This machine's user, so the run folder it owns stays its own (on a cluster the image's
+        # uid 10001 writes to volumes the pod's securityContext gives it).
+        user=f"{os.getuid()}:{os.getgid()}",
+        read_only=True,
+        tmpfs={"/tmp": "rw,size=4g"},  # noqa: S108 - the container's own tmpfs
+        environment=env | {"HOME": "/tmp"},  # noqa: S108
+        mounts=[
+            Mount(str(data), str(data), type="bind", read_only=True),
+            Mount(str(checkpoints), str(checkpoints), type="bind"),
+        ],
+    )

@@ -45,7 +45,8 @@ def _run_local(args: argparse.Namespace) -> None:
     from pipelines import runner
 
     arguments = runner.parse_overrides(args.arg or [])
-    print(f"run outputs: {runner.run_local(Path(args.data), Path(args.out), arguments)}")
+    run = runner.run_local(Path(args.data), Path(args.out), arguments, image=args.image)
+    print(f"run outputs: {run}")
 
 
 def add_to(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +66,9 @@ def add_to(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--experiment", default="sign2text", help="experiment name")
     pr = command(pipe, "run-local", _run_local)
     pr.add_argument("--data", default="data", help="dataset folder (WLASL layout)")
+    pr.add_argument(
+        "--image", help="run each step in this components image (local Docker) instead of here"
+    )
     pr.add_argument("--out", default="artifacts/pipeline", help="folder for run outputs")
     for q in (ps, pr):
         q.add_argument("--arg", action="append", metavar="KEY=VALUE", help="pipeline parameter")

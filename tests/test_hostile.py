@@ -1,5 +1,6 @@
-"""Hostile input against the real server (`python -m model.serving.server` in its own process),
-watched by a memory watchdog: small crafted files and requests that would cost a naive server
+"""Hostile input against the real server (`python -m model.serving.server` in its own process, and
+the ONNX serving image run as the cluster runs it, under the predictor's memory limit), watched
+by a memory watchdog: small crafted files and requests that would cost a naive server
 gigabytes or minutes are answered 400 / 408 / 413 / 503 as docs/serving.md documents, the server's
 memory (with its decoder process) stays under the bound, and a good request is answered right
 after each attack. The files are generated here (tests/bombs.py); nothing is downloaded."""
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests import containers
 from tests.bombs import jpeg, mjpeg_avi, small_jpeg
 from tests.conftest import moving_square, write_video
 from tests.model_server import ROOT, serve
@@ -82,17 +84,30 @@ class Watchdog(threading.Thread):
                 self.proc.kill()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["process", "onnx-image"])
+def server(request, tmp_path_factory):
     log = tmp_path_factory.mktemp("hostile") / "server.log"
-    with serve(FIXTURE, log, *OPTIONS) as srv:
+    if request.param == "process":
+        running = serve(FIXTURE, log, *OPTIONS)
+    else:  # the image has no torch: the fixture model with its checked model.onnx
+        tag, model = (
+            containers.image("serving-onnx"),
+            request.getfixturevalue("onnx_sentence_model"),
+        )
+        memory = containers.predictor_memory()
+        running = containers.serve_image(tag, model, log, *OPTIONS, memory=memory)
+    with running as srv:
         dog = Watchdog(srv.proc)
         dog.start()
         srv.dog = dog
         yield srv
         dog.done.set()
-    print(f"\nhostile suite: peak RSS of server + decoder {dog.peak / MIB:.0f} MiB")
+        oom = request.param != "process" and srv.proc.oom_killed()
+    print(
+        f"\nhostile suite ({request.param}): peak RSS of server + decoder {dog.peak / MIB:.0f} MiB"
+    )
     assert not dog.killed, f"the server passed {KILL_AT >> 20} MiB"
+    assert not oom, "the container was killed for memory"
 
 
 def _binary_request(video: bytes, **params) -> tuple[bytes, dict]:

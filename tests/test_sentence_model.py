@@ -22,6 +22,7 @@ from components.training.context import load_videos, score, sign_strings
 from model.predict import Classifier
 from model.sentence import transcribe
 from model.video.decode import count_frames, decode
+from tests import containers
 from tests.model_server import ENV, ROOT, serve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sentence_model"
@@ -77,18 +78,28 @@ def test_strung_together_signs_give_the_words_and_spans(clf, strings):
     assert errors <= 0.05
 
 
-def test_served_sentence_mode_matches_in_process(clf, strings, onnx_sentence_model, tmp_path):
-    """The `predict` client, REST and gRPC, against the real server as the ONNX serving image
-    runs it: the model packaged with its model.onnx, `--runtime onnx`, and no torch to import
-    (a `torch` on PYTHONPATH that raises). Word and sentence mode give the torch network's
-    in-process answers on the same file (the server decodes it the same way)."""
+def _served(how: str, model: Path, tmp_path: Path):
+    """The server as the ONNX serving image runs it: in a process with the model packaged with
+    its model.onnx, `--runtime onnx` and no torch to import (a `torch` on PYTHONPATH that
+    raises), or the image itself, run as the cluster runs it."""
+    log = tmp_path / "server.log"
+    if how == "onnx-image":
+        return containers.serve_image(
+            containers.image("serving-onnx"), model, log, "--runtime", "onnx"
+        )
     blocker = tmp_path / "no-torch" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text('raise ImportError("no torch in the ONNX image")\n')
-    log = tmp_path / "server.log"
-    with serve(
-        onnx_sentence_model, log, "--runtime", "onnx", env={"PYTHONPATH": str(blocker.parent)}
-    ) as srv:
+    return serve(model, log, "--runtime", "onnx", env={"PYTHONPATH": str(blocker.parent)})
+
+
+@pytest.mark.parametrize("how", ["process", "onnx-image"])
+def test_served_sentence_mode_matches_in_process(clf, strings, onnx_sentence_model, tmp_path, how):
+    """The `predict` client, REST and gRPC, against the server as the ONNX serving image runs
+    it (_served). Word and sentence mode give the torch network's in-process answers on the
+    same file (the server decodes it the same way)."""
+    with _served(how, onnx_sentence_model, tmp_path) as srv:
+        log = srv.log
         assert "sign2text: onnx runtime" in log.read_text()
         for path, spans in strings[:1]:
             expected = _transcript(clf, path)
