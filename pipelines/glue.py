@@ -26,6 +26,7 @@ from components.training.trainjob import (
     train_command,
     trainjob_manifest,
     trainjob_name,
+    uses_trainjob,
 )
 from pipelines.parameters import apply_recipe
 
@@ -117,7 +118,8 @@ def train_step(
     the trained model to the step's output and, to `curves_html`, a page with the per-epoch
     curves and table (history.json, complete on a retried attempt too: it comes from state.pt).
 
-    One node with at most one GPU trains in this pod; more run as a Kubeflow Trainer TrainJob
+    One node with at most one GPU trains in this pod; more (uses_trainjob, the rule the
+    pipeline's branch follows too) run as a Kubeflow Trainer TrainJob
     (`nodes` x `gpus_per_node`, `image` or else the cluster settings' image) in `namespace`,
     training into the same checkpoint dir on the shared claim. `cluster` is the pipeline's JSON
     of what the job needs from the cluster (image, tolerations, node_selector, cpu, memory,
@@ -125,7 +127,7 @@ def train_step(
     from components.training.train import HISTORY, METRICS, MODEL_DIR
 
     work = checkpoint_dir(checkpoint_root, shards_hash, params)
-    if nodes == 1 and gpus_per_node <= 1:
+    if not uses_trainjob(nodes, gpus_per_node):
         final = steps.train(_params(params), Path(shards), work, resume=True)
     else:
         settings = json.loads(cluster)

@@ -97,6 +97,15 @@ def convert_data(
     )
 
 
+def choose_training(train_nodes: int, train_gpus_per_node: int) -> str:
+    """Where the train step runs: "pod" (one node, at most one GPU: a GPU pod trains) or
+    "trainjob" (a small pod creates and follows a Kubeflow Trainer TrainJob). The pipeline
+    branches on it: a dsl.If condition has no `or` to test the two parameters with."""
+    from components.training.trainjob import training_mode
+
+    return training_mode(train_nodes, train_gpus_per_node)
+
+
 def train_model(
     shards: Input[Dataset],
     params: str,
@@ -260,6 +269,7 @@ STEPS = (
     fetch_data,
     validate_data,
     convert_data,
+    choose_training,
     train_model,
     evaluate_model,
     publish_model,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.kfp_components import DEFAULT_IMAGE
@@ -140,6 +142,40 @@ def submit(
     return {"pipeline_id": pipeline_id, "version_id": version_id, "run_id": run.run_id}
 
 
+@contextlib.contextmanager
+def _local_oneof_artifacts() -> Iterator[None]:
+    """kfp.local (2.17) resolves a DAG's output artifact only from a single selector, so the
+    `dsl.OneOf` over the train step's two branches fails locally ("Expected 1 artifact in
+    ArtifactSelectorSpec. Got: 2") though KFP's backend runs it. While a local run lasts, a DAG
+    output with several selectors takes the one output a branch that ran produced, as kfp.local
+    already does for OneOf parameters (a branch that did not run has none: ValueError)."""
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+
+    original = OrchestratorUtils.__dict__["get_dag_output_artifacts"]
+
+    def get_dag_output_artifacts(cls, dag_outputs_spec, io_store) -> dict:
+        outputs = {}
+        for key, spec in dag_outputs_spec.artifacts.items():
+            found = []
+            for selector in spec.artifact_selectors:
+                with contextlib.suppress(ValueError):
+                    found.append(
+                        io_store.get_task_output(
+                            selector.producer_subtask, selector.output_artifact_key
+                        )
+                    )
+            if len(found) != 1:
+                raise ValueError(f"DAG output {key!r}: {len(found)} branches produced it, not 1")
+            outputs[key] = found[0]
+        return outputs
+
+    OrchestratorUtils.get_dag_output_artifacts = classmethod(get_dag_output_artifacts)
+    try:
+        yield
+    finally:
+        OrchestratorUtils.get_dag_output_artifacts = original
+
+
 def run_local(
     data: Path, out: Path, arguments: dict | None = None, image: str | None = None
 ) -> Path:
@@ -181,7 +217,8 @@ def run_local(
     } | (arguments or {})
     # Components run as `python3 -m ...` subprocesses; kfp swaps in this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    build_pipeline(image or DEFAULT_IMAGE)(**args)
+    with _local_oneof_artifacts():
+        build_pipeline(image or DEFAULT_IMAGE)(**args)
     new = sorted(p for p in set(runs.glob("*")) - before if not p.name.startswith("."))
     if len(new) != 1:
         raise RuntimeError(f"expected one new run folder under {runs}, found {new}")

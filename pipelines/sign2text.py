@@ -14,7 +14,7 @@ from pathlib import Path
 from kfp import dsl, kubernetes
 
 from components.params import load_params
-from components.training.trainjob import SHM
+from components.training.trainjob import IN_POD, SHM
 from pipelines.kfp_components import DEFAULT_IMAGE, build
 from pipelines.parameters import RECIPE, recipe_defaults
 
@@ -39,6 +39,15 @@ TRAIN_SHM = "8Gi"  # DataLoader workers hand batches over in /dev/shm (memory, c
 # the train step's pod and to every TrainJob node.
 TRAIN_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 TRAIN_NODE_SELECTOR: dict[str, str] = {}
+# The TrainJob path's train task only stages files, creates the job and follows it (for hours),
+# on any node and without a GPU. Memory: its Python process is about 610 MiB once imported
+# (torch comes in through components.params; the step's imports, measured), and the rest (KFP's
+# launcher in the same container, shards and model copied file by file, a poll's log lines)
+# fits in the other ~400 MiB of 1Gi. CPU: copying, and a poll every 30 s
+# (glue.TRAINJOB_POLL_S), wait on I/O: half a core is plenty. Limits equal to requests:
+# Guaranteed QoS, the last class evicted under node pressure, as a pod that must outlive the
+# job should be.
+LAUNCHER_CPU, LAUNCHER_MEMORY = "500m", "1Gi"
 
 
 def _with_s3(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -62,9 +71,21 @@ def _cluster(image: str) -> str:
     )
 
 
+def _train_task(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """What both train tasks share: cached (training is deterministic given the shards and
+    the recipe), retried (a new attempt resumes from, or re-adopts, what the last one left on
+    the checkpoint claim), the claim itself, and the namespace a TrainJob goes in."""
+    task.set_caching_options(True)
+    task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
+    kubernetes.mount_pvc(task, pvc_name=CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
+    # A TrainJob goes in the step's own namespace, where the checkpoint claim is.
+    return kubernetes.use_field_path_as_env(task, "POD_NAMESPACE", "metadata.namespace")
+
+
 def _in_pod_training(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """The train step's pod: one GPU on a GPU node, limits as well as requests (a node is
     not overcommitted), shared memory for the DataLoader, the checkpoint claim."""
+    _train_task(_with_s3(task))
     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     task.set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
     task.set_cpu_limit(TRAIN_CPU).set_memory_limit(TRAIN_MEMORY)
@@ -72,10 +93,16 @@ def _in_pod_training(task: dsl.PipelineTask) -> dsl.PipelineTask:
         kubernetes.add_toleration(task, key=t["key"], operator=t["operator"], effect=t["effect"])
     for key, value in TRAIN_NODE_SELECTOR.items():
         kubernetes.add_node_selector(task, key, value)
-    kubernetes.empty_dir_mount(task, "dshm", SHM, medium="Memory", size_limit=TRAIN_SHM)
-    kubernetes.mount_pvc(task, pvc_name=CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
-    # A TrainJob goes in the step's own namespace, where the checkpoint claim is.
-    return kubernetes.use_field_path_as_env(task, "POD_NAMESPACE", "metadata.namespace")
+    return kubernetes.empty_dir_mount(task, "dshm", SHM, medium="Memory", size_limit=TRAIN_SHM)
+
+
+def _trainjob_launcher(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The train step when a TrainJob trains: it stages shards and params on the claim, creates
+    the job and follows it, so it holds no GPU, tolerates no GPU taint and asks for little
+    (LAUNCHER_CPU, LAUNCHER_MEMORY). No object store keys: neither it nor the job reads S3."""
+    _train_task(task).set_display_name("train-model-trainjob")
+    task.set_cpu_request(LAUNCHER_CPU).set_memory_request(LAUNCHER_MEMORY)
+    return task.set_cpu_limit(LAUNCHER_CPU).set_memory_limit(LAUNCHER_MEMORY)
 
 
 def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
@@ -149,26 +176,30 @@ def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
                 dataset=dataset, validation=validation, params=cfg.outputs["data"]
             ).set_caching_options(True)
 
-            trained = _with_s3(
-                c.train_model(
-                    shards=converted.outputs["shards"],
-                    params=cfg.outputs["train"],
-                    checkpoint_root=checkpoint_root,
-                    train_nodes=train_nodes,
-                    train_gpus_per_node=train_gpus_per_node,
-                    train_image=train_image,
-                    train_timeout_h=train_timeout_h,
-                    cluster=_cluster(image),
-                )
-            )
-            # Cached too: training is deterministic given the shards and the recipe.
-            trained.set_caching_options(True)
-            trained.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s")
-            _in_pod_training(trained)
+            # One train step, two tasks: a GPU pod trains, or a small pod runs a TrainJob;
+            # the other branch is skipped. choose-training applies glue.train_step's rule
+            # (uses_trainjob): dsl.If has no `or` to test the two parameters with.
+            where = c.choose_training(
+                train_nodes=train_nodes, train_gpus_per_node=train_gpus_per_node
+            ).set_caching_options(True)
+            train = {
+                "shards": converted.outputs["shards"],
+                "params": cfg.outputs["train"],
+                "checkpoint_root": checkpoint_root,
+                "train_nodes": train_nodes,
+                "train_gpus_per_node": train_gpus_per_node,
+                "train_image": train_image,
+                "train_timeout_h": train_timeout_h,
+                "cluster": _cluster(image),
+            }
+            with dsl.If(where.output == IN_POD, name="train-in-pod"):
+                in_pod = _in_pod_training(c.train_model(**train))
+            with dsl.Else(name="train-as-trainjob"):
+                launcher = _trainjob_launcher(c.train_model(**train))
 
             # Where models are published, and production's: the gate's baseline.
             models = {"model_bucket": model_bucket, "isvc_name": isvc_name}
-            model = trained.outputs["model"]
+            model = dsl.OneOf(in_pod.outputs["model"], launcher.outputs["model"])
             evaluated = _with_s3(
                 c.evaluate_model(
                     model=model,

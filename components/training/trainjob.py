@@ -46,6 +46,8 @@ INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 DELETE_POLLS = 60  # polls to wait for a failed job to be deleted before its replacement
 LOG_TAIL = 20  # lines of a pod's log shown when it is first seen
 NAME_PREFIX = "sign2text-train-"
+# Where the pipeline's train step trains (training_mode): in its own pod, or as a TrainJob.
+IN_POD, AS_TRAINJOB = "pod", "trainjob"
 
 
 class TrainJobFailed(RuntimeError):
@@ -93,6 +95,20 @@ class KubernetesTrainJobApi:
 
     def pod_log(self, namespace: str, pod: str, since_seconds: int | None = None) -> str:
         return self._pods.log(namespace, pod, since_seconds)
+
+
+def uses_trainjob(nodes: int, gpus_per_node: int) -> bool:
+    """The one rule for where the pipeline trains: one node with at most one GPU trains in the
+    train step's own pod, anything more as a TrainJob. The pipeline's branch (training_mode, in
+    its choose-training step) and glue.train_step both ask this, so they cannot disagree."""
+    if nodes < 1 or gpus_per_node < 0:
+        raise ValueError(f"need >= 1 node and >= 0 GPUs, got {nodes} x {gpus_per_node}")
+    return nodes > 1 or gpus_per_node > 1
+
+
+def training_mode(nodes: int, gpus_per_node: int) -> str:
+    """uses_trainjob as the pipeline's branch condition compares it: AS_TRAINJOB or IN_POD."""
+    return AS_TRAINJOB if uses_trainjob(nodes, gpus_per_node) else IN_POD
 
 
 def trainjob_name(work_dir: Path, spec: dict) -> str:
