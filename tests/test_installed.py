@@ -62,17 +62,32 @@ def site(tmp_path_factory) -> Path:
     return tmp / "site"
 
 
-def _run(site: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
-    """`python ARGV` with only the installed copy of the project importable, in `cwd`."""
+def _start(site: Path, cwd: Path, *argv: str) -> subprocess.Popen:
+    """`python ...` or `sign2text ...` (the console script pip installed) in `cwd`, with only
+    the installed copy of the project importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env |= {"PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(
-        [sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    program = {"python": sys.executable, "sign2text": str(site / "bin" / "sign2text")}
+    return subprocess.Popen(
+        [program[argv[0]], *argv[1:]],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-def _sign2text(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return _run(site, cwd, "-m", "sign2text.cli", *args)
+def _wait(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _run(site: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    return _wait(_start(site, cwd, *argv))
 
 
 @pytest.fixture
@@ -84,7 +99,7 @@ def elsewhere(tmp_path) -> Path:
 
 def test_the_installed_copy_is_what_runs(site, elsewhere):
     code = "import components, pipelines, sign2text, app, model; print(components.__file__)"
-    out = _run(site, elsewhere, "-c", code)
+    out = _run(site, elsewhere, "python", "-c", code)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).is_relative_to(site)
 
@@ -106,51 +121,56 @@ def test_deploys_default_templates_ship_with_the_package(site, elsewhere):
         "from components.release.isvc import DEFAULT_TEMPLATES as T, load_templates; "
         "print([str(p) for p in T]); print(sorted(load_templates(T)))"
     )
-    out = _run(site, elsewhere, "-c", code)
+    out = _run(site, elsewhere, "python", "-c", code)
     assert out.returncode == 0, out.stderr
     paths, names = out.stdout.splitlines()
     assert all(Path(p).is_relative_to(site) for p in yaml.safe_load(paths)), paths
     assert names == "['sign2text', 'sign2text-grpc']"
 
 
-def test_pipeline_compile_reads_the_working_directorys_params(site, elsewhere, tmp_path):
-    image = next(yaml.safe_load_all(COMPILED.read_text()))["deploymentSpec"]["executors"]
-    image = {e["container"]["image"] for e in image.values()}.pop()
-
-    out = _sign2text(site, elsewhere, "pipeline", "compile", "--out", "spec.yaml")
+@pytest.mark.slow  # two compiles, each importing torch and kfp: 10 to 30 s on 2 cores
+def test_pipeline_compile_reads_the_working_directorys_params(site, tmp_path):
+    """As in the components image: params.yaml in the working directory; or --params (after
+    the subcommand, as the steps take it) from anywhere; else the steps' clear error."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    for d in (here, elsewhere):
+        d.mkdir()
+    out = _run(site, elsewhere, "sign2text", "pipeline", "compile", "--out", "spec.yaml")
     assert out.returncode == 2
     assert out.stderr == (
         f"sign2text: error: params file not found: params.yaml in {elsewhere}{NOT_FOUND}\n"
     )
     assert not (elsewhere / "spec.yaml").exists()
 
-    shutil.copy(ROOT / "params.yaml", elsewhere / "params.yaml")
-    out = _sign2text(site, elsewhere, "pipeline", "compile", "--out", "spec.yaml", "--image", image)
-    assert out.returncode == 0, out.stderr
-    assert (elsewhere / "spec.yaml").read_text() == COMPILED.read_text()
-
-    # --params, after the subcommand as the steps take it: its values are the defaults.
+    shutil.copy(ROOT / "params.yaml", here / "params.yaml")
+    executors = next(yaml.safe_load_all(COMPILED.read_text()))["deploymentSpec"]["executors"]
+    (image,) = {e["container"]["image"] for e in executors.values()}
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["train"]["epochs"] = 123
-    (tmp_path / "other.yaml").write_text(yaml.safe_dump(params))
-    (elsewhere / "params.yaml").unlink()
-    args = ("pipeline", "compile", "--out", "other.yaml", "--params", str(tmp_path / "other.yaml"))
-    out = _sign2text(site, elsewhere, *args)
-    assert out.returncode == 0, out.stderr
-    spec = next(yaml.safe_load_all((elsewhere / "other.yaml").read_text()))
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(params))
+    compile_ = ("sign2text", "pipeline", "compile", "--out", "spec.yaml")
+    compiles = [  # at once: each takes seconds
+        _start(site, here, *compile_, "--image", image),
+        _start(site, elsewhere, *compile_, "--params", str(other)),
+    ]
+    for out in [_wait(p) for p in compiles]:
+        assert out.returncode == 0, out.stderr
+    assert (here / "spec.yaml").read_text() == COMPILED.read_text()
+    spec = next(yaml.safe_load_all((elsewhere / "spec.yaml").read_text()))
     assert spec["root"]["inputDefinitions"]["parameters"]["epochs"]["defaultValue"] == 123
 
 
 def test_the_app_serves_its_page(site, elsewhere):
+    files = {"/": "index.html", "/static/app.js": "app.js", "/static/style.css": "style.css"}
     code = (
         "from fastapi.testclient import TestClient; "
         "from app.main import build_parser, create_app; "
-        "web = TestClient(create_app(build_parser().parse_args(['--model-url', 'http://x.test']))); "
-        "print([(r.status_code, len(r.content)) for r in map(web.get, "
-        "['/', '/static/app.js', '/static/style.css'])])"
+        "args = build_parser().parse_args(['--model-url', 'http://x.test']); "
+        "web = TestClient(create_app(args)); "
+        f"print([(r.status_code, len(r.content)) for r in map(web.get, {list(files)!r})])"
     )
-    out = _run(site, elsewhere, "-c", code)
+    out = _run(site, elsewhere, "python", "-c", code)
     assert out.returncode == 0, out.stderr
-    sizes = [len((ROOT / "app" / "static" / n).read_bytes()) for n in ("index.html", "app.js")]
-    sizes.append(len((ROOT / "app" / "static" / "style.css").read_bytes()))
+    sizes = [len((ROOT / "app" / "static" / f).read_bytes()) for f in files.values()]
     assert out.stdout.strip() == str([(200, n) for n in sizes])
