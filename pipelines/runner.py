@@ -8,43 +8,65 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from components.params import DEFAULT
 from pipelines.kfp_components import DEFAULT_IMAGE
-from pipelines.sign2text import COMPILED, NAME, PARAMS, build_pipeline
+from pipelines.sign2text import COMPILED, NAME, build_pipeline
 
 HOST_TIMEOUT_S = 10
+# A compiled spec's parameter types (KFP's IR) -> what a KEY=VALUE string converts to.
+SPEC_TYPES = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": float}
 
 
 class PipelineError(ValueError):
     """A pipeline command could not do what was asked; the message says why."""
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, str]:
-    """KEY=VALUE pipeline arguments; names and types are checked against the pipeline."""
+def parse_overrides(pairs: list[str], kinds: dict[str, type]) -> dict:
+    """KEY=VALUE pipeline arguments, names and types checked against `kinds` (the parameters
+    of the pipeline they are for: pipeline_parameters, or spec_parameters of a compiled one)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise PipelineError(f"pipeline argument must be KEY=VALUE, got {pair!r}")
         out[key] = value
-    return typed_arguments(out)
+    return typed_arguments(out, kinds)
 
 
-def typed_arguments(raw: dict[str, str]) -> dict:
+def typed_arguments(raw: dict[str, str], kinds: dict[str, type]) -> dict:
     """Convert KEY=VALUE strings to the types the pipeline's parameters declare."""
-    import inspect
-
-    sig = inspect.signature(build_pipeline().pipeline_func)
     out = {}
     for key, value in raw.items():
-        if key not in sig.parameters or key == "base_params":
-            names = sorted(p for p in sig.parameters if p != "base_params")
-            raise PipelineError(f"unknown pipeline parameter {key!r}; parameters: {names}")
-        kind = type(sig.parameters[key].default)
+        if key not in kinds:
+            raise PipelineError(f"unknown pipeline parameter {key!r}; parameters: {sorted(kinds)}")
+        kind = kinds[key]
         try:
             out[key] = kind(value)
         except ValueError as e:
             raise PipelineError(f"pipeline parameter {key} wants {kind.__name__}: {e}") from e
     return out
+
+
+def pipeline_parameters(params_file: Path = DEFAULT) -> dict[str, type]:
+    """The parameters a run may set (base_params aside) and their types, as the pipeline
+    built from `params_file` declares them."""
+    import inspect
+
+    sig = inspect.signature(build_pipeline(params_file=params_file).pipeline_func)
+    return {k: type(p.default) for k, p in sig.parameters.items() if k != "base_params"}
+
+
+def spec_parameters(package: Path) -> dict[str, type]:
+    """The parameters a run of a compiled spec may set (base_params aside) and their types."""
+    try:
+        params = _spec(package)["root"]["inputDefinitions"]["parameters"]
+        return {
+            k: SPEC_TYPES.get(v["parameterType"], str)
+            for k, v in params.items()
+            if k != "base_params"
+        }
+    except (TypeError, KeyError) as e:
+        raise PipelineError(f"{package}: not a compiled pipeline spec ({e!r})") from e
 
 
 def is_placeholder(image: str) -> bool:
@@ -53,15 +75,25 @@ def is_placeholder(image: str) -> bool:
     return host == "example.com" or host.endswith(".example.com")
 
 
-def spec_images(package: Path) -> set[str]:
-    """The container images a compiled spec's steps run in."""
+def _spec(package: Path) -> dict:
+    """A compiled spec's pipeline document (the first; the second is the platform config)."""
     import yaml
 
+    package = Path(package)
+    if not package.is_file():
+        raise FileNotFoundError(f"{package} not found: run `sign2text pipeline compile` first")
     try:
-        pipeline = next(yaml.safe_load_all(Path(package).read_text()))
-        executors = pipeline["deploymentSpec"]["executors"]
+        return next(yaml.safe_load_all(package.read_text()))
+    except (yaml.YAMLError, StopIteration) as e:
+        raise PipelineError(f"{package}: not a compiled pipeline spec ({e!r})") from e
+
+
+def spec_images(package: Path) -> set[str]:
+    """The container images a compiled spec's steps run in."""
+    try:
+        executors = _spec(package)["deploymentSpec"]["executors"]
         return {e["container"]["image"] for e in executors.values() if "container" in e}
-    except (yaml.YAMLError, StopIteration, TypeError, KeyError) as e:
+    except (TypeError, KeyError) as e:
         raise PipelineError(f"{package}: not a compiled pipeline spec ({e!r})") from e
 
 
@@ -75,9 +107,10 @@ def spec_image(package: Path) -> str:
 
 
 def compile_pipeline(
-    out: Path = COMPILED, image: str = DEFAULT_IMAGE, params_file: Path = PARAMS
+    out: Path = COMPILED, image: str = DEFAULT_IMAGE, params_file: Path = DEFAULT
 ) -> Path:
-    """Write the pipeline spec the Kubeflow UI takes (deterministic: same inputs, same bytes)."""
+    """Write the pipeline spec the Kubeflow UI takes (deterministic: same inputs, same bytes),
+    its defaults from `params_file`."""
     from kfp import compiler
 
     if not image or any(c.isspace() for c in image):
@@ -104,8 +137,6 @@ def submit(
     if not host.startswith(("http://", "https://")):
         raise PipelineError(f"--host must be an http(s):// URL, got {host!r}")
     package = Path(package)
-    if not package.is_file():
-        raise FileNotFoundError(f"{package} not found: run `sign2text pipeline compile` first")
     # A run of such a spec would only fail later, pod by pod, with ImagePullBackOff.
     if placeholders := sorted(i for i in spec_images(package) if is_placeholder(i)):
         raise PipelineError(
@@ -177,9 +208,14 @@ def _local_oneof_artifacts() -> Iterator[None]:
 
 
 def run_local(
-    data: Path, out: Path, arguments: dict | None = None, image: str | None = None
+    data: Path,
+    out: Path,
+    arguments: dict | None = None,
+    params_file: Path = DEFAULT,
+    image: str | None = None,
 ) -> Path:
-    """Run this pipeline with kfp.local; returns the run's output folder.
+    """Run this pipeline, built from `params_file`, with kfp.local; returns the run's output
+    folder.
 
     The dataset comes from the local folder `data` (its DVC md5 is still recorded) and the
     deploy step serves the model on 127.0.0.1 instead of rolling it out on a cluster. Publishing
@@ -218,7 +254,7 @@ def run_local(
     # Components run as `python3 -m ...` subprocesses; kfp swaps in this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with _local_oneof_artifacts():
-        build_pipeline(image or DEFAULT_IMAGE)(**args)
+        build_pipeline(image or DEFAULT_IMAGE, params_file)(**args)
     new = sorted(p for p in set(runs.glob("*")) - before if not p.name.startswith("."))
     if len(new) != 1:
         raise RuntimeError(f"expected one new run folder under {runs}, found {new}")

@@ -13,14 +13,15 @@ from pathlib import Path
 
 from kfp import dsl, kubernetes
 
-from components.params import load_params
+from components.params import DEFAULT, load_params
 from components.training.trainjob import IN_POD, SHM
 from pipelines.kfp_components import DEFAULT_IMAGE, build
 from pipelines.parameters import RECIPE, recipe_defaults
 
-ROOT = Path(__file__).resolve().parents[1]
-PARAMS = ROOT / "params.yaml"
-COMPILED = Path(__file__).with_name("sign2text.yaml")
+# The committed spec, in a checkout (relative paths: the working directory). The params file a
+# compile reads is the working directory's params.yaml or one given, never one beside this file:
+# an installed package has none there (issue 27).
+COMPILED = Path("pipelines") / "sign2text.yaml"
 NAME = "sign2text"
 
 # Secret in the run's namespace with the object store's keys and, for MinIO, its endpoint
@@ -105,8 +106,9 @@ def _trainjob_launcher(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task.set_cpu_limit(LAUNCHER_CPU).set_memory_limit(LAUNCHER_MEMORY)
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = PARAMS):
-    """The pipeline function for components running in `image`."""
+def build_pipeline(image: str = DEFAULT_IMAGE, params_file: Path = DEFAULT):
+    """The pipeline function for components running in `image`, its defaults from
+    `params_file` (./params.yaml unless given)."""
     c = build(image)
     base = load_params(params_file)
     base.pop("profiles", None)

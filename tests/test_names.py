@@ -48,7 +48,8 @@ def cli_flags() -> set[str]:
 
 
 def pipeline_parameters() -> set[str]:
-    funcs = (build_pipeline().pipeline_func, build_batch_pipeline().pipeline_func)
+    params = ROOT / "params.yaml"
+    funcs = (build_pipeline(params_file=params).pipeline_func, build_batch_pipeline().pipeline_func)
     return {p for f in funcs for p in inspect.signature(f).parameters}
 
 

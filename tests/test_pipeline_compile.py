@@ -12,9 +12,16 @@ import pytest
 import yaml
 
 from pipelines.kfp_components import DEFAULT_IMAGE
-from pipelines.runner import compile_pipeline, parse_overrides, spec_image, spec_images, submit
+from pipelines.runner import (
+    compile_pipeline,
+    parse_overrides,
+    pipeline_parameters,
+    spec_image,
+    spec_images,
+    spec_parameters,
+    submit,
+)
 from pipelines.sign2text import (
-    COMPILED,
     NAME,
     S3_ENDPOINT,
     S3_KEYS,
@@ -24,12 +31,15 @@ from sign2text.cli import main
 from tests.fake_kfp import run_fake_kfp
 
 ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+COMPILED = ROOT / "pipelines" / "sign2text.yaml"
 
 
 @pytest.fixture(scope="module")
 def pushed_spec(tmp_path_factory) -> Path:
     """The spec as `make images` leaves it: compiled for an image a cluster could pull."""
-    return compile_pipeline(tmp_path_factory.mktemp("spec") / "p.yaml", image="reg.test/s2t:9")
+    out = tmp_path_factory.mktemp("spec") / "p.yaml"
+    return compile_pipeline(out, image="reg.test/s2t:9", params_file=PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +54,7 @@ def _tasks(pipeline: dict, component: str) -> dict:
 
 def test_committed_spec_is_current(tmp_path):
     # For the image it names: the placeholder, or the one `make images` compiled in.
-    fresh = compile_pipeline(tmp_path / "fresh.yaml", image=spec_image(COMPILED))
+    fresh = compile_pipeline(tmp_path / "fresh.yaml", spec_image(COMPILED), PARAMS)
     assert fresh.read_text() == COMPILED.read_text(), (
         "pipelines/sign2text.yaml is stale: run `make pipeline`"
     )
@@ -154,17 +164,22 @@ def test_parameters_have_defaults_from_params_yaml(spec):
 
 
 def test_overrides_are_typed_and_checked():
-    assert parse_overrides(["epochs=3", "lr=0.01", "data_rev=v1"]) == {
+    kinds = pipeline_parameters(PARAMS)
+    # submit checks them against the spec it uploads: the same parameters and types.
+    assert spec_parameters(COMPILED) == kinds
+    assert parse_overrides(["epochs=3", "lr=0.01", "data_rev=v1"], kinds) == {
         "epochs": 3,
         "lr": 0.01,
         "data_rev": "v1",
     }
     with pytest.raises(ValueError, match="unknown pipeline parameter 'epoch'"):
-        parse_overrides(["epoch=3"])
+        parse_overrides(["epoch=3"], kinds)
     with pytest.raises(ValueError, match="epochs wants int"):
-        parse_overrides(["epochs=three"])
+        parse_overrides(["epochs=three"], kinds)
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_overrides(["epochs"])
+        parse_overrides(["epochs"], kinds)
+    with pytest.raises(ValueError, match="unknown pipeline parameter 'base_params'"):
+        parse_overrides(["base_params={}"], kinds)
 
 
 def _cli(capsys, *args: str) -> tuple[int, str]:
@@ -206,8 +221,28 @@ def test_cli_submit_to_an_unreachable_host_fails_clearly(capsys, pushed_spec):
     assert code == 2 and "unknown pipeline parameter 'epoch'" in err
 
 
+def test_cli_submit_needs_the_spec_not_params_yaml(tmp_path, capsys, monkeypatch, pushed_spec):
+    """Its --arg values are checked against the spec it uploads, wherever it runs."""
+    monkeypatch.chdir(tmp_path)  # no params.yaml, no pipelines/sign2text.yaml
+    code, err = _cli(capsys, "submit", "--host", "http://127.0.0.1:1", "--arg", "epochs=2")
+    assert code == 2
+    assert err == (
+        "sign2text: error: pipelines/sign2text.yaml not found: "
+        "run `sign2text pipeline compile` first\n"
+    )
+    args = ("--host", "http://127.0.0.1:1", "--package", str(pushed_spec), "--arg", "epoch=2")
+    code, err = _cli(capsys, "submit", *args)
+    assert code == 2 and "unknown pipeline parameter 'epoch'" in err
+
+
 def test_cli_run_local_checks_its_inputs_before_running(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with monkeypatch.context() as mp:  # params.yaml as the steps find it: here, or --params
+        mp.chdir(tmp_path)
+        code, err = _cli(capsys, "run-local", "--data", str(tmp_path / "nope"))
+        assert code == 2 and err.startswith("sign2text: error: params file not found: params.yaml")
+        code, err = _cli(capsys, "run-local", "--params", str(PARAMS), "--data", "nope")
+        assert code == 2 and "dataset folder not found" in err
     code, err = _cli(capsys, "run-local", "--data", str(tmp_path / "nope"), "--out", str(tmp_path))
     assert code == 2 and "dataset folder not found" in err
     (tmp_path / "data").mkdir()

@@ -67,7 +67,7 @@ def test_the_table_names_every_recipe_parameter_of_the_pipeline_and_configure():
     from pipelines.kfp_components import configure
     from pipelines.sign2text import build_pipeline
 
-    spec = build_pipeline().pipeline_spec
+    spec = build_pipeline(params_file=ROOT / "params.yaml").pipeline_spec
     pipeline = set(spec.root.input_definitions.parameters)
     assert set(TABLE) <= pipeline
     configure_inputs = set(spec.components["comp-configure"].input_definitions.parameters)

@@ -72,8 +72,8 @@ def runs(s3_server, tmp_path_factory) -> dict:
         for var, value in s3_server.env().items():
             mp.setenv(var, value)
         args = TINY | {"model_bucket": bucket, "min_top1": 0.0, "base_params": json.dumps(BASE)}
-        first = run_local(data, tmp / "out", args)
-        second = run_local(data, tmp / "out", args | {"min_top1": 1.01})
+        first = run_local(data, tmp / "out", args, ROOT / "params.yaml")
+        second = run_local(data, tmp / "out", args | {"min_top1": 1.01}, ROOT / "params.yaml")
     return {"data": data, "bucket": bucket, "out": tmp / "out", "first": first, "second": second}
 
 

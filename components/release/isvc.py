@@ -1,10 +1,11 @@
 """InferenceServices as the rollout reads and patches them: where they are, what to send.
 
-The REST and gRPC services (`DEFAULT_NAMES`) are created from their templates (manifests/base)
-and moved with JSON merge patches (RFC 7386) of `spec.predictor`: storageUri and
-`canaryTrafficPercent` to start a canary, the percent for each step, null to promote, 0 (with the
-previous storageUri and version annotations) to roll back. `state` and `waiting_for` read where a
-live object is; components/release/deploy.py decides what to do next.
+The REST and gRPC services (`DEFAULT_NAMES`) are created from their templates (manifests/base's,
+shipped with this module in templates/) and moved with JSON merge patches (RFC 7386) of
+`spec.predictor`: storageUri and `canaryTrafficPercent` to start a canary, the percent for each
+step, null to promote, 0 (with the previous storageUri and version annotations) to roll back.
+`state` and `waiting_for` read where a live object is; components/release/deploy.py decides
+what to do next.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ INFERENCE_SERVICE = Resource(
     "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
 )
 KIND = INFERENCE_SERVICE.kind
-ROOT = Path(__file__).resolve().parents[2]
+# Package data (pyproject.toml), so an installed deploy finds them: copies of manifests/base's,
+# the kustomize base and their one source (tests/test_installed.py keeps them the same bytes).
+TEMPLATES_DIR = Path(__file__).with_name("templates")
 DEFAULT_TEMPLATES = (
-    ROOT / "manifests" / "base" / "inferenceservice-rest.yaml",
-    ROOT / "manifests" / "base" / "inferenceservice-grpc.yaml",
+    TEMPLATES_DIR / "inferenceservice-rest.yaml",
+    TEMPLATES_DIR / "inferenceservice-grpc.yaml",
 )
 DEFAULT_NAMES = ("sign2text", "sign2text-grpc")
 ANN_MODEL = "sign2text.io/model-version"
