@@ -139,6 +139,14 @@ data-pull: setup
 s3-up: setup
 	S3_PORT=$(S3_PORT) $(BIN)/python -m tools.s3_server
 
+# The heavy image tests (pytest -m heavy): every image built here, then the whole pipeline run in
+# the components image (kfp's DockerRunner) and held to `dvc repro`'s model, and deploy's create
+# path run in it against a fake Kubernetes API. The components image is 7 GB: not in `make test`.
+.PHONY: test-images-full
+test-images-full: setup browser
+	$(BIN)/python -m tools.images_local $(IMAGES_LOCAL)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m heavy
+
 # Every image built here from the repository, without a registry: serving (torch and ONNX),
 # components and app, tagged sign2text-*:local (tools/images_local.py; docs/cluster.md, "Images").
 .PHONY: images-local

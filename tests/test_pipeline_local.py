@@ -34,6 +34,7 @@ from components.data.version import local_hash  # noqa: E402
 from components.params import load_params, overrides  # noqa: E402
 from pipelines import glue  # noqa: E402
 from pipelines.runner import run_local  # noqa: E402
+from tests import containers  # noqa: E402
 from tests.s3 import s3_server_fixture  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +62,14 @@ BASE = overrides(load_params(ROOT / "params.yaml"), CHANGED, "test")
 BASE.pop("profiles")
 
 
-@pytest.fixture(scope="module")
-def runs(s3_server, tmp_path_factory) -> dict:
+@pytest.fixture(
+    scope="module",
+    # In this environment (SubprocessRunner), and every step in the components image (kfp's
+    # DockerRunner): 7 GB to build, so `make test-images-full`, not `make test`.
+    params=["here", pytest.param("components-image", marks=pytest.mark.heavy)],
+)
+def runs(request, s3_server, tmp_path_factory) -> dict:
+    image = containers.image("components") if request.param == "components-image" else None
     tmp = tmp_path_factory.mktemp("kfp-local")
     data = tmp / "data"
     synthesize(data, classes=CLASSES, per_class=6, signers=6, progress=False)
@@ -72,8 +79,10 @@ def runs(s3_server, tmp_path_factory) -> dict:
         for var, value in s3_server.env().items():
             mp.setenv(var, value)
         args = TINY | {"model_bucket": bucket, "min_top1": 0.0, "base_params": json.dumps(BASE)}
-        first = run_local(data, tmp / "out", args, ROOT / "params.yaml")
-        second = run_local(data, tmp / "out", args | {"min_top1": 1.01}, ROOT / "params.yaml")
+        first = run_local(data, tmp / "out", args, ROOT / "params.yaml", image)
+        second = run_local(
+            data, tmp / "out", args | {"min_top1": 1.01}, ROOT / "params.yaml", image
+        )
     return {"data": data, "bucket": bucket, "out": tmp / "out", "first": first, "second": second}
 
 
