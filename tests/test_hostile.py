@@ -84,11 +84,17 @@ class Watchdog(threading.Thread):
                 self.proc.kill()
 
 
-@pytest.fixture(scope="module", params=["process", "onnx-image"])
+@pytest.fixture(
+    scope="module",
+    params=["process", "onnx-image", pytest.param("torch-image", marks=pytest.mark.heavy)],
+)
 def server(request, tmp_path_factory):
     log = tmp_path_factory.mktemp("hostile") / "server.log"
     if request.param == "process":
         running = serve(FIXTURE, log, *OPTIONS)
+    elif request.param == "torch-image":
+        tag, memory = containers.image("serving"), containers.predictor_memory()
+        running = containers.serve_image(tag, FIXTURE, log, *OPTIONS, memory=memory)
     else:  # the image has no torch: the fixture model with its checked model.onnx
         tag, model = (
             containers.image("serving-onnx"),

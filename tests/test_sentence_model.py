@@ -78,29 +78,33 @@ def test_strung_together_signs_give_the_words_and_spans(clf, strings):
     assert errors <= 0.05
 
 
+RUNTIMES = {"process": "onnx", "onnx-image": "onnx", "torch-image": "torch"}
+
+
 def _served(how: str, model: Path, tmp_path: Path):
     """The server as the ONNX serving image runs it: in a process with the model packaged with
     its model.onnx, `--runtime onnx` and no torch to import (a `torch` on PYTHONPATH that
-    raises), or the image itself, run as the cluster runs it."""
+    raises), or the image itself, run as the cluster runs it; or the torch serving image."""
     log = tmp_path / "server.log"
-    if how == "onnx-image":
-        return containers.serve_image(
-            containers.image("serving-onnx"), model, log, "--runtime", "onnx"
-        )
+    if how != "process":
+        tag = containers.image("serving" if how == "torch-image" else "serving-onnx")
+        return containers.serve_image(tag, model, log, "--runtime", RUNTIMES[how])
     blocker = tmp_path / "no-torch" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text('raise ImportError("no torch in the ONNX image")\n')
     return serve(model, log, "--runtime", "onnx", env={"PYTHONPATH": str(blocker.parent)})
 
 
-@pytest.mark.parametrize("how", ["process", "onnx-image"])
+@pytest.mark.parametrize(
+    "how", ["process", "onnx-image", pytest.param("torch-image", marks=pytest.mark.heavy)]
+)
 def test_served_sentence_mode_matches_in_process(clf, strings, onnx_sentence_model, tmp_path, how):
     """The `predict` client, REST and gRPC, against the server as the ONNX serving image runs
     it (_served). Word and sentence mode give the torch network's in-process answers on the
     same file (the server decodes it the same way)."""
     with _served(how, onnx_sentence_model, tmp_path) as srv:
         log = srv.log
-        assert "sign2text: onnx runtime" in log.read_text()
+        assert f"sign2text: {RUNTIMES[how]} runtime" in log.read_text()
         for path, spans in strings[:1]:
             expected = _transcript(clf, path)
             assert [w.gloss for w in expected] == [clf.labels[k] for _, _, k in spans]
