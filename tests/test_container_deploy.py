@@ -72,6 +72,7 @@ def test_deploy_creates_and_smoke_checks_from_the_components_image(
     (inputs / "package" / "lineage.json").write_text(
         json.dumps({"data_md5": "d1", "git_commit": "c1"})
     )
+    (inputs / "smoke").mkdir()
     write_video(inputs / "smoke" / "sign.mp4", moving_square(40, 120, 160))
     shutil.copy(kubeconfig, inputs / "config")
     inputs = containers.readable_copy(inputs, tmp_path / "mounted")
