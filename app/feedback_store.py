@@ -25,6 +25,13 @@ The spool is bounded: past `max_spool_bytes` (1 GiB by default) on disk, `submit
 acknowledged then, and the app should answer 503. A spool entry that cannot be read back is
 moved to `spool_dir/.broken/` (kept, logged, no longer pending) so it cannot block the queue.
 
+`shared_key(name)` is a random key kept in the store itself, created once whoever asks first:
+the app's replicas share their token key so (app/tokens.py). Locally a file written in full
+under a temporary name (O_EXCL, mode 0600) and hard-linked into place, which fails if the key is
+there already; on S3 an object put with If-None-Match: * (a store that does not support it gets
+a plain put, and everyone uses what the store holds after it). It lives under `keys/`, which no
+reader of the layout lists.
+
 One process per spool_dir; within it, `submit`, `flush` and `pending` may run on any threads.
 S3 endpoint and keys come from the environment as the rest of the project reads them
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`,
@@ -34,6 +41,7 @@ here, not borrowed from sign2text, because the app image ships app/ alone.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -59,7 +67,7 @@ VIDEO_TYPES = {
     ".mkv": "video/x-matroska",
 }
 OTHER_EXT = ".bin"
-VIDEOS, RECORDS = "videos/", "records/"
+VIDEOS, RECORDS, KEYS = "videos/", "records/", "keys/"
 RESERVED = ("id", "video", "stored_at")
 MAX_SPOOL_BYTES = 1 << 30
 RETRY_AFTER_S = 30.0
@@ -128,6 +136,30 @@ class _LocalTarget:
     def put(self, key: str, data: bytes, content_type: str) -> None:
         _write_atomic(self.root / key, data)
 
+    def get(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def create(self, key: str, data: bytes) -> None:
+        """Writes `key` unless it exists: the whole file appears at once (a hard link to a
+        finished temp file), so a reader never sees half a key."""
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # someone else's came first: theirs
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
     def describe(self) -> str:
         return str(self.root)
 
@@ -139,19 +171,45 @@ class _S3Target:
         self._lock = threading.Lock()
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
+        self._call("put_object", Key=self.prefix + key, Body=data, ContentType=content_type)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._call("get_object", Key=self.prefix + key)["Body"].read()
+        except Exception as e:
+            if _code(e) in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def create(self, key: str, data: bytes) -> None:
+        """Writes `key` unless it exists (If-None-Match: *; AWS S3, MinIO, SeaweedFS). A store
+        that does not support the condition gets a plain put: the caller reads back what the
+        store holds and uses that, so the last of two racing writers wins everywhere."""
+        try:
+            self._call("put_object", Key=self.prefix + key, Body=data, IfNoneMatch="*")
+        except Exception as e:
+            code = _code(e)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return  # there already, or another writer's put is under way: theirs
+            if code not in ("NotImplemented", "501", "InvalidArgument", "400"):
+                raise
+            log.warning("%s: no conditional put (%s); a plain one", self.describe(), code)
+            self._call("put_object", Key=self.prefix + key, Body=data)
+
+    def _call(self, method: str, **kwargs):
         with self._lock:
             if self._client is None:
                 self._client = s3_client()
             client = self._client
         try:
-            client.put_object(
-                Bucket=self.bucket, Key=self.prefix + key, Body=data, ContentType=content_type
-            )
-        except Exception:
-            # A fresh client next time re-reads the environment (rotated keys, a moved endpoint).
-            with self._lock:
-                if self._client is client:
-                    self._client = None
+            return getattr(client, method)(Bucket=self.bucket, **kwargs)
+        except Exception as e:
+            if _code(e) not in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+                # A fresh client next time re-reads the environment (rotated keys, a moved
+                # endpoint).
+                with self._lock:
+                    if self._client is client:
+                        self._client = None
             raise
 
     def describe(self) -> str:
@@ -173,11 +231,15 @@ def _target(uri: str) -> _LocalTarget | _S3Target:
     return _S3Target(parts.netloc, prefix + "/")
 
 
+def _code(e: BaseException) -> str | None:
+    """botocore's ClientError: the S3 error code (or the HTTP status as a string)."""
+    response = getattr(e, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
 def _reason(e: BaseException) -> str:
     """Says what kind of failure without the endpoint's address, which the page may show."""
-    response = getattr(e, "response", None)  # botocore's ClientError: the S3 error code
-    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-    return f"store unavailable ({code or type(e).__name__}); queued for retry"
+    return f"store unavailable ({_code(e) or type(e).__name__}); queued for retry"
 
 
 class FeedbackStore:
@@ -255,6 +317,22 @@ class FeedbackStore:
     def pending(self) -> int:
         """Submissions waiting in the spool."""
         return len(self._entries())
+
+    def shared_key(self, name: str, size: int = 32) -> bytes:
+        """The random key `keys/<name>` kept in the store: made here if absent (once, whoever
+        asks first), then read back, so every process using the store gets the same one. Raises
+        what the store raises when it is down; ValueError when what it holds is not a key."""
+        key = f"{KEYS}{name}"
+        held = self._target.get(key)
+        if held is None:
+            self._target.create(key, secrets.token_bytes(size))
+            for wait in (0.0, 0.2, 0.5, 1.0):  # another writer's put may still be finishing
+                time.sleep(wait)
+                if (held := self._target.get(key)) is not None:
+                    break
+        if held is None or len(held) < size:
+            raise ValueError(f"the key {key} in the feedback store is missing or too short")
+        return held
 
     def _send(self, rec: dict, video: bytes) -> None:
         ext = os.path.splitext(rec["video"])[1]

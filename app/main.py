@@ -11,10 +11,16 @@ directly; FastAPI and uvicorn are already in the project's pinned tree (KServe's
     GET  /api/model       {"name", "version", "labels", "feedback"}
     POST /api/predict     multipart: `file` (a video) or `url` (a link the app fetches), `mode`
                           -> {"token", "mode", "result", "model"}
-    POST /api/feedback    {"token", "verdict": "correct" | "wrong", "gloss"} -> {"id", "status"}
-    POST /api/live        -> {"session"};  POST /api/live/{session}?width=W&height=H with raw
-                          RGB frames -> {"final": [words], "pending": [words]} (app/live.py)
+    POST /api/feedback    multipart: `token`, `verdict` ("correct" | "wrong"), `gloss`, and the
+                          video again (`file`, or the same `url`) -> {"id", "status"}
+    WS   /api/live/ws     {"width", "height"}, then binary chunks of raw RGB frames, each
+                          answered {"final": [words], "pending": [words]} (app/live.py)
     GET  /healthz, /readyz
+
+Nothing of a user's lives in this process between requests, so any number of replicas serve
+the app behind a Service without session affinity: a prediction's token is a signed record of
+the answer (app/tokens.py) that any replica checks against the video sent with the feedback,
+and a live session is its WebSocket connection, held by the replica that accepted it.
 """
 
 from __future__ import annotations
@@ -22,31 +28,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import secrets
 import sys
+import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
-from app.live import Sessions
+from app import tokens
+from app.live import MAX_MESSAGE, Live
 from app.model_client import ModelClient, ModelError
 from app.urlfetch import FetchError, fetch
 
 STATIC = Path(__file__).parent / "static"
 MIB = 1 << 20
-KEPT = 32  # recent predictions whose video is kept for feedback, oldest dropped first
-KEPT_S = 3600.0
 FLUSH_S = 10.0  # how often queued feedback is retried
-LIVE_SIDE = 320  # live frames are at most this wide and high (the page sends 160 x 120)
-LIVE_CHUNK = 50  # frames per live request at most
-SETTLE = 16  # frames after a word's end before it is final (half the default 30-frame window)
-LIVE_CONTEXT = 30  # frames kept before the next word: a window's worth (the default window)
-LIVE_STRIDE = 3  # windows every 3 frames: still finer than I3D's 8-frame time step
 
 
 def build_parser(
@@ -73,39 +72,26 @@ def build_parser(
         help="let video links reach loopback and private addresses",
     )
     p.add_argument("--max-video-mb", type=float, default=32, help="largest video")
+    p.add_argument(
+        "--token-key-file",
+        default=None,
+        help="a file holding the key that signs prediction tokens (at least 32 bytes; else "
+        f"${tokens.ENV_KEY}, else a random key kept in the feedback store)",
+    )
     return p
-
-
-class Predictions:
-    """Recent predictions and their videos, so feedback needs no second upload. Bounded in
-    count and age; a token is unguessable, so one user cannot send feedback on another's."""
-
-    def __init__(self):
-        self._items: OrderedDict[str, tuple[float, bytes, str, dict]] = OrderedDict()
-
-    def add(self, video: bytes, filename: str, answer: dict) -> str:
-        token = secrets.token_urlsafe(16)
-        self._items[token] = (time.monotonic(), video, filename, answer)
-        while len(self._items) > KEPT:
-            self._items.popitem(last=False)
-        return token
-
-    def get(self, token: str) -> tuple[bytes, str, dict] | None:
-        item = self._items.get(token)
-        if item is None or time.monotonic() - item[0] > KEPT_S:
-            return None
-        return item[1:]
 
 
 def create_app(args: argparse.Namespace) -> FastAPI:
     client = ModelClient(args.model_url)
     store = _store(args)
-    kept = Predictions()
+    keys = tokens.Keys(tokens.explicit_key(getattr(args, "token_key_file", None)), store)
     max_bytes = int(args.max_video_mb * MIB)
 
     @contextlib.asynccontextmanager
     async def lifespan(_):
         flusher = asyncio.create_task(_flush_forever(store)) if store else None
+        if keys.enabled:  # read (or create) the key now, not on the first prediction
+            threading.Thread(target=_quietly, args=(keys.get,), daemon=True).start()
         yield
         if flusher:
             flusher.cancel()
@@ -135,14 +121,20 @@ def create_app(args: argparse.Namespace) -> FastAPI:
             return _error(str(e), 503)
         return meta | {"labels": labels, "feedback": store is not None}
 
-    @web.post("/api/predict")
-    async def predict(request: Request):
+    async def form_of(request: Request):
+        """The multipart form, or an error response when it is missing or too large."""
         declared = request.headers.get("content-length", "")
         if not declared.isdigit():
             return _error("send the video with a Content-Length", 411)
         if int(declared) > max_bytes + MIB:
             return _error(f"the video is larger than {args.max_video_mb:g} MB", 413)
-        form = await request.form(max_files=1, max_fields=4)
+        return await request.form(max_files=1, max_fields=5)
+
+    @web.post("/api/predict")
+    async def predict(request: Request):
+        form = await form_of(request)
+        if isinstance(form, JSONResponse):
+            return form
         mode = form.get("mode") or "word"
         if mode not in ("word", "sentence"):
             return _error(f"mode must be word or sentence, got {mode!r}", 400)
@@ -155,68 +147,58 @@ def create_app(args: argparse.Namespace) -> FastAPI:
         except ModelError as e:
             return _error(str(e), e.status)
         answer = {"mode": mode, "result": result, "model": meta}
-        return answer | {"token": kept.add(video, filename, answer)}
+        token, why = None, None
+        if keys.enabled:
+            try:
+                said = _said(answer)  # hashing a video of many MB: off the event loop too
+                token = await asyncio.to_thread(
+                    lambda: tokens.issue(keys.get(), video, filename, said)
+                )
+            except tokens.KeyUnavailable as e:
+                why = f"this prediction cannot take feedback: {e}"
+        return answer | {"token": token} | ({"feedback_error": why} if why else {})
 
     @web.post("/api/feedback")
     async def feedback(request: Request):
         if store is None:
             return _error("this app was started without --feedback: nowhere to keep it", 409)
-        try:
-            body = await request.json()
-            token, verdict, gloss = body["token"], body["verdict"], body.get("gloss")
-        except (ValueError, KeyError, TypeError):
-            return _error("send {token, verdict, gloss}", 400)
-        item = kept.get(str(token))
-        if item is None:
-            return _error("that prediction is no longer kept here; predict again", 404)
+        form = await form_of(request)
+        if isinstance(form, JSONResponse):
+            return form
+        token, verdict, gloss = (form.get(k) for k in ("token", "verdict", "gloss"))
+        gloss = gloss if isinstance(gloss, str) and gloss else None
+        if not isinstance(token, str) or not token:
+            return _error("send the prediction's token, the verdict, the gloss and the video", 400)
         if verdict not in ("correct", "wrong") or (verdict == "wrong" and not gloss):
             return _error("verdict must be correct, or wrong with the correct gloss", 400)
-        video, filename, answer = item
-        record = _record(answer, verdict, gloss)
+        try:  # the token first: a link is fetched again only for a prediction of ours
+            claims = await asyncio.to_thread(keys.check, token)
+            video, _ = await _video_of(form, max_bytes, args.allow_private_urls)
+            await asyncio.to_thread(tokens.same_video, claims, video)
+        except tokens.TokenError as e:
+            return _error(str(e), e.status)
+        except tokens.KeyUnavailable as e:
+            return _error(f"feedback cannot be checked right now: {e}", 503)
+        except (FetchError, ValueError) as e:
+            return _error(f"send the video that was predicted: {e}", 400)
+        record = _record(claims["answer"], verdict, gloss)
         try:  # the store writes to S3 or disk: off the event loop
-            return await asyncio.to_thread(store.submit, video, filename, record)
+            return await asyncio.to_thread(store.submit, video, claims["name"], record)
         except ValueError as e:  # SpoolFull: neither the store nor the local spool took it
             return _error(f"feedback cannot be kept right now: {e}", 503)
 
-    live = Sessions()
+    live = Live(client)
 
-    @web.post("/api/live")
-    async def live_start():
-        return {"session": live.new()}
-
-    @web.post("/api/live/{sid}")
-    async def live_frames(sid: str, request: Request, width: int, height: int):
-        session = live.get(sid)
-        if session is None:
-            return _error("no such live session; start again", 404)
-        if not (1 <= width <= LIVE_SIDE and 1 <= height <= LIVE_SIDE):
-            return _error(f"live frames must be at most {LIVE_SIDE} x {LIVE_SIDE}", 400)
-        frame = width * height * 3
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or not 0 < int(declared) <= LIVE_CHUNK * frame:
-            return _error(f"send 1 to {LIVE_CHUNK} frames of {width} x {height} RGB", 413)
-        chunk = await request.body()
-        if len(chunk) % frame:
-            return _error(f"the body is not whole {width} x {height} RGB frames", 400)
-        session.add(chunk, width, height)
-        if session.count < 2:
-            return {"final": [], "pending": []}
-        try:
-            out = await client.sentence_frames(
-                bytes(session.frames), session.count, height, width, stride=LIVE_STRIDE
-            )
-        except ModelError as e:
-            return _error(str(e), e.status)
-        final, pending = session.words(out["words"], out["spans"], SETTLE)
-        session.forget_said(keep=LIVE_CONTEXT)
-        return {"final": final, "pending": pending}
-
-    @web.delete("/api/live/{sid}")
-    async def live_end(sid: str):
-        live.end(sid)
-        return {"ended": True}
+    @web.websocket("/api/live/ws")
+    async def live_ws(ws: WebSocket):
+        await live.serve(ws)
 
     return web
+
+
+def _quietly(get) -> None:
+    with contextlib.suppress(tokens.KeyUnavailable):  # logged; retried on the next prediction
+        get()
 
 
 def _store(args: argparse.Namespace):
@@ -249,17 +231,29 @@ async def _video_of(form, max_bytes: int, allow_private: bool) -> tuple[bytes, s
     raise ValueError("choose a video file, give a video URL, or record one")
 
 
-def _record(answer: dict, verdict: str, gloss: str | None) -> dict:
+def _said(answer: dict) -> dict:
+    """What a feedback record needs of an answer (its token carries this, not the whole
+    result with its frame-by-frame probabilities)."""
     result = answer["result"]
     if answer["mode"] == "word":
         predicted, scores = result["glosses"][:1], result["scores"][:1]
     else:
         predicted, scores = result["words"], result["confidences"]
     return {
+        "mode": answer["mode"],
         "predicted": predicted,
         "scores": scores,
-        "mode": answer["mode"],
         "model": answer["model"],
+    }
+
+
+def _record(said: dict, verdict: str, gloss: str | None) -> dict:
+    predicted = said["predicted"]
+    return {
+        "predicted": predicted,
+        "scores": said["scores"],
+        "mode": said["mode"],
+        "model": said["model"],
         "verdict": verdict,
         "gloss": gloss if verdict == "wrong" else " ".join(predicted),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -274,7 +268,16 @@ def run(args: argparse.Namespace) -> None:
     """Serve the app with build_parser's arguments until stopped."""
     import uvicorn
 
-    uvicorn.run(create_app(args), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(
+        create_app(args),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        ws_max_size=MAX_MESSAGE,  # a larger live message is refused with close code 1009
+        # Live frames go as sent, as the HTTP bodies they replace did: deflating ~0.7 MB of
+        # raw RGB twice a second costs both ends CPU that the model's reads need.
+        ws_per_message_deflate=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,7 @@ def test_app_requirements_match_the_project_pins():
     app = requirement_lines(ROOT / "app" / "requirements.txt")
     assert app and set(app) <= lock, set(app) - lock
     names = {s.split("==")[0].split("[")[0] for s in app}
-    allowed = {"fastapi", "uvicorn", "python-multipart", "boto3", "httpx"}
+    allowed = {"fastapi", "uvicorn", "websockets", "python-multipart", "boto3", "httpx"}
     assert {"fastapi", "uvicorn"} <= names <= allowed, names - allowed
 
 

@@ -1,7 +1,9 @@
 "use strict";
 // The page's whole logic: ask the app's JSON API (app/main.py), show what it answers.
 const $ = (id) => document.getElementById(id);
-let last = null;      // the last answer: {token, mode, result, model}
+// The last answer: {token, mode, result, model}, and `video`, what feedback sends back with the
+// token ({file, name}: the uploaded File or the recorded Blob; or {url}: the link, fetched again).
+let last = null;
 let recorder = null;  // a MediaRecorder while recording
 
 function status(text, isError = false, el = $("status")) {
@@ -22,7 +24,7 @@ async function loadModel() {
   }
 }
 
-async function predict(form) {
+async function predict(form, video) {
   form.append("mode", $("mode").value);
   status("Working…");
   $("predict").disabled = true;
@@ -30,7 +32,7 @@ async function predict(form) {
     const r = await fetch("/api/predict", { method: "POST", body: form });
     const answer = await r.json();
     if (!r.ok) throw new Error(answer.error || r.statusText);
-    show(answer);
+    show(answer, video);
     status("");
   } catch (e) {
     clear();
@@ -51,9 +53,9 @@ function clear() {
   $("feedback").hidden = true;
 }
 
-function show(answer) {
+function show(answer, video) {
   clear();
-  last = answer;
+  last = { ...answer, video };
   const res = answer.result;
   const words = answer.mode === "word" ? res.glosses.slice(0, 1) : res.words;
   document.querySelector("[data-testid=prediction]").textContent = words.join(" ");
@@ -84,7 +86,8 @@ function show(answer) {
   if ($("feedback").dataset.enabled) {
     $("feedback").hidden = false;
     if (words.length) $("gloss").value = words[0];
-    status("", false, $("feedback-status"));
+    $("correct").disabled = $("wrong").disabled = !answer.token;
+    status(answer.token ? "" : answer.feedback_error || "", !answer.token, $("feedback-status"));
   }
 }
 
@@ -117,13 +120,18 @@ function drawProbs(words, rows) {
   }));
 }
 
+// The token says what was predicted (signed by the app); the video goes again with it, so any
+// of the app's replicas can take the feedback: none keeps the video or the answer in between.
 async function sendFeedback(verdict) {
-  if (!last) return;
-  const body = { token: last.token, verdict, gloss: verdict === "wrong" ? $("gloss").value : null };
+  if (!last || !last.token) return;
+  const form = new FormData();
+  form.append("token", last.token);
+  form.append("verdict", verdict);
+  if (verdict === "wrong") form.append("gloss", $("gloss").value);
+  if (last.video.url) form.append("url", last.video.url);
+  else form.append("file", last.video.file, last.video.name);
   try {
-    const r = await fetch("/api/feedback", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    });
+    const r = await fetch("/api/feedback", { method: "POST", body: form });
     const out = await r.json();
     if (!r.ok) throw new Error(out.error || r.statusText);
     status(out.status === "stored" ? "Thank you: feedback stored."
@@ -158,8 +166,9 @@ async function toggleRecord() {
     button.setAttribute("aria-pressed", "false");
     $("preview").hidden = true;
     const form = new FormData();
-    form.append("file", new Blob(chunks, { type: "video/webm" }), "recording.webm");
-    predict(form);
+    const blob = new Blob(chunks, { type: "video/webm" });
+    form.append("file", blob, "recording.webm");
+    predict(form, { file: blob, name: "recording.webm" });
   };
   $("preview").srcObject = stream;
   $("preview").hidden = false;
@@ -171,28 +180,70 @@ async function toggleRecord() {
 }
 
 
-// Live mode: 160 x 120 frames at 25 fps, sent in chunks of about half a second; the app
-// answers with the words that are final (shown once, in order) and those still pending.
-const LIVE_W = 160, LIVE_H = 120, CHUNK = 12;
+// Live mode: 160 x 120 frames at 25 fps, sent over a WebSocket in chunks of about half a second;
+// the app answers each with the words that are final (shown once, in order) and those still
+// pending. The connection is the session (the replica that took it holds it): if it drops
+// (the replica went away), the page opens a new one once and carries on, keeping the words
+// already shown.
+const LIVE_W = 160, LIVE_H = 120, CHUNK = 12, MAX_FRAMES = 50;  // the app takes 50 per message
+const LIVE_HINT = "Live: sign in front of the camera; press Live again to stop.";
+// Close codes that mean the server went away rather than refused: going away, dropped, server
+// error, restarting, bad gateway. Others (a limit, too many sessions, idle) are said and stop.
+const RECONNECT = new Set([1001, 1006, 1011, 1012, 1014]);
 let live = null;
 
 async function toggleLive() {
   if (live) { stopLive(); return; }
   const stream = await openCamera();
   if (!stream) return;
-  const r = await fetch("/api/live", { method: "POST" });
-  const { session } = await r.json();
   clear();
   const canvas = document.createElement("canvas");
   canvas.width = LIVE_W; canvas.height = LIVE_H;
-  live = { session, stream, canvas, ctx: canvas.getContext("2d", { willReadFrequently: true }),
-           frames: [], busy: false, said: [] };
+  const mine = live = { stream, canvas, ctx: canvas.getContext("2d", { willReadFrequently: true }),
+                       frames: [], busy: true, said: [], retried: false, ws: null };
+  connectLive(mine);
   $("preview").srcObject = stream;
   $("preview").hidden = false;
   await $("preview").play();
-  live.timer = setInterval(captureFrame, 40);
+  if (live !== mine) return;  // stopped meanwhile
+  mine.timer = setInterval(captureFrame, 40);
   $("live").setAttribute("aria-pressed", "true");
-  status("Live: sign in front of the camera; press Live again to stop.");
+  status(LIVE_HINT);
+}
+
+function connectLive(mine) {
+  const url = new URL("/api/live/ws", location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(url);
+  mine.ws = ws;
+  mine.busy = true;  // nothing is sent before the socket is open and knows the frame size
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ width: LIVE_W, height: LIVE_H }));
+    mine.frames.splice(0, Math.max(0, mine.frames.length - MAX_FRAMES));  // no backlog
+    mine.busy = false;
+  };
+  ws.onmessage = (ev) => {
+    const out = JSON.parse(ev.data);
+    mine.busy = false;
+    if (out.error) { status(`Live: ${out.error}`, true); return; }
+    if (mine.retried || $("status").classList.contains("error")) status(LIVE_HINT);
+    mine.retried = false;
+    mine.said.push(...out.final.map((w) => w.word));
+    document.querySelector("[data-testid=prediction]").textContent = mine.said.join(" ");
+    $("pending").textContent = out.pending.map((w) => w.word).join(" ");
+  };
+  ws.onclose = (ev) => {
+    if (live !== mine || mine.ws !== ws) return;  // stopped, or already replaced
+    if (RECONNECT.has(ev.code) && !mine.retried) {
+      mine.retried = true;
+      status("Live: the connection dropped; carrying on in a new session…");
+      connectLive(mine);
+      return;
+    }
+    const why = ev.reason || `the connection closed (code ${ev.code})`;
+    stopLive();
+    status(`Live stopped: ${why}`, true);
+  };
 }
 
 function captureFrame() {
@@ -204,35 +255,25 @@ function captureFrame() {
     rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
   }
   live.frames.push(rgb);
-  if (live.frames.length >= CHUNK && !live.busy) sendChunk();
+  if (live.frames.length >= CHUNK && !live.busy) sendChunk(live);
 }
 
-async function sendChunk() {
-  const mine = live;
-  const frames = mine.frames.splice(0, 50);  // the app takes at most 50 per request
+// One chunk in flight at a time: the next goes when the app has answered this one.
+function sendChunk(mine) {
+  if (mine.ws.readyState !== WebSocket.OPEN) return;
+  const frames = mine.frames.splice(0, MAX_FRAMES);
   const body = new Uint8Array(frames.length * LIVE_W * LIVE_H * 3);
   frames.forEach((f, i) => body.set(f, i * f.length));
   mine.busy = true;
-  try {
-    const r = await fetch(`/api/live/${mine.session}?width=${LIVE_W}&height=${LIVE_H}`,
-                          { method: "POST", body });
-    const out = await r.json();
-    if (!r.ok) throw new Error(out.error || r.statusText);
-    mine.said.push(...out.final.map((w) => w.word));
-    document.querySelector("[data-testid=prediction]").textContent = mine.said.join(" ");
-    $("pending").textContent = out.pending.map((w) => w.word).join(" ");
-  } catch (e) {
-    status(`Live: ${e.message}`, true);
-  } finally {
-    mine.busy = false;
-  }
+  mine.ws.send(body);
 }
 
 function stopLive() {
-  clearInterval(live.timer);
-  live.stream.getTracks().forEach((t) => t.stop());
-  fetch(`/api/live/${live.session}`, { method: "DELETE" });
+  const mine = live;
   live = null;
+  clearInterval(mine.timer);
+  mine.stream.getTracks().forEach((t) => t.stop());
+  mine.ws.close(1000);
   $("pending").textContent = "";
   $("preview").hidden = true;
   $("live").setAttribute("aria-pressed", "false");
@@ -242,10 +283,12 @@ function stopLive() {
 $("predict").addEventListener("click", () => {
   const form = new FormData();
   const file = $("file").files[0];
-  if (file) form.append("file", file);
-  else if ($("url").value.trim()) form.append("url", $("url").value.trim());
+  const url = $("url").value.trim();
+  let video;
+  if (file) { form.append("file", file); video = { file, name: file.name }; }
+  else if (url) { form.append("url", url); video = { url }; }
   else { status("Choose a video file, give a video URL, or record one.", true); return; }
-  predict(form);
+  predict(form, video);
 });
 $("record").addEventListener("click", toggleRecord);
 $("live").addEventListener("click", toggleLive);

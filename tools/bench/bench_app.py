@@ -4,8 +4,8 @@
    straight to the model server's REST endpoint (binary BYTES); medians of alternating runs and
    their ratio.
 2. Live latency: one signer's synthetic test videos strung together (the signs' frame ranges
-   known) are fed to /api/live as the page feeds them (160 x 120, 12-frame chunks at 25 fps,
-   real time, one request in flight); for each word that becomes final, the time from sending
+   known) are fed to the live WebSocket as the page feeds it (160 x 120, 12-frame chunks at
+   25 fps, real time, one chunk in flight); for each word that becomes final, the time from sending
    the last frame of its sign to receiving the word. p50 / p95 over the signs the model names.
 The model is the shipped sentence fixture (tests/fixtures/sentence_model, the demo's size);
 both servers are separate processes on 127.0.0.1.
@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+from websockets.sync.client import connect
 
 from components.data.dataset import load_samples
 from components.data.synth import synthesize
@@ -115,21 +116,19 @@ def live_latency(app_url: str, tmp: Path) -> dict:
     rgb = np.ascontiguousarray(frames[..., ::-1])  # RGB, as the page sends
     heard: list[tuple[str, int, int, float]] = []  # (word, start, end, time received)
     sent_at: dict[int, float] = {}  # frame index -> time its chunk was sent
-    with httpx.Client(timeout=60, trust_env=False) as client:
-        sid = client.post(f"{app_url}/api/live").json()["session"]
+    url = app_url.replace("http", "ws", 1) + "/api/live/ws"
+    with connect(url, proxy=None, max_size=None) as ws:
+        ws.send(json.dumps({"width": W, "height": H}))
         start = time.perf_counter()
         for i in range(0, len(rgb), CHUNK):
             due = start + (i + CHUNK) / FPS  # a camera delivers the chunk's last frame then
             time.sleep(max(0.0, due - time.perf_counter()))
             now = time.perf_counter()
             sent_at.update(dict.fromkeys(range(i, i + CHUNK), now))
-            r = client.post(
-                f"{app_url}/api/live/{sid}",
-                params={"width": W, "height": H},
-                content=rgb[i : i + CHUNK].tobytes(),
-            )
+            ws.send(rgb[i : i + CHUNK].tobytes())
+            answer = json.loads(ws.recv(timeout=60))
             got = time.perf_counter()
-            heard += [(w["word"], w["start"], w["end"], got) for w in r.json()["final"]]
+            heard += [(w["word"], w["start"], w["end"], got) for w in answer["final"]]
     latencies, named = [], 0
     for s, e, label in spans:
         match = [h for h in heard if h[0] == labels[label] and h[1] <= e and h[2] >= s]
