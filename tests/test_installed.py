@@ -26,15 +26,16 @@ NOT_FOUND = "; run sign2text from the repository root, or pass --params FILE"
 
 
 def _build_context() -> list[str]:
-    """What the Dockerfile's build stage copies before it installs the project."""
+    """What the Dockerfile's build stage copies before it installs the project (`pip install
+    ... .`; an earlier one installs only its dependencies)."""
     sources = []
     for line in DOCKERFILE.read_text().split("\nFROM ")[1].splitlines():
         words = line.split()
         if words[:1] == ["COPY"] and not any(w.startswith("--") for w in words):
             sources += [w.rstrip("/") for w in words[1:-1]]
-        if "pip install" in line:
+        if "pip install" in line and words[-1] == ".":
             return sources
-    raise AssertionError(f"no `pip install` in {DOCKERFILE}'s build stage")
+    raise AssertionError(f"no `pip install ... .` in {DOCKERFILE}'s build stage")
 
 
 @pytest.fixture(scope="module")
