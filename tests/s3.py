@@ -54,6 +54,15 @@ s3_server = s3_server_fixture
 s3_env = s3_env_fixture
 
 
+def pump(a: socket.socket, b: socket.socket) -> None:
+    """Copy what `a` sends to `b` until `a` closes, then close `b`'s writing side."""
+    with contextlib.suppress(OSError):
+        while data := a.recv(1 << 16):
+            b.sendall(data)
+    with contextlib.suppress(OSError):
+        b.shutdown(socket.SHUT_WR)
+
+
 class Relay:
     """A TCP relay on a fixed loopback port in front of the S3 server. `down()` closes it and
     every connection through it, so the endpoint refuses as a stopped server does; `up()` opens
@@ -84,15 +93,7 @@ class Relay:
             server = socket.create_connection(("127.0.0.1", self.target))
             self._socks += [client, server]
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(1 << 16):
-                b.sendall(data)
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_WR)
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
     def down(self) -> None:
         for s in [self._listener, *self._socks]:

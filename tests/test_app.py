@@ -41,17 +41,21 @@ def app_server(model_url: str, log: Path, *extra: str, env: dict | None = None):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError):
-                if OPENER.open(url + "/healthz", timeout=2).status == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the app did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url
+        yield wait_healthy(url, proc, log, 30)
     finally:
         stop_process(proc)
+
+
+def wait_healthy(url: str, proc, log: Path, timeout_s: float) -> str:
+    """`url` once the app there answers /healthz; fails with its log if `proc` ends first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError):
+            if OPENER.open(url + "/healthz", timeout=2).status == 200:
+                return url
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"the app did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
 
 
 def _y4m(frames: np.ndarray, path: Path, fps: int = 25) -> Path:

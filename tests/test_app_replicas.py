@@ -29,7 +29,7 @@ from components.release.local_deploy import free_port, stop_process
 from tests.browser import LOCAL_ARGS, offline_chromium
 from tests.conftest import moving_square, write_video
 from tests.model_server import ENV, OPENER, ROOT, serve
-from tests.s3 import s3_server_fixture  # noqa: F401
+from tests.s3 import pump, s3_server_fixture  # noqa: F401
 from tests.test_app import FIXTURE, _file_server, _y4m, control
 
 BUCKET, PREFIX = "app-replicas", "feedback"
@@ -80,9 +80,9 @@ class RoundRobin:
             with server:
                 self.routed.append((index, head.split(b"\r\n", 1)[0].decode(errors="replace")))
                 server.sendall(head)
-                back = threading.Thread(target=_pump, args=(server, client), daemon=True)
+                back = threading.Thread(target=pump, args=(server, client), daemon=True)
                 back.start()
-                _pump(client, server)
+                pump(client, server)
                 back.join()
 
     def to(self, request: str) -> list[int]:
@@ -91,14 +91,6 @@ class RoundRobin:
 
     def close(self) -> None:
         self._listener.close()
-
-
-def _pump(a: socket.socket, b: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := a.recv(1 << 16):
-            b.sendall(data)
-    with contextlib.suppress(OSError):
-        b.shutdown(socket.SHUT_WR)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ spool a tmpfs as the pod's emptyDir), driven in a real headless Chromium: an upl
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,17 @@ from model.predict import Classifier
 from tests import containers
 from tests.browser import LOCAL_ARGS, offline_chromium
 from tests.conftest import moving_square, write_video
-from tests.model_server import OPENER
 from tests.s3 import s3_server_fixture  # noqa: F401
-from tests.test_app import BUCKET, PREFIX, _answer, _feedback, _mode, _records, _upload
+from tests.test_app import (
+    BUCKET,
+    PREFIX,
+    _answer,
+    _feedback,
+    _mode,
+    _records,
+    _upload,
+    wait_healthy,
+)
 
 APP = containers.ROOT / "manifests" / "base" / "app.yaml"
 
@@ -41,16 +48,7 @@ def app_container(tag: str, model_url: str, s3_env: dict, log: Path):
     options = [f"--env={k}={v}" for k, v in s3_env.items()]
     options += ["--env=HOME=/tmp", "--tmpfs=/var/spool/sign2text:rw,size=64m,uid=10001"]
     with containers.run(tag, args, log, memory=app_memory(), options=options) as app:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                if OPENER.open(url + "/healthz", timeout=2).status == 200:
-                    break
-            if app.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the app container did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
+        yield wait_healthy(f"http://127.0.0.1:{port}", app, log, 60)
 
 
 @pytest.fixture(scope="module")
