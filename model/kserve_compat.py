@@ -33,7 +33,10 @@ RELIES_ON = (
     "kserve.protocol.grpc.server.GRPCServer.start(max_workers): copied with the address as a "
     "parameter (interceptors, message-size options, servicer registration)",
     "kserve.protocol.dataplane.DataPlane.decode_inference_request(body, headers, model_name) and "
-    "model_metadata(model_name): overridden (binary BYTES kept as bytes; the model's version)",
+    "model_metadata(model_name): overridden (binary BYTES kept as bytes; the model's version and "
+    "platform). Fields beyond the v2 schema's do not reach a client: REST validates the answer "
+    "into kserve's ModelMetadataResponse (extra keys dropped), gRPC copies name, platform, inputs "
+    "and outputs (not even versions)",
     "kserve.errors.invalid_input_handler: the 400 for a body that is not a v2 request",
     "kserve.model_server.app: the FastAPI app that takes the guards' middleware and handlers",
     "kserve.protocol.infer_type.InferOutput.to_grpc tests `data` for truth: outputs must be numpy "
@@ -172,11 +175,13 @@ def invalid_input_response(request, message: str):
     return invalid_input_handler(request, InvalidInput(message))
 
 
-def new_model_server(args, *, host: str, http_protocol, decode_binary, model_version):
+def new_model_server(
+    args, *, host: str, http_protocol, decode_binary, model_version, model_platform=None
+):
     """kserve's ModelServer for `args` (the server's parsed arguments), listening on `host`
     with `http_protocol` (uvicorn's h11 protocol class) for REST, and a data plane that hands
     binary-extension REST bodies to `decode_binary(body, json_length, model_name)` and reports
-    `model_version(model)` (None: none) in the model's metadata."""
+    `model_version(model)` and `model_platform(model)` (None: none) in the model's metadata."""
     import kserve
     from kserve import model_server
 
@@ -188,22 +193,32 @@ def new_model_server(args, *, host: str, http_protocol, decode_binary, model_ver
     # ModelServer's defaults were bound from that namespace at import, so each is passed.
     wanted = inspect.signature(kserve.ModelServer).parameters
     server = kserve.ModelServer(**{k: v for k, v in vars(args).items() if k in wanted})
-    server.dataplane = data_plane(server.registered_models, decode_binary, model_version)
+    server.dataplane = data_plane(
+        server.registered_models, decode_binary, model_version, model_platform
+    )
     return server
 
 
-def data_plane(registry, decode_binary, model_version=lambda model: None):
+def data_plane(registry, decode_binary, model_version=lambda model: None, model_platform=None):
     """kserve's DataPlane over `registry`, handing binary-extension REST bodies to
     `decode_binary(body, json_length, model_name)` (kserve's own turns binary BYTES into str,
-    and every binary tensor into a Python list) and adding `model_version(model)` to a model's
-    metadata as `versions` (None: none)."""
+    and every binary tensor into a Python list), adding `model_version(model)` to a model's
+    metadata as `versions` and setting its `platform` (kserve: "") to `model_platform(model)`
+    (None: none). `platform` is the v2 field for what runs the model (Triton names its backend
+    there, "onnxruntime_onnx"), and the one both REST and gRPC carry."""
     from kserve.protocol.dataplane import DataPlane
 
     class BinaryBytesDataPlane(DataPlane):
         async def model_metadata(self, model_name: str) -> dict:
             metadata = await super().model_metadata(model_name)
-            version = model_version(self.get_model_from_registry(model_name))
-            return metadata | ({"versions": [version]} if version else {})
+            model = self.get_model_from_registry(model_name)
+            version = model_version(model)
+            platform = model_platform(model) if model_platform else None
+            return (
+                metadata
+                | ({"versions": [version]} if version else {})
+                | ({"platform": platform} if platform else {})
+            )
 
         def decode_inference_request(self, body, headers, model_name):
             json_length = headers.get("inference-header-content-length")

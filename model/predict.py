@@ -46,8 +46,10 @@ class Classifier:
     """Loads a model directory once; answers word mode and sentence mode.
 
     `runtime`: which network runs the forward (model/runtimes/choice.py): "torch" (model.pt), "onnx"
-    (model.onnx, ONNX Runtime on the CPU) or "auto" (ONNX when the directory has it and the
-    device is the CPU), or "triton" (a KServe v2 predictor elsewhere; `options` say where)."""
+    (model.onnx, ONNX Runtime on the CPU), "openvino" (model.onnx, OpenVINO on the CPU, f32 or
+    bf16) or "auto" (OpenVINO when the directory has model.onnx and the device is the CPU), or
+    "triton" (a KServe v2 predictor elsewhere; `options` say where). `self.runtime.precision`
+    and `.reason` say at what precision it runs and why."""
 
     def __init__(
         self,

@@ -46,8 +46,10 @@ def _export(args: argparse.Namespace) -> None:
     Export the network the model directory rebuilds (eval mode, per-time logits, input B x 3 x
     T x H x W with the batch dynamic) to DIR/model.onnx and record it in config.json. ONNX
     Runtime must match torch within --tolerance on a random input and on a real clip, each
-    alone and as one batch, or nothing is written (exit 2)."""
+    alone and as one batch, or nothing is written (exit 2). Then bf16 is gated against f32 on
+    OpenVINO where this CPU has it (config.json's "precision": docs/serving.md)."""
     from components.release.onnx_export import export_onnx
+    from components.release.precision_gate import gate_precisions, summary
 
     rec = export_onnx(args.model_dir, video=args.video, tol=args.tolerance)
     diff = max(rec["max_abs_diff"].values())
@@ -56,6 +58,7 @@ def _export(args: argparse.Namespace) -> None:
         f"{rec['output']['shape']}); ONNX Runtime vs torch max |diff| {diff:.2g} "
         f"(export {rec['export_s']} s, verify {rec['verify_s']} s)"
     )
+    print(f"precision gate (OpenVINO, vs f32): {summary(gate_precisions(args.model_dir))}")
 
 
 def _triton_repo(args: argparse.Namespace) -> None:

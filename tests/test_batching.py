@@ -99,7 +99,7 @@ def test_no_batch_waits_longer_than_max_wait():
     batcher.close()
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "openvino"])
 def test_served_concurrent_requests_batch_and_answer_as_alone(onnx_sentence_model, runtime):
     """Six concurrent word-mode requests through the real predictor: fewer forwards than
     requests, and each gets the glosses and scores it gets alone."""

@@ -141,7 +141,7 @@ def test_serving_refuses_a_stale_or_altered_onnx(demo_export, tmp_path):
     asking for ONNX says how to make one."""
     from model.predict import Classifier
 
-    assert Classifier(demo_export).runtime.name == "onnx"  # auto: the export is there
+    assert Classifier(demo_export).runtime.name == "openvino"  # auto: the export is there
     stale = tmp_path / "stale"
     shutil.copytree(demo_export, stale)
     state = torch.load(stale / "model.pt", weights_only=True)
@@ -153,11 +153,13 @@ def test_serving_refuses_a_stale_or_altered_onnx(demo_export, tmp_path):
     shutil.copytree(demo_export, altered)
     with open(altered / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ModelDirError, match="sha256"):
-        Classifier(altered, runtime="onnx")
+    for runtime in ("onnx", "openvino"):
+        with pytest.raises(ModelDirError, match="sha256"):
+            Classifier(altered, runtime=runtime)
     assert Classifier(DEMO).runtime.name == "torch"
-    with pytest.raises(ModelDirError, match="sign2text model export"):
-        Classifier(DEMO, runtime="onnx")
+    for runtime in ("onnx", "openvino"):
+        with pytest.raises(ModelDirError, match="sign2text model export"):
+            Classifier(DEMO, runtime=runtime)
 
 
 def _float_input_export(model_dir, out):
@@ -196,6 +198,9 @@ def test_an_export_from_before_uint8_clips_still_serves(demo_export, tmp_path):
     new_clf, old_clf = Classifier(demo_export, runtime="onnx"), Classifier(old, runtime="onnx")
     assert old_clf.runtime.value_range == pre.value_range and new_clf.runtime.value_range is None
     np.testing.assert_allclose(old_clf.logits(clips), new_clf.logits(clips), rtol=0, atol=1e-5)
+    old_ov = Classifier(old, runtime="openvino")  # OpenVINO scales them the same way
+    assert old_ov.runtime.value_range == pre.value_range
+    np.testing.assert_allclose(old_ov.logits(clips), new_clf.logits(clips), rtol=0, atol=1e-4)
     with pytest.raises(TypeError, match="uint8"):
         old_clf.logits(clips.astype(np.float32))  # already scaled? no way to tell: refused
     lying = tmp_path / "lying"  # the old graph, its record claiming uint8
@@ -205,6 +210,8 @@ def test_an_export_from_before_uint8_clips_still_serves(demo_export, tmp_path):
     (lying / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelDirError, match=r"takes tensor\(float\) clips"):
         Classifier(lying, runtime="onnx")
+    with pytest.raises(ModelDirError, match=r"takes f32 clips"):
+        Classifier(lying, runtime="openvino")
     for model_dir, want in ((old, "TYPE_FP32"), (demo_export, "TYPE_UINT8")):
         config = write_repository(model_dir, tmp_path / f"repo-{want}") / "config.pbtxt"
         assert f"data_type: {want}" in config.read_text().split("output")[0]

@@ -63,6 +63,7 @@ def components() -> Image:
 RUNTIMES = {
     "torch": "model/runtimes/torch_runtime.py",
     "onnx": "model/runtimes/onnx_runtime.py",
+    "openvino": "model/runtimes/openvino_runtime.py",
     "triton": "model/runtimes/triton_runtime.py",
 }
 
@@ -82,9 +83,8 @@ def serving_onnx() -> Image:
     Triton transformer's image (manifests/overlays/triton)."""
     lines = (ROOT / "model" / "requirements.txt").read_text().splitlines()
     reqs = tuple(ln for ln in lines if ln and not ln.startswith("#"))
-    return Image(
-        reqs, ("model",), ("model/serving/server.py", RUNTIMES["onnx"], RUNTIMES["triton"])
-    )
+    entries = ("model/serving/server.py", *(RUNTIMES[r] for r in ("onnx", "openvino", "triton")))
+    return Image(reqs, ("model",), entries)
 
 
 def app() -> Image:
@@ -115,10 +115,11 @@ def test_onnx_serving_image_has_no_torch_and_is_a_fraction_of_the_torch_one():
     image takes is smaller, so the ratio below flatters the ONNX image; see docs/serving.md)."""
     onnx, torch_image = installed_in(serving_onnx()), installed_in(serving())
     assert not [n for n in onnx if n.startswith(("torch", "nvidia-", "triton"))]
-    assert "onnxruntime" in onnx and "torch" in torch_image
+    assert {"onnxruntime", "openvino"} <= set(onnx) and "torch" in torch_image
     sizes = {name: installed_mb(image()) for name, image in IMAGES.items()}
     print("install trees (MB):", {k: round(v) for k, v in sizes.items()})
-    assert sizes["serving-onnx"] < sizes["serving"] / 3
+    # 714 vs 1893 MB here: OpenVINO (184 MB, in both builds) took the ONNX build from 28% to 38%.
+    assert sizes["serving-onnx"] < sizes["serving"] / 2.5
 
 
 def test_app_image_installs_no_model_runtime():

@@ -120,6 +120,7 @@ def test_serving_requirements_match_the_project_pins():
     assert set(serving) <= set(project)
     assert {s.split("==")[0].split("[")[0] for s in serving} == {
         "onnxruntime",
+        "openvino",
         "numpy",
         "opencv-python-headless",
         "kserve",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -78,25 +79,53 @@ def test_strung_together_signs_give_the_words_and_spans(clf, strings):
     assert errors <= 0.05
 
 
-RUNTIMES = {"process": "onnx", "onnx-image": "onnx", "torch-image": "torch"}
+def test_openvino_gives_torchs_words_in_process(clf, strings, onnx_sentence_model):
+    """The openvino runtime on the fixture's model.onnx (f32 here: the fixture records no bf16
+    gate) answers word and sentence mode with torch's words, spans within one stride."""
+    ov = Classifier(onnx_sentence_model, runtime="openvino")
+    assert (ov.runtime.name, ov.runtime.precision) == ("openvino", "f32")
+    for path, _ in strings[:4]:
+        want, got = _transcript(clf, path), _transcript(ov, path)
+        assert [w.gloss for w in got] == [w.gloss for w in want]
+        spans = np.array([[w.start, w.end] for w in got])
+        assert np.abs(spans - np.array([[w.start, w.end] for w in want])).max() <= 2
+        a, b = clf.word(path, 3), ov.word(path, 3)
+        assert a.glosses == b.glosses
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-6)
+
+
+# how the server runs -> the runtime it is asked for
+RUNTIMES = {
+    "process": "onnx",
+    "openvino-process": "openvino",
+    "onnx-image": "openvino",  # what the image serves by default ("auto" on the CPU)
+    "torch-image": "torch",
+}
 
 
 def _served(how: str, model: Path, tmp_path: Path):
     """The server as the ONNX serving image runs it: in a process with the model packaged with
-    its model.onnx, `--runtime onnx` and no torch to import (a `torch` on PYTHONPATH that
-    raises), or the image itself, run as the cluster runs it; or the torch serving image."""
+    its model.onnx, `--runtime onnx` (or openvino) and no torch to import (a `torch` on
+    PYTHONPATH that raises), or the image itself, run as the cluster runs it; or the torch
+    serving image."""
     log = tmp_path / "server.log"
-    if how != "process":
+    if how.endswith("image"):
         tag = containers.image("serving" if how == "torch-image" else "serving-onnx")
         return containers.serve_image(tag, model, log, "--runtime", RUNTIMES[how])
     blocker = tmp_path / "no-torch" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text('raise ImportError("no torch in the ONNX image")\n')
-    return serve(model, log, "--runtime", "onnx", env={"PYTHONPATH": str(blocker.parent)})
+    return serve(model, log, "--runtime", RUNTIMES[how], env={"PYTHONPATH": str(blocker.parent)})
 
 
 @pytest.mark.parametrize(
-    "how", ["process", "onnx-image", pytest.param("torch-image", marks=pytest.mark.heavy)]
+    "how",
+    [
+        "process",
+        "openvino-process",
+        "onnx-image",
+        pytest.param("torch-image", marks=pytest.mark.heavy),
+    ],
 )
 def test_served_sentence_mode_matches_in_process(clf, strings, onnx_sentence_model, tmp_path, how):
     """The `predict` client, REST and gRPC, against the server as the ONNX serving image runs
@@ -104,7 +133,12 @@ def test_served_sentence_mode_matches_in_process(clf, strings, onnx_sentence_mod
     same file (the server decodes it the same way)."""
     with _served(how, onnx_sentence_model, tmp_path) as srv:
         log = srv.log
-        assert f"sign2text: {RUNTIMES[how]} runtime" in log.read_text()
+        assert f"sign2text: {RUNTIMES[how]} runtime at f32 (" in log.read_text()
+        # The runtime and its precision are the metadata's platform (REST here; gRPC in
+        # tests/test_serving_server.py).
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{srv.http}/v2/models/sign2text", timeout=30) as r:
+            assert json.loads(r.read())["platform"] == f"{RUNTIMES[how]}-f32"
         for path, spans in strings[:1]:
             expected = _transcript(clf, path)
             assert [w.gloss for w in expected] == [clf.labels[k] for _, _, k in spans]

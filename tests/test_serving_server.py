@@ -136,6 +136,7 @@ def test_tritonclient_rest_binary_rest_json_and_grpc(server, files, model_dir):
         assert inputs == {"video": ("BYTES", [1]), "frames": ("UINT8", [-1, -1, -1, 3])}
         names = {o["name"] for o in meta["outputs"]}
         assert names == {"glosses", "scores", "words", "spans", "confidences", "frame_probs"}
+        assert meta["platform"] == "torch-f32"  # the runtime and its precision (no model.onnx)
     # the version is the weights' hash: what a feedback record names the model by (REST; kserve
     # 0.21's gRPC servicer builds its metadata message without `versions`)
     assert r["http_metadata"]["versions"] == [hash_file(model_dir / "model.pt")[:12]]

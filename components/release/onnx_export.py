@@ -178,5 +178,6 @@ def export_onnx(
     }
     config = json.loads((model_dir / CONFIG).read_text())
     config["onnx"] = record
+    config.pop("precision", None)  # gated on the old model.onnx (precision_gate.py gates again)
     write_atomic(model_dir / CONFIG, (json.dumps(config, indent=2) + "\n").encode(), durable=True)
     return record | {"export_s": round(export_s, 2), "verify_s": round(verify_s, 2)}

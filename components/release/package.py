@@ -7,7 +7,10 @@ asked for explicitly: a package is a release candidate.
 With `onnx` (params.yaml package.onnx), model.onnx is exported beside model.pt and kept only if
 it matches torch (components/release/onnx_export.py); predictors then serve it with ONNX Runtime
 (model/runtimes/choice.py's "auto"). A failed check leaves the package torch-only, and
-lineage.json's "onnx" says why, so a release never waits on the exporter.
+lineage.json's "onnx" says why, so a release never waits on the exporter. A kept model.onnx is
+then gated for reduced precisions (components/release/precision_gate.py): config.json's
+"precision" records whether bf16 serves this model as well as f32 does, which OpenVINO's "auto"
+reads; lineage.json's "precision" repeats the verdicts.
 """
 
 from __future__ import annotations
@@ -102,4 +105,14 @@ def _export(out: Path) -> dict:
     except ExportError as e:
         print(f"package: model.onnx not kept: {e}", flush=True)
         return {"exported": False, "reason": str(e)}
-    return {"exported": True, "max_abs_diff": max(record["max_abs_diff"].values())}
+    from components.release.precision_gate import gate_precisions, summary
+
+    out_record = {"exported": True, "max_abs_diff": max(record["max_abs_diff"].values())}
+    try:
+        gate = gate_precisions(out)
+    except (RuntimeError, ValueError, OSError) as e:  # OpenVINO's errors are RuntimeErrors
+        print(f"package: precision gate not run, every CPU serves f32: {e}", flush=True)
+        return out_record | {"precision": {"error": str(e)}}
+    print(f"package: precision gate: {summary(gate)}", flush=True)
+    verdicts = {p: {"measured": r["measured"], "passed": r["passed"]} for p, r in gate.items()}
+    return out_record | {"precision": verdicts}

@@ -28,6 +28,8 @@ class Batcher:
             )
         self.runtime, self.max_batch, self.max_wait_s = runtime, int(max_batch), float(max_wait_s)
         self.name = runtime.name
+        self.precision = getattr(runtime, "precision", "f32")
+        self.reason = getattr(runtime, "reason", "")
         self._queue: deque[tuple[np.ndarray, Future]] = deque()
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None

@@ -117,6 +117,7 @@ class Sign2TextModel(Model):
         self._batcher: Batcher | None = None
         self._fetched: Path | None = None  # a download this model owns and removes at stop()
         self.version: str | None = None
+        self.platform: str | None = None  # the metadata's platform: runtime-precision
         self._in_flight = 0
         self._seconds = 1.0  # running mean of a request's time, for Retry-After
 
@@ -129,7 +130,9 @@ class Sign2TextModel(Model):
         self.classifier = Classifier(path, self.device, self.runtime, **self.runtime_options)
         # Every forward, word or sentence mode, goes through one batcher
         # (model/serving/batching.py).
-        self._batcher = Batcher(self.classifier.runtime, self.max_batch_size, self.max_batch_wait_s)
+        runtime = self.classifier.runtime
+        self.platform = f"{runtime.name}-{runtime.precision}"  # e.g. openvino-bf16
+        self._batcher = Batcher(runtime, self.max_batch_size, self.max_batch_wait_s)
         self.classifier.runtime = self._batcher
         # The model's version in its metadata: its weights' hash, so equal bytes, equal version;
         # in front of Triton, or with model.onnx alone, the recorded hash of that model.onnx.

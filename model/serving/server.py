@@ -93,10 +93,13 @@ def build_parser(
         "--runtime",
         choices=CHOICES,
         default="auto",
-        help="the network's runtime: onnx (ONNX Runtime on model.onnx), torch "
-        "(model.pt), auto (onnx where the model directory has it and --device is "
-        "the CPU), triton (a KServe v2 predictor: set by --predictor_host); the "
-        "ONNX serving image has no torch",
+        help="the network's runtime: openvino (OpenVINO on model.onnx, at bf16 where the "
+        "CPU reports BF16 and the model's package-time precision gate passed and measured "
+        "bf16 faster, else f32), onnx (ONNX Runtime on model.onnx, f32), torch (model.pt), "
+        "auto (openvino where the model directory has model.onnx and --device is the CPU, "
+        "onnx where OpenVINO is not installed, torch otherwise), triton (a KServe v2 "
+        "predictor: set by --predictor_host); the start-up log says which, at what "
+        "precision and why; the ONNX serving image has no torch",
     )
     # --predictor_protocol: kserve's default is v1; this server's predictor speaks only v2.
     p.set_defaults(
@@ -143,6 +146,7 @@ def serve(args: argparse.Namespace) -> int:
         http_protocol=guard.slow_headers(args.client_timeout_s),
         decode_binary=request_from_binary,
         model_version=lambda model: getattr(model, "version", None),
+        model_platform=lambda model: getattr(model, "platform", None),
     )
     # A body that is not a v2 request (malformed JSON, no "inputs") is the client's fault too:
     # 400 with the reason, like every other bad input, rather than FastAPI's 422.
@@ -179,7 +183,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     logger.info("sign2text: loading model from %s", display_uri(args.model_dir))
     model.load()
-    logger.info("sign2text: %s runtime", model.classifier.runtime.name)
+    runtime = model.classifier.runtime
+    logger.info("sign2text: %s runtime at %s (%s)", runtime.name, runtime.precision, runtime.reason)
     logger.info(
         "sign2text: %d classes; limits: video %d bytes, body %d bytes, %s; decoder "
         "%g MiB; %g s per request, %d in flight",

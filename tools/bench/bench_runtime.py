@@ -1,16 +1,22 @@
 """`make bench`, runtimes: the I3D forward per runtime and precision, side by side in one run.
 
 (e) forward time of torch eager (no_grad, contiguous), torch fast (inference_mode +
-    channels_last_3d: the torch runtime), ONNX Runtime fp32 (the onnx runtime: model.onnx from
-    `sign2text model export`) and ONNX Runtime int8 (static QDQ quantization, calibrated on
-    training-split clips), at WLASL's 64 x 224 px full width and at the demo model's 16 x 112 px;
-    the FLOPs of one clip (counted by torch) and the fraction of this CPU's measured fp32 GEMM
-    rate each runtime reaches.
+    channels_last_3d: the torch runtime), torch bf16 (torch fast under CPU autocast to
+    bfloat16), ONNX Runtime fp32 (the onnx runtime: model.onnx from `sign2text model export`),
+    ONNX Runtime int8 (static QDQ quantization, calibrated on training-split clips), OpenVINO f32
+    and bf16 (the openvino runtime; bf16 only where the CPU plugin reports BF16), at WLASL's
+    64 x 224 px full width (random weights in the published checkpoints' format and scale) and at
+    the demo model's 16 x 112 px; the FLOPs of one clip (counted by torch) and the fraction of
+    this CPU's measured GEMM rate each reaches (fp32 GEMM for fp32 and int8, bf16 GEMM for bf16).
 (f) accuracy on the bundled dataset's test split with the demo-trained model
-    (tests/fixtures/sentence_model): top-1 per runtime, agreement with torch fp32's top-1, and
-    the largest |logit - torch fp32 logit|.
-(g) `predict-batch` videos/s over that test split, with model.onnx (ONNX Runtime) and without.
-Runs alternate so machine noise hits every runtime alike; medians are printed.
+    (tests/fixtures/sentence_model): top-1 per runtime, agreement with torch eager's top-1, and
+    the largest |clip logit - eager's|; for the full-width model (random weights: no labels),
+    agreement and difference on 6 clips of the precision gate's synthetic set
+    (components/release/precision_gate.py: 2 classes x 2 test-split signers + 2 at rest).
+(g) `predict-batch` videos/s over that test split, with model.onnx (auto: OpenVINO) and without.
+The CPU's model and vector units (/proc/cpuinfo flags, OpenVINO's OPTIMIZATION_CAPABILITIES) are
+printed first. Runs alternate so machine noise hits every runtime alike; medians are printed.
+No int8 for OpenVINO: it needs NNCF's post-training quantization, not a dependency here.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import onnxruntime as ort
 import torch
 
 from components.release.onnx_export import export_onnx
+from components.release.precision_gate import gate_clips
 from model.modeldir import read_model_info
 from model.network.i3d import I3DConfig, InceptionI3d
+from model.runtimes import openvino_runtime as ovr
 from model.runtimes.onnx_runtime import OnnxRuntime
 from model.runtimes.torch_runtime import fast_inference, normalized
 from model.video.clip import load_clip
@@ -36,11 +44,26 @@ from tools.bench.bench_model import alternate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "tests" / "fixtures" / "sentence_model"
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
 
 
-def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This CPU's attainable fp32 rate: the best of `repeats` n x n matrix products in torch."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
+def cpu_report() -> str:
+    """The CPU's model name, its vector-unit flags that matter here, and OpenVINO's view."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln[:5] == "flags"), [])
+    have = [f for f in FLAGS if f in flags]
+    version = ovr.ov.__version__.split("-")[0]
+    return (
+        f"CPU: {name or '?'} ({ovr.cpu_name()}), {torch.get_num_threads()} threads; flags: "
+        f"{' '.join(have) or 'none of ' + ' '.join(FLAGS)}; OpenVINO {version} "
+        f"capabilities: {' '.join(ovr.cpu_capabilities())}"
+    )
+
+
+def gemm_gflops(dtype=torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """This CPU's attainable rate at `dtype`: the best of `repeats` n x n matrix products."""
+    a, b = torch.rand(n, n).to(dtype), torch.rand(n, n).to(dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
@@ -58,6 +81,27 @@ def clip_gflops(net: InceptionI3d, x: torch.Tensor) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
     return counter.get_total_flops() / 1e9
+
+
+def published_like(net: InceptionI3d, seed: int = 0) -> InceptionI3d:
+    """Random weights at the published checkpoints' scale (tests/conftest.py's
+    published_state_dict): He-initialised convolutions, batch norm near identity, small biases,
+    so activations keep their scale through the network as a trained one's do."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, v in net.state_dict().items():
+        if v.dtype == torch.int64:
+            state[key] = v
+        elif key.endswith(".weight") and v.dim() == 5:
+            state[key] = torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5
+        elif key.endswith("running_var"):
+            state[key] = 1 + 0.1 * torch.rand(v.shape, generator=g)
+        elif key.endswith("bn.weight"):
+            state[key] = 1 + 0.1 * torch.randn(v.shape, generator=g)
+        else:
+            state[key] = 0.01 * torch.randn(v.shape, generator=g)
+    net.load_state_dict(state)
+    return net.eval()
 
 
 def quantized(model_dir: Path, clips: list[np.ndarray], out: Path) -> Path:
@@ -92,7 +136,7 @@ def quantized(model_dir: Path, clips: list[np.ndarray], out: Path) -> Path:
 
 
 class Runtimes:
-    """One network four ways; each `forward(x)` -> per-time logits as numpy."""
+    """One network every way; each `fns(x)[name]()` -> per-time logits as float32 numpy."""
 
     def __init__(self, model_dir: Path, calibration: list[np.ndarray], tmp: Path):
         from model.network.bundle import load_model_dir
@@ -105,6 +149,11 @@ class Runtimes:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         int8 = quantized(model_dir, calibration, tmp / f"{model_dir.name}.int8.onnx")
         self.int8 = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"])
+        self.ov = {  # compiled models (per-time logits), each with an infer request
+            p: ovr.OpenVinoRuntime(model_dir / "model.onnx", p).compiled.create_infer_request()
+            for p in ovr.PRECISIONS
+            if p in ovr.cpu_precisions()
+        }
 
     def fns(self, x: np.ndarray) -> dict:
         """x: uint8 clips. Every runtime scales them in its forward (ONNX: inside the graph)."""
@@ -121,15 +170,23 @@ class Runtimes:
             with torch.inference_mode():
                 return self.fast(normalized(t_cl, vr)).numpy()
 
-        return {
+        def autocast():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return self.fast(normalized(t_cl, vr)).float().numpy()
+
+        fns = {
             "torch eager": eager,
             "torch fast": fast,
+            "torch bf16": autocast,
             "ORT fp32": lambda: self.ort.run(None, {"clip": c})[0],
             "ORT int8": lambda: self.int8.run(None, {"clip": c})[0],
         }
+        for p, req in self.ov.items():
+            fns[f"OpenVINO {p}"] = lambda req=req: req.infer({0: c}).to_tuple()[0].copy()
+        return fns
 
 
-def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peak: float, tmp: Path):
+def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peaks, tmp: Path):
     rt = Runtimes(model_dir, calibration, tmp)
     gflops = clip_gflops(rt.eager, normalized(torch.from_numpy(np.ascontiguousarray(x)), (0, 1)))
     fns = rt.fns(x)
@@ -138,13 +195,15 @@ def bench_forward(name: str, model_dir: Path, calibration, x: np.ndarray, peak: 
         fn()
     med = alternate(fns, repeats=3)
     print(
-        f"(e) {name}: {gflops:.1f} GFLOPs per clip, median of 3 ({torch.get_num_threads()} "
-        "threads); % of the measured GEMM rate; max |per-time logit - eager|"
+        f"(e) {name}: {gflops:.1f} GFLOPs per clip, median of 3 alternating runs "
+        f"({torch.get_num_threads()} threads); % of the measured GEMM rate (bf16 rows: of the "
+        "bf16 rate); max |per-time logit - eager|"
     )
     for k, s in med.items():
         diff = float(np.abs(fns[k]() - ref).max())
+        peak = peaks["bf16" if "bf16" in k else "fp32"]
         print(
-            f"  {k:<12} {s * 1000:9.1f} ms  {s / med['torch eager']:5.2f}x eager  "
+            f"  {k:<14} {s * 1000:9.1f} ms  {s / med['torch eager']:5.2f}x eager  "
             f"{gflops / s:6.1f} GFLOP/s = {gflops / s / peak * 100:4.0f}%  diff {diff:.1e}"
         )
     sys.stdout.flush()
@@ -183,21 +242,27 @@ def test_clips(tmp: Path) -> tuple[list[np.ndarray], list[int], list[np.ndarray]
     return test, [index[s.gloss] for s in samples], train[:: max(1, len(train) // 16)], [videos]
 
 
-def bench_accuracy(rt: Runtimes, clips: list[np.ndarray], labels: list[int]) -> None:
+def bench_accuracy(
+    rt: Runtimes, clips: list[np.ndarray], labels: list[int] | None, n: int, what: str, step: int
+) -> None:
+    """Top-1 (where `labels`), agreement with torch eager's top-1 and the largest |clip logit -
+    eager's| over the first n outputs (the glosses), `step` clips per forward."""
     x = np.stack(clips)
-    n = len(read_model_info(DEMO).labels)  # glosses only, not no-sign
-    fns = rt.fns(x)
-    ref = fns["torch eager"]().max(axis=2)[:, :n]
+    outs: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(x), step):
+        for k, fn in rt.fns(x[i : i + step]).items():
+            outs.setdefault(k, []).append(fn().max(axis=2)[:, :n])
+    ref = np.concatenate(outs["torch eager"])
     print(
-        f"(f) demo test split, {len(clips)} clips, {n} glosses: top-1, agreement with torch "
-        "fp32, max |clip logit - fp32|"
+        f"(f) {what}, {len(clips)} clips, {n} glosses: top-1, agreement with torch eager "
+        "(fp32), max |clip logit - eager|"
     )
-    for k, fn in fns.items():
-        logits = fn().max(axis=2)[:, :n]
-        top1 = float((logits.argmax(1) == np.array(labels)).mean())
+    for k, v in outs.items():
+        logits = np.concatenate(v)
+        top1 = f"top-1 {(logits.argmax(1) == np.array(labels)).mean():.3f}  " if labels else ""
         agree = float((logits.argmax(1) == ref.argmax(1)).mean())
         diff = float(np.abs(logits - ref).max())
-        print(f"  {k:<12} top-1 {top1:.3f}  agrees {agree:.3f}  max diff {diff:.1e}")
+        print(f"  {k:<14} {top1}agrees {agree:.3f}  max diff {diff:.1e}")
     sys.stdout.flush()
 
 
@@ -212,18 +277,22 @@ def bench_predict_batch(model_dir: Path, videos: Path, tmp: Path) -> None:
     del config["onnx"]
     cfg.write_text(json.dumps(config))
     print("(g) predict-batch over the test split's videos (word mode, default workers)")
-    for name, m in (("ONNX Runtime", model_dir), ("torch", torch_only)):
-        out = tmp / f"{name}.jsonl"
+    for name, m in (("model.onnx (auto: OpenVINO)", model_dir), ("torch", torch_only)):
+        out = tmp / f"{name.split()[0]}.jsonl"
         summary = predict_batch(m, videos, out)
         print(
-            f"  {name:<12} {summary['videos']} videos, {summary['videos_per_s']:.1f} videos/s, "
+            f"  {name:<27} {summary['videos']} videos, {summary['videos_per_s']:.1f} videos/s, "
             f"{summary['errors']} errors"
         )
 
 
 def main() -> None:
-    peak = gemm_gflops()
-    print(f"measured fp32 GEMM rate: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
+    print(cpu_report())
+    peaks = {"fp32": gemm_gflops(), "bf16": gemm_gflops(torch.bfloat16)}
+    print(
+        f"measured GEMM rate (torch, 2048^2): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
+        f"{peaks['bf16']:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clips, labels, calibration, (videos,) = test_clips(tmp)
@@ -231,9 +300,10 @@ def main() -> None:
         shutil.copytree(DEMO, demo)
         export_onnx(demo)
         rt = bench_forward(
-            "demo model 16x112x112, width 0.25", demo, calibration, clips[0][None], peak, tmp
+            "demo model 16x112x112, width 0.25", demo, calibration, clips[0][None], peaks, tmp
         )
-        bench_accuracy(rt, clips, labels)
+        n = len(read_model_info(DEMO).labels)  # glosses only, not no-sign
+        bench_accuracy(rt, clips, labels, n, "demo model, the bundled dataset's test split", 40)
         bench_predict_batch(demo, videos, tmp)
         if "--demo" in sys.argv[1:]:
             return
@@ -243,7 +313,7 @@ def main() -> None:
 
         write_model_dir(
             full,
-            InceptionI3d(I3DConfig(num_classes=400)).eval(),
+            published_like(InceptionI3d(I3DConfig(num_classes=400))),
             PreprocessConfig(),
             [f"g{i}" for i in range(400)],
         )
@@ -251,14 +321,16 @@ def main() -> None:
         rng = np.random.default_rng(0)
         x = rng.integers(0, 256, (1, 3, 64, 224, 224), dtype=np.uint8)
         calib = [rng.integers(0, 256, (3, 64, 224, 224), dtype=np.uint8) for _ in range(2)]
-        bench_forward(
-            "full I3D 64x224x224, 400 classes (random weights: timing only)",
+        rt = bench_forward(
+            "full I3D 64x224x224, width 1.0, 400 classes (random published-format weights)",
             full,
             calib,
             x,
-            peak,
+            peaks,
             tmp,
         )
+        gate, what = gate_clips(PreprocessConfig(), 400, signers=2, max_clips=6)
+        bench_accuracy(rt, list(gate), None, 400, f"full I3D, the precision gate's {what}", 1)
 
 
 if __name__ == "__main__":
