@@ -99,6 +99,25 @@ def test_no_batch_waits_longer_than_max_wait():
     batcher.close()
 
 
+def test_a_lone_request_does_not_wait_and_others_in_flight_are_waited_for():
+    """Told that one request is in flight, the batcher runs its clips at once, however long the
+    wait it may take; told that two are, it waits for the second, which joins the batch."""
+    in_flight = [1]
+    runtime = Recording()
+    batcher = Batcher(runtime, max_batch=8, max_wait_s=5.0, in_flight=lambda: in_flight[0])
+    t = time.monotonic()
+    batcher.logits(_clips(1.0))
+    assert time.monotonic() - t < 2.5 and runtime.sizes == [1]
+    in_flight[0] = 2
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(batcher.logits, _clips(2.0))
+        time.sleep(0.2)  # the second request is still decoding
+        second = pool.submit(batcher.logits, _clips(3.0))
+        assert first.result()[0, 0] == 2.0 and second.result()[0, 0] == 3.0
+    assert runtime.sizes == [1, 2]  # one forward for both
+    batcher.close()
+
+
 @pytest.mark.parametrize("runtime", ["torch", "onnx", "openvino"])
 def test_served_concurrent_requests_batch_and_answer_as_alone(onnx_sentence_model, runtime):
     """Six concurrent word-mode requests through the real predictor: fewer forwards than

@@ -2,10 +2,12 @@
 
 Serving decodes and preprocesses each request in a worker thread of its own; every forward goes
 through one `Batcher`, which has the runtime's call (`logits(clips)`, model/runtimes/choice.py) so
-the Classifier runs on it unchanged. The first clips to arrive wait at most `max_wait_s` for others;
-a batch holds at most `max_batch` clips (a caller's own batch, e.g. sentence mode's windows,
-larger than that runs alone, never split). One thread runs the forwards, so the network has every
-core while the workers decode; its batch stays bounded, so one forward's memory does too.
+the Classifier runs on it unchanged. The first clips to arrive wait at most `max_wait_s` for
+others, and not at all when every request in flight (`in_flight()`, the server's count) is
+already in the batch: a lone client pays no wait. A batch holds at most `max_batch` clips (a
+caller's own batch, e.g. sentence mode's windows, larger than that runs alone, never split).
+One thread runs the forwards, so the network has every core while the workers decode; its batch
+stays bounded, so one forward's memory does too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import numpy as np
@@ -21,12 +24,20 @@ from model.runtimes.choice import Runtime
 
 
 class Batcher:
-    def __init__(self, runtime: Runtime, max_batch: int = 8, max_wait_s: float = 0.005):
+    def __init__(
+        self,
+        runtime: Runtime,
+        max_batch: int = 8,
+        max_wait_s: float = 0.005,
+        in_flight: Callable[[], int] | None = None,
+    ):
+        """in_flight: how many requests may send clips now (None: unknown, always wait)."""
         if max_batch < 1 or not max_wait_s >= 0:
             raise ValueError(
                 f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}"
             )
         self.runtime, self.max_batch, self.max_wait_s = runtime, int(max_batch), float(max_wait_s)
+        self.in_flight = in_flight
         self.name = runtime.name
         self.precision = getattr(runtime, "precision", "f32")
         self.reason = getattr(runtime, "reason", "")
@@ -76,8 +87,8 @@ class Batcher:
                     size += len(batch[-1][0])
                     continue
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+                if left <= 0 or (self.in_flight is not None and self.in_flight() <= len(batch)):
+                    break  # the wait is over, or nobody else could join
                 self._ready.wait(left)
             return batch
 

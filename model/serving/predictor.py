@@ -132,7 +132,9 @@ class Sign2TextModel(Model):
         # (model/serving/batching.py).
         runtime = self.classifier.runtime
         self.platform = f"{runtime.name}-{runtime.precision}"  # e.g. openvino-bf16
-        self._batcher = Batcher(runtime, self.max_batch_size, self.max_batch_wait_s)
+        self._batcher = Batcher(
+            runtime, self.max_batch_size, self.max_batch_wait_s, lambda: self._in_flight
+        )
         self.classifier.runtime = self._batcher
         # The model's version in its metadata: its weights' hash, so equal bytes, equal version;
         # in front of Triton, or with model.onnx alone, the recorded hash of that model.onnx.
