@@ -5,9 +5,10 @@ a generator seeded by (seed, epoch[, rank, worker], item), so a run resumed afte
 what an uninterrupted run draws.
 
 Several processes (DDP): training reads each rank's own shards (`part`, as WebDataset's
-split_by_node splits them: shard i goes to rank i mod world), and every rank yields the same
-number of clips per epoch (`rank_items`), so every rank takes the same number of optimizer steps.
-Evaluation splits the clips, not the shards (a small split may be one shard).
+split_by_node splits them: shard i goes to rank i mod world) or, with fewer shards than ranks,
+its own videos of them (`rank_reads`), and every rank yields the same number of clips per epoch
+(`rank_items`), so every rank takes the same number of optimizer steps. Evaluation splits the
+clips, not the shards (a small split may be one shard).
 
 `ShardClips` holds a split in memory (`cache: true`, small data: decoded once); `StreamClips`
 (learning/stream.py) streams it with memory bounded per worker.
@@ -19,14 +20,21 @@ import ctypes
 import ctypes.util
 import math
 import multiprocessing
-from itertools import islice
+from collections.abc import Iterator
+from itertools import accumulate, groupby, islice
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from components.conversion.convert import iter_shard, scratch_dir, split_shards
+from components.conversion.convert import (
+    decode_clip,
+    iter_shard,
+    read_shard,
+    scratch_dir,
+    split_shards,
+)
 from components.training.context import ContextWindows, rebuild_videos
 from model.video.clip import PreprocessConfig, clip_from_frames, normalize
 
@@ -85,6 +93,46 @@ def rank_shards(shards: list, part: Part) -> list:
     """This rank's shards: as webdataset.split_by_node slices, but from the given group."""
     rank, world = part
     return list(islice(shards, rank, None, world))
+
+
+def rank_reads(
+    listed: list[tuple[Path, int]], part: Part, where: str = "the split"
+) -> list[tuple[Path, int | None]]:
+    """What one rank of a training run reads of a split listed as (shard, sign samples):
+    (shard, None) for a shard it reads whole, (shard, the split's index of the shard's first
+    video) for one it shares with the other ranks, keeping its videos only (`rank_video`).
+
+    At least as many shards as ranks: each rank its own shards (`rank_shards`), whole. Fewer:
+    the ranks share every shard by video -- video k of the split (a sign and its rest clips,
+    which convert stores side by side) is rank k mod world's -- so the ranks' videos are
+    disjoint, cover the split and are at most one apart in number (`rank_items` evens out the
+    clips). The readers share rather than convert writing more shards because convert cannot
+    know the run: the same shards train on one process or a TrainJob of nodes x GPUs, and a
+    small split (a demo, a retrain on feedback) is one shard whatever shard_size says."""
+    rank, world = part
+    if world == 1 or len(listed) >= world:
+        return [(path, None) for path, _ in rank_shards(listed, part)]
+    total = sum(n for _, n in listed)
+    if total < world:
+        raise ValueError(
+            f"{where} has {total} videos, fewer than the {world} training processes: "
+            "some would have none to train on"
+        )
+    firsts = accumulate((n for _, n in listed), initial=0)
+    return [(path, first) for (path, _), first in zip(listed, firsts, strict=False)]
+
+
+def rank_video(k: int, part: Part, workers: int = 1, worker: int = 0) -> bool:
+    """Whether video `k` of a shared split (rank_reads) is this rank's -- and, dealt on among
+    the rank's `workers` loader workers, this worker's."""
+    rank, world = part
+    return k % world == rank and (k // world) % workers == worker
+
+
+def shard_videos(path: Path) -> Iterator[list[tuple[dict, bytes]]]:
+    """Each video's samples of one shard, undecoded: convert writes a sign's rest right after it."""
+    for _, samples in groupby(read_shard(path), key=lambda s: s[0]["video_id"]):
+        yield list(samples)
 
 
 def context_per_epoch(signs: int, fraction: float) -> int:
@@ -214,20 +262,34 @@ class ShardClips(SplitClips):
         self._decoded_by = decoded_by if cache and decoded_by is not None else None
         if self._decoded_by is not None and self._source(decoded_by) != self._source(self):
             raise ValueError("decoded_by must read the same split with the same preprocessing")
+        if self.by_shard:
+            self.shard_reads()  # too few videos for the ranks: said now, not mid-run
 
     @staticmethod
     def _source(c: ShardClips) -> tuple:
         shards = c.part if c.by_shard else (0, 1)
         return c.shards, c.split, c.pre, c.context_window, c.no_sign, shards
 
+    def shard_reads(self) -> list[tuple[Path, int | None]]:
+        """(shard, None: read whole | the split's index of its first video: shared), as
+        rank_reads; evaluation reads every shard whole."""
+        listed = split_shards(self.shards, self.split)
+        if not self.by_shard:
+            return [(p, None) for p, _ in listed]
+        return rank_reads(listed, self.part, f"{self.shards}: the {self.split} split")
+
     def shard_paths(self) -> list[Path]:
-        paths = [path for path, _ in split_shards(self.shards, self.split)]
-        return rank_shards(paths, self.part) if self.by_shard else paths
+        return [path for path, _ in self.shard_reads()]
 
     def _read(self):
         with scratch_dir() as d:
-            for path in self.shard_paths():
-                yield from iter_shard(path, d)
+            for path, first in self.shard_reads():
+                if first is None:
+                    yield from iter_shard(path, d)
+                    continue
+                for j, video in enumerate(shard_videos(path)):  # only this rank's decoded
+                    if rank_video(first + j, self.part):
+                        yield from ((meta, decode_clip(meta, mp4, d)) for meta, mp4 in video)
 
     def _samples(self):
         if not self.cache:

@@ -4,9 +4,11 @@ buffers, whatever the size of the dataset.
 Per worker, WebDataset's stages: this rank's shards (split by node, as webdataset's
 split_by_node does), in a fresh seeded order each pass and passed over again when an epoch asks
 for more than they hold (resampling at epoch boundaries); this worker's share of each pass
-(split_by_worker); grouped into videos (a sign and its rest, which convert stores side by side);
-shuffled in a buffer of `shuffle_buffer` videos still compressed (so a large buffer costs little
-and what the epoch's end leaves in it was never decoded); decoded; cut at the epoch's length.
+(split_by_worker) -- or, with fewer shards than ranks, every shard and the videos of it that are
+this rank's and this worker's (clips.rank_reads); grouped into videos (a sign and its rest, which
+convert stores side by side); shuffled in a buffer of `shuffle_buffer` videos still compressed
+(so a large buffer costs little and what the epoch's end leaves in it was never decoded);
+decoded; cut at the epoch's length.
 Context windows come from the last `context_buffer` decoded videos (learning/context.py
 SignerBuffer), in the proportion `context_fraction` to sign clips.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import count, groupby, islice
 from pathlib import Path
 
@@ -31,7 +33,8 @@ from components.training.clips import (
     SplitClips,
     augment,
     rank_quota,
-    rank_shards,
+    rank_reads,
+    rank_video,
     worker_share,
 )
 from components.training.context import SignerBuffer, Video, rebuild_videos
@@ -44,8 +47,9 @@ class StreamClips(SplitClips):
     """Yields (clip, label, is_context) like ShardClips, from a stream.
 
     Training (`train`): each rank's share of the epoch (clips.rank_items), shuffled, from its
-    own shards only. Evaluation: the split's videos in order, every `world`-th one on each rank
-    (evenly spread ones when `max_items` caps them)."""
+    own shards only (its own videos of them with fewer shards than ranks). Evaluation: the
+    split's videos in order, every `world`-th one on each rank (evenly spread ones when
+    `max_items` caps them)."""
 
     def __init__(
         self,
@@ -61,20 +65,25 @@ class StreamClips(SplitClips):
         self.shuffle_buffer, self.context_buffer = shuffle_buffer, context_buffer
         listed = split_shards(self.shards, split)
         self.total = sum(n for _, n in listed)
-        part = self.part
-        if self.train and len(listed) < part[1]:
-            raise ValueError(
-                f"{self.shards}: the {split} split has {len(listed)} shards, fewer than the "
-                f"{part[1]} training processes; convert with a smaller convert.shard_size"
-            )
-        self._fewest = len(listed) // part[1]  # shards on the rank with the fewest
-        self.paths = [p for p, _ in (rank_shards(listed, part) if self.train else listed)]
+        where = f"{self.shards}: the {split} split"
+        self.reads = (
+            rank_reads(listed, self.part, where) if self.train else [(p, None) for p, _ in listed]
+        )
+        self.paths = [p for p, _ in self.reads]
+        # Shared shards (fewer than ranks): the split's index of each one's first video
+        self._first = {p: first for p, first in self.reads if first is not None}
+        # Per rank, the fewest shards -- or, shared, videos -- any rank has to deal to workers
+        self._fewest = (self.total if self._first else len(listed)) // self.part[1]
+
+    def shard_reads(self) -> list[tuple[Path, int | None]]:
+        return list(self.reads)
 
     def shard_paths(self) -> list[Path]:
         return list(self.paths)
 
     def usable_workers(self, wanted: int) -> int:
-        """DataLoader workers that each get a shard to read: the same number on every rank."""
+        """DataLoader workers that each get a shard (or, shared, a video) to read: the same
+        number on every rank."""
         return min(wanted, self._fewest) if self.train else wanted
 
     def __iter__(self) -> Iterator:
@@ -94,16 +103,23 @@ class StreamClips(SplitClips):
         )
         key = [self.seed, 1, epoch, rank]
 
+        def mine(path: Path, j: int) -> bool:  # a shared shard's video j: this worker's?
+            return rank_video(self._first[path] + j, self.part, workers, worker)
+
         def passes() -> Iterator[Packed]:  # the rank's shards, over again as long as asked
             for lap in count():
                 order = np.random.default_rng([*key, lap]).permutation(len(self.paths))
-                mine = wds.split_by_worker([self.paths[i] for i in order])
+                ordered = [self.paths[i] for i in order]
+                if self._first:  # every worker reads every shared shard, keeps its videos
+                    videos = _packed(ordered, mine)
+                else:
+                    videos = _packed(wds.split_by_worker(ordered))
                 shuffle = wds.shuffle(
                     self.shuffle_buffer,
                     initial=self.shuffle_buffer,
                     rng=random.Random(str([*key, worker, lap])),
                 )
-                yield from shuffle(_packed(mine))  # within a pass: one pass = each video once
+                yield from shuffle(videos)  # within a pass: one pass = each video once
 
         buffer = SignerBuffer(self.context_buffer, self.context_window, self.no_sign)
         n = drawn = 0
@@ -159,11 +175,15 @@ class StreamClips(SplitClips):
         return x, label, True
 
 
-def _packed(paths: Iterable[Path]) -> Iterator[Packed]:
-    """Each video's samples, undecoded: convert writes a sign's rest clips right after it."""
+def _packed(
+    paths: Iterable[Path], keep: Callable[[Path, int], bool] | None = None
+) -> Iterator[Packed]:
+    """Each video's samples, undecoded: convert writes a sign's rest clips right after it.
+    With `keep`, video j of a shard only where keep(shard, j)."""
     for path in paths:
-        for _, samples in groupby(read_shard(path), key=lambda s: s[0]["video_id"]):
-            yield list(samples)
+        for j, (_, samples) in enumerate(groupby(read_shard(path), key=lambda s: s[0]["video_id"])):
+            if keep is None or keep(path, j):
+                yield list(samples)
 
 
 def _unpack(packed: Packed, scratch: str) -> Video:

@@ -5,7 +5,8 @@ process's torch RNG (dropout) is saved with each checkpoint, so a run killed aft
 resumed ends where an uninterrupted run ends.
 
 One process, or several under torchrun (learning/distributed.py): DistributedDataParallel, each
-rank reading its own shards, `batch_size` the global batch split among the ranks, BatchNorm
+rank reading its own shards (its own videos of them when there are fewer shards than ranks:
+clips.rank_reads), `batch_size` the global batch split among the ranks, BatchNorm
 statistics re-estimated on every rank's clips and averaged, and rank 0 writing every file.
 
 With `context_fraction` > 0 the model gets one more output, "no sign", and after the `epochs`
@@ -249,10 +250,13 @@ def _train(shards, out, pre, cfg, arch, group: Group, device, resume: bool, prog
     model = build_model(cfg, arch).to(device, memory_format=torch.channels_last_3d)
     train_set, val_set, bn_set, workers = _datasets(shards, pre, cfg, no_sign, group)
     if group.world > 1:
-        names = [p.name for p in train_set.shard_paths()]
+        reads = train_set.shard_reads()
+        names = " ".join(p.name for p, _ in reads)
+        if any(first is not None for _, first in reads):  # fewer shards than ranks
+            names += f" (shared: the split's videos k with k mod {group.world} = {group.rank})"
         # One write, line and newline together: the ranks share stdout, and print's two writes
         # interleave between processes.
-        sys.stdout.write(f"rank {group.rank}/{group.world}: train shards {' '.join(names)}\n")
+        sys.stdout.write(f"rank {group.rank}/{group.world}: train shards {names}\n")
         sys.stdout.flush()
     if cfg.context and not manifest["splits"]["train"].get("idle") and group.main:
         print(
