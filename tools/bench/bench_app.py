@@ -4,17 +4,26 @@
    straight to the model server's REST endpoint (binary BYTES); medians of alternating runs and
    their ratio.
 2. Live latency: one signer's synthetic test videos strung together (the signs' frame ranges
-   known) are fed to the live WebSocket as the page feeds it (160 x 120, 12-frame chunks at
-   25 fps, real time, one chunk in flight); for each word that becomes final, the time from sending
-   the last frame of its sign to receiving the word. p50 / p95 over the signs the model names.
+   known) are fed to the live WebSocket as the page feeds it (160 x 120, 25 fps, real time, one
+   message in flight, the frames that come meanwhile in the next); for each word that becomes
+   final, the time from the camera delivering the last frame of its sign to receiving the word.
+   p50 / p95 over the signs the model names; words said twice are counted.
+3. The same on the page, in headless Chromium, its fake camera playing the stream.
 The model is the shipped sentence fixture (tests/fixtures/sentence_model, the demo's size);
 both servers are separate processes on 127.0.0.1.
+
+`--baseline REF` runs the app of git revision REF (its app/ alone, from `git archive`) beside
+this one, on the same model server, and measures live mode on both, alternating (`--rounds`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
+import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -39,11 +48,13 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "fixtures" / "sentence_model"
 RUNS = 10
 SIGNS = 20
-CHUNK, FPS, W, H = 12, 25.0, 160, 120
+FPS, W, H = 25.0, 160, 120
+REST_S = 5.0  # of rest after the last sign
 
 
-def _start(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+def _start(cmd: list[str], url: str, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    env = os.environ | {"PYTHONPATH": str(cwd)}  # the app of that tree, whatever the caller's
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -94,7 +105,8 @@ def upload_ratio(model_url: str, app_url: str, video: bytes) -> dict:
 
 
 def _stream(tmp: Path) -> tuple[np.ndarray, list[tuple[int, int, int]], list[str]]:
-    """One signer's test videos strung together: (BGR frames, [(start, end, label)], labels)."""
+    """One signer's test videos strung together, then REST_S of rest: (BGR frames,
+    [(start, end, label)], labels)."""
     data = tmp / "data"
     synthesize(
         data, classes=10, per_class=12, signers=24, seed=7, progress=False, only_splits=("test",)
@@ -108,34 +120,48 @@ def _stream(tmp: Path) -> tuple[np.ndarray, list[tuple[int, int, int]], list[str
         dataclasses.replace(v, frames=np.stack([cv2.resize(f, (W, H)) for f in v.frames]))
         for v in videos
     ]
-    return (*string_together(resized, order), labels)
+    frames, spans = string_together(resized, order)
+    # Then the signer rests: the last signs' words can come, and Chromium's camera, which loops
+    # its file, starts the stream again only after every word of the first pass.
+    rest = np.repeat(frames[-1:], int(REST_S * FPS), axis=0)
+    return np.concatenate([frames, rest]), spans, labels
 
 
-def live_latency(app_url: str, tmp: Path) -> dict:
-    frames, spans, labels = _stream(tmp)
+def live_latency(app_url: str, stream, chunk: int = 1) -> dict:
+    """The page's protocol from a script: a frame every 1 / FPS s; whenever no message is in
+    flight and at least `chunk` frames wait, they go (50 at most)."""
+    frames, spans, labels = stream
     rgb = np.ascontiguousarray(frames[..., ::-1])  # RGB, as the page sends
     heard: list[tuple[str, int, int, float]] = []  # (word, start, end, time received)
-    sent_at: dict[int, float] = {}  # frame index -> time its chunk was sent
     url = app_url.replace("http", "ws", 1) + "/api/live/ws"
     with connect(url, proxy=None, max_size=None) as ws:
         ws.send(json.dumps({"width": W, "height": H}))
-        start = time.perf_counter()
-        for i in range(0, len(rgb), CHUNK):
-            due = start + (i + CHUNK) / FPS  # a camera delivers the chunk's last frame then
-            time.sleep(max(0.0, due - time.perf_counter()))
+        start, sent, busy = time.perf_counter(), 0, False
+        while sent < len(rgb) or busy:
             now = time.perf_counter()
-            sent_at.update(dict.fromkeys(range(i, i + CHUNK), now))
-            ws.send(rgb[i : i + CHUNK].tobytes())
-            answer = json.loads(ws.recv(timeout=60))
-            got = time.perf_counter()
+            come = min(len(rgb), int((now - start) * FPS))  # frame k comes at (k + 1) / FPS
+            if not busy and come - sent >= min(chunk, len(rgb) - sent):
+                ws.send(rgb[sent : min(come, sent + 50)].tobytes())
+                sent, busy = min(come, sent + 50), True
+                continue
+            wait = max(0.0, start + (come + 1) / FPS - time.perf_counter())
+            if not busy:
+                time.sleep(wait)
+                continue
+            try:
+                answer = json.loads(ws.recv(timeout=wait if come < len(rgb) else 60))
+            except TimeoutError:
+                continue
+            got, busy = time.perf_counter(), False
             heard += [(w["word"], w["start"], w["end"], got) for w in answer["final"]]
-    latencies, named = [], 0
+    latencies, named, repeats = [], 0, 0
     for s, e, label in spans:
         match = [h for h in heard if h[0] == labels[label] and h[1] <= e and h[2] >= s]
         if match:
-            named += 1
-            latencies.append(match[0][3] - sent_at[e])
-    return _latencies(len(spans), named, [s * 1000 for s in latencies], words_heard=len(heard))
+            named, repeats = named + 1, repeats + len(match) - 1
+            latencies.append(match[0][3] - (start + (e + 1) / FPS))
+    ms = [s * 1000 for s in latencies]
+    return _latencies(len(spans), named, ms, words_heard=len(heard), repeats=repeats)
 
 
 # Recorded in the page: when the camera presents each frame (requestVideoFrameCallback's
@@ -168,14 +194,13 @@ def _y4m(frames: np.ndarray, path: Path) -> Path:
     return path
 
 
-def page_live_latency(app_url: str, tmp: Path) -> dict:
+def page_live_latency(app_url: str, stream, camera: Path) -> dict:
     """Live mode in headless Chromium, its fake camera playing the 20-sign stream: from the
     moment the camera presents a sign's last frame to the moment its word is on the page."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    frames, spans, labels = _stream(tmp)
-    camera = _y4m(frames, tmp / "stream.y4m")
+    frames, spans, labels = stream
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "chromium"
     for arg in (
@@ -197,7 +222,7 @@ def page_live_latency(app_url: str, tmp: Path) -> dict:
         driver.find_element("id", "live").click()
         time.sleep(0.5)
         driver.execute_script(PAGE_PROBE)
-        time.sleep(len(frames) / FPS + 4)  # the whole stream once, and time to settle
+        time.sleep(len(frames) / FPS + 0.5)  # the whole stream once, its rest included
         shown = driver.execute_script("return window.__shown")
         changes = driver.execute_script("return window.__words")
     finally:
@@ -222,14 +247,54 @@ def page_live_latency(app_url: str, tmp: Path) -> dict:
                     latencies.append(appeared[i][1] - at[e])
                 named, j = named + 1, i + 1
                 break
-    return _latencies(len(spans), named, latencies, timed=len(latencies))
+    # The stream never signs one word twice in a row: a word right after itself is a repeat.
+    repeats = sum(a[0] == b[0] for a, b in zip(appeared, appeared[1:], strict=False))
+    return _latencies(len(spans), named, latencies, timed=len(latencies), repeats=repeats)
 
 
-def main() -> None:
+def _baseline(ref: str, tmp: Path) -> Path:
+    """Revision `ref`'s app/ (nothing else: the app imports nothing of the rest) in tmp."""
+    out = tmp / "baseline"
+    out.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", ref, "app"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def _chunk(root: Path) -> int:
+    """Frames per message that app's page sends at least (its CHUNK; 1: every frame)."""
+    found = re.search(r"\bCHUNK = (\d+)", (root / "app/static/app.js").read_text())
+    return int(found[1]) if found else 1
+
+
+def _machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench.bench_app", description=__doc__)
+    ap.add_argument("--baseline", help="a git revision whose app runs beside this one (live)")
+    ap.add_argument("--rounds", type=int, default=1, help="live runs of each app, alternating")
+    args = ap.parse_args(argv)
+    print(f"{_machine()}; {_load()}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        mport, aport = free_port(), free_port()
-        model_url, app_url = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{aport}"
+        mport = free_port()
+        model_url = f"http://127.0.0.1:{mport}"
         model = _start(
             [
                 sys.executable,
@@ -247,39 +312,67 @@ def main() -> None:
             f"{model_url}/v2/health/ready",
             tmp / "model.log",
         )
-        app = _start(
-            [sys.executable, "-m", "app.main", "--model-url", model_url, "--port", str(aport)],
-            f"{app_url}/healthz",
-            tmp / "app.log",
+        roots = {"this": ROOT} | (
+            {args.baseline: _baseline(args.baseline, tmp)} if args.baseline else {}
         )
+        apps, procs = {}, [model]
         try:
+            for name, root in roots.items():
+                port = free_port()
+                procs.append(
+                    _start(
+                        [
+                            sys.executable,
+                            "-m",
+                            "app.main",
+                            "--model-url",
+                            model_url,
+                            "--port",
+                            str(port),
+                        ],
+                        f"http://127.0.0.1:{port}/healthz",
+                        tmp / f"app-{len(apps)}.log",
+                        cwd=root,
+                    )
+                )
+                apps[name] = (f"http://127.0.0.1:{port}", _chunk(root))
             from components.data.synth import moving_square, write_video
 
+            app_url = apps["this"][0]
             video = write_video(tmp / "sign.mp4", moving_square(40)).read_bytes()
             up = upload_ratio(model_url, app_url, video)
             print(
                 f"upload-to-result (median of {RUNS}): via the app {up['app_ms']:.1f} ms, "
                 f"straight to the model {up['direct_ms']:.1f} ms: {up['ratio']:.2f}x"
             )
-            live = live_latency(app_url, tmp)
-            print(
-                f"live: {live['named']} of {live['signs']} signs named "
-                f"({live['words_heard']} words final); end of sign -> word: "
-                f"p50 {live['p50_ms']:.0f} ms, p95 {live['p95_ms']:.0f} ms (API)"
-            )
-            if shutil.which("chromium") and shutil.which("chromedriver"):
-                page = page_live_latency(app_url, tmp / "page")
-                print(
-                    f"live on the page (headless Chromium, fake camera): {page['named']} of "
-                    f"{page['signs']} signs named, {page['timed']} timed; camera presents the "
-                    f"sign's last frame -> word on the page: p50 {page['p50_ms']:.0f} ms, "
-                    f"p95 {page['p95_ms']:.0f} ms"
-                )
-            else:
+            stream = _stream(tmp)
+            for _ in range(args.rounds):
+                for name, (url, chunk) in apps.items():
+                    live = live_latency(url, stream, chunk)
+                    print(
+                        f"live, app {name} (API, {chunk} frame(s) a message at least): "
+                        f"{live['named']} of {live['signs']} signs named, {live['repeats']} "
+                        f"repeated ({live['words_heard']} words final); camera delivers the "
+                        f"sign's last frame -> word: p50 {live['p50_ms']:.0f} ms, "
+                        f"p95 {live['p95_ms']:.0f} ms; {_load()}"
+                    )
+            if not (shutil.which("chromium") and shutil.which("chromedriver")):
                 print("live on the page: skipped (no chromium + chromedriver on PATH)")
+                return
+            camera = _y4m(stream[0], tmp / "stream.y4m")
+            for _ in range(args.rounds):
+                for name, (url, _) in apps.items():
+                    page = page_live_latency(url, stream, camera)
+                    print(
+                        f"live on the page, app {name} (headless Chromium, fake camera): "
+                        f"{page['named']} of {page['signs']} signs named, {page['timed']} "
+                        f"timed, {page['repeats']} repeated; camera presents the sign's last "
+                        f"frame -> word on the page: p50 {page['p50_ms']:.0f} ms, "
+                        f"p95 {page['p95_ms']:.0f} ms; {_load()}"
+                    )
         finally:
-            stop_process(app)
-            stop_process(model)
+            for proc in reversed(procs):
+                stop_process(proc)
 
 
 if __name__ == "__main__":
