@@ -9,8 +9,10 @@
    final, the time from the camera delivering the last frame of its sign to receiving the word.
    p50 / p95 over the signs the model names; words said twice are counted.
 3. The same on the page, in headless Chromium, its fake camera playing the stream.
-The model is the shipped sentence fixture (tests/fixtures/sentence_model, the demo's size);
-both servers are separate processes on 127.0.0.1.
+The model is the shipped sentence fixture (tests/fixtures/sentence_model, the demo's size) with
+the model.onnx `sign2text package` exports of it (tests/fixtures/sentence_model_onnx), so the
+server runs what it runs on a CPU by default (OpenVINO); both servers are separate processes on
+127.0.0.1.
 
 `--baseline REF` runs the app of git revision REF (its app/ alone, from `git archive`) beside
 this one, on the same model server, and measures live mode on both, alternating (`--rounds`).
@@ -45,11 +47,21 @@ from components.training.context import load_videos, signer_groups, string_toget
 from model.predict import Classifier
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "tests" / "fixtures" / "sentence_model"
+FIXTURES = ROOT / "tests" / "fixtures"
+MODEL = FIXTURES / "sentence_model"
 RUNS = 10
 SIGNS = 20
 FPS, W, H = 25.0, 160, 120
 REST_S = 5.0  # of rest after the last sign
+
+
+def _model_dir(tmp: Path) -> Path:
+    """The fixture as `sign2text package` ships it: model.pt, labels, model.onnx and its record."""
+    out = tmp / "model"
+    shutil.copytree(MODEL, out)
+    for name in ("model.onnx", "config.json"):
+        shutil.copy(FIXTURES / "sentence_model_onnx" / name, out / name)
+    return out
 
 
 def _start(cmd: list[str], url: str, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
@@ -122,8 +134,13 @@ def _stream(tmp: Path) -> tuple[np.ndarray, list[tuple[int, int, int]], list[str
     ]
     frames, spans = string_together(resized, order)
     # Then the signer rests: the last signs' words can come, and Chromium's camera, which loops
-    # its file, starts the stream again only after every word of the first pass.
-    rest = np.repeat(frames[-1:], int(REST_S * FPS), axis=0)
+    # its file, starts the stream again only after every word of the first pass. The rest is
+    # the last video's own rest after its sign, back and forth: a frozen frame is no rest to the
+    # model (it reads one as the sign it ends).
+    last = resized[order[-1]]
+    tail = last.frames[last.end + 1 :]
+    rest = np.concatenate([tail, tail[::-1]]) if len(tail) else last.frames[:1]
+    rest = np.resize(rest, (int(REST_S * FPS), *rest.shape[1:]))  # repeated to fill REST_S
     return np.concatenate([frames, rest]), spans, labels
 
 
@@ -154,15 +171,48 @@ def live_latency(app_url: str, stream, chunk: int = 1) -> dict:
                 continue
             got, busy = time.perf_counter(), False
             heard += [(w["word"], w["start"], w["end"], got) for w in answer["final"]]
-    latencies, named, repeats = [], 0, 0
+    latencies, named = [], 0
     for s, e, label in spans:
         match = [h for h in heard if h[0] == labels[label] and h[1] <= e and h[2] >= s]
         if match:
-            named, repeats = named + 1, repeats + len(match) - 1
+            named += 1
             latencies.append(match[0][3] - (start + (e + 1) / FPS))
     ms = [s * 1000 for s in latencies]
-    return _latencies(len(spans), named, ms, words_heard=len(heard), repeats=repeats)
+    said = [(h[0], h[1], h[2]) for h in heard]
+    repeats = _said_twice(said, spans, labels, offsets=[0])
+    return _latencies(len(spans), named, ms, words_heard=len(heard), repeats=repeats, said=said)
 
+
+def _said_twice(said, spans, labels, offsets) -> int:
+    """Words said again for a sign whose word was said: final words [(word, start, end)] in the
+    session's frames, put on the stream's signs at the offset (of those given) that puts most
+    words on a sign of their gloss."""
+
+    def on_signs(offset: int) -> list[int]:
+        return [
+            sum(w == labels[label] and a + offset <= e and b + offset >= s for w, a, b in said)
+            for s, e, label in spans
+        ]
+
+    counts = max((on_signs(o) for o in offsets), key=lambda c: sum(map(bool, c)), default=[])
+    return sum(max(0, c - 1) for c in counts)
+
+
+# Recorded in the page before live mode starts: the final words (with their frame spans in the
+# session) of every answer on the live WebSocket.
+PAGE_SOCKET = """
+window.__final = [];
+const Plain = window.WebSocket;
+window.WebSocket = class extends Plain {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener('message', (e) => {
+      const final = JSON.parse(e.data).final || [];
+      for (const w of final) window.__final.push([w.word, w.start, w.end]);
+    });
+  }
+};
+"""
 
 # Recorded in the page: when the camera presents each frame (requestVideoFrameCallback's
 # presentedFrames counts them from the stream's start), and when each word appears.
@@ -219,12 +269,14 @@ def page_live_latency(app_url: str, stream, camera: Path) -> dict:
     try:
         driver.get(app_url)
         time.sleep(1)
+        driver.execute_script(PAGE_SOCKET)
         driver.find_element("id", "live").click()
         time.sleep(0.5)
         driver.execute_script(PAGE_PROBE)
         time.sleep(len(frames) / FPS + 0.5)  # the whole stream once, its rest included
         shown = driver.execute_script("return window.__shown")
         changes = driver.execute_script("return window.__words")
+        final = [tuple(w) for w in driver.execute_script("return window.__final")]
     finally:
         driver.quit()
     # presentedFrames counts from the camera's start, which the probe may miss the first of:
@@ -247,9 +299,14 @@ def page_live_latency(app_url: str, stream, camera: Path) -> dict:
                     latencies.append(appeared[i][1] - at[e])
                 named, j = named + 1, i + 1
                 break
-    # The stream never signs one word twice in a row: a word right after itself is a repeat.
-    repeats = sum(a[0] == b[0] for a, b in zip(appeared, appeared[1:], strict=False))
-    return _latencies(len(spans), named, latencies, timed=len(latencies), repeats=repeats)
+    # The session's frame 0 is a camera frame some way into the stream: repeats are counted on
+    # the signs at the offset that puts most words on their signs. Two like words in a row may
+    # also be a sign misread as its neighbour (sentence mode's reading too): counted apart.
+    repeats = _said_twice(final, spans, labels, offsets=range(-len(frames), len(frames)))
+    alike = sum(a[0] == b[0] for a, b in zip(appeared, appeared[1:], strict=False))
+    said = [a[0] for a in appeared]
+    counts = {"timed": len(latencies), "repeats": repeats, "alike": alike, "said": said}
+    return _latencies(len(spans), named, latencies, **counts)
 
 
 def _baseline(ref: str, tmp: Path) -> Path:
@@ -267,6 +324,12 @@ def _chunk(root: Path) -> int:
     """Frames per message that app's page sends at least (its CHUNK; 1: every frame)."""
     found = re.search(r"\bCHUNK = (\d+)", (root / "app/static/app.js").read_text())
     return int(found[1]) if found else 1
+
+
+def _misses(truth: list[str], result: dict) -> None:
+    """The words signed and those said, when a sign was missed or a word repeated."""
+    if result["named"] < result["signs"] or result["repeats"]:
+        print(f"  signed: {' '.join(truth)}\n  said:   {result['said']}")
 
 
 def _machine() -> str:
@@ -301,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
                 "-m",
                 "model.serving.server",
                 "--model-dir",
-                str(MODEL),
+                str(_model_dir(tmp)),
                 "--http-port",
                 str(mport),
                 "--grpc-port",
@@ -312,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{model_url}/v2/health/ready",
             tmp / "model.log",
         )
+        runtime = re.search(r"sign2text: (\S+ runtime at \S+)", (tmp / "model.log").read_text())
+        print(f"model server: {runtime[1] if runtime else 'runtime not logged'}")
         roots = {"this": ROOT} | (
             {args.baseline: _baseline(args.baseline, tmp)} if args.baseline else {}
         )
@@ -346,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"straight to the model {up['direct_ms']:.1f} ms: {up['ratio']:.2f}x"
             )
             stream = _stream(tmp)
+            truth = [stream[2][label] for _, _, label in stream[1]]
             for _ in range(args.rounds):
                 for name, (url, chunk) in apps.items():
                     live = live_latency(url, stream, chunk)
@@ -356,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"sign's last frame -> word: p50 {live['p50_ms']:.0f} ms, "
                         f"p95 {live['p95_ms']:.0f} ms; {_load()}"
                     )
+                    _misses(truth, live)
             if not (shutil.which("chromium") and shutil.which("chromedriver")):
                 print("live on the page: skipped (no chromium + chromedriver on PATH)")
                 return
@@ -366,10 +433,12 @@ def main(argv: list[str] | None = None) -> None:
                     print(
                         f"live on the page, app {name} (headless Chromium, fake camera): "
                         f"{page['named']} of {page['signs']} signs named, {page['timed']} "
-                        f"timed, {page['repeats']} repeated; camera presents the sign's last "
+                        f"timed, {page['repeats']} repeated ({page['alike']} like words in a "
+                        f"row); camera presents the sign's last "
                         f"frame -> word on the page: p50 {page['p50_ms']:.0f} ms, "
                         f"p95 {page['p95_ms']:.0f} ms; {_load()}"
                     )
+                    _misses(truth, page)
         finally:
             for proc in reversed(procs):
                 stop_process(proc)
