@@ -16,8 +16,8 @@ windows only, so a label never changes once made):
   such a rest, nor lets anything after it reach back): what comes before is what sentence mode
   says of the whole stream, spans included;
 - or a run of one other gloss at least `min_len` frames long follows it (no rule relabels such
-  a run): the words before are settled, though a short run just before that long one may go to
-  either side in the whole stream, so their last word's end may differ by those few frames;
+  a run; later frames can only make it longer): the words before it are final if they come out
+  the same, spans included, with that run as short as it is now and as long as it could get;
 - or, a guard on memory, HOLD frames have passed with neither: all is final.
 What is final is said once and forgotten; the labels from there on are kept.
 """
