@@ -60,13 +60,6 @@ class ModelClient:
         raw = len(video).to_bytes(4, "little") + video
         return await self._infer(params, "video", "BYTES", [1], raw, outputs)
 
-    async def sentence_frames(
-        self, rgb: bytes, count: int, height: int, width: int, stride: int | None = None
-    ) -> dict:
-        """Sentence mode on raw RGB frames (the model's `frames` input)."""
-        params = {"mode": "sentence"} | ({"stride": stride} if stride else {})
-        return await self._infer(params, "frames", "UINT8", [count, height, width, 3], rgb)
-
     async def windows(
         self,
         rgb: bytes,
