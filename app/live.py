@@ -1,17 +1,24 @@
 """Live mode: words appear as they are signed.
 
 The page opens a WebSocket (/api/live/ws), sends the frame size as JSON ({"width", "height"}),
-then the camera's frames in small chunks (binary messages of raw RGB, a few frames each); the
-app answers each chunk with {"final": [words], "pending": [words]}. The connection is the
-session: it keeps the last BUFFER frames, and after each chunk the model's sentence mode reads
-that rolling window (the model's `frames` input). A word is final once at least `settle` frames
-follow its end (every window that could change it has been seen); final words are returned
-once, by their position in the whole stream, so overlapping reads never repeat a word. Words
-not yet final come back as `pending`, for the page to show in a lighter style.
+then the camera's frames as they come (binary messages of raw RGB, one or a few frames each; one
+message in flight, the frames that come meanwhile go together in the next); the app answers
+each message with {"final": [words], "pending": [words]}. The connection is the session.
+
+Each window of the stream is scored once: when a message completes windows (a window of the
+model's length, centred on every LIVE_STRIDE-th frame, as sentence mode's), the app sends the
+frames they need to the model's `windows` mode and turns their probabilities into words as
+sentence mode would on the same frames (app/live_words.py), so a read costs the new windows
+only and the session keeps at most a window's frames. A word is final as soon as no frame still
+to come can change it (app/live_words.py says when: for a word followed by a rest, a window's
+half and a few frames after its end); final words are said once, those not yet final come back
+as `pending`, for the page to show in a lighter style.
 
 Limits: frames at most LIVE_SIDE a side, LIVE_CHUNK frames a message (more closes the socket,
 code 1009, saying so; so does anything but whole frames, code 1008); a connection idle for
 IDLE_S is closed; at most MAX_SESSIONS connections per process, the next refused with 1013.
+While the model cannot answer, frames wait, BUFFER at most; past that the stream starts afresh
+from the newest frames (words not yet final are lost).
 """
 
 from __future__ import annotations
@@ -24,16 +31,15 @@ from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app.live_words import Transcript
 from app.model_client import ModelError
 
-BUFFER = 120  # frames read per request: ~5 s at 25 fps
+BUFFER = 120  # frames held at most while no window can be scored: ~5 s at 25 fps
 MAX_SESSIONS = 16  # live connections per process; the next is refused (close code 1013)
 IDLE_S = 120.0  # a connection that sends nothing for this long is closed
 LIVE_SIDE = 320  # live frames are at most this wide and high (the page sends 160 x 120)
 LIVE_CHUNK = 50  # frames per message at most
 MAX_MESSAGE = LIVE_CHUNK * LIVE_SIDE * LIVE_SIDE * 3  # the server's WebSocket message limit
-SETTLE = 16  # frames after a word's end before it is final (half the default 30-frame window)
-LIVE_CONTEXT = 30  # frames kept before the next word: a window's worth (the default window)
 LIVE_STRIDE = 3  # windows every 3 frames: still finer than I3D's 8-frame time step
 # Close codes (RFC 6455): a message against the protocol, one too big, and "try again later".
 POLICY, TOO_BIG, TRY_AGAIN = 1008, 1009, 1013
@@ -41,11 +47,18 @@ POLICY, TOO_BIG, TRY_AGAIN = 1008, 1009, 1013
 
 @dataclass
 class Session:
+    """A live stream: the frames its next windows need, and what its scored windows said."""
+
     width: int = 0
     height: int = 0
-    frames: bytearray = field(default_factory=bytearray)  # the buffer, RGB, frame after frame
-    first: int = 0  # stream index of the buffer's first frame
-    said_until: int = -1  # stream index of the last final word's end
+    frames: bytearray = field(default_factory=bytearray)  # RGB, frame after frame
+    first: int = 0  # stream index of frames[0]
+    origin: int = 0  # where the scored stream starts: its first frame repeats before it
+    next_centre: int = 0  # stream index of the next window's centre
+    window: int | None = None  # the model's window, from its first answer
+    glosses: list[str] | None = None  # the model's glosses, in its columns' order
+    transcript: Transcript | None = None
+    pending: list[dict] = field(default_factory=list)  # the words not yet final, as last said
     seen: float = field(default_factory=time.monotonic)
 
     @property
@@ -54,38 +67,53 @@ class Session:
 
     def add(self, chunk: bytes, width: int, height: int) -> None:
         if (width, height) != (self.width, self.height):  # camera changed: start afresh
-            self.width, self.height, self.frames = width, height, bytearray()
             self.first += self.count
+            self.width, self.height, self.frames = width, height, bytearray()
+            self.restart()
         self.frames += chunk
-        extra = self.count - BUFFER
-        if extra > 0:
+        extra = self.count - max(BUFFER, (self.window or 0) + LIVE_CHUNK)
+        if extra > 0:  # no window could be scored for long (the model away): start afresh
             del self.frames[: extra * width * height * 3]
             self.first += extra
+            self.restart()
         self.seen = time.monotonic()
 
-    def forget_said(self, keep: int) -> None:
-        """Drop frames before the last final word's end, but `keep` (a window's worth of
-        context): what is said is not read again, so each read costs only the recent frames."""
-        drop = min(self.count, self.said_until + 1 - keep - self.first)
+    def restart(self) -> None:
+        """A new scored stream from the first frame held; words not yet final are dropped."""
+        self.origin = self.next_centre = self.first
+        self.transcript, self.pending = None, []
+
+    def due(self) -> bool:
+        """Whether the frames held complete a window not yet scored (or the model's window is
+        still to be learnt)."""
+        if self.window is None:
+            return self.count >= 2
+        last = self.first + self.count - 1
+        return self.next_centre + self.window - 1 - self.window // 2 <= last
+
+    def scored(self, out: dict) -> tuple[list, list]:
+        """The model's answer on the frames held: its windows go into the transcript; the
+        frames no later window needs are dropped. -> (final words, pending words)."""
+        window, glosses = out["window"][0], out.get("glosses") or self.glosses
+        probs, centres = out["window_probs"], out["window_centres"]
+        learnt = self.window in (None, window) and glosses is not None
+        if not learnt or any(len(p) != len(glosses) + 1 for p in probs):
+            self.window, self.glosses = window, None  # another model: learn it afresh
+            self.restart()
+            return [], []
+        self.window, self.glosses = window, glosses
+        if self.transcript is None:
+            self.transcript = Transcript(glosses, window)
+        for c, p in zip(centres, probs, strict=True):
+            self.transcript.add(self.first + c, p)
+            self.next_centre = self.first + c + LIVE_STRIDE
+        keep = max(self.origin, self.next_centre - window // 2)
+        drop = min(self.count, keep - self.first)
         if drop > 0:
             del self.frames[: drop * self.width * self.height * 3]
             self.first += drop
-
-    def words(self, words: list[str], spans: list[list[int]], settle: int) -> tuple[list, list]:
-        """(final words not said before, pending words) from a sentence-mode answer on the
-        buffer; each word is {"word", "start", "end"} in stream frames."""
-        final, pending = [], []
-        last = self.count - 1
-        for w, (a, b) in zip(words, spans, strict=True):
-            item = {"word": w, "start": self.first + a, "end": self.first + b}
-            if item["start"] <= self.said_until:
-                continue  # said already (a read of overlapping windows)
-            if last - b >= settle:
-                final.append(item)
-                self.said_until = item["end"]
-            else:
-                pending.append(item)
-        return final, pending
+        final, self.pending = self.transcript.settle()
+        return final, self.pending
 
 
 class Live:
@@ -148,16 +176,21 @@ class Live:
 
     async def _read(self, session: Session, chunk: bytes, w: int, h: int) -> dict:
         session.add(chunk, w, h)
-        if session.count < 2:
-            return {"final": [], "pending": []}
+        if not session.due():
+            return {"final": [], "pending": session.pending}
         try:
-            out = await self.client.sentence_frames(
-                bytes(session.frames), session.count, h, w, stride=LIVE_STRIDE
+            out = await self.client.windows(
+                bytes(session.frames),
+                session.count,
+                h,
+                w,
+                start=session.next_centre - session.first,
+                stride=LIVE_STRIDE,
+                glosses=session.glosses is None,
             )
         except ModelError as e:  # the model is down or refused: the session goes on
             return {"final": [], "pending": [], "error": str(e)}
-        final, pending = session.words(out["words"], out["spans"], SETTLE)
-        session.forget_said(keep=LIVE_CONTEXT)
+        final, pending = session.scored(out)
         return {"final": final, "pending": pending}
 
 

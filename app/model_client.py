@@ -14,6 +14,7 @@ import httpx
 NAME = "sign2text"
 # frame_probs (the timeline's curves) comes only when named
 SENTENCE_OUTPUTS = ("words", "spans", "confidences", "frame_probs")
+WINDOWS_OUTPUTS = ("window_probs", "window_centres", "window")
 
 
 class ModelError(Exception):
@@ -59,12 +60,24 @@ class ModelClient:
         raw = len(video).to_bytes(4, "little") + video
         return await self._infer(params, "video", "BYTES", [1], raw, outputs)
 
-    async def sentence_frames(
-        self, rgb: bytes, count: int, height: int, width: int, stride: int | None = None
+    async def windows(
+        self,
+        rgb: bytes,
+        count: int,
+        height: int,
+        width: int,
+        *,
+        start: int,
+        stride: int,
+        glosses: bool = False,
     ) -> dict:
-        """Sentence mode on raw RGB frames (the model's `frames` input)."""
-        params = {"mode": "sentence"} | ({"stride": stride} if stride else {})
-        return await self._infer(params, "frames", "UINT8", [count, height, width, 3], rgb)
+        """A stream's next windows (the model's `windows` mode on raw RGB frames): those centred
+        on start, start + stride, ... that end within the frames -> {"window_probs" (rows, no
+        sign last), "window_centres", "window"}, and "glosses" (the columns' order) if asked."""
+        params = {"mode": "windows", "start": start, "stride": stride}
+        outputs = WINDOWS_OUTPUTS + (("glosses",) if glosses else ())
+        shape = [count, height, width, 3]
+        return await self._infer(params, "frames", "UINT8", shape, rgb, outputs)
 
     async def _infer(
         self,

@@ -129,6 +129,39 @@ class Classifier:
                 on_probs=on_probs,
             )
 
+    def windows(
+        self,
+        video: Video,
+        *,
+        window: int | None = None,
+        stride: int | None = None,
+        start: int = 0,
+        limits: Limits = NO_LIMITS,
+        timer: Timer = untimed,
+        reader: Reader = read_video,
+        stop: S.Stop = S.never,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """A stream's next windows (live mode): sentence mode's windows centred on start,
+        start + stride, ... that end within the frames -> (centres, probabilities, window)
+        (model/sentence.py's score_windows), capped as sentence mode is."""
+        cfg = self.info.preprocess
+        with timer("decode"):
+            if isinstance(video, np.ndarray):
+                check_frames(video, limits)
+                frames = resize_frames(video, cfg)
+            else:
+                frames = reader(video, "sentence", cfg, limits)
+        with timer("inference"):
+            return S.score_windows(
+                self,
+                frames,
+                window=window,
+                stride=stride,
+                start=start,
+                max_windows=S.max_windows(self, limits.max_frames),
+                stop=stop,
+            )
+
     def check_top_k(self, top_k: int) -> int:
         if not 1 <= top_k <= len(self.labels):
             raise ValueError(f"top_k must be between 1 and {len(self.labels)}, got {top_k}")

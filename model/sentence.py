@@ -91,6 +91,32 @@ def max_windows(classifier, max_frames: int | None) -> int | None:
     return len(window_centres(max_frames, max(1, trained // 15)))
 
 
+def window_probabilities(
+    classifier,
+    frames: np.ndarray,
+    centres: np.ndarray,
+    window: int,
+    batch_size: int = 8,
+    stop: Stop = never,
+) -> np.ndarray:
+    """The window centred on each of `centres` -> len(centres) x (glosses + 1) float32
+    probabilities (per-time logits, max over time, softmax; last column: no sign)."""
+    cfg = classifier.info.preprocess
+    n = len(frames)
+    # The num_frames positions clip_from_frames samples from a window, gathered directly: a
+    # window is num_frames frames of work however long it is.
+    sample = sample_indices(window, cfg.num_frames)
+    probs = [np.zeros((0, len(classifier.labels) + 1), np.float32)]
+    for i in range(0, len(centres), batch_size):
+        stop()
+        clips = [
+            clip_from_frames(frames[centred_window(n, int(c), window)[sample]], cfg)
+            for c in centres[i : i + batch_size]
+        ]
+        probs.append(softmax(classifier.logits(stack(clips))))
+    return np.concatenate(probs)
+
+
 def frame_probabilities(
     classifier,
     frames: np.ndarray,
@@ -100,23 +126,19 @@ def frame_probabilities(
     stop: Stop = never,
 ) -> np.ndarray:
     """Step 1: T x H x W x 3 uint8 BGR frames -> T x (glosses + 1) per-frame probabilities."""
-    cfg = classifier.info.preprocess
     n = len(frames)
     centres = window_centres(n, stride)
-    # The num_frames positions clip_from_frames samples from a window, gathered directly: a
-    # window is num_frames frames of work however long it is.
-    sample = sample_indices(window, cfg.num_frames)
-    probs = []
-    for i in range(0, len(centres), batch_size):
-        stop()
-        clips = [
-            clip_from_frames(frames[centred_window(n, int(c), window)[sample]], cfg)
-            for c in centres[i : i + batch_size]
-        ]
-        probs.append(softmax(classifier.logits(stack(clips))))
-    p = np.concatenate(probs).astype(np.float64)
+    p = window_probabilities(classifier, frames, centres, window, batch_size, stop)
+    p = p.astype(np.float64)
     t = np.arange(n)
     return np.stack([np.interp(t, centres, p[:, k]) for k in range(p.shape[1])], axis=1)
+
+
+def complete_centres(n: int, window: int, stride: int, start: int) -> np.ndarray:
+    """Centres start, start + stride, ... of the windows that end within n frames: those later
+    frames cannot change (live mode scores each once, as it completes)."""
+    last = n - 1 - (window - 1 - window // 2)  # the last centre whose window ends in the frames
+    return np.arange(start, max(start, last + 1), stride)
 
 
 def _runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
@@ -181,6 +203,52 @@ def transcribe(
     `on_probs` is given the T x (glosses + 1) per-frame probabilities (last column: no sign),
     for a caller that shows them (the app's timeline).
     """
+    frames, window, stride = _settings(classifier, frames, window, stride)
+    threshold = _check(
+        "threshold", DEFAULT_THRESHOLD if threshold is None else threshold, 0.0, 1.0, False
+    )
+    batch_size = _check("batch_size", batch_size, 1)
+    _within(len(window_centres(len(frames), stride)), window, stride, max_windows)
+
+    probs = frame_probabilities(classifier, frames, window, stride, batch_size, stop)
+    if on_probs is not None:
+        on_probs(probs)
+    glosses = len(classifier.labels)
+    signing = 1.0 - probs[:, glosses] >= threshold
+    labels = np.where(signing, probs[:, :glosses].argmax(axis=1), -1)
+    return [
+        Word(classifier.labels[lab], s, e, float(probs[s : e + 1, lab].mean()))
+        for lab, s, e in segment(labels, max(1, window // 2), max(1, window // 8))
+    ]
+
+
+def score_windows(
+    classifier,
+    frames: np.ndarray,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    start: int = 0,
+    batch_size: int = 8,
+    max_windows: int | None = None,
+    stop: Stop = never,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Step 1 for a stream (live mode): of the windows `transcribe` scores on these frames, those
+    centred on start, start + stride, ... that end within them -> (their centres, their
+    len(centres) x (glosses + 1) probabilities, the window). A window reaching before the first
+    frame repeats it, as at a video's start; one reaching past the last is left for a later call
+    with more frames. A caller that sends a stream's frames from its start, or from half a
+    window before `start`, gets exactly the windows `transcribe` would score on the whole."""
+    frames, window, stride = _settings(classifier, frames, window, stride)
+    start = _check("start", start, 0, len(frames) - 1)
+    centres = complete_centres(len(frames), window, stride, start)
+    _within(len(centres), window, stride, max_windows)
+    probs = window_probabilities(classifier, frames, centres, window, batch_size, stop)
+    return centres, probs, window
+
+
+def _settings(classifier, frames, window, stride) -> tuple[np.ndarray, int, int]:
+    """The frames, window and stride checked, the defaults the model's filled in."""
     trained = classifier.info.sentence_window
     if trained is None:
         raise SentenceUnsupported(
@@ -194,24 +262,12 @@ def transcribe(
     # asking for a billion-frame index.
     window = _check("window", trained if window is None else window, 1, max(len(frames), trained))
     stride = _check("stride", max(1, window // 15) if stride is None else stride, 1, window)
-    threshold = _check(
-        "threshold", DEFAULT_THRESHOLD if threshold is None else threshold, 0.0, 1.0, False
-    )
-    batch_size = _check("batch_size", batch_size, 1)
-    windows = len(window_centres(len(frames), stride))
+    return frames, window, stride
+
+
+def _within(windows: int, window: int, stride: int, max_windows: int | None) -> None:
     if max_windows is not None and windows > max_windows:
         raise OverLimit(
             f"window {window} and stride {stride} ask for {windows} windows on this video; the "
             f"limit is {max_windows} (use a larger stride)"
         )
-
-    probs = frame_probabilities(classifier, frames, window, stride, batch_size, stop)
-    if on_probs is not None:
-        on_probs(probs)
-    glosses = len(classifier.labels)
-    signing = 1.0 - probs[:, glosses] >= threshold
-    labels = np.where(signing, probs[:, :glosses].argmax(axis=1), -1)
-    return [
-        Word(classifier.labels[lab], s, e, float(probs[s : e + 1, lab].mean()))
-        for lab, s, e in segment(labels, max(1, window // 2), max(1, window // 8))
-    ]

@@ -340,23 +340,6 @@ def test_live_mode_shows_words_as_the_camera_plays(stack, tmp_path):
     assert "Live:" not in driver.find_element(By.ID, "status").text
 
 
-def test_live_words_are_said_once_though_reads_overlap():
-    from app.live import Session
-
-    s = Session()
-    s.add(bytes(2 * 2 * 3 * 60), 2, 2)  # 60 frames in the buffer
-    final, pending = s.words(["up", "go"], [[5, 20], [30, 55]], settle=16)
-    assert [w["word"] for w in final] == ["up"] and [w["word"] for w in pending] == ["go"]
-    s.add(bytes(2 * 2 * 3 * 30), 2, 2)  # 30 more: the same signs, seen again later in the buffer
-    final, pending = s.words(["up", "go"], [[5, 20], [30, 55]], settle=16)
-    assert [w["word"] for w in final] == ["go"] and pending == []  # "up" is not said twice
-    s.add(bytes(2 * 2 * 3 * 100), 2, 2)  # the buffer slides: stream positions keep counting
-    assert s.first == 190 - 120 and s.count == 120
-    s.said_until = 150
-    s.forget_said(keep=30)  # what is said is not read again, but a window's context is kept
-    assert s.first == 121 and s.count == 190 - 121
-
-
 def test_links_are_fetched_within_limits(videos):
     """The app's fetch of a link: http(s) only, loopback/private refused unless allowed, a size
     cap while streaming, a timeout."""

@@ -180,12 +180,13 @@ async function toggleRecord() {
 }
 
 
-// Live mode: 160 x 120 frames at 25 fps, sent over a WebSocket in chunks of about half a second;
-// the app answers each with the words that are final (shown once, in order) and those still
+// Live mode: each frame the camera presents, at 160 x 120, goes over a WebSocket as it comes, one
+// message in flight: the frames that come while the app is busy go together in the next. The
+// app answers each message with the words that are final (shown once, in order) and those still
 // pending. The connection is the session (the replica that took it holds it): if it drops
 // (the replica went away), the page opens a new one once and carries on, keeping the words
 // already shown.
-const LIVE_W = 160, LIVE_H = 120, CHUNK = 12, MAX_FRAMES = 50;  // the app takes 50 per message
+const LIVE_W = 160, LIVE_H = 120, MAX_FRAMES = 50;  // the app takes 50 per message
 const LIVE_HINT = "Live: sign in front of the camera; press Live again to stop.";
 // Close codes that mean the server went away rather than refused: going away, dropped, server
 // error, restarting, bad gateway. Others (a limit, too many sessions, idle) are said and stop.
@@ -206,7 +207,17 @@ async function toggleLive() {
   $("preview").hidden = false;
   await $("preview").play();
   if (live !== mine) return;  // stopped meanwhile
-  mine.timer = setInterval(captureFrame, 40);
+  const video = $("preview");
+  if (video.requestVideoFrameCallback) {  // every frame once, as soon as it is presented
+    const onFrame = () => {
+      if (live !== mine) return;
+      captureFrame();
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  } else {
+    mine.timer = setInterval(captureFrame, 40);
+  }
   $("live").setAttribute("aria-pressed", "true");
   status(LIVE_HINT);
 }
@@ -231,6 +242,7 @@ function connectLive(mine) {
     mine.said.push(...out.final.map((w) => w.word));
     document.querySelector("[data-testid=prediction]").textContent = mine.said.join(" ");
     $("pending").textContent = out.pending.map((w) => w.word).join(" ");
+    if (mine.frames.length) sendChunk(mine);  // what came meanwhile, at once
   };
   ws.onclose = (ev) => {
     if (live !== mine || mine.ws !== ws) return;  // stopped, or already replaced
@@ -255,10 +267,10 @@ function captureFrame() {
     rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
   }
   live.frames.push(rgb);
-  if (live.frames.length >= CHUNK && !live.busy) sendChunk(live);
+  if (!live.busy) sendChunk(live);
 }
 
-// One chunk in flight at a time: the next goes when the app has answered this one.
+// One message in flight at a time: the next goes when the app has answered this one.
 function sendChunk(mine) {
   if (mine.ws.readyState !== WebSocket.OPEN) return;
   const frames = mine.frames.splice(0, MAX_FRAMES);

@@ -5,7 +5,10 @@ parameters); the answer is model/predict.py's Classifier.word or Classifier.sent
 Outputs: word mode `glosses` BYTES [k], `scores` FP32 [k]; sentence mode `words` BYTES [n],
 `spans` INT32 [n, 2], `confidences` FP32 [n], and, only when asked for by name, `frame_probs`
 FP32 [T, n + 1]: per frame, the probability of each word's gloss (column j: words[j]) and of
-no sign (last column) -- what a timeline of the words over the video draws.
+no sign (last column) -- what a timeline of the words over the video draws. Windows mode (live):
+`window_probs` FP32 [k, glosses + 1] (each window's probabilities, no sign last),
+`window_centres` INT32 [k] and `window` INT32 [1]; and, only when asked for by name, `glosses`
+BYTES [glosses]: the model's glosses in the columns' order.
 
 Anything wrong with a request raises kserve's InvalidInput (HTTP 400 / gRPC INVALID_ARGUMENT);
 any other exception is a bug in this server (500 / INTERNAL).
@@ -72,6 +75,9 @@ OUTPUTS = [
     {"name": "spans", "datatype": "INT32", "shape": [-1, 2]},
     {"name": "confidences", "datatype": "FP32", "shape": [-1]},
     {"name": "frame_probs", "datatype": "FP32", "shape": [-1, -1]},
+    {"name": "window_probs", "datatype": "FP32", "shape": [-1, -1]},
+    {"name": "window_centres", "datatype": "INT32", "shape": [-1]},
+    {"name": "window", "datatype": "INT32", "shape": [1]},
 ]
 
 
@@ -276,6 +282,10 @@ class Sign2TextModel(Model):
                     return _sentence_outputs(out) + [
                         _probs_output(p, out, clf.labels) for p in probs
                     ]
+                if request.mode == "windows":
+                    scored = clf.windows(video, **request.sentence, **kw, stop=work.stop)
+                    named = "glosses" in request.outputs
+                    return _windows_outputs(*scored, clf.labels if named else None)
                 return _word_outputs(clf.word(video, request.top_k, **kw))
             except PredictorError as e:  # Triton down or restarting: not this request's fault
                 raise Overloaded(f"the predictor is unavailable: {e}", retry_after_s=5) from None
@@ -403,3 +413,17 @@ def _sentence_outputs(words: list[Word]) -> list[InferOutput]:
         InferOutput("spans", [n, 2], "INT32", data=spans),
         InferOutput("confidences", [n], "FP32", data=conf),
     ]
+
+
+def _windows_outputs(
+    centres: np.ndarray, probs: np.ndarray, window: int, labels: list[str] | None
+) -> list[InferOutput]:
+    outputs = [
+        InferOutput("window_probs", list(probs.shape), "FP32", data=probs.astype(np.float32)),
+        InferOutput("window_centres", [len(centres)], "INT32", data=centres.astype(np.int32)),
+        InferOutput("window", [1], "INT32", data=np.array([window], np.int32)),
+    ]
+    if labels is not None:
+        glosses = np.array([g.encode("utf-8") for g in labels], dtype=np.object_)
+        outputs.append(InferOutput("glosses", [len(glosses)], "BYTES", data=glosses))
+    return outputs

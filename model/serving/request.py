@@ -4,9 +4,11 @@
     request_from_binary(body, json_length, model_name) -> InferRequest   (REST binary extension)
 
 Input: `video` (BYTES [1], an encoded file) or `frames` (UINT8 [T, H, W, 3], RGB).
-Parameters: `top_k` (int, default 5; 0 = every gloss, ranked), `mode` (`word` | `sentence`);
-sentence mode also takes `window`, `stride` (int, frames) and `threshold` (float), whose ranges
-transcribe checks.
+Parameters: `top_k` (int, default 5; 0 = every gloss, ranked), `mode` (`word` | `sentence` |
+`windows`); sentence mode also takes `window`, `stride` (int, frames) and `threshold` (float),
+whose ranges transcribe checks; `windows` (a stream's next windows, for live mode: sentence
+mode's first step alone, model/sentence.py's score_windows) takes `window`, `stride` and `start`
+(int, the first window's centre frame).
 
 Everything wrong with a request raises kserve's InvalidInput (HTTP 400 / gRPC INVALID_ARGUMENT)
 with a message for the client, before any decoding work is spent on it.
@@ -31,7 +33,7 @@ from model.kserve_compat import (
 )
 
 NAME = "sign2text"  # the model's name in the v2 paths, /v2/models/sign2text/...
-MODES = ("word", "sentence")
+MODES = ("word", "sentence", "windows")
 INPUTS = ("video", "frames")
 MAX_BYTES_ELEMENTS = 16  # a BYTES input is one video; a few more still get a clear message
 
@@ -42,7 +44,7 @@ class Request:
 
     mode: str  # one of MODES, decided here and nowhere else
     top_k: int
-    sentence: dict = field(default_factory=dict)  # window / stride / threshold as given
+    sentence: dict = field(default_factory=dict)  # window / stride / threshold / start as given
     outputs: frozenset[str] = frozenset()  # outputs the client named (empty: the defaults)
     video: bytes | None = None  # an encoded file, within max_video_bytes
     frames: np.ndarray | None = None  # T x H x W x 3 uint8 RGB as sent, within max_frames
@@ -59,7 +61,7 @@ def parse(req: InferRequest, *, classes: int, max_video_bytes: int, max_frames: 
     mode = params.get("mode", "word")
     if mode not in MODES:
         raise InvalidInput(f"parameter mode must be one of {list(MODES)}, got {mode!r}")
-    sentence = _sentence_params(params)
+    sentence = _sentence_params(params, mode)
 
     names = [i.name for i in req.inputs]
     if not names:
@@ -110,9 +112,11 @@ def _int_param(params: dict, name: str, default: int) -> int:
     return value
 
 
-def _sentence_params(params: dict) -> dict:
-    opts = {name: _int_param(params, name, 0) for name in ("window", "stride") if name in params}
-    if "threshold" in params:
+def _sentence_params(params: dict, mode: str) -> dict:
+    """Sentence mode's window / stride / threshold; the windows mode's window / stride / start."""
+    ints = ("window", "stride", "start") if mode == "windows" else ("window", "stride")
+    opts = {name: _int_param(params, name, 0) for name in ints if name in params}
+    if "threshold" in params and mode == "sentence":
         value = params["threshold"]
         try:
             if isinstance(value, bool):
