@@ -9,7 +9,8 @@ revision (a new commit that leaves data.dvc alone must not retrain):
   local folder (`local_hash`).
 - `materialise` writes the dataset for that hash (optionally the first N glosses only, as WLASL
   subsets are defined) into a step's output folder. In a cluster the files come straight from
-  the DVC remote's content-addressed store (`fetch_from_remote`, each file's md5 checked); locally
+  the DVC remote's content-addressed store (`fetch_from_remote`: read through DVC's own remote
+  code, many files at once, each file's md5 checked, files already there kept); locally
   from the folder, after checking it still has the hash that was resolved.
 """
 
@@ -178,7 +179,7 @@ def fetch_from_remote(
     many files it has there.
 
     Only files for which keep(relpath) is true are fetched, `jobs` at a time (default: DVC's
-    own for the remote, its `jobs` setting or 4 per CPU). Each is checked against its md5; a
+    for a remote, 4 per CPU). Each is checked against its md5; a
     file already in `out` with the right md5 is kept, not downloaded again, so a fetch that was
     interrupted resumes. Endpoint, keys, timeouts and retries come from the environment
     (docs/object-storage.md), as for model/storage.py's `s3_client`.
