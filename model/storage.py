@@ -158,13 +158,21 @@ def s3_client():
     A new session each time, not boto3's default one: that caches the credentials it first
     found, and one process may fetch from two stores in turn."""
     import boto3
+
+    return boto3.session.Session().client("s3", **s3_client_kwargs())
+
+
+def s3_client_kwargs() -> dict:
+    """`s3_client`'s keyword arguments (endpoint, TLS verification, a botocore Config with the
+    timeouts and S3_MAX_ATTEMPTS): the DVC-remote reader (components/data/version.py) gives
+    DVC's S3 filesystem the same settings."""
     from botocore.config import Config
 
     kwargs = kserve_compat.s3_client_kwargs()
     attempts = max(1, int(os.environ.get("S3_MAX_ATTEMPTS", "3")))
     retries = Config(retries={"total_max_attempts": attempts, "mode": "standard"})
     kwargs["config"] = kwargs["config"].merge(retries)
-    return boto3.session.Session().client("s3", **kwargs)
+    return kwargs
 
 
 def _list_objects(client, bucket: str, key: str) -> Iterator[tuple[str, int]]:

@@ -13,16 +13,27 @@ points boto3 / kserve_storage at it through the environment.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 
 from tools.s3_server import S3Server, _free_ports, run_s3_server
 
-__all__ = ["Relay", "S3Server", "_free_ports", "s3_env_fixture", "s3_server_fixture"]
+__all__ = [
+    "CountingProxy",
+    "Relay",
+    "S3Server",
+    "_free_ports",
+    "s3_env_fixture",
+    "s3_server_fixture",
+]
 
 
 @pytest.fixture(scope="session", name="s3_server")
@@ -101,3 +112,71 @@ class Relay:
                 s.shutdown(socket.SHUT_RDWR)  # wakes the accept() / recv() blocked on it
             s.close()
         self._socks.clear()
+
+
+class CountingProxy:
+    """An HTTP relay in front of the S3 server that records every request's method and path, and
+    the most requests it had in flight at once; each GET waits `delay` seconds first, so that
+    requests sent in parallel overlap. The Host header is passed on unchanged (SigV4 signs it).
+    Point a client at `endpoint`; use it as a context manager."""
+
+    def __init__(self, target: str, delay: float = 0.0):
+        host, port = urlsplit(target).hostname, urlsplit(target).port
+        self.requests: list[tuple[str, str]] = []
+        self.max_in_flight, self._in_flight, lock = 0, 0, threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def relay(self) -> None:
+                with lock:
+                    proxy.requests.append((self.command, urlsplit(self.path).path))
+                    proxy._in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy._in_flight)
+                try:
+                    if self.command == "GET":
+                        time.sleep(delay)
+                    n = int(self.headers.get("Content-Length") or 0)
+                    upstream = http.client.HTTPConnection(host, port, timeout=30)
+                    try:
+                        upstream.request(
+                            self.command, self.path, self.rfile.read(n), dict(self.headers)
+                        )
+                        resp = upstream.getresponse()
+                        body = resp.read()
+                    finally:
+                        upstream.close()
+                finally:
+                    with lock:
+                        proxy._in_flight -= 1
+                self.send_response_only(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = relay
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def gets(self) -> list[str]:
+        """The paths of the GET requests so far (/bucket/key)."""
+        return [path for method, path in self.requests if method == "GET"]
+
+    def __enter__(self) -> CountingProxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
