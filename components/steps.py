@@ -84,7 +84,7 @@ def convert(
 
 
 def train(
-    params: Params, shards: Path, out: Path, *, resume: bool = False, progress: bool = False
+    params: Params, shards, out: Path, *, resume: bool = False, progress: bool = False
 ) -> dict:
     """I3D on the shards (params `model:`, `train:`) -> out/{model/, state.pt, metrics.json,
     history.json}; returns the last epoch's metrics."""
@@ -92,7 +92,7 @@ def train(
 
     cfg = params.train  # a device this machine lacks fails here, before any data is read
     return run(
-        Path(shards),
+        shards,  # a folder, or S3Shards (train --shards s3://..., streamed)
         Path(out),
         params.preprocess,
         cfg,

@@ -5,6 +5,7 @@ profile."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -20,10 +21,16 @@ def _train(args: argparse.Namespace) -> None:
     OUT/model (serving format), OUT/metrics.json, OUT/history.json."""
     from components import steps
     from components.infra.objstore import local_input
+    from components.infra.s3_access import is_s3
+    from components.infra.s3stream import S3Shards
 
     params = load_params(args)
     _ = params.train  # a bad recipe, or a device this machine lacks, fails before any fetch
-    with local_input(args.shards) as shards:
+    if is_s3(args.shards) and not params.train.cache:  # the streaming loader reads S3 in place
+        shards = contextlib.nullcontext(S3Shards(args.shards))
+    else:  # the cached loader decodes everything up front: from a local copy
+        shards = local_input(args.shards)
+    with shards as shards:
         final = steps.train(
             params, shards, Path(args.out), resume=args.resume, progress=not args.quiet
         )

@@ -118,11 +118,17 @@ class CountingProxy:
     """An HTTP relay in front of the S3 server that records every request's method and path, and
     the most requests it had in flight at once; each GET waits `delay` seconds first, so that
     requests sent in parallel overlap. The Host header is passed on unchanged (SigV4 signs it).
-    Point a client at `endpoint`; use it as a context manager."""
+    Point a client at `endpoint`; use it as a context manager.
 
-    def __init__(self, target: str, delay: float = 0.0):
+    `cut` drops connections: {key suffix: n} sends the first GET of a matching path (without a
+    Range header) its full headers but only n bytes of the body, then closes the connection, as a
+    network failure mid-download does. `ranges` records (path, Range header) of ranged GETs."""
+
+    def __init__(self, target: str, delay: float = 0.0, cut: dict[str, int] | None = None):
         host, port = urlsplit(target).hostname, urlsplit(target).port
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[tuple[str, str]] = []
+        cuts = dict(cut or {})
         self.max_in_flight, self._in_flight, lock = 0, 0, threading.Lock()
         proxy = self
 
@@ -133,8 +139,15 @@ class CountingProxy:
                 pass
 
             def relay(self) -> None:
+                path = urlsplit(self.path).path
                 with lock:
-                    proxy.requests.append((self.command, urlsplit(self.path).path))
+                    proxy.requests.append((self.command, path))
+                    if self.headers.get("Range"):
+                        proxy.ranges.append((path, self.headers["Range"]))
+                    suffix = next((k for k in cuts if path.endswith(k)), None)
+                    keep = None
+                    if self.command == "GET" and suffix and not self.headers.get("Range"):
+                        keep = cuts.pop(suffix)
                     proxy._in_flight += 1
                     proxy.max_in_flight = max(proxy.max_in_flight, proxy._in_flight)
                 try:
@@ -160,7 +173,13 @@ class CountingProxy:
                 length = resp.getheader("Content-Length") if self.command == "HEAD" else None
                 self.send_header("Content-Length", length or str(len(body)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if keep is not None:  # the connection drops part-way through the body
+                    self.wfile.write(body[:keep])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                elif self.command != "HEAD":
                     self.wfile.write(body)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = relay

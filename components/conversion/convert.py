@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -287,7 +288,7 @@ def read_manifest(shard_dir: Path) -> dict:
     return manifest
 
 
-def _members(tar: tarfile.TarFile, where: Path) -> Iterator[dict[str, bytes]]:
+def _members(tar: tarfile.TarFile, where: object) -> Iterator[dict[str, bytes]]:
     """Group consecutive members by key, as WebDataset does: {extension: bytes} per sample."""
     key, parts = None, {}
     for m in tar:
@@ -303,17 +304,22 @@ def _members(tar: tarfile.TarFile, where: Path) -> Iterator[dict[str, bytes]]:
         yield _sample(parts, key, where)
 
 
-def _sample(parts: dict[str, bytes], key: str, where: Path) -> dict[str, bytes]:
+def _sample(parts: dict[str, bytes], key: str, where: object) -> dict[str, bytes]:
     if set(parts) != {"json", "mp4"}:
         raise ValueError(f"{where}: sample {key!r} has {sorted(parts)}, expected json and mp4")
     return parts
 
 
+def shard_name(name: object, manifest: object) -> str:
+    """A shard named by a manifest: SPLIT-NNNNNN.tar, no folder (so it stays in the shards')."""
+    if not isinstance(name, str) or not SHARD_RE.fullmatch(name):
+        raise ValueError(f"{manifest}: {name!r} is not a shard name (SPLIT-NNNNNN.tar)")
+    return name
+
+
 def _shard_path(shard_dir: Path, name: object) -> Path:
     """A shard named by manifest.json: a file directly in shard_dir, nowhere else."""
-    if not isinstance(name, str) or not SHARD_RE.fullmatch(name):
-        raise ValueError(f"{shard_dir / MANIFEST}: {name!r} is not a shard name (SPLIT-NNNNNN.tar)")
-    return shard_dir / name
+    return shard_dir / shard_name(name, shard_dir / MANIFEST)
 
 
 def split_shards(shard_dir: Path, split: str) -> list[tuple[Path, int]]:
@@ -330,17 +336,28 @@ def split_shards(shard_dir: Path, split: str) -> list[tuple[Path, int]]:
 
 def read_shard(path: Path) -> Iterator[tuple[dict, bytes]]:
     """(meta, mp4 bytes) for every sample of one shard, in order, not yet decoded."""
-    try:  # "r:": uncompressed only, so a small shard cannot inflate into a huge one
-        tar = tarfile.open(path, mode="r:")
+    yield from read_tar(path, mode="r:")
+
+
+def read_tar(source: Path | IO[bytes], where: object = None, mode: str = "r|") -> Iterator:
+    """(meta, mp4 bytes) of a shard file (mode "r:") or a stream read once (mode "r|", e.g. an
+    object store's): uncompressed tar only, so a small shard cannot inflate into a huge one;
+    regular members only, each sample a json and an mp4."""
+    where = source if where is None else where
+    try:
+        if isinstance(source, Path):
+            tar = tarfile.open(source, mode=mode)
+        else:
+            tar = tarfile.open(fileobj=source, mode=mode)
     except tarfile.ReadError as e:
-        raise ValueError(f"{path}: not an uncompressed tar shard ({e})") from None
+        raise ValueError(f"{where}: not an uncompressed tar shard ({e})") from None
     with tar:
-        for parts in _members(tar, path):
+        for parts in _members(tar, where):
             try:
                 meta = json.loads(parts["json"])
                 _ = [int(meta[k]) for k in ("num_frames", "height", "width")]
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}: a sample's metadata is malformed ({e!r})") from None
+                raise ValueError(f"{where}: a sample's metadata is malformed ({e!r})") from None
             yield meta, parts["mp4"]
 
 

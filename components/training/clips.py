@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import math
 import multiprocessing
+import os
 from collections.abc import Iterator
 from itertools import accumulate, groupby, islice
 from pathlib import Path
@@ -219,7 +220,9 @@ class SplitClips(IterableDataset):
         max_items: int | None = None,
         part: Part = (0, 1),
     ):
-        self.shards, self.split, self.pre = Path(shards), split, pre
+        # A folder, or stream.py's S3Shards (streamed from object storage)
+        self.shards = Path(shards) if isinstance(shards, str | os.PathLike) else shards
+        self.split, self.pre = split, pre
         self.train, self.seed, self.hflip, self.color_jitter = train, seed, hflip, color_jitter
         self.context_fraction, self.context_window = context_fraction, context_window
         self.no_sign, self.max_items, self.part = no_sign, max_items, part

@@ -29,6 +29,7 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 
 from components.conversion.convert import decode_clip, read_shard, scratch_dir, split_shards
+from components.infra.s3stream import S3Shards
 from components.training.clips import (
     SplitClips,
     augment,
@@ -63,7 +64,10 @@ class StreamClips(SplitClips):
     ):
         super().__init__(shards, split, pre, **split_options)
         self.shuffle_buffer, self.context_buffer = shuffle_buffer, context_buffer
-        listed = split_shards(self.shards, split)
+        if isinstance(self.shards, S3Shards):  # read in place as training goes, never copied
+            listed, self._read = self.shards.split(split), self.shards.read
+        else:
+            listed, self._read = split_shards(self.shards, split), read_shard
         self.total = sum(n for _, n in listed)
         where = f"{self.shards}: the {split} split"
         self.reads = (
@@ -111,9 +115,9 @@ class StreamClips(SplitClips):
                 order = np.random.default_rng([*key, lap]).permutation(len(self.paths))
                 ordered = [self.paths[i] for i in order]
                 if self._first:  # every worker reads every shared shard, keeps its videos
-                    videos = _packed(ordered, mine)
+                    videos = _packed(ordered, self._read, mine)
                 else:
-                    videos = _packed(wds.split_by_worker(ordered))
+                    videos = _packed(wds.split_by_worker(ordered), self._read)
                 shuffle = wds.shuffle(
                     self.shuffle_buffer,
                     initial=self.shuffle_buffer,
@@ -140,7 +144,7 @@ class StreamClips(SplitClips):
         step = max(1, self.total // max(1, take))
         picked = (
             packed
-            for v, packed in enumerate(_packed(self.paths))
+            for v, packed in enumerate(_packed(self.paths, self._read))
             if v % step == 0
             and (k := v // step) < take
             and k % world == rank
@@ -176,12 +180,13 @@ class StreamClips(SplitClips):
 
 
 def _packed(
-    paths: Iterable[Path], keep: Callable[[Path, int], bool] | None = None
+    paths: Iterable, read: Callable[..., Iterator], keep: Callable[[Path, int], bool] | None = None
 ) -> Iterator[Packed]:
     """Each video's samples, undecoded: convert writes a sign's rest clips right after it.
-    With `keep`, video j of a shard only where keep(shard, j)."""
+    `read`: a shard's samples (a file's or an object's). With `keep`, video j of a shard only
+    where keep(shard, j)."""
     for path in paths:
-        for j, (_, samples) in enumerate(groupby(read_shard(path), key=lambda s: s[0]["video_id"])):
+        for j, (_, samples) in enumerate(groupby(read(path), key=lambda s: s[0]["video_id"])):
             if keep is None or keep(path, j):
                 yield list(samples)
 

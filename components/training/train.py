@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from components.conversion.convert import read_manifest
+from components.infra.s3stream import S3Shards
 from components.params import TrainConfig
 from components.training import distributed
 from components.training.clips import ShardClips, loader, rank_items, steps_per_epoch
@@ -173,6 +174,8 @@ def _datasets(shards: Path, pre: PreprocessConfig, cfg: TrainConfig, no_sign: in
     }
     augment = {"seed": cfg.seed, "hflip": cfg.hflip, "color_jitter": cfg.color_jitter}
     if cfg.cache:
+        if isinstance(shards, S3Shards):
+            raise ValueError(f"{shards}: the cached loader reads local shards (train.cache)")
         train_set = ShardClips(shards, "train", pre, train=True, cache=True, **augment, **context)
         val_set = ShardClips(shards, "val", pre, train=False, cache=True, **context)
         bn_set = ShardClips(  # statistics of what inference sees: signs and context windows
@@ -226,13 +229,14 @@ def train(
     torchrun every rank calls this; rank 0 writes the files."""
     group, device = distributed.start(cfg.device)
     try:
-        return _train(Path(shards), Path(out), pre, cfg, arch, group, device, resume, progress)
+        shards = shards if isinstance(shards, S3Shards) else Path(shards)
+        return _train(shards, Path(out), pre, cfg, arch, group, device, resume, progress)
     finally:
         distributed.stop()
 
 
 def _train(shards, out, pre, cfg, arch, group: Group, device, resume: bool, progress: bool):
-    manifest = read_manifest(shards)
+    manifest = shards.manifest() if isinstance(shards, S3Shards) else read_manifest(shards)
     labels = manifest["labels"]
     n_train = manifest["splits"].get("train", {}).get("samples", 0)
     if n_train == 0:
