@@ -15,7 +15,6 @@ import torch
 from components.conversion.convert import convert, read_shard, split_shards
 from components.data.synth import synthesize
 from components.infra.objstore import publish_dir
-from components.infra.s3stream import S3Shards
 from model.video.clip import PreprocessConfig
 from sign2text.cli import main
 from tests.s3 import CountingProxy, s3_env_fixture, s3_server_fixture  # noqa: F401
@@ -51,11 +50,18 @@ def _streamed(tmp_path: Path, **train) -> Path:
     return tiny_params(tmp_path, **recipe)
 
 
-def test_streamed_from_s3_trains_the_model_local_shards_train(s3_env, shard_dir, tmp_path):
+def test_streamed_from_s3_trains_the_model_local_shards_train(
+    s3_env, shard_dir, tmp_path, monkeypatch
+):
     uri = _publish(s3_env, shard_dir)
     params = _streamed(tmp_path, num_workers=1)  # a loader worker: its own S3 client
     assert _train(str(shard_dir), tmp_path / "local", params) == 0
-    assert _train(uri, tmp_path / "s3", params) == 0
+    with CountingProxy(s3_env.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        assert _train(uri, tmp_path / "s3", params) == 0
+    # only what training reads: the train and val shards, never the test split's
+    read = {g.rsplit("/", 1)[-1] for g in proxy.gets() if g.endswith(".tar")}
+    assert {n.split("-")[0] for n in read} == {"train", "val"}, read
     a = torch.load(tmp_path / "local" / "model" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "s3" / "model" / "model.pt", weights_only=True)
     assert a.keys() == b.keys()
@@ -115,6 +121,8 @@ def test_a_corrupted_shard_object_fails_naming_it(s3_env, shard_dir, tmp_path, c
 
 
 def test_a_connection_dropped_mid_shard_resumes_where_it_stopped(s3_env, shard_dir, monkeypatch):
+    from components.infra.s3stream import S3Shards
+
     uri = _publish(s3_env, shard_dir)
     path = split_shards(shard_dir, "train")[0][0]
     cut = path.stat().st_size // 2
