@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> None:
     from components import steps
     from components.infra.objstore import local_input
     from components.infra.s3_access import is_s3
-    from components.infra.s3stream import S3Shards
+    from components.training.s3stream import S3Shards
 
     params = load_params(args)
     _ = params.train  # a bad recipe, or a device this machine lacks, fails before any fetch

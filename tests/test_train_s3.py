@@ -1,5 +1,5 @@
 """`train --shards s3://...` with the streaming loader (`train.cache: false`) reads the shards from
-object storage as it trains (components/infra/s3stream.py), against a real S3 server on
+object storage as it trains (components/training/s3stream.py), against a real S3 server on
 127.0.0.1: the same model as from the same shards on local disk, nothing fetched ahead of the
 first step and no shard on disk, a corrupted shard object failing by name, and a connection
 dropped mid-shard resumed with a Range request (each sample read once)."""
@@ -121,7 +121,7 @@ def test_a_corrupted_shard_object_fails_naming_it(s3_env, shard_dir, tmp_path, c
 
 
 def test_a_connection_dropped_mid_shard_resumes_where_it_stopped(s3_env, shard_dir, monkeypatch):
-    from components.infra.s3stream import S3Shards
+    from components.training.s3stream import S3Shards
 
     uri = _publish(s3_env, shard_dir)
     path = split_shards(shard_dir, "train")[0][0]

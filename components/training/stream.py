@@ -29,7 +29,6 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 
 from components.conversion.convert import decode_clip, read_shard, scratch_dir, split_shards
-from components.infra.s3stream import S3Shards
 from components.training.clips import (
     SplitClips,
     augment,
@@ -39,6 +38,7 @@ from components.training.clips import (
     worker_share,
 )
 from components.training.context import SignerBuffer, Video, rebuild_videos
+from components.training.s3stream import S3Shards
 from model.video.clip import PreprocessConfig
 
 Packed = list[tuple[dict, bytes]]  # one video's samples (its sign, then its rest), undecoded

@@ -34,12 +34,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from components.conversion.convert import read_manifest
-from components.infra.s3stream import S3Shards
 from components.params import TrainConfig
 from components.training import distributed
 from components.training.clips import ShardClips, loader, rank_items, steps_per_epoch
 from components.training.curves import write_curves
 from components.training.distributed import Group
+from components.training.s3stream import S3Shards
 from components.training.stream import StreamClips
 from model.files import write_atomic
 from model.network.bundle import write_model_dir
