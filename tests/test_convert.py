@@ -92,6 +92,16 @@ def test_iter_samples_trimmed_resized_and_labelled(dataset, shards):
     assert any(meta["width"] % 2 for meta, _ in iter_samples(shards, "train"))  # padding covered
 
 
+def test_one_process_and_several_give_identical_bytes(dataset, shards, tmp_path):
+    """Convert on every core (the default: components/infra/cpus.py) writes what one process
+    writes, byte for byte, whatever order the workers finish in."""
+    for workers in (1, 3):
+        out = tmp_path / str(workers)
+        convert(dataset, out, PRE, shard_size=SHARD, progress=False, workers=workers)
+        assert _tars(out) == _tars(shards), workers
+        assert (out / "manifest.json").read_bytes() == (shards / "manifest.json").read_bytes()
+
+
 def test_same_input_gives_identical_bytes(dataset, shards, tmp_path):
     m = convert(dataset, tmp_path, PRE, shard_size=SHARD, progress=False)
     assert m["content_hash"] == read_manifest(shards)["content_hash"]

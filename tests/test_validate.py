@@ -125,6 +125,24 @@ def result(planted, cache, tmp_path_factory) -> tuple[dict, Path, dict, dict]:
     return report, out, before, _tree(planted)
 
 
+def test_one_process_and_several_give_the_same_verdicts(planted, result, tmp_path):
+    """Validate probing on one thread and on three, each with an empty probe cache, writes the
+    same valid.json and quarantines the same videos for the same reasons as the fixture's run."""
+    report, out, _, _ = result
+    for workers in (1, 3):
+        dest = tmp_path / f"out{workers}"
+        again = validate(
+            planted,
+            dest,
+            max_bad_fraction=0.5,
+            workers=workers,
+            progress=False,
+            cache_dir=tmp_path / f"cache{workers}",
+        )
+        assert (dest / "valid.json").read_bytes() == (out / "valid.json").read_bytes()
+        assert again["quarantined"] == report["quarantined"], workers
+
+
 def test_each_planted_defect_is_reported_with_its_reason(result):
     report, out, _, _ = result
     got = sorted((q["video_id"] or "", q["reasons"]) for q in report["quarantined"])

@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.data.dataset import SPLITS, Sample, load_glosses, load_samples
+from components.infra.cpus import usable_cpus
 from model.files import fsync_dir, hash_file
 from model.video.clip import PreprocessConfig, resize_frames
 from model.video.decode import VideoError, decode, decode_trimmed, probe
@@ -240,7 +241,7 @@ def convert(
         batch.clear()
 
     jobs = [(dataset, s, pre, idle_clips) for s in samples]
-    workers = workers or min(os.cpu_count() or 1, 4)
+    workers = workers or usable_cpus()
     bar = tqdm(total=len(jobs), desc="convert", unit="video", disable=not progress)
     with bar:
         for i, (s, result) in enumerate(zip(samples, _run(jobs, workers), strict=True)):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from components.data.dataset import Sample, load_samples, read_reversed_pairs
+from components.infra.cpus import usable_cpus
 from components.training.context import load_videos, score, sign_strings
 from model.predict import Classifier
 from model.runtimes.choice import stack
@@ -178,7 +178,7 @@ def evaluate(
         except VideoError as e:
             return str(e)
 
-    workers = decoders or os.cpu_count() or 1
+    workers = decoders or usable_cpus()
     clips = _ahead(read, samples, workers, depth=max(2 * workers, 2 * batch_size))
     bar = tqdm(
         zip(samples, clips, strict=True),

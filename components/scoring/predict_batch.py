@@ -33,21 +33,16 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.util import Finalize
 from pathlib import Path
 
+from components.infra.cpus import usable_cpus
+
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mov", ".mkv")
 MODES = ("word", "sentence")
 MAX_DEFAULT_WORKERS = 4
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def default_workers() -> int:
     """One process per two cores (each runs I3D on its share of the cores' threads), up to 4."""
-    return max(1, min(MAX_DEFAULT_WORKERS, cores() // 2))
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cpus() // 2))
 
 
 def is_video(name: str) -> bool:
@@ -212,7 +207,7 @@ def _results(
     kills its process must not end the run), at most 2 videos per worker in flight."""
     # The caller's environment as it is now (S3 settings): forkserver's children get the
     # environment the server started with, which may be older.
-    init = (model_dir, device, max(1, cores() // workers), src, mode, top_k, dict(os.environ))
+    init = (model_dir, device, max(1, usable_cpus() // workers), src, mode, top_k, dict(os.environ))
     todo = deque(names)
     while todo:
         # A worker that dies (killed, out of memory, a crash in the decoder) breaks the pool

@@ -20,7 +20,6 @@ written and with no valid.json.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import shutil
 from collections import Counter
@@ -40,6 +39,7 @@ from components.data.dataset import (
     sample_from_instance,
     write_json,
 )
+from components.infra.cpus import usable_cpus
 from components.validation.probe import default_cache_dir, probe_files
 from components.validation.report import REPORT_HTML, write_report_html
 
@@ -339,7 +339,7 @@ def validate(
         raise fail(f"metadata unreadable: {e}") from e
     rows = metadata_rows(entries)
     paths = sorted({p for r in rows if (p := video_file(data_dir, r["video_id"]))})
-    workers = workers or min(os.cpu_count() or 1, 4)
+    workers = workers or usable_cpus()
     probes, stats = probe_files(
         paths, workers=workers, progress=progress, cache_dir=cache_dir or default_cache_dir()
     )
