@@ -149,17 +149,22 @@ def _fetch_s3(uri: str, out: Path) -> Path:
     return first if exact else out
 
 
-def s3_client():
+def s3_client(user_agent: str | None = None):
     """A boto3 S3 client configured as kserve's storage initializer configures its own (see the
     docstring), but for S3_MAX_ATTEMPTS, which counts the first try here (kserve counts retries):
     the one S3 client builder of the serving and components images. app/s3_client.py builds the
     same client for the app image (tests/test_s3_clients.py holds the two to one configuration).
 
     A new session each time, not boto3's default one: that caches the credentials it first
-    found, and one process may fetch from two stores in turn."""
+    found, and one process may fetch from two stores in turn. user_agent: a tag appended to
+    the User-Agent (e.g. which training rank reads), which S3 access logs show."""
     import boto3
+    from botocore.config import Config
 
-    return boto3.session.Session().client("s3", **s3_client_kwargs())
+    kwargs = s3_client_kwargs()
+    if user_agent:
+        kwargs["config"] = kwargs["config"].merge(Config(user_agent_extra=user_agent))
+    return boto3.session.Session().client("s3", **kwargs)
 
 
 def s3_client_kwargs() -> dict:

@@ -128,6 +128,7 @@ class CountingProxy:
         host, port = urlsplit(target).hostname, urlsplit(target).port
         self.requests: list[tuple[str, str]] = []
         self.ranges: list[tuple[str, str]] = []
+        self.agents: list[tuple[str, str]] = []  # (method path, User-Agent) of every request
         cuts = dict(cut or {})
         self.max_in_flight, self._in_flight, lock = 0, 0, threading.Lock()
         proxy = self
@@ -142,6 +143,9 @@ class CountingProxy:
                 path = urlsplit(self.path).path
                 with lock:
                     proxy.requests.append((self.command, path))
+                    proxy.agents.append(
+                        (f"{self.command} {path}", self.headers.get("User-Agent", ""))
+                    )
                     if self.headers.get("Range"):
                         proxy.ranges.append((path, self.headers["Range"]))
                     suffix = next((k for k in cuts if path.endswith(k)), None)

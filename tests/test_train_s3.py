@@ -136,3 +136,50 @@ def test_a_connection_dropped_mid_shard_resumes_where_it_stopped(s3_env, shard_d
     assert [r for r in proxy.ranges if r[0].endswith(key)] == [
         (f"/{uri.split('/')[2]}{key}", f"bytes={cut}-")
     ]
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_rank_streams_only_its_own_shards(s3_env, shard_dir, tmp_path):
+    """Two ranks streaming from S3 (real DDP under torchrun): in the training pass each train
+    shard is read by one rank only (told apart by the rank in the client's User-Agent), every
+    train shard by some rank, and both ranks take part; the run writes a model. The pass is the
+    first read of each shard: the evaluation-mode reads that follow every rank's last step
+    (batch-norm statistics, validation) take every world-th video in order, so there each rank
+    reads the shards those videos are in."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from components.training.launch import local_torchrun, train_argv
+
+    uri = _publish(s3_env, shard_dir)
+    params = _streamed(tmp_path, batch_size=4)
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cli = str(Path(sys.executable).with_name("sign2text"))
+    out = tmp_path / "out"
+    with CountingProxy(s3_env.endpoint) as proxy:
+        env["AWS_ENDPOINT_URL"] = proxy.endpoint
+        r = subprocess.run(
+            local_torchrun(2, train_argv(uri, out, params), cli),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "model" / "model.pt").is_file()
+    names = {p.name for p, _ in split_shards(shard_dir, "train")}
+    gets = [
+        (request.rsplit("/", 1)[-1], re.findall(r"sign2text-train/rank-(\d+)", agent))
+        for request, agent in proxy.agents
+        if request.startswith("GET ") and request.rsplit("/", 1)[-1].startswith("train-")
+    ]
+    readers: dict[str, set[str]] = {}
+    for name, (rank,) in gets[: len(names)]:  # the training pass: one epoch, one read each
+        readers.setdefault(name, set()).add(rank)
+    assert set(readers) == names, readers
+    assert all(len(ranks) == 1 for ranks in readers.values()), readers
+    assert set().union(*readers.values()) == {"0", "1"}

@@ -150,7 +150,9 @@ class S3Shards:
         """The S3 client of this process (a DataLoader worker forked from the trainer makes its
         own), built when first needed, from the environment as it is then."""
         if self._client is None or self._client[0] != os.getpid():
-            self._client = (os.getpid(), s3_client())
+            # The rank in the User-Agent: an S3 access log (and tests) can tell who read what.
+            rank = os.environ.get("RANK", "0")
+            self._client = (os.getpid(), s3_client(f"sign2text-train/rank-{rank}"))
         return self._client[1]
 
     def __str__(self) -> str:
