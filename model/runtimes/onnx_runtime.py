@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model.modeldir import ModelDirError, ModelInfo
-from model.video.clip import normalize
+from model.runtimes.onnx_graph import clip_logits
 
 
 class OnnxRuntime:
@@ -34,17 +34,10 @@ class OnnxRuntime:
         self.value_range = value_range
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
-        if clips.dtype != np.uint8:
-            raise TypeError(f"clips must be uint8 (preprocessing's output), got {clips.dtype}")
-        x = np.ascontiguousarray(
-            clips if self.value_range is None else normalize(clips, self.value_range)
-        )
-        if self.batch is not None and len(x) != self.batch:
-            return np.concatenate(
-                [self.logits(x[i : i + self.batch]) for i in range(0, len(x), self.batch)]
-            )
-        per_time = self.session.run(None, {self.input: x})[0]  # B x N x T'
-        return per_time.max(axis=2).astype(np.float32, copy=False)
+        return clip_logits(clips, self.value_range, self.batch, self._forward)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]  # B x N x T'
 
 
 def load(info: ModelInfo, device: str = "cpu") -> OnnxRuntime:

@@ -19,7 +19,7 @@ import numpy as np
 import openvino as ov
 
 from model.modeldir import ModelDirError, ModelInfo
-from model.video.clip import normalize
+from model.runtimes.onnx_graph import clip_logits
 
 PRECISIONS = ("f32", "bf16")  # INFERENCE_PRECISION_HINT values, as OpenVINO names them
 
@@ -80,21 +80,14 @@ class OpenVinoRuntime:
         self.reason = reason
         self.value_range = value_range
         self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # one infer request: one forward at a time
+        self._lock = threading.Lock()
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
-        if clips.dtype != np.uint8:
-            raise TypeError(f"clips must be uint8 (preprocessing's output), got {clips.dtype}")
-        x = np.ascontiguousarray(
-            clips if self.value_range is None else normalize(clips, self.value_range)
-        )
-        if self.batch is not None and len(x) != self.batch:
-            return np.concatenate(
-                [self.logits(x[i : i + self.batch]) for i in range(0, len(x), self.batch)]
-            )
-        with self._lock:
-            per_time = self._request.infer({0: x}).to_tuple()[0]  # B x N x T'
-            return per_time.max(axis=2).astype(np.float32)  # a copy: the request reuses its output
+        return clip_logits(clips, self.value_range, self.batch, self._forward)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:  # one infer request: one forward at a time
+            return self._request.infer({0: x}).to_tuple()[0]  # B x N x T'
 
 
 def load(info: ModelInfo, device: str = "cpu", precision: str = "f32", reason: str = ""):
