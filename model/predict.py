@@ -109,13 +109,7 @@ class Classifier:
 
         Its cost is capped at what the default window and stride cost on the longest video
         the limits allow; `stop` is called between batches of windows (cancellation)."""
-        cfg = self.info.preprocess
-        with timer("decode"):
-            if isinstance(video, np.ndarray):
-                check_frames(video, limits)
-                frames = resize_frames(video, cfg)  # once, not once per window
-            else:
-                frames = reader(video, "sentence", cfg, limits)
+        frames = self._stream_frames(video, limits, timer, reader)
         # Windowing, preprocessing and the forward passes interleave: one stage for all of it.
         with timer("inference"):
             return S.transcribe(
@@ -144,13 +138,7 @@ class Classifier:
         """A stream's next windows (live mode): sentence mode's windows centred on start,
         start + stride, ... that end within the frames -> (centres, probabilities, window)
         (model/sentence.py's score_windows), capped as sentence mode is."""
-        cfg = self.info.preprocess
-        with timer("decode"):
-            if isinstance(video, np.ndarray):
-                check_frames(video, limits)
-                frames = resize_frames(video, cfg)
-            else:
-                frames = reader(video, "sentence", cfg, limits)
+        frames = self._stream_frames(video, limits, timer, reader)
         with timer("inference"):
             return S.score_windows(
                 self,
@@ -161,6 +149,15 @@ class Classifier:
                 max_windows=S.max_windows(self, limits.max_frames),
                 stop=stop,
             )
+
+    def _stream_frames(self, video: Video, limits: Limits, timer: Timer, reader: Reader):
+        """Sentence and windows mode's input: every frame, resized once (not once per window)."""
+        cfg = self.info.preprocess
+        with timer("decode"):
+            if isinstance(video, np.ndarray):
+                check_frames(video, limits)
+                return resize_frames(video, cfg)
+            return reader(video, "sentence", cfg, limits)
 
     def check_top_k(self, top_k: int) -> int:
         if not 1 <= top_k <= len(self.labels):
