@@ -32,6 +32,8 @@ from components.data.synth_render import (
 )
 from model.files import write_atomic
 
+SIGNERS = 24  # the bundled dataset's signers (`synthesize`'s default)
+
 
 def split_signers(signers: int) -> dict[str, list[int]]:
     n_test = max(1, round(0.25 * signers))
@@ -119,7 +121,7 @@ def synthesize(
     out: Path,
     classes: int = 10,
     per_class: int = 48,
-    signers: int = 24,
+    signers: int = SIGNERS,
     seed: int = 0,
     progress: bool = True,
     only_splits: tuple[str, ...] | None = None,

@@ -48,6 +48,7 @@ def gate_clips(
     pre: PreprocessConfig, glosses: int, signers: int = SIGNERS, max_clips: int = MAX_CLIPS
 ) -> tuple[np.ndarray, str]:
     """B x 3 x T x H x W uint8 clips for the gate, and a line saying what they are."""
+    from components.data.synth import SIGNERS as BUNDLED_SIGNERS
     from components.data.synth import split_signers
     from components.data.synth_render import (
         MAX_CLASSES,
@@ -57,11 +58,7 @@ def gate_clips(
         signer_look,
     )
 
-    test_signers = split_signers(
-        24
-    )[  # the bundled dataset's split (synthesize's defaults)
-        "test"
-    ][:signers]
+    test_signers = split_signers(BUNDLED_SIGNERS)["test"][:signers]  # the bundled dataset's
     n_classes = min(glosses, MAX_CLASSES)
     per_signer = max(1, max_clips // len(test_signers) - 1)  # one at rest each
     classes = sorted({round(c) for c in np.linspace(0, n_classes - 1, min(n_classes, per_signer))})
