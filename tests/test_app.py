@@ -252,6 +252,24 @@ def _records(s3_server) -> dict[str, dict]:
     }
 
 
+def wrong_with_a_gloss_lands(driver, s3_server, predicted: str, video: Path, shot: Path):
+    """Press "Wrong" under the shown prediction with another gloss: one feedback record lands
+    in the store, saying so, with the uploaded video's bytes. -> (its id, record, gloss)."""
+    gloss = "go" if predicted != "go" else "up"
+    before = set(_records(s3_server))
+    assert "stored" in _feedback(driver, "Wrong", gloss, shot)
+    (fid,) = set(_records(s3_server)) - before
+    record = _records(s3_server)[fid]
+    assert (record["verdict"], record["gloss"], record["predicted"]) == (
+        "wrong",
+        gloss,
+        [predicted],
+    )
+    stored = s3_server.client().get_object(Bucket=BUCKET, Key=f"{PREFIX}/{record['video']}")
+    assert stored["Body"].read() == video.read_bytes()
+    return fid, record, gloss
+
+
 def test_wrong_plus_a_gloss_becomes_a_sample_that_validates(stack, videos, s3_server, tmp_path):
     from components.data.dataset import load_samples
     from components.data.feedback_ingest import ingest_feedback
@@ -262,19 +280,10 @@ def test_wrong_plus_a_gloss_becomes_a_sample_that_validates(stack, videos, s3_se
     _mode(driver, "word")
     _upload(driver, videos / "sign.mp4")
     predicted, _ = _answer(driver, tmp_path / "before-feedback.png")
-    gloss = "go" if predicted != "go" else "up"
-    before = set(_records(s3_server))
-    assert "stored" in _feedback(driver, "Wrong", gloss, tmp_path / "feedback-stored.png")
-    (fid,) = set(_records(s3_server)) - before
-    record = _records(s3_server)[fid]
-    assert (record["verdict"], record["gloss"], record["predicted"]) == (
-        "wrong",
-        gloss,
-        [predicted],
+    fid, record, gloss = wrong_with_a_gloss_lands(
+        driver, s3_server, predicted, videos / "sign.mp4", tmp_path / "feedback-stored.png"
     )
     assert record["model"]["version"] == hash_file(FIXTURE / "model.pt")[:12]
-    video = s3_server.client().get_object(Bucket=BUCKET, Key=f"{PREFIX}/{record['video']}")
-    assert video["Body"].read() == (videos / "sign.mp4").read_bytes()
 
     with _environment(s3_server.env()):
         ingest_feedback(f"s3://{BUCKET}/{PREFIX}", tmp_path / "fb", progress=False)
